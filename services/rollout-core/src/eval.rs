@@ -1,0 +1,222 @@
+//! Effective-state evaluation: is feature F on for practice P, and why.
+//!
+//! The order of precedence (the first that holds decides):
+//! 1. the supplier has never synchronised: UNKNOWN;
+//! 2. the practice is not active: DISABLED;
+//! 3. the practice has opted out: DISABLED (no command overrides it);
+//! 4. the feature fails closed and control is stale: DISABLED;
+//! 5. an active (unlifted) halt covers the practice: DISABLED;
+//! 6. a go-live covers it and has taken effect: ENABLED;
+//! 7. a go-live covers it but has not taken effect: DISABLED (scheduled);
+//! 8. otherwise: DISABLED (not live).
+//!
+//! Nothing ever fails open: every path to ENABLED passes all of 1 to 5.
+
+use std::time::SystemTime;
+
+use crate::{
+    rules::{FailMode, FeatureRules, OptOut, Rule, RuleKind},
+    scope::{Practice, PracticeStatus},
+};
+
+/// The effective state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// On.
+    Enabled,
+    /// Off.
+    Disabled,
+    /// Never synchronised: callers treat it as off.
+    Unknown,
+}
+
+/// Why the state is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The supplier has never synchronised with the coordinator.
+    NeverSynchronised,
+    /// The practice is closed, dormant or proposed.
+    PracticeNotActive,
+    /// The practice opted out.
+    OptedOut,
+    /// FAIL_CLOSED feature with no contact within the control TTL.
+    ControlStale,
+    /// An active halt covers the practice.
+    Halted,
+    /// A go-live has taken effect.
+    Live,
+    /// A go-live covers the practice but is not yet effective.
+    Scheduled,
+    /// No go-live covers the practice.
+    NotLive,
+}
+
+/// The supplier's contact with the coordinator, as evaluation needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    /// The evaluation time.
+    pub now: SystemTime,
+    /// Whether the supplier has ever synchronised.
+    pub synchronised: bool,
+    /// When the coordinator was last heard from; `None` counts as stale.
+    pub last_contact: Option<SystemTime>,
+}
+
+/// A rule as it applies at evaluation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applicable<'a> {
+    /// A go-live that has taken effect.
+    GoLive(&'a Rule),
+    /// A go-live not yet effective.
+    Scheduled(&'a Rule),
+    /// An active halt.
+    Halt(&'a Rule),
+    /// A halt lifted by a resume (for the record).
+    LiftedHalt(&'a Rule),
+    /// The practice's opt-out.
+    OptOut(&'a OptOut),
+}
+
+impl Applicable<'_> {
+    /// Sequence order for display; an opt-out sorts first.
+    pub fn sequence(&self) -> u64 {
+        match self {
+            Applicable::GoLive(r)
+            | Applicable::Scheduled(r)
+            | Applicable::Halt(r)
+            | Applicable::LiftedHalt(r) => r.sequence,
+            Applicable::OptOut(_) => 0,
+        }
+    }
+}
+
+/// The answer with its explanation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation<'a> {
+    /// The state.
+    pub state: State,
+    /// Why.
+    pub reason: Reason,
+    /// The rule that decided, where one did.
+    pub deciding: Option<Applicable<'a>>,
+    /// Every applicable rule in sequence order; empty unless explanation was asked for.
+    pub rules: Vec<Applicable<'a>>,
+}
+
+/// Evaluates `feature` for `practice`. With `explain`, every applicable rule is listed too;
+/// without, nothing is allocated.
+pub fn evaluate<'a>(
+    feature: &'a FeatureRules,
+    practice: &Practice,
+    opt_out: Option<&'a OptOut>,
+    ctx: &Context,
+    explain: bool,
+) -> Evaluation<'a> {
+    let mut newest_halt: Option<&Rule> = None;
+    let mut first_live: Option<&Rule> = None;
+    let mut first_scheduled: Option<&Rule> = None;
+    let mut rules = Vec::new();
+    if let Some(o) = opt_out.filter(|_| explain) {
+        rules.push(Applicable::OptOut(o));
+    }
+
+    feature.for_each_covering(practice, |rule| {
+        let applicable = match &rule.kind {
+            RuleKind::Halt {
+                lifted_by: Some(_), ..
+            } => Applicable::LiftedHalt(rule),
+            RuleKind::Halt { lifted_by: None, .. } => {
+                if newest_halt.is_none_or(|h| h.sequence < rule.sequence) {
+                    newest_halt = Some(rule);
+                }
+                Applicable::Halt(rule)
+            }
+            RuleKind::GoLive { effective_at, .. } if *effective_at <= ctx.now => {
+                if first_live.is_none_or(|g| g.sequence > rule.sequence) {
+                    first_live = Some(rule);
+                }
+                Applicable::GoLive(rule)
+            }
+            RuleKind::GoLive { .. } => {
+                if first_scheduled.is_none_or(|g| g.sequence > rule.sequence) {
+                    first_scheduled = Some(rule);
+                }
+                Applicable::Scheduled(rule)
+            }
+        };
+        if explain {
+            rules.push(applicable);
+        }
+    });
+    if explain {
+        rules.sort_by_key(Applicable::sequence);
+    }
+
+    let stale = match feature.def.fail_mode {
+        FailMode::Static => false,
+        FailMode::Closed { ttl } => ctx
+            .last_contact
+            .is_none_or(|t| ctx.now.duration_since(t).is_ok_and(|d| d > ttl)),
+    };
+
+    use {Reason as R, State as S};
+    let (state, reason, deciding) = if !ctx.synchronised {
+        (S::Unknown, R::NeverSynchronised, None)
+    } else if practice.status != PracticeStatus::Active {
+        (S::Disabled, R::PracticeNotActive, None)
+    } else if let Some(o) = opt_out {
+        (S::Disabled, R::OptedOut, Some(Applicable::OptOut(o)))
+    } else if stale {
+        (S::Disabled, R::ControlStale, None)
+    } else if let Some(h) = newest_halt {
+        (S::Disabled, R::Halted, Some(Applicable::Halt(h)))
+    } else if let Some(g) = first_live {
+        (S::Enabled, R::Live, Some(Applicable::GoLive(g)))
+    } else if let Some(g) = first_scheduled {
+        (S::Disabled, R::Scheduled, Some(Applicable::Scheduled(g)))
+    } else {
+        (S::Disabled, R::NotLive, None)
+    };
+    Evaluation {
+        state,
+        reason,
+        deciding,
+        rules,
+    }
+}
+
+impl Evaluation<'_> {
+    /// One sentence for people: the state, the reason and the deciding rule.
+    pub fn explain(&self) -> String {
+        let rule = |r: &Rule| {
+            format!(
+                "command {} (sequence {}, {}, by {}: {:?})",
+                r.command,
+                r.sequence,
+                r.scope().describe(),
+                r.issued_by,
+                r.reason
+            )
+        };
+        match (self.reason, self.deciding) {
+            (Reason::NeverSynchronised, _) => {
+                "unknown: this supplier has never synchronised with the coordinator; treat as off".to_owned()
+            }
+            (Reason::PracticeNotActive, _) => "disabled: the practice is not active in ODS".to_owned(),
+            (Reason::OptedOut, Some(Applicable::OptOut(o))) => format!(
+                "disabled: the practice opted out ({:?}, source {:?}, recorded by {})",
+                o.reason, o.source, o.recorded_by
+            ),
+            (Reason::ControlStale, _) => {
+                "disabled: fail-closed feature and the coordinator has not been heard from within its control TTL"
+                    .to_owned()
+            }
+            (Reason::Halted, Some(Applicable::Halt(r))) => format!("disabled: halted by {}", rule(r)),
+            (Reason::Live, Some(Applicable::GoLive(r))) => format!("enabled: live by {}", rule(r)),
+            (Reason::Scheduled, Some(Applicable::Scheduled(r))) => {
+                format!("disabled: go-live scheduled but not yet effective, {}", rule(r))
+            }
+            _ => "disabled: no go-live covers this practice".to_owned(),
+        }
+    }
+}

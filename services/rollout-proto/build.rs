@@ -1,0 +1,27 @@
+//! Compiles the contracts with protox (pure Rust, no protoc) and writes the encoded file
+//! descriptor set next to the generated code, for gRPC reflection.
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message as _;
+
+const FILES: &[&str] = &[
+    "nhs/gprollout/v1/resources.proto",
+    "nhs/gprollout/v1/supplier.proto",
+    "nhs/gprollout/v1/coordinator.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    println!("cargo:rerun-if-changed={}", root.display());
+
+    let fds = protox::compile(FILES, [&root])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(out.join("gprollout_descriptor.bin"), fds.encode_to_vec())?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
