@@ -196,12 +196,12 @@ fn check(rows: &[Row]) {
         let got = match book.feature(&key) {
             Some(f) => {
                 let e = evaluate(f, &p, opt.as_ref(), &ctx, true);
-                let deciding = e.deciding.and_then(|d| match d {
-                    crate::Applicable::OptOut(_) => Some("opt-out".to_owned()),
+                let deciding = e.deciding.map(|d| match d {
+                    crate::Applicable::OptOut(_) => "opt-out".to_owned(),
                     crate::Applicable::GoLive(r)
                     | crate::Applicable::Scheduled(r)
                     | crate::Applicable::Halt(r)
-                    | crate::Applicable::LiftedHalt(r) => Some(r.command.to_string()),
+                    | crate::Applicable::LiftedHalt(r) => r.command.to_string(),
                 });
                 // The deciding rule is always among the listed ones.
                 if let Some(d) = e.deciding {
@@ -885,12 +885,12 @@ fn corrupt(line: usize, column: usize, value: &str) -> Vec<u8> {
     let mut lines: Vec<String> = text.split("\r\n").map(str::to_owned).collect();
     let mut fields: Vec<String> = lines[line - 1].split("\",\"").map(str::to_owned).collect();
     let last = fields.len() - 1;
-    let quote = |i: usize, v: &str| match i {
-        0 => format!("\"{v}"),
-        i if i == last => format!("{v}\""),
-        _ => v.to_owned(),
+    // The split leaves the row's opening and closing quotes on the first and last fields.
+    fields[column - 1] = match column - 1 {
+        0 => format!("\"{value}"),
+        i if i == last => format!("{value}\""),
+        _ => value.to_owned(),
     };
-    fields[column - 1] = quote(column - 1, value);
     lines[line - 1] = fields.join("\",\"");
     lines.join("\r\n").into_bytes()
 }

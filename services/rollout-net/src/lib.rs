@@ -1,1 +1,15 @@
-//! placeholder
+//! What the GP Rollout Control servers and clients share on the network side: mutual-TLS
+//! configuration with hot reload and the peer identity ([`tls`]), the role policy and the
+//! layer that enforces it ([`auth`]), the one mapping from errors to `tonic::Status`
+//! ([`error`]), health, reflection, HTTP/2 settings and shutdown ([`server`]), and logging
+//! set-up ([`telemetry`]).
+
+pub mod auth;
+pub mod error;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+
+pub use auth::{Access, AccessTable, AuthLayer, Caller, Denial, DenialObserver, Role, RolePolicy};
+pub use error::{ApiError, ERROR_DOMAIN};
+pub use tls::{Identity, PeerInfo, ReloadingServerConfig, TlsError, TlsFiles};

@@ -1,0 +1,92 @@
+//! What every server here has in common: the HTTP/2 settings, health and reflection on the
+//! mTLS port, health alone on a plaintext loopback port for probes, and shutdown on a signal.
+
+use std::{future::Future, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::server::{HealthReporter, health_reporter};
+
+/// Most concurrent HTTP/2 streams per connection. hyper's default of 200 would make the 201st
+/// watch stream on one connection wait for ever.
+pub const MAX_CONCURRENT_STREAMS: u32 = 20_000;
+
+/// A `Server` builder with the HTTP/2 settings every server here uses: many streams per
+/// connection, a 16 MiB connection window (thousands of streams opened at once otherwise trip
+/// h2's small-DATA-frame flood guard), and keepalives that drop dead peers.
+pub fn builder() -> Server {
+    Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_connection_window_size(16 * 1024 * 1024)
+        .initial_stream_window_size(1024 * 1024)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true)
+}
+
+/// The gRPC health service (shared by the mTLS and plaintext ports) and its reporter.
+pub fn health() -> (
+    HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    health_reporter()
+}
+
+/// Reflection v1 and v1alpha over the project's contracts, health and reflection itself, so
+/// `grpcurl list` and `describe` (which speak v1alpha) show every service with no proto files.
+pub fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    tonic_reflection::server::Error,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(rollout_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
+}
+
+/// Serves health alone, in plaintext, on `listener` (bound to loopback by default) for probes
+/// that present no client certificate.
+pub async fn serve_plaintext_health(
+    listener: TcpListener,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    Server::builder()
+        .add_service(health)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("interrupt received; shutting down"),
+        _ = term => tracing::info!("terminate received; shutting down"),
+    }
+}

@@ -1,0 +1,556 @@
+//! Mutual TLS: rustls server and client configuration from PEM files, hot reload, the peer
+//! identity, the accepting side (a stream of verified connections for tonic) and the
+//! connecting side (a tonic `Channel` that checks the server's identity).
+//!
+//! We build rustls ourselves rather than use tonic's TLS options because we need CRLs,
+//! reloading without a restart, a two-CA bundle during a rollover, refusals logged where an
+//! operator sees them, URI SAN checks on the server certificate, and the peer identity derived
+//! once per connection instead of once per request.
+
+use std::{
+    fmt, fs, io,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
+    client::{
+        WebPkiServerVerifier,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
+    crypto::CryptoProvider,
+    pki_types::{
+        CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject,
+    },
+    server::WebPkiClientVerifier,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint, server::Connected};
+use tracing::{debug, info, warn};
+
+/// How long a client has to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A certificate, TLS or file problem, naming the file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A file holds no usable PEM item of the kind wanted.
+    #[error("{path} holds no {what} in PEM form")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+        /// What was looked for.
+        what: &'static str,
+    },
+    /// A PEM item could not be parsed.
+    #[error("{path}: bad {what}: {detail}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What was being read.
+        what: &'static str,
+        /// The parser's words.
+        detail: String,
+    },
+    /// rustls refused the configuration (a key that does not match its certificate, a bad CRL...).
+    #[error("TLS configuration refused: {0}")]
+    Config(String),
+}
+
+/// The PEM files one side of a mutual-TLS connection needs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA bundle the peer's certificate must chain to; may hold several CAs during a rollover.
+    pub ca: PathBuf,
+    /// This side's certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// This side's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Certificate revocation lists to enforce (server side).
+    pub crls: Vec<PathBuf>,
+}
+
+impl fmt::Debug for TlsFiles {
+    // The key's path is not secret, but say plainly that the key itself is never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &format_args!("{} (contents redacted)", self.key.display()))
+            .field("crls", &self.crls)
+            .finish()
+    }
+}
+
+impl TlsFiles {
+    /// The conventional files of a dev PKI directory: `ca.pem`, `NAME.pem`, `NAME-key.pem`.
+    pub fn from_pki_dir(dir: &Path, name: &str) -> Self {
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}-key.pem")),
+            crls: Vec::new(),
+        }
+    }
+
+    fn paths(&self) -> impl Iterator<Item = &Path> {
+        [&self.ca, &self.cert, &self.key]
+            .into_iter()
+            .chain(&self.crls)
+            .map(PathBuf::as_path)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn pem_items<T: PemObject>(path: &Path, what: &'static str) -> Result<Vec<T>, TlsError> {
+    let bytes = read(path)?;
+    let items = T::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            what,
+            detail: e.to_string(),
+        })?;
+    if items.is_empty() {
+        return Err(TlsError::Empty {
+            path: path.to_owned(),
+            what,
+        });
+    }
+    Ok(items)
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    pem_items(path, "certificate")
+}
+
+fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = read(path)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::Pem {
+        path: path.to_owned(),
+        what: "private key",
+        detail: e.to_string(),
+    })
+}
+
+fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut store = RootCertStore::empty();
+    for cert in certs(path)? {
+        store.add(cert).map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            what: "CA certificate",
+            detail: e.to_string(),
+        })?;
+    }
+    Ok(Arc::new(store))
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Installs ring as the process-wide rustls provider. Call once at the start of `main` and of
+/// tests: any library that asks rustls for the default then agrees with ours. Harmless if
+/// already installed.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// A server configuration requiring a client certificate that chains to `files.ca` and is not
+/// revoked by `files.crls`. TLS 1.2 and 1.3 only; ALPN h2.
+pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
+    let crls = files
+        .crls
+        .iter()
+        .map(|p| pem_items::<CertificateRevocationListDer<'static>>(p, "CRL"))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, provider())
+        .with_crls(crls)
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(&files.cert)?, key(&files.key)?)
+        .map_err(|e| {
+            TlsError::Config(format!(
+                "{} with {}: {e}",
+                files.cert.display(),
+                files.key.display()
+            ))
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A client configuration presenting `files.cert` and trusting servers that chain to
+/// `files.ca`. With `expected`, the server's certificate must also carry that identity as a URI
+/// or DNS SAN (the coordinator's check of each supplier).
+pub fn client_config(files: &TlsFiles, expected: Option<Identity>) -> Result<ClientConfig, TlsError> {
+    let webpki = WebPkiServerVerifier::builder_with_provider(roots(&files.ca)?, provider())
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ExpectIdentity { webpki, expected }))
+        .with_client_auth_cert(certs(&files.cert)?, key(&files.key)?)
+        .map_err(|e| {
+            TlsError::Config(format!(
+                "{} with {}: {e}",
+                files.cert.display(),
+                files.key.display()
+            ))
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A peer identity: the client certificate's first URI SAN, else its first DNS SAN.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identity(Arc<str>);
+
+impl Identity {
+    /// An identity from configuration.
+    pub fn new(s: &str) -> Self {
+        Identity(Arc::from(s))
+    }
+
+    /// The identity as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Derives the identity of a DER certificate: its first URI SAN, else its first DNS SAN.
+    pub fn of_certificate(der: &[u8]) -> Option<Identity> {
+        let (uris, dns) = sans(der)?;
+        uris.into_iter().chain(dns).next().map(|s| Identity::new(&s))
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Identity({})", self.0)
+    }
+}
+
+/// The URI and DNS SANs of a DER certificate, or `None` if it does not parse.
+fn sans(der: &[u8]) -> Option<(Vec<String>, Vec<String>)> {
+    use x509_parser::{extensions::GeneralName, prelude::FromDer};
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    let mut uris = Vec::new();
+    let mut dns = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::URI(u) => uris.push((*u).to_owned()),
+                GeneralName::DNSName(d) => dns.push((*d).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    Some((uris, dns))
+}
+
+/// Verifies the server's chain and name as webpki does, then its identity.
+#[derive(Debug)]
+struct ExpectIdentity {
+    webpki: Arc<WebPkiServerVerifier>,
+    expected: Option<Identity>,
+}
+
+impl ServerCertVerifier for ExpectIdentity {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        if let Some(expected) = &self.expected {
+            let (uris, dns) = sans(end_entity).unwrap_or_default();
+            if !uris.iter().chain(&dns).any(|s| s == expected.as_str()) {
+                return Err(rustls::Error::General(format!(
+                    "server certificate does not carry the expected identity {expected} (it has {})",
+                    uris.iter().chain(&dns).cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// A server TLS configuration that reloads itself when its files change on disk. A reload that
+/// fails (a half-written file, a key that does not match) is logged and the previous
+/// configuration stays in force.
+#[derive(Debug)]
+pub struct ReloadingServerConfig {
+    files: TlsFiles,
+    current: ArcSwap<ServerConfig>,
+    stamps: Mutex<Vec<Option<(SystemTime, u64)>>>,
+}
+
+impl ReloadingServerConfig {
+    /// Loads the files; fails if they are not usable now.
+    pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
+        let config = server_config(&files)?;
+        let stamps = Mutex::new(stamps(&files));
+        Ok(Arc::new(ReloadingServerConfig {
+            files,
+            current: ArcSwap::from_pointee(config),
+            stamps,
+        }))
+    }
+
+    /// The configuration new connections get.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current.load_full()
+    }
+
+    /// Reloads if any file's modification time or size changed. Returns whether a new
+    /// configuration took effect.
+    pub fn reload_if_changed(&self) -> bool {
+        let now = stamps(&self.files);
+        let mut seen = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
+        if *seen == now {
+            return false;
+        }
+        *seen = now;
+        match server_config(&self.files) {
+            Ok(config) => {
+                self.current.store(Arc::new(config));
+                info!(cert = %self.files.cert.display(), "tls certificates reloaded");
+                true
+            }
+            Err(error) => {
+                warn!(%error, "tls reload failed; keeping the previous certificates");
+                false
+            }
+        }
+    }
+}
+
+fn stamps(files: &TlsFiles) -> Vec<Option<(SystemTime, u64)>> {
+    files
+        .paths()
+        .map(|p| {
+            fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+/// What the server knows of a connection's peer; tonic puts it in every request's extensions.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The peer's address.
+    pub remote_addr: SocketAddr,
+    /// The identity from its verified client certificate; `None` if the certificate has no
+    /// URI or DNS SAN.
+    pub identity: Option<Identity>,
+}
+
+/// A verified mutual-TLS connection.
+#[derive(Debug)]
+pub struct PeerStream {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl Connected for PeerStream {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// How often the acceptor looks for changed certificate files.
+pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Accepts TCP connections on `listener`, completes the TLS handshakes concurrently (each
+/// within a deadline), and yields the verified connections for
+/// `Router::serve_with_incoming_shutdown`. Refused handshakes are logged at WARN with the
+/// peer's address and rustls's reason. Stops when the stream is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<ReloadingServerConfig>,
+) -> ReceiverStream<Result<PeerStream, io::Error>> {
+    let (tx, rx) = mpsc::channel(128);
+    tokio::spawn(async move {
+        let mut reload = tokio::time::interval(RELOAD_CHECK_INTERVAL);
+        reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let (tcp, remote_addr) = tokio::select! {
+                _ = tx.closed() => break,
+                _ = reload.tick() => {
+                    tls.reload_if_changed();
+                    continue;
+                }
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off briefly rather than spin.
+                        warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = TlsAcceptor::from(tls.current());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let identity = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(|leaf| Identity::of_certificate(leaf));
+                        debug!(peer = %remote_addr, identity = ?identity, "tls connection accepted");
+                        let info = PeerInfo {
+                            remote_addr,
+                            identity,
+                        };
+                        let _ = tx.send(Ok(PeerStream { inner: stream, info })).await;
+                    }
+                    Ok(Err(error)) => warn!(peer = %remote_addr, %error, "tls handshake refused"),
+                    Err(_) => warn!(peer = %remote_addr, "tls handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// A lazily connecting gRPC channel to `addr` (`host:port`) over mutual TLS. The server's
+/// certificate must be valid for the host name and, with `expected`, carry that identity.
+pub fn channel(addr: &str, config: ClientConfig) -> Result<Channel, TlsError> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let server_name = ServerName::try_from(host)
+        .map_err(|e| TlsError::Config(format!("{addr}: invalid server name: {e}")))?;
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| TlsError::Config(format!("{addr}: invalid endpoint: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    let connector = TlsConnector::from(Arc::new(config));
+    let addr = addr.to_owned();
+    Ok(
+        endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+            let connector = connector.clone();
+            let server_name = server_name.clone();
+            let addr = addr.clone();
+            async move {
+                let tcp = TcpStream::connect(&addr).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(server_name, tcp).await?;
+                Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        })),
+    )
+}
