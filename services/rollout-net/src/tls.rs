@@ -113,6 +113,15 @@ impl TlsFiles {
         }
     }
 
+    /// rustls refused this side's certificate and key together (most often: they do not match).
+    fn pair_error(&self, e: rustls::Error) -> TlsError {
+        TlsError::Config(format!(
+            "{} with {}: {e}",
+            self.cert.display(),
+            self.key.display()
+        ))
+    }
+
     fn paths(&self) -> impl Iterator<Item = &Path> {
         [&self.ca, &self.cert, &self.key]
             .into_iter()
@@ -203,13 +212,7 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs(&files.cert)?, key(&files.key)?)
-        .map_err(|e| {
-            TlsError::Config(format!(
-                "{} with {}: {e}",
-                files.cert.display(),
-                files.key.display()
-            ))
-        })?;
+        .map_err(|e| files.pair_error(e))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
@@ -227,13 +230,7 @@ pub fn client_config(files: &TlsFiles, expected: Option<Identity>) -> Result<Cli
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ExpectIdentity { webpki, expected }))
         .with_client_auth_cert(certs(&files.cert)?, key(&files.key)?)
-        .map_err(|e| {
-            TlsError::Config(format!(
-                "{} with {}: {e}",
-                files.cert.display(),
-                files.key.display()
-            ))
-        })?;
+        .map_err(|e| files.pair_error(e))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
