@@ -4,6 +4,7 @@
 //! **Architecture invariant:** this crate knows nothing of tonic, SQL or the network, and does no
 //! I/O. Both services and the CLI share it, so the rules mean the same everywhere.
 
+pub mod audit;
 pub mod estate;
 pub mod eval;
 pub mod id;

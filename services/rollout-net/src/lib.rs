@@ -5,10 +5,12 @@
 //! set-up ([`telemetry`]).
 
 pub mod auth;
+pub mod cli;
 pub mod error;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod wire;
 
 pub use auth::{Access, AccessTable, AuthLayer, Caller, Denial, DenialObserver, Role, RolePolicy};
 pub use error::{ApiError, ERROR_DOMAIN};

@@ -8,6 +8,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::server::{HealthReporter, health_reporter};
 
+/// The error of setting up reflection.
+pub use tonic_reflection::server::Error as ReflectionError;
+
 /// Most concurrent HTTP/2 streams per connection. hyper's default of 200 would make the 201st
 /// watch stream on one connection wait for ever.
 pub const MAX_CONCURRENT_STREAMS: u32 = 20_000;

@@ -2,7 +2,363 @@
 //! state over gRPC for the supplier's backends, explained answers, watch streams, practice
 //! opt-outs, and the coordinator's commands applied durably and in order.
 //!
-//! Not built yet: this crate holds no service code until the supplier issue, and ships no
-//! binary until it does. The contracts it will serve are in `rollout-proto`
-//! (`ToggleService`, `PracticeSettingsService`, `ControlService`); the rules it will evaluate
-//! are in `rollout-core`.
+//! - [`Config`] / [`Args`]: typed configuration (flags with environment variables).
+//! - [`serve`]: runs the service on an already-bound listener until a shutdown future resolves.
+//! - `engine`: the serving state and its one write path; `service`: the gRPC handlers.
+
+mod engine;
+mod service;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use clap::Parser;
+use rollout_core::{
+    Estate, SupplierId,
+    audit::{AuditDraft, AuditOutcome},
+};
+use rollout_net::{
+    Access, AccessTable, AuthLayer, Denial, DenialObserver, Role, RolePolicy,
+    cli::{LogArgs, TlsArgs},
+    tls::{self, ReloadingServerConfig, TlsFiles},
+};
+use rollout_proto::v1::{
+    control_service_server::ControlServiceServer,
+    practice_settings_service_server::PracticeSettingsServiceServer,
+    toggle_service_server::ToggleServiceServer,
+};
+use rollout_store::supplier::SqliteSupplierStore;
+use tokio::{net::TcpListener, sync::watch};
+use tracing::{error, info, warn};
+
+pub use engine::Engine;
+
+/// The supplier service of GP Rollout Control: per-practice feature state for the supplier's
+/// backends, practice opt-outs, and the coordinator's commands, over mutual TLS.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "rollout-supplier", version, about, long_about = None)]
+pub struct Args {
+    /// This supplier's id, a lower-case slug (emis, tpp, cegedim, microtest).
+    #[arg(long, env = "ROLLOUT_SUPPLIER_ID")]
+    pub supplier_id: String,
+    /// Address of the mutual-TLS gRPC port.
+    #[arg(long, env = "ROLLOUT_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+    /// Address of the plaintext health port for probes (health only; keep it on loopback or a
+    /// pod network). Set to `off` to disable.
+    #[arg(long, env = "ROLLOUT_HEALTH_LISTEN", default_value = "127.0.0.1:50061")]
+    pub health_listen: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Role policy (TOML): which client identities hold which roles. Roles used here:
+    /// backend (ToggleService), practice-admin (PracticeSettingsService), coordinator
+    /// (ControlService, and ToggleService reads).
+    #[arg(long, env = "ROLLOUT_POLICY", value_name = "TOML")]
+    pub policy: PathBuf,
+    /// Database URL: `sqlite://PATH` (created if missing; one process per file).
+    #[arg(
+        long,
+        env = "ROLLOUT_DATABASE_URL",
+        default_value = "sqlite://rollout-supplier.db"
+    )]
+    pub database_url: String,
+    /// National GP practice file (epraccur format) to import at start, with --supplier-map.
+    /// Only this supplier's practices are kept; re-importing updates attributes and keeps
+    /// opt-outs and history.
+    #[arg(
+        long,
+        env = "ROLLOUT_PRACTICE_FILE",
+        requires = "supplier_map",
+        value_name = "CSV"
+    )]
+    pub practice_file: Option<PathBuf>,
+    /// Practice-to-supplier map (`ods_code,supplier`) for --practice-file.
+    #[arg(
+        long,
+        env = "ROLLOUT_SUPPLIER_MAP",
+        requires = "practice_file",
+        value_name = "CSV"
+    )]
+    pub supplier_map: Option<PathBuf>,
+    /// Declare a change freeze with this reason: go-lives and resumes from the coordinator are
+    /// rejected (and shown there as conflicts); halts are always applied.
+    #[arg(long, env = "ROLLOUT_FREEZE_REASON", value_name = "REASON")]
+    pub freeze_reason: Option<String>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This supplier.
+    pub supplier: SupplierId,
+    /// TLS files of the gRPC port.
+    pub tls: TlsFiles,
+    /// The role policy file.
+    pub policy: PathBuf,
+    /// Database URL.
+    pub database_url: String,
+    /// Reference files to import at start: (practice file, supplier map).
+    pub estate: Option<(PathBuf, PathBuf)>,
+    /// The change-freeze reason, if frozen.
+    pub freeze_reason: Option<String>,
+}
+
+/// A configuration or start-up error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting is invalid.
+    #[error("invalid setting {setting}: {message}")]
+    Setting {
+        /// The flag.
+        setting: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The TLS files are not usable.
+    #[error(transparent)]
+    Tls(#[from] rollout_net::TlsError),
+    /// The role policy is not usable.
+    #[error(transparent)]
+    Policy(#[from] rollout_net::auth::PolicyError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] rollout_store::StoreError),
+    /// The stored state could not be rebuilt.
+    #[error(transparent)]
+    Load(#[from] engine::LoadError),
+    /// A reference file could not be read or parsed.
+    #[error("estate import failed: {0}")]
+    Estate(String),
+    /// The gRPC server failed.
+    #[error("server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be set up.
+    #[error("reflection set-up failed: {0}")]
+    Reflection(#[from] rollout_net::server::ReflectionError),
+}
+
+impl TryFrom<Args> for Config {
+    type Error = Error;
+
+    fn try_from(a: Args) -> Result<Self, Error> {
+        let supplier = SupplierId::parse(&a.supplier_id).map_err(|e| Error::Setting {
+            setting: "--supplier-id",
+            message: e.to_string(),
+        })?;
+        if let Some(r) = &a.freeze_reason
+            && r.trim().is_empty()
+        {
+            return Err(Error::Setting {
+                setting: "--freeze-reason",
+                message: "give the reason for the freeze, or leave the setting out".into(),
+            });
+        }
+        Ok(Config {
+            supplier,
+            tls: a.tls.into(),
+            policy: a.policy,
+            database_url: a.database_url,
+            estate: a.practice_file.zip(a.supplier_map),
+            freeze_reason: a.freeze_reason,
+        })
+    }
+}
+
+/// Who may call what on the supplier.
+pub fn access_table() -> AccessTable {
+    static BACKEND: &[Role] = &[Role::Backend, Role::Coordinator];
+    static ADMIN: &[Role] = &[Role::PracticeAdmin];
+    static COORDINATOR: &[Role] = &[Role::Coordinator];
+    AccessTable::new()
+        .allow("/nhs.gprollout.v1.ToggleService/", Access::AnyOf(BACKEND))
+        .allow("/nhs.gprollout.v1.PracticeSettingsService/", Access::AnyOf(ADMIN))
+        .allow("/nhs.gprollout.v1.ControlService/", Access::AnyOf(COORDINATOR))
+}
+
+/// Records refused calls in the audit log, off the request path.
+struct AuditDenials(tokio::sync::mpsc::Sender<Denial>);
+
+impl DenialObserver for AuditDenials {
+    fn denied(&self, denial: Denial) {
+        if self.0.try_send(denial).is_err() {
+            error!("audit queue full: a refused call was not recorded in the audit log");
+        }
+    }
+}
+
+/// Reads the reference files and keeps this supplier's practices.
+pub fn read_estate(practices: &Path, suppliers: &Path, supplier: &SupplierId) -> Result<Estate, Error> {
+    let read =
+        |p: &Path| std::fs::read(p).map_err(|e| Error::Estate(format!("cannot read {}: {e}", p.display())));
+    let (a, b) = (read(practices)?, read(suppliers)?);
+    let estate = Estate::parse(
+        rollout_core::Source {
+            name: &practices.display().to_string(),
+            bytes: &a,
+        },
+        rollout_core::Source {
+            name: &suppliers.display().to_string(),
+            bytes: &b,
+        },
+    )
+    .map_err(|e| Error::Estate(e.to_string()))?;
+    Ok(estate.for_supplier(supplier))
+}
+
+/// Runs the supplier service on `listener` (mutual TLS) and, if given, `health_listener`
+/// (plaintext health) until `shutdown` resolves; then stops accepting, ends watch streams
+/// (telling clients the version to resume from) and waits for calls in flight.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    health_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let policy = RolePolicy::load(&config.policy)?;
+    let tls = ReloadingServerConfig::load(config.tls.clone())?;
+    let store = SqliteSupplierStore::open(&config.database_url).await?;
+    let store_handle = store.clone();
+    let engine = Engine::load(
+        Arc::new(store),
+        config.supplier.clone(),
+        config.freeze_reason.clone(),
+    )
+    .await?;
+    if let Some((practices, suppliers)) = &config.estate {
+        let estate = read_estate(practices, suppliers, &config.supplier)?;
+        let audit = AuditDraft {
+            identity: "local".into(),
+            action: "import-estate".into(),
+            target: format!("suppliers/{}", config.supplier),
+            outcome: AuditOutcome::Accepted,
+            reason: format!("{} and {}", practices.display(), suppliers.display()),
+            request_id: String::new(),
+        };
+        let change = engine
+            .import_estate(estate.practices().cloned().collect(), audit)
+            .await
+            .map_err(|e| Error::Estate(e.to_string()))?;
+        info!(
+            practices = estate.len(),
+            added = change.added,
+            updated = change.updated,
+            removed = change.removed,
+            "estate imported"
+        );
+    }
+    if engine.current().estate.is_empty() {
+        warn!("the estate is empty: import the practice file with --practice-file and --supplier-map");
+    }
+    if let Some(reason) = &config.freeze_reason {
+        warn!(
+            reason,
+            "change freeze declared: go-lives and resumes will be rejected"
+        );
+    }
+
+    let (denials_tx, mut denials_rx) = tokio::sync::mpsc::channel::<Denial>(10_000);
+    let audit_engine = engine.clone();
+    tokio::spawn(async move {
+        while let Some(d) = denials_rx.recv().await {
+            let draft = AuditDraft {
+                identity: d.identity.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                action: d.method,
+                target: String::new(),
+                outcome: AuditOutcome::Refused,
+                reason: d.message,
+                request_id: String::new(),
+            };
+            if let Err(e) = audit_engine.store().append_audit(draft).await {
+                error!(error = %e, "could not record a refused call in the audit log");
+            }
+        }
+    });
+    let auth = AuthLayer::new(
+        Arc::new(ArcSwap::from_pointee(policy)),
+        access_table(),
+        Some(Arc::new(AuditDenials(denials_tx))),
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let clock_engine = engine.clone();
+    let mut clock_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        loop {
+            let wait = clock_engine
+                .next_boundary()
+                .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
+                .unwrap_or(Duration::from_secs(5))
+                .min(Duration::from_secs(5));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = clock_engine.clock.notified() => {}
+                _ = clock_stop.changed() => return,
+            }
+            clock_engine.refresh().await;
+        }
+    });
+
+    let handlers = service::Handlers::new(engine.clone(), stop_rx.clone());
+    let (reporter, health) = rollout_net::server::health();
+    let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection()?;
+    reporter
+        .set_serving::<ToggleServiceServer<service::Handlers>>()
+        .await;
+    reporter
+        .set_serving::<PracticeSettingsServiceServer<service::Handlers>>()
+        .await;
+    reporter
+        .set_serving::<ControlServiceServer<service::Handlers>>()
+        .await;
+
+    let addr = listener.local_addr().ok();
+    let health_addr = health_listener.as_ref().and_then(|l| l.local_addr().ok());
+    info!(supplier = %config.supplier, addr = ?addr, health = ?health_addr, "supplier service listening");
+
+    let health_task = health_listener.map(|l| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(rollout_net::server::serve_plaintext_health(
+            l,
+            health.clone(),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ))
+    });
+    let stop_reporter = reporter.clone();
+    let main = rollout_net::server::builder()
+        .layer(auth)
+        .add_service(health)
+        .add_service(reflect_v1)
+        .add_service(reflect_v1alpha)
+        .add_service(ToggleServiceServer::new(handlers.clone()))
+        .add_service(PracticeSettingsServiceServer::new(handlers.clone()))
+        .add_service(ControlServiceServer::new(handlers))
+        .serve_with_incoming_shutdown(tls::incoming(listener, tls), async move {
+            shutdown.await;
+            info!("shutting down: ending watch streams and draining calls");
+            stop_reporter
+                .set_not_serving::<ToggleServiceServer<service::Handlers>>()
+                .await;
+            let _ = stop_tx.send(true);
+        });
+    let result = main.await;
+    if let Some(task) = health_task {
+        match task.await {
+            Ok(Err(e)) => warn!(error = %e, "plaintext health server failed"),
+            Err(e) => warn!(error = %e, "plaintext health task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    store_handle.close().await;
+    info!("supplier service stopped");
+    result.map_err(Error::from)
+}

@@ -1,0 +1,535 @@
+//! The supplier service's store.
+//!
+//! Every mutating method takes the audit event of the call and writes it in the same
+//! transaction as the change, so a change is never recorded without its audit entry, nor the
+//! other way round. Every change also stores the new state version, which watch streams resume
+//! from.
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use rollout_core::{
+    IcbCode, OdsCode, Practice, PracticeStatus, RegionCode, SubIcbCode, SupplierId,
+    audit::{AuditDraft, AuditEvent, AuditOutcome, from_micros, micros},
+};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction, sqlite::SqliteRow};
+
+use crate::{StoreError, open_sqlite, signed, unsigned};
+
+/// A command as stored: its sequence, id, feature, the bytes of its body, and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCommand {
+    /// Global sequence.
+    pub sequence: u64,
+    /// Command id.
+    pub id: String,
+    /// Feature key.
+    pub feature: String,
+    /// The command as received (protobuf).
+    pub body: Vec<u8>,
+    /// `Some(reason)` if the supplier rejected it.
+    pub rejection: Option<String>,
+    /// When it was applied or rejected.
+    pub applied_at: SystemTime,
+}
+
+/// A practice opt-out as stored, current or withdrawn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptOutRecord {
+    /// The opt-out (practice, feature, reason, source, who recorded it and when).
+    pub opt_out: rollout_core::OptOut,
+    /// When it was last changed.
+    pub updated_at: SystemTime,
+    /// Its withdrawal, if withdrawn.
+    pub withdrawal: Option<Withdrawal>,
+}
+
+/// The withdrawal of an opt-out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withdrawal {
+    /// Who withdrew it.
+    pub by: String,
+    /// When.
+    pub at: SystemTime,
+    /// Why.
+    pub reason: String,
+}
+
+/// An idempotency record: the request's fingerprint and the response first given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// The request id (UUID).
+    pub request_id: String,
+    /// A hash of the request without its id.
+    pub fingerprint: Vec<u8>,
+    /// The encoded response.
+    pub response: Vec<u8>,
+}
+
+/// Everything the supplier serves from, as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SupplierState {
+    /// Commands in sequence order.
+    pub commands: Vec<StoredCommand>,
+    /// The estate.
+    pub practices: Vec<Practice>,
+    /// Opt-outs, current and withdrawn.
+    pub opt_outs: Vec<OptOutRecord>,
+    /// The state version.
+    pub version: u64,
+    /// When the coordinator was last heard from.
+    pub last_contact: Option<SystemTime>,
+}
+
+/// How an estate import changed the stored practices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EstateChange {
+    /// Practices new to the store.
+    pub added: usize,
+    /// Practices whose attributes changed.
+    pub updated: usize,
+    /// Practices no longer in the estate (their opt-outs are kept).
+    pub removed: usize,
+}
+
+/// The supplier's store. See the module docs for the transaction rules.
+#[async_trait]
+pub trait SupplierStore: Send + Sync + 'static {
+    /// Reads everything needed to rebuild the serving state.
+    async fn load(&self) -> Result<SupplierState, StoreError>;
+
+    /// Stores the next command. Fails with [`StoreError::Conflict`] unless its sequence follows
+    /// the last stored one.
+    async fn append_command(
+        &self,
+        command: &StoredCommand,
+        version: u64,
+        audit: AuditDraft,
+    ) -> Result<(), StoreError>;
+
+    /// Replaces every stored command (a full resync). Opt-outs and the estate stay.
+    async fn replace_commands(
+        &self,
+        commands: &[StoredCommand],
+        version: u64,
+        audit: AuditDraft,
+    ) -> Result<(), StoreError>;
+
+    /// Stores an opt-out (new, updated or withdrawn), with the call's idempotency record.
+    async fn put_opt_out(
+        &self,
+        record: &OptOutRecord,
+        version: u64,
+        request: Option<RequestRecord>,
+        audit: AuditDraft,
+    ) -> Result<(), StoreError>;
+
+    /// Makes the stored estate exactly `practices`: adds, updates, removes.
+    async fn import_estate(
+        &self,
+        practices: &[Practice],
+        version: u64,
+        audit: AuditDraft,
+    ) -> Result<EstateChange, StoreError>;
+
+    /// Records when the coordinator was last heard from.
+    async fn record_contact(&self, at: SystemTime) -> Result<(), StoreError>;
+
+    /// The idempotency record of a request id, if one is stored.
+    async fn recall_request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError>;
+
+    /// Appends an audit event on its own (refused calls).
+    async fn append_audit(&self, audit: AuditDraft) -> Result<AuditEvent, StoreError>;
+
+    /// Audit events after `after`, at most `limit`, in order.
+    async fn list_audit(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
+}
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "supplier initial schema",
+    include_str!("../migrations/sqlite/supplier_0001_init.sql"),
+)];
+
+/// The supplier store on an SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteSupplierStore {
+    pool: SqlitePool,
+}
+
+impl SqliteSupplierStore {
+    /// Opens (or creates) the database at `url` (`sqlite://PATH`).
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Ok(SqliteSupplierStore {
+            pool: open_sqlite(url, MIGRATIONS).await?,
+        })
+    }
+
+    /// Closes the database, releasing its lock.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn set_meta(tx: &mut Transaction<'_, Sqlite>, key: &str, value: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(key)
+    .bind(value)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Appends `draft` after the last audit event, inside `tx`.
+async fn audit_in(tx: &mut Transaction<'_, Sqlite>, draft: AuditDraft) -> Result<AuditEvent, StoreError> {
+    let last: Option<(i64, String)> =
+        sqlx::query_as("SELECT sequence, hash FROM audit ORDER BY sequence DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await?;
+    let previous = match &last {
+        Some((seq, hash)) => Some((unsigned(*seq, "audit sequence")?, hash.as_str())),
+        None => None,
+    };
+    let event = AuditEvent::seal(previous, draft, SystemTime::now());
+    sqlx::query(
+        "INSERT INTO audit (sequence, time, identity, action, target, outcome, reason, request_id, previous_hash, hash)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(signed(event.sequence, "audit sequence")?)
+    .bind(event.time_micros)
+    .bind(&event.draft.identity)
+    .bind(&event.draft.action)
+    .bind(&event.draft.target)
+    .bind(event.draft.outcome.as_str())
+    .bind(&event.draft.reason)
+    .bind(&event.draft.request_id)
+    .bind(&event.previous_hash)
+    .bind(&event.hash)
+    .execute(&mut **tx)
+    .await?;
+    Ok(event)
+}
+
+async fn insert_command(tx: &mut Transaction<'_, Sqlite>, c: &StoredCommand) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO commands (sequence, id, feature, body, rejection_reason, applied_at) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(signed(c.sequence, "sequence")?)
+    .bind(&c.id)
+    .bind(&c.feature)
+    .bind(&c.body)
+    .bind(c.rejection.as_deref())
+    .bind(micros(c.applied_at))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn status_code(s: PracticeStatus) -> &'static str {
+    match s {
+        PracticeStatus::Active => "A",
+        PracticeStatus::Closed => "C",
+        PracticeStatus::Dormant => "D",
+        PracticeStatus::Proposed => "P",
+    }
+}
+
+fn practice_row(row: &SqliteRow) -> Result<Practice, StoreError> {
+    let text = |c: &str| row.try_get::<String, _>(c);
+    let bad = |e: rollout_core::IdError| StoreError::Corrupt(e.to_string());
+    Ok(Practice {
+        ods: OdsCode::parse(&text("ods")?).map_err(bad)?,
+        name: text("name")?,
+        region: RegionCode::parse_region(&text("region")?).map_err(bad)?,
+        icb: IcbCode::parse(&text("icb")?).map_err(bad)?,
+        sub_icb: SubIcbCode::parse(&text("sub_icb")?).map_err(bad)?,
+        supplier: SupplierId::parse(&text("supplier")?).map_err(bad)?,
+        status: PracticeStatus::from_code(&text("status")?)
+            .ok_or_else(|| StoreError::Corrupt("unknown practice status".into()))?,
+    })
+}
+
+fn opt_out_row(row: &SqliteRow) -> Result<OptOutRecord, StoreError> {
+    let bad = |e: rollout_core::IdError| StoreError::Corrupt(e.to_string());
+    let withdrawn_by: Option<String> = row.try_get("withdrawn_by")?;
+    let withdrawal = match withdrawn_by {
+        Some(by) => Some(Withdrawal {
+            by,
+            at: from_micros(row.try_get::<Option<i64>, _>("withdrawn_at")?.unwrap_or_default()),
+            reason: row
+                .try_get::<Option<String>, _>("withdraw_reason")?
+                .unwrap_or_default(),
+        }),
+        None => None,
+    };
+    Ok(OptOutRecord {
+        opt_out: rollout_core::OptOut {
+            practice: OdsCode::parse(&row.try_get::<String, _>("ods")?).map_err(bad)?,
+            feature: rollout_core::FeatureKey::parse(&row.try_get::<String, _>("feature")?).map_err(bad)?,
+            reason: row.try_get("reason")?,
+            source: row.try_get("source")?,
+            recorded_by: row.try_get("recorded_by")?,
+            recorded_at: from_micros(row.try_get("created_at")?),
+        },
+        updated_at: from_micros(row.try_get("updated_at")?),
+        withdrawal,
+    })
+}
+
+fn audit_row(row: &SqliteRow) -> Result<AuditEvent, StoreError> {
+    let outcome: String = row.try_get("outcome")?;
+    Ok(AuditEvent {
+        sequence: unsigned(row.try_get("sequence")?, "audit sequence")?,
+        time_micros: row.try_get("time")?,
+        draft: AuditDraft {
+            identity: row.try_get("identity")?,
+            action: row.try_get("action")?,
+            target: row.try_get("target")?,
+            outcome: AuditOutcome::parse(&outcome)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown audit outcome {outcome:?}")))?,
+            reason: row.try_get("reason")?,
+            request_id: row.try_get("request_id")?,
+        },
+        previous_hash: row.try_get("previous_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+#[async_trait]
+impl SupplierStore for SqliteSupplierStore {
+    async fn load(&self) -> Result<SupplierState, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let commands = sqlx::query(
+            "SELECT sequence, id, feature, body, rejection_reason, applied_at FROM commands ORDER BY sequence",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(StoredCommand {
+                sequence: unsigned(row.try_get("sequence")?, "sequence")?,
+                id: row.try_get("id")?,
+                feature: row.try_get("feature")?,
+                body: row.try_get("body")?,
+                rejection: row.try_get("rejection_reason")?,
+                applied_at: from_micros(row.try_get("applied_at")?),
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        let practices = sqlx::query(
+            "SELECT ods, name, region, icb, sub_icb, supplier, status FROM practices ORDER BY ods",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(practice_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let opt_outs = sqlx::query("SELECT * FROM opt_outs ORDER BY ods, feature")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(opt_out_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let meta = |key: &'static str| {
+            sqlx::query_scalar::<_, i64>("SELECT value FROM meta WHERE key = ?").bind(key)
+        };
+        let version = meta("version").fetch_optional(&mut *tx).await?.unwrap_or(0);
+        let last_contact = meta("last_contact")
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(from_micros);
+        tx.commit().await?;
+        Ok(SupplierState {
+            commands,
+            practices,
+            opt_outs,
+            version: unsigned(version, "version")?,
+            last_contact,
+        })
+    }
+
+    async fn append_command(
+        &self,
+        command: &StoredCommand,
+        version: u64,
+        audit: AuditDraft,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(sequence) FROM commands")
+            .fetch_one(&mut *tx)
+            .await?;
+        let last = unsigned(last.unwrap_or(0), "sequence")?;
+        if command.sequence != last + 1 {
+            return Err(StoreError::Conflict(format!(
+                "command sequence {} does not follow the stored sequence {last}",
+                command.sequence
+            )));
+        }
+        insert_command(&mut tx, command).await?;
+        set_meta(&mut tx, "version", signed(version, "version")?).await?;
+        audit_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn replace_commands(
+        &self,
+        commands: &[StoredCommand],
+        version: u64,
+        audit: AuditDraft,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM commands").execute(&mut *tx).await?;
+        for c in commands {
+            insert_command(&mut tx, c).await?;
+        }
+        set_meta(&mut tx, "version", signed(version, "version")?).await?;
+        audit_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn put_opt_out(
+        &self,
+        record: &OptOutRecord,
+        version: u64,
+        request: Option<RequestRecord>,
+        audit: AuditDraft,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let o = &record.opt_out;
+        let w = record.withdrawal.as_ref();
+        sqlx::query(
+            "INSERT INTO opt_outs (ods, feature, reason, source, recorded_by, created_at, updated_at,
+                                   withdrawn_by, withdrawn_at, withdraw_reason)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (ods, feature) DO UPDATE SET
+                reason = excluded.reason, source = excluded.source, recorded_by = excluded.recorded_by,
+                created_at = excluded.created_at, updated_at = excluded.updated_at,
+                withdrawn_by = excluded.withdrawn_by, withdrawn_at = excluded.withdrawn_at,
+                withdraw_reason = excluded.withdraw_reason",
+        )
+        .bind(o.practice.as_str())
+        .bind(o.feature.as_str())
+        .bind(&o.reason)
+        .bind(&o.source)
+        .bind(&o.recorded_by)
+        .bind(micros(o.recorded_at))
+        .bind(micros(record.updated_at))
+        .bind(w.map(|w| w.by.as_str()))
+        .bind(w.map(|w| micros(w.at)))
+        .bind(w.map(|w| w.reason.as_str()))
+        .execute(&mut *tx)
+        .await?;
+        if let Some(r) = request {
+            sqlx::query(
+                "INSERT INTO requests (request_id, fingerprint, response, created_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&r.request_id)
+            .bind(&r.fingerprint)
+            .bind(&r.response)
+            .bind(micros(SystemTime::now()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        set_meta(&mut tx, "version", signed(version, "version")?).await?;
+        audit_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn import_estate(
+        &self,
+        practices: &[Practice],
+        version: u64,
+        audit: AuditDraft,
+    ) -> Result<EstateChange, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let existing = sqlx::query("SELECT ods, name, region, icb, sub_icb, supplier, status FROM practices")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| practice_row(r).map(|p| (p.ods, p)))
+            .collect::<Result<std::collections::HashMap<_, _>, _>>()?;
+        let mut change = EstateChange::default();
+        let now = micros(SystemTime::now());
+        for p in practices {
+            match existing.get(&p.ods) {
+                Some(old) if old == p => continue,
+                Some(_) => change.updated += 1,
+                None => change.added += 1,
+            }
+            sqlx::query(
+                "INSERT INTO practices (ods, name, region, icb, sub_icb, supplier, status, updated_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (ods) DO UPDATE SET name = excluded.name, region = excluded.region,
+                    icb = excluded.icb, sub_icb = excluded.sub_icb, supplier = excluded.supplier,
+                    status = excluded.status, updated_at = excluded.updated_at",
+            )
+            .bind(p.ods.as_str())
+            .bind(&p.name)
+            .bind(p.region.as_str())
+            .bind(p.icb.as_str())
+            .bind(p.sub_icb.as_str())
+            .bind(p.supplier.as_str())
+            .bind(status_code(p.status))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let keep: std::collections::HashSet<OdsCode> = practices.iter().map(|p| p.ods).collect();
+        for ods in existing.keys().filter(|k| !keep.contains(k)) {
+            sqlx::query("DELETE FROM practices WHERE ods = ?")
+                .bind(ods.as_str())
+                .execute(&mut *tx)
+                .await?;
+            change.removed += 1;
+        }
+        set_meta(&mut tx, "version", signed(version, "version")?).await?;
+        audit_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(change)
+    }
+
+    async fn record_contact(&self, at: SystemTime) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        set_meta(&mut tx, "last_contact", micros(at)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn recall_request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
+        let row = sqlx::query("SELECT fingerprint, response FROM requests WHERE request_id = ?")
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(RequestRecord {
+                request_id: request_id.to_owned(),
+                fingerprint: r.try_get("fingerprint")?,
+                response: r.try_get("response")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn append_audit(&self, audit: AuditDraft) -> Result<AuditEvent, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let event = audit_in(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    async fn list_audit(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
+        sqlx::query("SELECT * FROM audit WHERE sequence > ? ORDER BY sequence LIMIT ?")
+            .bind(signed(after, "audit sequence")?)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(audit_row)
+            .collect()
+    }
+}
