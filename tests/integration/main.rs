@@ -2,4 +2,5 @@
 //! certificates made at test time, real processes where the test is about processes.
 
 mod mtls;
+mod supplier;
 mod support;

@@ -110,7 +110,8 @@ async fn start(pki: &Path) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (_reporter, health) = rollout_net::server::health();
-    let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection().expect("reflection");
+    let (reflect_v1, reflect_v1alpha) =
+        rollout_net::server::reflection(&["nhs.gprollout.v1.ToggleService"]).expect("reflection");
     let (stop, stopped) = oneshot::channel::<()>();
     let router = rollout_net::server::builder()
         .layer(auth)

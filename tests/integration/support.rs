@@ -1,12 +1,19 @@
 //! Helpers shared by the integration tests.
 
 use std::{
+    future::Future,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
+    time::{Duration, SystemTime},
 };
 
+use rollout_core::{Action, CommandId, FailMode, FeatureDef, FeatureKey, Scope};
 use rollout_net::tls::{self, TlsFiles};
-use tonic::transport::Channel;
+use rollout_proto::v1 as pb;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{Code, Status, transport::Channel};
+use tonic_types::StatusExt;
 
 /// The path of a workspace binary built next to this test binary. The README's test command
 /// builds the binaries before the tests run.
@@ -39,7 +46,160 @@ pub fn pki_init(parent: &Path) -> PathBuf {
 }
 
 /// A lazily connecting mTLS channel to `addr` as the identity whose files are `name` in `pki`.
-pub fn channel_as(pki: &Path, name: &str, addr: std::net::SocketAddr) -> Channel {
+pub fn channel_as(pki: &Path, name: &str, addr: SocketAddr) -> Channel {
     let config = tls::client_config(&TlsFiles::from_pki_dir(pki, name), None).expect("client config");
     tls::channel(&format!("localhost:{}", addr.port()), config).expect("channel")
+}
+
+/// The repository's synthetic reference files.
+pub fn reference_files() -> (PathBuf, PathBuf) {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
+    (data.join("epraccur.csv"), data.join("gp-system-suppliers.csv"))
+}
+
+/// The ErrorInfo reason of a status.
+pub fn reason(status: &Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+/// Asserts a status's code and ErrorInfo reason.
+pub fn assert_refused(status: &Status, code: Code, reason_: &str, what: &str) {
+    assert_eq!(
+        (status.code(), reason(status).as_str()),
+        (code, reason_),
+        "{what}: {status:?}"
+    );
+}
+
+/// A running server task and the means to stop it.
+pub struct Running<E> {
+    /// The mTLS address.
+    pub addr: SocketAddr,
+    /// The plaintext health address.
+    pub health: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), E>>>,
+}
+
+impl<E: std::fmt::Debug> Running<E> {
+    /// Binds both ports on loopback and runs `serve(listener, health_listener, shutdown)`.
+    pub async fn start<F>(serve: impl FnOnce(TcpListener, TcpListener, oneshot::Receiver<()>) -> F) -> Self
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let health = TcpListener::bind("127.0.0.1:0").await.expect("bind health");
+        let (addr, health_addr) = (
+            listener.local_addr().expect("addr"),
+            health.local_addr().expect("addr"),
+        );
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(serve(listener, health, stopped));
+        Running {
+            addr,
+            health: health_addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server and waits for it to finish cleanly.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let result = tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("server stops within 20 s")
+                .expect("server task");
+            result.expect("server ran and stopped cleanly");
+        }
+    }
+}
+
+/// The feature every test uses.
+pub const FEATURE: &str = "prospective-record-access";
+
+/// `features/prospective-record-access`.
+pub fn feature_name() -> String {
+    format!("features/{FEATURE}")
+}
+
+/// `practices/{ods}/features/prospective-record-access`.
+pub fn practice_feature(ods: &str) -> String {
+    format!("practices/{ods}/features/{FEATURE}")
+}
+
+fn key() -> FeatureKey {
+    FeatureKey::parse(FEATURE).expect("feature key")
+}
+
+/// A coordinator command on the wire, as the coordinator would send it.
+pub fn command(sequence: u64, id: &str, action: Action) -> pb::Command {
+    rollout_net::wire::command_pb(&rollout_core::Command {
+        id: CommandId::parse(id).expect("command id"),
+        sequence,
+        feature: key(),
+        action,
+        reason: format!("test command {id}"),
+        requester: "spiffe://gprollout.test/operator/alice".into(),
+        issued_at: SystemTime::now(),
+        approved_by: vec![],
+    })
+}
+
+/// Defines the feature (fail-static unless `ttl` is given).
+pub fn define(sequence: u64, ttl: Option<Duration>) -> pb::Command {
+    command(
+        sequence,
+        &format!("define-{sequence}"),
+        Action::CreateFeature(FeatureDef {
+            key: key(),
+            description: "automatic prospective online record access".into(),
+            fail_mode: ttl.map_or(FailMode::Static, |ttl| FailMode::Closed { ttl }),
+            approvals_required: 1,
+        }),
+    )
+}
+
+/// A halt.
+pub fn halt(sequence: u64, id: &str, scope: Scope) -> pb::Command {
+    command(sequence, id, Action::Halt { scope })
+}
+
+/// A go-live, at once or at `at`.
+pub fn go_live(sequence: u64, id: &str, scope: Scope, at: Option<SystemTime>) -> pb::Command {
+    command(
+        sequence,
+        id,
+        Action::GoLive {
+            scope,
+            effective_at: at,
+        },
+    )
+}
+
+/// A resume of the named halts.
+pub fn resume(sequence: u64, id: &str, halts: &[&str]) -> pb::Command {
+    command(
+        sequence,
+        id,
+        Action::Resume {
+            halts: halts
+                .iter()
+                .map(|h| CommandId::parse(h).expect("halt id"))
+                .collect(),
+        },
+    )
+}
+
+/// A scope listing practices.
+pub fn practices(codes: &[&str]) -> Scope {
+    Scope::practices(codes.iter().copied()).expect("practice scope")
 }

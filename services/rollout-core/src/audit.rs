@@ -84,6 +84,12 @@ pub fn from_micros(micros: i64) -> SystemTime {
     }
 }
 
+/// Now, at the precision the stores keep (microseconds), so what is served from memory and
+/// what is read back after a restart are the same.
+pub fn now() -> SystemTime {
+    from_micros(micros(SystemTime::now()))
+}
+
 impl AuditEvent {
     /// Seals `draft` as the event after `previous` (or the first event).
     pub fn seal(previous: Option<(u64, &str)>, draft: AuditDraft, time: SystemTime) -> AuditEvent {

@@ -37,8 +37,12 @@ pub fn health() -> (
 }
 
 /// Reflection v1 and v1alpha over the project's contracts, health and reflection itself, so
-/// `grpcurl list` and `describe` (which speak v1alpha) show every service with no proto files.
-pub fn reflection() -> Result<
+/// `grpcurl list` and `describe` (which speak v1alpha) work with no proto files. `services`
+/// names the project services this server serves (for example
+/// `nhs.gprollout.v1.ToggleService`); only they, health and reflection are advertised.
+pub fn reflection(
+    services: &[&str],
+) -> Result<
     (
         tonic_reflection::server::v1::ServerReflectionServer<
             impl tonic_reflection::server::v1::ServerReflection,
@@ -50,11 +54,19 @@ pub fn reflection() -> Result<
     tonic_reflection::server::Error,
 > {
     let builder = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(rollout_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        let standard = [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ];
+        standard.iter().chain(services).fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(rollout_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET),
+            |b, name| b.with_service_name(*name),
+        )
     };
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }

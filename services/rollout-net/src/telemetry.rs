@@ -1,5 +1,7 @@
 //! Logging set-up, once, in each binary's `main`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// How log lines are written.
@@ -18,7 +20,11 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Plain => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(

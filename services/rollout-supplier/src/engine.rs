@@ -524,7 +524,7 @@ impl Engine {
         let mut book = RuleBook::new();
         let mut applied = BTreeMap::new();
         let mut stored = Vec::with_capacity(commands.len());
-        let now = SystemTime::now();
+        let now = rollout_core::audit::now();
         for (i, (body, cmd)) in commands.into_iter().enumerate() {
             let field = format!("commands[{i}]");
             if cmd.sequence != i as u64 + 1 {
@@ -698,7 +698,7 @@ impl Engine {
 
 /// An opt-out record as withdrawn now.
 pub fn withdrawn(existing: &OptOutRecord, by: &str, reason: String) -> OptOutRecord {
-    let now = SystemTime::now();
+    let now = rollout_core::audit::now();
     OptOutRecord {
         updated_at: now,
         withdrawal: Some(Withdrawal {

@@ -308,7 +308,11 @@ pub async fn serve(
 
     let handlers = service::Handlers::new(engine.clone(), stop_rx.clone());
     let (reporter, health) = rollout_net::server::health();
-    let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection()?;
+    let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection(&[
+        "nhs.gprollout.v1.ToggleService",
+        "nhs.gprollout.v1.PracticeSettingsService",
+        "nhs.gprollout.v1.ControlService",
+    ])?;
     reporter
         .set_serving::<ToggleServiceServer<service::Handlers>>()
         .await;

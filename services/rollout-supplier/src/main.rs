@@ -1,12 +1,24 @@
 //! `rollout-supplier`: parses the configuration and runs [`rollout_supplier::serve`].
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 use rollout_supplier::{Args, Config, serve};
 use tokio::net::TcpListener;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rollout-supplier: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     rollout_net::telemetry::init(args.log.log_format, &args.log.log_filter).map_err(anyhow::Error::msg)?;
     rollout_net::tls::install_crypto_provider();

@@ -509,7 +509,7 @@ impl PracticeSettingsService for Handlers {
                 .put_opt_out(
                     (ods, key.clone()),
                     |existing| {
-                        let now = SystemTime::now();
+                        let now = rollout_core::audit::now();
                         let active = existing.filter(|e| e.withdrawal.is_none());
                         Ok(OptOutRecord {
                             opt_out: rollout_core::OptOut {
