@@ -1,6 +1,9 @@
 //! The one integration-test binary: real servers on 127.0.0.1 port 0, real mutual TLS with
 //! certificates made at test time, real processes where the test is about processes.
 
+mod cli;
+mod coordinator;
 mod mtls;
+mod stack;
 mod supplier;
 mod support;

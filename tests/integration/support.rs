@@ -92,7 +92,20 @@ impl<E: std::fmt::Debug> Running<E> {
         F: Future<Output = Result<(), E>> + Send + 'static,
         E: Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_at("127.0.0.1:0".parse().expect("addr"), serve).await
+    }
+
+    /// As [`Running::start`], with the gRPC port at `addr` (to restart a server where its
+    /// clients expect it).
+    pub async fn start_at<F>(
+        addr: SocketAddr,
+        serve: impl FnOnce(TcpListener, TcpListener, oneshot::Receiver<()>) -> F,
+    ) -> Self
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: Send + 'static,
+    {
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let health = TcpListener::bind("127.0.0.1:0").await.expect("bind health");
         let (addr, health_addr) = (
             listener.local_addr().expect("addr"),

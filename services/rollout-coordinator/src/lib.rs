@@ -1,6 +1,366 @@
 //! The coordinator service (`rollout-coordinator`), run by NHS England: halt, resume and go-live
-//! commands with approvals, a global sequence, one delivery task per supplier over mutual TLS,
-//! sync status, verification and audit.
+//! commands with approvals, a durable global sequence, one delivery task per supplier over
+//! mutual TLS, sync status, verification and audit.
 //!
-//! Not built yet: this crate holds no service code until the coordinator issue, and ships no
-//! binary until it does. The contract it will serve is `CoordinatorService` in `rollout-proto`.
+//! - [`Args`] / [`Config`]: typed configuration; the suppliers come from a TOML file.
+//! - [`serve`]: runs the service on an already-bound listener until a shutdown future resolves.
+//! - `core`: the model and its write path; `delivery`: the per-supplier tasks; `service`: the
+//!   gRPC handlers.
+
+mod core;
+mod delivery;
+mod service;
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use clap::Parser;
+use rollout_core::SupplierId;
+use rollout_net::{
+    Access, AccessTable, AuthLayer, Identity, Role, RolePolicy,
+    cli::{LogArgs, TlsArgs},
+    tls::{self, ReloadingServerConfig, TlsFiles},
+};
+use rollout_proto::v1::coordinator_service_server::CoordinatorServiceServer;
+use rollout_store::coordinator::SqliteCoordinatorStore;
+use serde::Deserialize;
+use tokio::{net::TcpListener, sync::watch};
+use tracing::{error, info, warn};
+
+pub use crate::core::SupplierEndpoint;
+
+/// The coordinator service of GP Rollout Control: halts, resumes and go-lives pushed to every
+/// supplier over mutual TLS, with approvals, delivery tracking, verification and audit.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "rollout-coordinator", version, about, long_about = None)]
+pub struct Args {
+    /// Address of the mutual-TLS gRPC port.
+    #[arg(long, env = "ROLLOUT_LISTEN", default_value = "0.0.0.0:50050")]
+    pub listen: SocketAddr,
+    /// Address of the plaintext health port for probes (health only). `off` disables it.
+    #[arg(long, env = "ROLLOUT_HEALTH_LISTEN", default_value = "127.0.0.1:50060")]
+    pub health_listen: String,
+    /// The server's TLS files. The same certificate is the coordinator's client certificate
+    /// towards the suppliers.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// CA bundle that suppliers' server certificates must chain to (default: --tls-ca).
+    #[arg(long, env = "ROLLOUT_SUPPLIER_CA", value_name = "PEM")]
+    pub supplier_ca: Option<PathBuf>,
+    /// Role policy (TOML). Roles used here: operator (create features, halt, resume, go-live,
+    /// cancel), approver (approve, cancel), auditor (audit log), viewer (read).
+    #[arg(long, env = "ROLLOUT_POLICY", value_name = "TOML")]
+    pub policy: PathBuf,
+    /// The suppliers (TOML): `[[supplier]]` tables with `id`, `endpoint` (host:port) and
+    /// `identity` (the URI or DNS SAN their server certificate must carry).
+    #[arg(long, env = "ROLLOUT_SUPPLIERS", value_name = "TOML")]
+    pub suppliers: PathBuf,
+    /// Database URL: `sqlite://PATH` (created if missing; one process per file).
+    #[arg(
+        long,
+        env = "ROLLOUT_DATABASE_URL",
+        default_value = "sqlite://rollout-coordinator.db"
+    )]
+    pub database_url: String,
+    /// National GP practice file (epraccur format): dry runs, routing GetPracticeStatus and
+    /// verification use it.
+    #[arg(long, env = "ROLLOUT_PRACTICE_FILE", value_name = "CSV")]
+    pub practice_file: PathBuf,
+    /// Practice-to-supplier map (`ods_code,supplier`).
+    #[arg(long, env = "ROLLOUT_SUPPLIER_MAP", value_name = "CSV")]
+    pub supplier_map: PathBuf,
+    /// How often each supplier is sent a heartbeat (GetSyncState). Keep it well under the
+    /// shortest control TTL of any fail-closed feature.
+    #[arg(long, env = "ROLLOUT_HEARTBEAT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+    /// A supplier not heard from for this long is shown as STALE.
+    #[arg(long, env = "ROLLOUT_STALE_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub stale_after: Duration,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// The suppliers file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuppliersFile {
+    supplier: Vec<SupplierEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SupplierEntry {
+    id: String,
+    endpoint: String,
+    identity: String,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// TLS files of the gRPC port (and the client side towards suppliers).
+    pub tls: TlsFiles,
+    /// CA bundle for suppliers' server certificates.
+    pub supplier_ca: PathBuf,
+    /// Role policy file.
+    pub policy: PathBuf,
+    /// The suppliers.
+    pub suppliers: Vec<SupplierEndpoint>,
+    /// Database URL.
+    pub database_url: String,
+    /// The national reference files (practice file, supplier map).
+    pub estate: (PathBuf, PathBuf),
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Staleness threshold.
+    pub stale_after: Duration,
+}
+
+/// A configuration or start-up error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting is invalid.
+    #[error("invalid setting {setting}: {message}")]
+    Setting {
+        /// The setting.
+        setting: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// TLS files unusable.
+    #[error(transparent)]
+    Tls(#[from] rollout_net::TlsError),
+    /// Role policy unusable.
+    #[error(transparent)]
+    Policy(#[from] rollout_net::auth::PolicyError),
+    /// Store failure.
+    #[error(transparent)]
+    Store(#[from] rollout_store::StoreError),
+    /// Stored state unreadable.
+    #[error(transparent)]
+    Load(#[from] crate::core::LoadError),
+    /// Reference files unusable.
+    #[error("estate: {0}")]
+    Estate(String),
+    /// Server failure.
+    #[error("server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection set-up failure.
+    #[error("reflection set-up failed: {0}")]
+    Reflection(#[from] rollout_net::server::ReflectionError),
+}
+
+/// Reads the suppliers file.
+pub fn read_suppliers(path: &Path) -> Result<Vec<SupplierEndpoint>, Error> {
+    let setting = |message: String| Error::Setting {
+        setting: format!("--suppliers {}", path.display()),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| setting(e.to_string()))?;
+    let file: SuppliersFile = toml::from_str(&text).map_err(|e| setting(e.to_string()))?;
+    let mut seen = std::collections::HashSet::new();
+    file.supplier
+        .into_iter()
+        .map(|e| {
+            let id = SupplierId::parse(&e.id).map_err(|err| setting(err.to_string()))?;
+            if !seen.insert(id.clone()) {
+                return Err(setting(format!("supplier {id} is listed twice")));
+            }
+            if !e.endpoint.contains(':') {
+                return Err(setting(format!(
+                    "endpoint {:?} of {id} is not host:port",
+                    e.endpoint
+                )));
+            }
+            Ok(SupplierEndpoint {
+                id,
+                endpoint: e.endpoint,
+                identity: e.identity,
+            })
+        })
+        .collect()
+}
+
+impl TryFrom<Args> for Config {
+    type Error = Error;
+
+    fn try_from(a: Args) -> Result<Self, Error> {
+        let suppliers = read_suppliers(&a.suppliers)?;
+        if a.heartbeat.is_zero() || a.heartbeat >= a.stale_after {
+            return Err(Error::Setting {
+                setting: "--heartbeat".into(),
+                message: "must be above zero and below --stale-after".into(),
+            });
+        }
+        let tls: TlsFiles = a.tls.into();
+        Ok(Config {
+            supplier_ca: a.supplier_ca.unwrap_or_else(|| tls.ca.clone()),
+            tls,
+            policy: a.policy,
+            suppliers,
+            database_url: a.database_url,
+            estate: (a.practice_file, a.supplier_map),
+            heartbeat: a.heartbeat,
+            stale_after: a.stale_after,
+        })
+    }
+}
+
+/// Who may call what on the coordinator.
+pub fn access_table() -> AccessTable {
+    static OPERATOR: &[Role] = &[Role::Operator];
+    static APPROVER: &[Role] = &[Role::Approver];
+    static CANCEL: &[Role] = &[Role::Operator, Role::Approver];
+    static AUDITOR: &[Role] = &[Role::Auditor];
+    static READ: &[Role] = &[Role::Viewer, Role::Operator, Role::Approver, Role::Auditor];
+    const S: &str = "/nhs.gprollout.v1.CoordinatorService/";
+    AccessTable::new()
+        .allow(S, Access::AnyOf(READ))
+        .allow(
+            "/nhs.gprollout.v1.CoordinatorService/CreateFeature",
+            Access::AnyOf(OPERATOR),
+        )
+        .allow(
+            "/nhs.gprollout.v1.CoordinatorService/HaltFeature",
+            Access::AnyOf(OPERATOR),
+        )
+        .allow(
+            "/nhs.gprollout.v1.CoordinatorService/ResumeFeature",
+            Access::AnyOf(OPERATOR),
+        )
+        .allow(
+            "/nhs.gprollout.v1.CoordinatorService/ScheduleGoLive",
+            Access::AnyOf(OPERATOR),
+        )
+        .allow(
+            "/nhs.gprollout.v1.CoordinatorService/ApproveCommand",
+            Access::AnyOf(APPROVER),
+        )
+        .allow(
+            "/nhs.gprollout.v1.CoordinatorService/CancelCommand",
+            Access::AnyOf(CANCEL),
+        )
+        .allow(
+            "/nhs.gprollout.v1.CoordinatorService/ListAuditEvents",
+            Access::AnyOf(AUDITOR),
+        )
+}
+
+/// Runs the coordinator on `listener` (mutual TLS) and, if given, `health_listener` (plaintext
+/// health) until `shutdown` resolves; delivery tasks run alongside and stop with it.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    health_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let policy = RolePolicy::load(&config.policy)?;
+    let tls = ReloadingServerConfig::load(config.tls.clone())?;
+    let estate = Arc::new(
+        rollout_store::reference::read_estate(&config.estate.0, &config.estate.1).map_err(Error::Estate)?,
+    );
+    let store = SqliteCoordinatorStore::open(&config.database_url).await?;
+    let store_handle = store.clone();
+    let core = crate::core::Core::load(
+        Arc::new(store),
+        estate.clone(),
+        config.suppliers.clone(),
+        config.stale_after,
+    )
+    .await?;
+    info!(
+        practices = estate.len(),
+        suppliers = config.suppliers.len(),
+        "national estate loaded"
+    );
+
+    let client_files = TlsFiles {
+        ca: config.supplier_ca.clone(),
+        ..config.tls.clone()
+    };
+    let mut channels = BTreeMap::new();
+    for s in &config.suppliers {
+        let client = tls::client_config(&client_files, Some(Identity::new(&s.identity)))?;
+        channels.insert(s.id.clone(), tls::channel(&s.endpoint, client)?);
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut deliveries = Vec::new();
+    for (id, channel) in &channels {
+        deliveries.push(tokio::spawn(delivery::run(
+            core.clone(),
+            id.clone(),
+            channel.clone(),
+            config.heartbeat,
+            stop_rx.clone(),
+        )));
+    }
+
+    let audit_core = core.clone();
+    let denials = rollout_net::auth::audit_denials(move |draft| {
+        let audit_core = audit_core.clone();
+        async move {
+            if let Err(e) = audit_core.store().append_audit(draft).await {
+                error!(error = %e, "could not record a refused call in the audit log");
+            }
+        }
+    });
+    let auth = AuthLayer::new(
+        Arc::new(ArcSwap::from_pointee(policy)),
+        access_table(),
+        Some(denials),
+    );
+
+    let handlers = service::Handlers::new(core.clone(), channels);
+    let (reporter, health) = rollout_net::server::health();
+    let (reflect_v1, reflect_v1alpha) =
+        rollout_net::server::reflection(&["nhs.gprollout.v1.CoordinatorService"])?;
+    reporter
+        .set_serving::<CoordinatorServiceServer<service::Handlers>>()
+        .await;
+    info!(addr = ?listener.local_addr().ok(), health = ?health_listener.as_ref().and_then(|l| l.local_addr().ok()), "coordinator listening");
+
+    let health_task = health_listener.map(|l| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(rollout_net::server::serve_plaintext_health(
+            l,
+            health.clone(),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ))
+    });
+    let result = rollout_net::server::builder()
+        .layer(auth)
+        .add_service(health)
+        .add_service(reflect_v1)
+        .add_service(reflect_v1alpha)
+        .add_service(CoordinatorServiceServer::new(handlers))
+        .serve_with_incoming_shutdown(tls::incoming(listener, tls), async move {
+            shutdown.await;
+            info!("shutting down: stopping delivery and draining calls");
+            reporter
+                .set_not_serving::<CoordinatorServiceServer<service::Handlers>>()
+                .await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+    for d in deliveries {
+        if let Err(e) = d.await {
+            warn!(error = %e, "delivery task failed");
+        }
+    }
+    if let Some(task) = health_task {
+        let _ = task.await;
+    }
+    store_handle.close().await;
+    info!("coordinator stopped");
+    result.map_err(Error::from)
+}

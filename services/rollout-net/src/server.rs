@@ -1,7 +1,7 @@
 //! What every server here has in common: the HTTP/2 settings, health and reflection on the
 //! mTLS port, health alone on a plaintext loopback port for probes, and shutdown on a signal.
 
-use std::{future::Future, time::Duration};
+use std::{fmt::Display, future::Future, net::SocketAddr, process::ExitCode, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -104,4 +104,51 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => tracing::info!("interrupt received; shutting down"),
         _ = term => tracing::info!("terminate received; shutting down"),
     }
+}
+
+/// The body of a server binary's `main`, after it has parsed its arguments: sets up logging and
+/// the crypto provider, binds the gRPC port at `listen` and the plaintext health port at
+/// `health` (unless it is `off`), runs `serve` until SIGINT or SIGTERM (passed to it as the
+/// shutdown future), and turns the outcome into an exit status with a one-line error.
+pub fn run_binary<F, Fut, E>(
+    name: &str,
+    log: &crate::cli::LogArgs,
+    listen: SocketAddr,
+    health: &str,
+    serve: F,
+) -> ExitCode
+where
+    F: FnOnce(TcpListener, Option<TcpListener>, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let fail = |message: String| {
+        eprintln!("{name}: {message}");
+        ExitCode::FAILURE
+    };
+    if let Err(e) = crate::telemetry::init(log.log_format, &log.log_filter) {
+        return fail(e);
+    }
+    crate::tls::install_crypto_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async {
+        let listener = match TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => return fail(format!("cannot listen on {listen}: {e}")),
+        };
+        let health_listener = match health {
+            "off" => None,
+            addr => match TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => return fail(format!("cannot listen on {addr} (health): {e}")),
+            },
+        };
+        match serve(listener, health_listener, Box::pin(shutdown_signal())).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e.to_string()),
+        }
+    })
 }

@@ -296,12 +296,24 @@ pub fn feature_pb(def: &FeatureDef) -> pb::Feature {
 /// A sequenced command from the wire (what a supplier receives). `field` is the path of the
 /// command in the request.
 pub fn command(field: &str, c: &pb::Command) -> Result<Command, ApiError> {
+    let sequence = u64::try_from(c.sequence).ok().filter(|s| *s > 0).ok_or_else(|| {
+        ApiError::invalid_field(
+            format!("{field}.sequence"),
+            "must be a positive global sequence number",
+        )
+    })?;
+    Ok(Command {
+        sequence,
+        ..command_unsequenced(field, c)?
+    })
+}
+
+/// A command from the wire whose sequence is not checked (a command still waiting for
+/// approval has none); the result's sequence is 0.
+pub fn command_unsequenced(field: &str, c: &pb::Command) -> Result<Command, ApiError> {
     use pb::command::Action as A;
     let sub = |name: &str| format!("{field}.{name}");
     let id = command_name(&sub("name"), &c.name)?;
-    let sequence = u64::try_from(c.sequence).ok().filter(|s| *s > 0).ok_or_else(|| {
-        ApiError::invalid_field(sub("sequence"), "must be a positive global sequence number")
-    })?;
     let feature = feature_name(&sub("feature"), &c.feature)?;
     let action = match c.action.as_ref() {
         Some(A::CreateFeature(cf)) => {
@@ -347,7 +359,7 @@ pub fn command(field: &str, c: &pb::Command) -> Result<Command, ApiError> {
     };
     Ok(Command {
         id,
-        sequence,
+        sequence: 0,
         feature,
         action,
         reason: text(&sub("reason"), &c.reason)?,
@@ -521,5 +533,51 @@ pub fn evaluation_pb(name: String, e: &Evaluation<'_>) -> pb::PracticeFeature {
             })
             .collect(),
         ..Default::default()
+    }
+}
+
+/// An audit event for the wire.
+pub fn audit_pb(e: &rollout_core::audit::AuditEvent) -> pb::AuditEvent {
+    pb::AuditEvent {
+        sequence: i64::try_from(e.sequence).unwrap_or(i64::MAX),
+        event_time: Some(timestamp(rollout_core::audit::from_micros(e.time_micros))),
+        identity: e.draft.identity.clone(),
+        action: e.draft.action.clone(),
+        target: e.draft.target.clone(),
+        outcome: match e.draft.outcome {
+            rollout_core::audit::AuditOutcome::Accepted => pb::audit_event::Outcome::Accepted,
+            rollout_core::audit::AuditOutcome::Refused => pb::audit_event::Outcome::Refused,
+        }
+        .into(),
+        reason: e.draft.reason.clone(),
+        request_id: e.draft.request_id.clone(),
+        previous_hash: e.previous_hash.clone(),
+        hash: e.hash.clone(),
+    }
+}
+
+/// Reads an audit event from the wire (for `rolloutctl audit verify`).
+pub fn audit_from_pb(e: &pb::AuditEvent) -> rollout_core::audit::AuditEvent {
+    rollout_core::audit::AuditEvent {
+        sequence: u64::try_from(e.sequence).unwrap_or(0),
+        time_micros: e
+            .event_time
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .map(rollout_core::audit::micros)
+            .unwrap_or_default(),
+        draft: rollout_core::audit::AuditDraft {
+            identity: e.identity.clone(),
+            action: e.action.clone(),
+            target: e.target.clone(),
+            outcome: if e.outcome() == pb::audit_event::Outcome::Refused {
+                rollout_core::audit::AuditOutcome::Refused
+            } else {
+                rollout_core::audit::AuditOutcome::Accepted
+            },
+            reason: e.reason.clone(),
+            request_id: e.request_id.clone(),
+        },
+        previous_hash: e.previous_hash.clone(),
+        hash: e.hash.clone(),
     }
 }

@@ -13,7 +13,12 @@
 //! disk before it returns, so it survives power loss), and an exclusive lock so that exactly
 //! one process serves from a file. The PostgreSQL backend (for several replicas) comes later.
 
+mod common;
+pub mod coordinator;
+pub mod reference;
 pub mod supplier;
+
+pub use common::RequestRecord;
 
 use std::{str::FromStr, time::Duration};
 

@@ -10,11 +10,12 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use rollout_core::{
     IcbCode, OdsCode, Practice, PracticeStatus, RegionCode, SubIcbCode, SupplierId,
-    audit::{AuditDraft, AuditEvent, AuditOutcome, from_micros, micros},
+    audit::{AuditDraft, AuditEvent, from_micros, micros},
 };
 use sqlx::{Row, Sqlite, SqlitePool, Transaction, sqlite::SqliteRow};
 
-use crate::{StoreError, open_sqlite, signed, unsigned};
+pub use crate::common::RequestRecord;
+use crate::{StoreError, common, open_sqlite, signed, unsigned};
 
 /// A command as stored: its sequence, id, feature, the bytes of its body, and its outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,17 +54,6 @@ pub struct Withdrawal {
     pub at: SystemTime,
     /// Why.
     pub reason: String,
-}
-
-/// An idempotency record: the request's fingerprint and the response first given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestRecord {
-    /// The request id (UUID).
-    pub request_id: String,
-    /// A hash of the request without its id.
-    pub fingerprint: Vec<u8>,
-    /// The encoded response.
-    pub response: Vec<u8>,
 }
 
 /// Everything the supplier serves from, as stored.
@@ -182,36 +172,6 @@ async fn set_meta(tx: &mut Transaction<'_, Sqlite>, key: &str, value: i64) -> Re
     Ok(())
 }
 
-/// Appends `draft` after the last audit event, inside `tx`.
-async fn audit_in(tx: &mut Transaction<'_, Sqlite>, draft: AuditDraft) -> Result<AuditEvent, StoreError> {
-    let last: Option<(i64, String)> =
-        sqlx::query_as("SELECT sequence, hash FROM audit ORDER BY sequence DESC LIMIT 1")
-            .fetch_optional(&mut **tx)
-            .await?;
-    let previous = match &last {
-        Some((seq, hash)) => Some((unsigned(*seq, "audit sequence")?, hash.as_str())),
-        None => None,
-    };
-    let event = AuditEvent::seal(previous, draft, SystemTime::now());
-    sqlx::query(
-        "INSERT INTO audit (sequence, time, identity, action, target, outcome, reason, request_id, previous_hash, hash)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(signed(event.sequence, "audit sequence")?)
-    .bind(event.time_micros)
-    .bind(&event.draft.identity)
-    .bind(&event.draft.action)
-    .bind(&event.draft.target)
-    .bind(event.draft.outcome.as_str())
-    .bind(&event.draft.reason)
-    .bind(&event.draft.request_id)
-    .bind(&event.previous_hash)
-    .bind(&event.hash)
-    .execute(&mut **tx)
-    .await?;
-    Ok(event)
-}
-
 async fn insert_command(tx: &mut Transaction<'_, Sqlite>, c: &StoredCommand) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO commands (sequence, id, feature, body, rejection_reason, applied_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -275,25 +235,6 @@ fn opt_out_row(row: &SqliteRow) -> Result<OptOutRecord, StoreError> {
         },
         updated_at: from_micros(row.try_get("updated_at")?),
         withdrawal,
-    })
-}
-
-fn audit_row(row: &SqliteRow) -> Result<AuditEvent, StoreError> {
-    let outcome: String = row.try_get("outcome")?;
-    Ok(AuditEvent {
-        sequence: unsigned(row.try_get("sequence")?, "audit sequence")?,
-        time_micros: row.try_get("time")?,
-        draft: AuditDraft {
-            identity: row.try_get("identity")?,
-            action: row.try_get("action")?,
-            target: row.try_get("target")?,
-            outcome: AuditOutcome::parse(&outcome)
-                .ok_or_else(|| StoreError::Corrupt(format!("unknown audit outcome {outcome:?}")))?,
-            reason: row.try_get("reason")?,
-            request_id: row.try_get("request_id")?,
-        },
-        previous_hash: row.try_get("previous_hash")?,
-        hash: row.try_get("hash")?,
     })
 }
 
@@ -369,7 +310,7 @@ impl SupplierStore for SqliteSupplierStore {
         }
         insert_command(&mut tx, command).await?;
         set_meta(&mut tx, "version", signed(version, "version")?).await?;
-        audit_in(&mut tx, audit).await?;
+        common::audit_in(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -386,7 +327,7 @@ impl SupplierStore for SqliteSupplierStore {
             insert_command(&mut tx, c).await?;
         }
         set_meta(&mut tx, "version", signed(version, "version")?).await?;
-        audit_in(&mut tx, audit).await?;
+        common::audit_in(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -424,18 +365,10 @@ impl SupplierStore for SqliteSupplierStore {
         .execute(&mut *tx)
         .await?;
         if let Some(r) = request {
-            sqlx::query(
-                "INSERT INTO requests (request_id, fingerprint, response, created_at) VALUES (?, ?, ?, ?)",
-            )
-            .bind(&r.request_id)
-            .bind(&r.fingerprint)
-            .bind(&r.response)
-            .bind(micros(SystemTime::now()))
-            .execute(&mut *tx)
-            .await?;
+            common::insert_request(&mut tx, &r).await?;
         }
         set_meta(&mut tx, "version", signed(version, "version")?).await?;
-        audit_in(&mut tx, audit).await?;
+        common::audit_in(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -488,7 +421,7 @@ impl SupplierStore for SqliteSupplierStore {
             change.removed += 1;
         }
         set_meta(&mut tx, "version", signed(version, "version")?).await?;
-        audit_in(&mut tx, audit).await?;
+        common::audit_in(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(change)
     }
@@ -501,35 +434,14 @@ impl SupplierStore for SqliteSupplierStore {
     }
 
     async fn recall_request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
-        let row = sqlx::query("SELECT fingerprint, response FROM requests WHERE request_id = ?")
-            .bind(request_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(RequestRecord {
-                request_id: request_id.to_owned(),
-                fingerprint: r.try_get("fingerprint")?,
-                response: r.try_get("response")?,
-            })
-        })
-        .transpose()
+        common::recall_request(&self.pool, request_id).await
     }
 
     async fn append_audit(&self, audit: AuditDraft) -> Result<AuditEvent, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let event = audit_in(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(event)
+        common::append_audit(&self.pool, audit).await
     }
 
     async fn list_audit(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
-        sqlx::query("SELECT * FROM audit WHERE sequence > ? ORDER BY sequence LIMIT ?")
-            .bind(signed(after, "audit sequence")?)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(audit_row)
-            .collect()
+        common::list_audit(&self.pool, after, limit).await
     }
 }

@@ -24,7 +24,7 @@ use rollout_core::{
     audit::{AuditDraft, AuditOutcome},
 };
 use rollout_net::{
-    Access, AccessTable, AuthLayer, Denial, DenialObserver, Role, RolePolicy,
+    Access, AccessTable, AuthLayer, Role, RolePolicy,
     cli::{LogArgs, TlsArgs},
     tls::{self, ReloadingServerConfig, TlsFiles},
 };
@@ -183,34 +183,11 @@ pub fn access_table() -> AccessTable {
         .allow("/nhs.gprollout.v1.ControlService/", Access::AnyOf(COORDINATOR))
 }
 
-/// Records refused calls in the audit log, off the request path.
-struct AuditDenials(tokio::sync::mpsc::Sender<Denial>);
-
-impl DenialObserver for AuditDenials {
-    fn denied(&self, denial: Denial) {
-        if self.0.try_send(denial).is_err() {
-            error!("audit queue full: a refused call was not recorded in the audit log");
-        }
-    }
-}
-
 /// Reads the reference files and keeps this supplier's practices.
 pub fn read_estate(practices: &Path, suppliers: &Path, supplier: &SupplierId) -> Result<Estate, Error> {
-    let read =
-        |p: &Path| std::fs::read(p).map_err(|e| Error::Estate(format!("cannot read {}: {e}", p.display())));
-    let (a, b) = (read(practices)?, read(suppliers)?);
-    let estate = Estate::parse(
-        rollout_core::Source {
-            name: &practices.display().to_string(),
-            bytes: &a,
-        },
-        rollout_core::Source {
-            name: &suppliers.display().to_string(),
-            bytes: &b,
-        },
-    )
-    .map_err(|e| Error::Estate(e.to_string()))?;
-    Ok(estate.for_supplier(supplier))
+    Ok(rollout_store::reference::read_estate(practices, suppliers)
+        .map_err(Error::Estate)?
+        .for_supplier(supplier))
 }
 
 /// Runs the supplier service on `listener` (mutual TLS) and, if given, `health_listener`
@@ -264,18 +241,10 @@ pub async fn serve(
         );
     }
 
-    let (denials_tx, mut denials_rx) = tokio::sync::mpsc::channel::<Denial>(10_000);
     let audit_engine = engine.clone();
-    tokio::spawn(async move {
-        while let Some(d) = denials_rx.recv().await {
-            let draft = AuditDraft {
-                identity: d.identity.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
-                action: d.method,
-                target: String::new(),
-                outcome: AuditOutcome::Refused,
-                reason: d.message,
-                request_id: String::new(),
-            };
+    let denials = rollout_net::auth::audit_denials(move |draft| {
+        let audit_engine = audit_engine.clone();
+        async move {
             if let Err(e) = audit_engine.store().append_audit(draft).await {
                 error!(error = %e, "could not record a refused call in the audit log");
             }
@@ -284,7 +253,7 @@ pub async fn serve(
     let auth = AuthLayer::new(
         Arc::new(ArcSwap::from_pointee(policy)),
         access_table(),
-        Some(Arc::new(AuditDenials(denials_tx))),
+        Some(denials),
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -1,7 +1,9 @@
 //! `rolloutctl`, the GP Rollout Control operator CLI, as a library so that tests drive the same
 //! code the binary runs.
 //!
-//! Today it holds the development PKI ([`pki`]); the operator commands (halt, resume, approve,
-//! status, verify, audit) and the local stack arrive with the coordinator.
+//! - [`ops`]: the operator commands against the coordinator (features, halt, resume, go-live,
+//!   approve, cancel, commands, watch, status, verify, practice, audit).
+//! - [`pki`]: the development PKI.
 
+pub mod ops;
 pub mod pki;

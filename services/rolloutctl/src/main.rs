@@ -1,13 +1,19 @@
 //! `rolloutctl`: parses the command line and runs the command.
+//!
+//! Exit status: 0 success; 1 an error (the message says what to do); 2 a supplier rejected
+//! the command, a halt is not verified, or the audit chain is broken; 3 a wait timed out.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use rolloutctl::ops::{Connection, Op};
 
 /// The GP Rollout Control operator CLI.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
+    #[command(flatten)]
+    connection: Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -19,6 +25,8 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
+    #[command(flatten)]
+    Op(Op),
 }
 
 #[derive(Debug, Subcommand)]
@@ -28,7 +36,7 @@ enum PkiCommand {
     /// operators alice and bob, auditor, viewer) as DIR/NAME.pem and DIR/NAME-key.pem.
     Init {
         /// Directory to write; created if missing.
-        #[arg(long, env = "ROLLOUT_PKI_DIR")]
+        #[arg(long)]
         dir: PathBuf,
         /// Overwrite the files of a directory that is not empty.
         #[arg(long)]
@@ -41,12 +49,24 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Pki {
             command: PkiCommand::Init { dir, force },
-        } => rolloutctl::pki::init(&dir, force).map(|files| {
-            println!("wrote {} files to {}", files.len(), dir.display());
-        }),
+        } => rolloutctl::pki::init(&dir, force)
+            .map(|files| {
+                println!("wrote {} files to {}", files.len(), dir.display());
+                ExitCode::SUCCESS
+            })
+            .map_err(|e| e.to_string()),
+        Command::Op(op) => {
+            rollout_net::tls::install_crypto_provider();
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt
+                    .block_on(rolloutctl::ops::run(&cli.connection, op))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(format!("cannot start the runtime: {e}")),
+            }
+        }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

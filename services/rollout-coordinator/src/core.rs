@@ -1,0 +1,881 @@
+//! The coordinator's state and its write path: features, commands (pending, dispatched,
+//! cancelled), the global sequence, approvals, and what each supplier has acknowledged.
+//!
+//! The model lives in memory behind one async mutex and is rebuilt from the store at start.
+//! Every change is computed first, committed to the store (with its audit event and
+//! idempotency record) and only then applied to the model, so a failed commit changes nothing.
+//! A command's sequence is committed before the operator's call returns.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use prost::Message;
+use rollout_core::{
+    Action, Command, CommandId, Estate, FeatureDef, FeatureKey, PracticeStatus, Scope, SupplierId,
+    audit::{AuditDraft, now},
+};
+use rollout_net::{ApiError, wire};
+use rollout_proto::v1 as pb;
+use rollout_store::{
+    RequestRecord,
+    coordinator::{CommandRow, CommandState, CoordinatorStore, DeliveryRow, Record, Write, created_at},
+};
+use tokio::sync::{Mutex, MutexGuard, watch};
+use tracing::info;
+
+/// A command as the coordinator holds it.
+#[derive(Debug, Clone)]
+pub struct Cmd {
+    /// The API view (without deliveries).
+    pub pb: pb::Command,
+    /// The domain command (sequence 0 until dispatched).
+    pub domain: Command,
+    /// Where it stands.
+    pub state: CommandState,
+}
+
+/// What the coordinator knows of a supplier.
+#[derive(Debug, Clone, Default)]
+pub struct SupplierStatus {
+    /// The persisted part of the API view: applied sequence, last error, counts, conflicts,
+    /// freeze. `endpoint`, `state` and `target_sequence` are filled when read.
+    pub pb: pb::Supplier,
+    /// The highest sequence the supplier has acknowledged to us.
+    pub acked: u64,
+    /// When it last answered (not persisted: it is fresh within a heartbeat after a restart).
+    pub last_contact: Option<SystemTime>,
+}
+
+/// The in-memory model.
+#[derive(Debug, Default)]
+pub struct Model {
+    /// Feature definitions with their API view.
+    pub features: BTreeMap<FeatureKey, (FeatureDef, pb::Feature)>,
+    /// Commands by id.
+    pub commands: HashMap<CommandId, Cmd>,
+    /// Command ids in issue order.
+    pub order: Vec<CommandId>,
+    /// Dispatched command ids by sequence.
+    pub by_sequence: BTreeMap<u64, CommandId>,
+    /// Deliveries by sequence, then supplier.
+    pub deliveries: BTreeMap<u64, BTreeMap<SupplierId, pb::Delivery>>,
+    /// Supplier status.
+    pub suppliers: BTreeMap<SupplierId, SupplierStatus>,
+}
+
+impl Model {
+    /// The last dispatched sequence.
+    pub fn last_sequence(&self) -> u64 {
+        self.by_sequence.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// The command, or NOT_FOUND.
+    pub fn command(&self, id: &CommandId) -> Result<&Cmd, ApiError> {
+        self.commands
+            .get(id)
+            .ok_or_else(|| ApiError::not_found("COMMAND_NOT_FOUND", format!("commands/{id}")))
+    }
+
+    /// The API view of a command, with its deliveries.
+    pub fn command_view(&self, cmd: &Cmd) -> pb::Command {
+        let mut view = cmd.pb.clone();
+        if let Some(d) = self.deliveries.get(&cmd.domain.sequence) {
+            view.deliveries = d.values().cloned().collect();
+        }
+        view
+    }
+
+    /// Whether a halt has been lifted by a dispatched resume.
+    pub fn lifted_by(&self, halt: &CommandId) -> Option<&CommandId> {
+        self.by_sequence.values().find(|id| {
+            self.commands
+                .get(*id)
+                .is_some_and(|c| matches!(&c.domain.action, Action::Resume { halts } if halts.contains(halt)))
+        })
+    }
+}
+
+/// A configured supplier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupplierEndpoint {
+    /// Its id.
+    pub id: SupplierId,
+    /// `host:port` of its gRPC port.
+    pub endpoint: String,
+    /// The identity its server certificate must carry.
+    pub identity: String,
+}
+
+/// The coordinator core.
+pub struct Core {
+    store: Arc<dyn CoordinatorStore>,
+    model: Mutex<Model>,
+    /// The last dispatched sequence, watched by the delivery tasks.
+    pub target: watch::Sender<u64>,
+    /// Bumped on every change, watched by WatchCommand streams.
+    pub changes: watch::Sender<u64>,
+    /// The national estate (for impact, routing and verification).
+    pub estate: Arc<Estate>,
+    /// The configured suppliers.
+    pub suppliers: Vec<SupplierEndpoint>,
+    /// No contact for this long makes a supplier STALE.
+    pub stale_after: Duration,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("suppliers", &self.suppliers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A start-up failure rebuilding the model.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] rollout_store::StoreError),
+    /// A stored record does not decode.
+    #[error("stored {what} {key} cannot be read: {problem}")]
+    Record {
+        /// Kind of record.
+        what: &'static str,
+        /// Its key.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+fn decode<M: Message + Default>(what: &'static str, key: &str, body: &[u8]) -> Result<M, LoadError> {
+    M::decode(body).map_err(|e| LoadError::Record {
+        what,
+        key: key.to_owned(),
+        problem: e.to_string(),
+    })
+}
+
+fn store_error(context: &'static str) -> impl FnOnce(rollout_store::StoreError) -> ApiError {
+    move |e| ApiError::internal(context, e)
+}
+
+/// A change to commit then apply.
+#[derive(Debug, Default)]
+struct Change {
+    features: Vec<(FeatureDef, pb::Feature)>,
+    commands: Vec<Cmd>,
+    deliveries: Vec<((u64, SupplierId), pb::Delivery)>,
+    suppliers: Vec<(SupplierId, SupplierStatus)>,
+}
+
+impl Change {
+    fn write(&self, request: Option<RequestRecord>, audit: Option<AuditDraft>) -> Write {
+        Write {
+            features: self
+                .features
+                .iter()
+                .map(|(d, f)| Record {
+                    key: d.key.to_string(),
+                    body: f.encode_to_vec(),
+                })
+                .collect(),
+            commands: self
+                .commands
+                .iter()
+                .map(|c| CommandRow {
+                    id: c.domain.id.to_string(),
+                    sequence: (c.domain.sequence > 0).then_some(c.domain.sequence),
+                    state: c.state,
+                    created_at: created_at(c.domain.issued_at),
+                    body: c.pb.encode_to_vec(),
+                })
+                .collect(),
+            deliveries: self
+                .deliveries
+                .iter()
+                .map(|((seq, sup), d)| DeliveryRow {
+                    sequence: *seq,
+                    supplier: sup.to_string(),
+                    body: d.encode_to_vec(),
+                })
+                .collect(),
+            suppliers: self
+                .suppliers
+                .iter()
+                .map(|(id, s)| Record {
+                    key: id.to_string(),
+                    body: s.pb.encode_to_vec(),
+                })
+                .collect(),
+            request,
+            audit,
+        }
+    }
+
+    fn apply(self, m: &mut Model) {
+        for (def, f) in self.features {
+            m.features.insert(def.key.clone(), (def, f));
+        }
+        for c in self.commands {
+            if c.domain.sequence > 0 {
+                m.by_sequence.insert(c.domain.sequence, c.domain.id.clone());
+            }
+            if !m.commands.contains_key(&c.domain.id) {
+                m.order.push(c.domain.id.clone());
+            }
+            m.commands.insert(c.domain.id.clone(), c);
+        }
+        for ((seq, supplier), d) in self.deliveries {
+            m.deliveries.entry(seq).or_default().insert(supplier, d);
+        }
+        for (id, s) in self.suppliers {
+            m.suppliers.insert(id, s);
+        }
+    }
+}
+
+/// An idempotency key with the request's fingerprint.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    /// The request id.
+    pub request_id: String,
+    /// The request's fingerprint.
+    pub fingerprint: Vec<u8>,
+}
+
+impl Core {
+    /// Rebuilds the model from the store.
+    pub async fn load(
+        store: Arc<dyn CoordinatorStore>,
+        estate: Arc<Estate>,
+        suppliers: Vec<SupplierEndpoint>,
+        stale_after: Duration,
+    ) -> Result<Arc<Core>, LoadError> {
+        let stored = store.load().await?;
+        let mut m = Model::default();
+        for f in &stored.features {
+            let pb: pb::Feature = decode("feature", &f.key, &f.body)?;
+            let key = FeatureKey::parse(&f.key).map_err(|e| LoadError::Record {
+                what: "feature",
+                key: f.key.clone(),
+                problem: e.to_string(),
+            })?;
+            let def = wire::feature_def("feature", key.clone(), &pb).map_err(|e| LoadError::Record {
+                what: "feature",
+                key: f.key.clone(),
+                problem: e.to_string(),
+            })?;
+            m.features.insert(key, (def, pb));
+        }
+        for c in &stored.commands {
+            let pb: pb::Command = decode("command", &c.id, &c.body)?;
+            let mut domain = wire::command_unsequenced("command", &pb).map_err(|e| LoadError::Record {
+                what: "command",
+                key: c.id.clone(),
+                problem: e.to_string(),
+            })?;
+            domain.sequence = c.sequence.unwrap_or(0);
+            if let Some(s) = c.sequence {
+                m.by_sequence.insert(s, domain.id.clone());
+            }
+            m.order.push(domain.id.clone());
+            m.commands.insert(
+                domain.id.clone(),
+                Cmd {
+                    pb,
+                    domain,
+                    state: c.state,
+                },
+            );
+        }
+        for d in &stored.deliveries {
+            let pb: pb::Delivery = decode("delivery", &d.supplier, &d.body)?;
+            if let Ok(id) = SupplierId::parse(&d.supplier) {
+                m.deliveries.entry(d.sequence).or_default().insert(id, pb);
+            }
+        }
+        for s in &stored.suppliers {
+            let pb: pb::Supplier = decode("supplier", &s.key, &s.body)?;
+            if let Ok(id) = SupplierId::parse(&s.key) {
+                let acked = u64::try_from(pb.applied_sequence).unwrap_or(0);
+                m.suppliers.insert(
+                    id,
+                    SupplierStatus {
+                        pb,
+                        acked,
+                        last_contact: None,
+                    },
+                );
+            }
+        }
+        let last = m.last_sequence();
+        info!(
+            commands = m.commands.len(),
+            last_sequence = last,
+            "coordinator state rebuilt from the store"
+        );
+        Ok(Arc::new(Core {
+            store,
+            model: Mutex::new(m),
+            target: watch::channel(last).0,
+            changes: watch::channel(0).0,
+            estate,
+            suppliers,
+            stale_after,
+        }))
+    }
+
+    /// The model, locked.
+    pub async fn model(&self) -> MutexGuard<'_, Model> {
+        self.model.lock().await
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn CoordinatorStore> {
+        &self.store
+    }
+
+    async fn commit(
+        &self,
+        m: &mut Model,
+        change: Change,
+        request: Option<RequestRecord>,
+        audit: Option<AuditDraft>,
+    ) -> Result<(), ApiError> {
+        let write = change.write(request, audit);
+        self.store
+            .write(write)
+            .await
+            .map_err(store_error("committing a change"))?;
+        let before = m.last_sequence();
+        change.apply(m);
+        let after = m.last_sequence();
+        if after > before {
+            self.target.send_replace(after);
+        }
+        self.changes.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Returns the stored response of a retried request, or refuses a reused id.
+    pub async fn recall(&self, idem: Option<&Idempotency>) -> Result<Option<Vec<u8>>, ApiError> {
+        let Some(idem) = idem else { return Ok(None) };
+        match self.store.recall_request(&idem.request_id).await.map_err(store_error("reading a request id"))? {
+            Some(r) if r.fingerprint == idem.fingerprint => Ok(Some(r.response)),
+            Some(_) => Err(ApiError::new(
+                tonic::Code::InvalidArgument,
+                "REQUEST_ID_REUSED",
+                format!(
+                    "request_id {} was already used for a different request; use a new UUID for a new request",
+                    idem.request_id
+                ),
+            )
+            .with_violation("request_id", "already used for a different request")
+            .with_metadata("request_id", idem.request_id.clone())),
+            None => Ok(None),
+        }
+    }
+
+    /// Which practices at which suppliers the scopes cover, from the national estate.
+    pub fn impact(&self, scopes: &[&Scope]) -> pb::Impact {
+        let mut per: BTreeMap<&SupplierId, i32> = BTreeMap::new();
+        let mut total = 0;
+        for p in self.estate.practices() {
+            if p.status == PracticeStatus::Active && scopes.iter().any(|s| s.covers(p)) {
+                total += 1;
+                *per.entry(&p.supplier).or_default() += 1;
+            }
+        }
+        let mut unknown: Vec<String> = scopes
+            .iter()
+            .filter_map(|s| match s {
+                Scope::Practices(set) => Some(
+                    set.iter()
+                        .filter(|o| self.estate.get(o).is_none())
+                        .map(ToString::to_string),
+                ),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        unknown.sort();
+        unknown.dedup();
+        pb::Impact {
+            practices: total,
+            suppliers: per
+                .into_iter()
+                .map(|(s, n)| pb::impact::SupplierImpact {
+                    supplier: format!("suppliers/{s}"),
+                    practices: n,
+                })
+                .collect(),
+            unknown_practices: unknown,
+        }
+    }
+
+    /// The impact of a command's action.
+    pub fn impact_of(&self, m: &Model, action: &Action) -> pb::Impact {
+        match action {
+            Action::Halt { scope } | Action::GoLive { scope, .. } => self.impact(&[scope]),
+            Action::Resume { halts } => {
+                let scopes: Vec<&Scope> = halts
+                    .iter()
+                    .filter_map(|h| match m.commands.get(h).map(|c| &c.domain.action) {
+                        Some(Action::Halt { scope }) => Some(scope),
+                        _ => None,
+                    })
+                    .collect();
+                self.impact(&scopes)
+            }
+            Action::CreateFeature(_) => pb::Impact::default(),
+        }
+    }
+
+    /// Gives `cmd` the next sequence and pending deliveries to every configured supplier.
+    fn dispatch(&self, m: &Model, cmd: &mut Cmd, change: &mut Change, at: SystemTime) {
+        let sequence = m.last_sequence() + 1;
+        cmd.domain.sequence = sequence;
+        cmd.state = CommandState::Dispatched;
+        cmd.pb.sequence = i64::try_from(sequence).unwrap_or(i64::MAX);
+        cmd.pb.state = pb::command::State::Dispatched.into();
+        cmd.pb.sequence_time = Some(wire::timestamp(at));
+        for s in &self.suppliers {
+            change.deliveries.push((
+                (sequence, s.id.clone()),
+                pb::Delivery {
+                    supplier: format!("suppliers/{}", s.id),
+                    state: pb::delivery::State::Pending.into(),
+                    ..Default::default()
+                },
+            ));
+        }
+        info!(sequence, command = %cmd.domain.id, action = cmd.domain.action.name(), feature = %cmd.domain.feature, "command dispatched");
+    }
+
+    /// Defines a feature: a sequenced CreateFeature command, dispatched at once.
+    pub async fn create_feature(
+        &self,
+        requester: &str,
+        def: FeatureDef,
+        reason: String,
+        idem: Option<Idempotency>,
+        audit: AuditDraft,
+    ) -> Result<pb::Feature, ApiError> {
+        let mut m = self.model.lock().await;
+        if m.features.contains_key(&def.key) {
+            return Err(ApiError::new(
+                tonic::Code::AlreadyExists,
+                "FEATURE_EXISTS",
+                format!("features/{} already exists", def.key),
+            )
+            .with_metadata("name", format!("features/{}", def.key)));
+        }
+        let at = now();
+        let mut cmd = self.new_command(
+            requester,
+            def.key.clone(),
+            Action::CreateFeature(def.clone()),
+            reason,
+            at,
+            0,
+        );
+        let mut change = Change::default();
+        self.dispatch(&m, &mut cmd, &mut change, at);
+        let mut feature = wire::feature_pb(&def);
+        feature.creator = requester.to_owned();
+        feature.create_time = Some(wire::timestamp(at));
+        feature.sequence = cmd.pb.sequence;
+        change.commands.push(cmd);
+        change.features.push((def, feature.clone()));
+        let request = idem.map(|i| RequestRecord {
+            request_id: i.request_id,
+            fingerprint: i.fingerprint,
+            response: feature.encode_to_vec(),
+        });
+        self.commit(&mut m, change, request, Some(audit)).await?;
+        Ok(feature)
+    }
+
+    fn new_command(
+        &self,
+        requester: &str,
+        feature: FeatureKey,
+        action: Action,
+        reason: String,
+        at: SystemTime,
+        approvals_required: u32,
+    ) -> Cmd {
+        let id = CommandId::parse(&uuid::Uuid::new_v4().hyphenated().to_string())
+            .expect("a hyphenated UUID is a valid command id");
+        let domain = Command {
+            id,
+            sequence: 0,
+            feature,
+            action,
+            reason,
+            requester: requester.to_owned(),
+            issued_at: at,
+            approved_by: vec![],
+        };
+        let mut pb = wire::command_pb(&domain);
+        pb.sequence = 0;
+        pb.state = pb::command::State::PendingApproval.into();
+        pb.approvals_required = i32::try_from(approvals_required).unwrap_or(i32::MAX);
+        pb.create_time = Some(wire::timestamp(at));
+        Cmd {
+            pb,
+            domain,
+            state: CommandState::Pending,
+        }
+    }
+
+    /// Issues a halt (dispatched at once), or a resume or go-live (pending approval). With
+    /// `dry_run`, only the impact is worked out and nothing is saved.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn issue(
+        &self,
+        requester: &str,
+        feature: FeatureKey,
+        action: Action,
+        reason: String,
+        dry_run: bool,
+        idem: Option<Idempotency>,
+        audit: AuditDraft,
+    ) -> Result<pb::Command, ApiError> {
+        let mut m = self.model.lock().await;
+        let (def, _) = m
+            .features
+            .get(&feature)
+            .ok_or_else(|| ApiError::not_found("FEATURE_NOT_FOUND", format!("features/{feature}")))?;
+        let approvals = if action.turns_on() {
+            def.approvals_required
+        } else {
+            0
+        };
+        if let Action::Resume { halts } = &action {
+            for (i, h) in halts.iter().enumerate() {
+                let field = format!("halts[{i}]");
+                let c = m.commands.get(h).ok_or_else(|| {
+                    ApiError::not_found("HALT_NOT_FOUND", format!("commands/{h}"))
+                        .with_violation(&field, "no such command")
+                })?;
+                if !matches!(c.domain.action, Action::Halt { .. }) || c.domain.feature != feature {
+                    return Err(ApiError::invalid_field(
+                        field,
+                        format!("commands/{h} is not a halt of features/{feature}"),
+                    ));
+                }
+                if c.state != CommandState::Dispatched {
+                    return Err(ApiError::invalid_field(
+                        field,
+                        format!("commands/{h} was never dispatched"),
+                    ));
+                }
+                if let Some(by) = m.lifted_by(h) {
+                    return Err(ApiError::failed_precondition(
+                        "HALT_ALREADY_LIFTED",
+                        format!("commands/{h} was already lifted by commands/{by}"),
+                    )
+                    .with_metadata("halt", format!("commands/{h}")));
+                }
+            }
+        }
+        let at = now();
+        let mut cmd = self.new_command(requester, feature, action, reason, at, approvals);
+        cmd.pb.impact = Some(self.impact_of(&m, &cmd.domain.action));
+        if dry_run {
+            cmd.pb.name = String::new();
+            cmd.pb.state = pb::command::State::DryRun.into();
+            return Ok(cmd.pb);
+        }
+        let mut change = Change::default();
+        if approvals == 0 {
+            self.dispatch(&m, &mut cmd, &mut change, at);
+        }
+        let view = {
+            let mut v = cmd.pb.clone();
+            v.deliveries = change.deliveries.iter().map(|(_, d)| d.clone()).collect();
+            v
+        };
+        change.commands.push(cmd);
+        let request = idem.map(|i| RequestRecord {
+            request_id: i.request_id,
+            fingerprint: i.fingerprint,
+            response: view.encode_to_vec(),
+        });
+        self.commit(&mut m, change, request, Some(audit)).await?;
+        Ok(view)
+    }
+
+    /// Approves a pending command; the last approval needed dispatches it.
+    pub async fn approve(
+        &self,
+        approver: &str,
+        id: &CommandId,
+        comment: String,
+        idem: Option<Idempotency>,
+        audit: AuditDraft,
+    ) -> Result<pb::Command, ApiError> {
+        let mut m = self.model.lock().await;
+        let mut cmd = m.command(id)?.clone();
+        if cmd.state != CommandState::Pending {
+            return Err(ApiError::failed_precondition(
+                "NOT_PENDING",
+                format!("commands/{id} is not waiting for approval ({:?})", cmd.pb.state()),
+            ));
+        }
+        if cmd.domain.requester == approver {
+            return Err(ApiError::permission_denied(
+                "SELF_APPROVAL",
+                format!("commands/{id} was requested by {approver}; a different approver must approve it"),
+            ));
+        }
+        if cmd.pb.approvals.iter().any(|a| a.approver == approver) {
+            return Err(ApiError::failed_precondition(
+                "ALREADY_APPROVED",
+                format!("{approver} has already approved commands/{id}; another approver is needed"),
+            ));
+        }
+        let at = now();
+        cmd.pb.approvals.push(pb::command::Approval {
+            approver: approver.to_owned(),
+            approve_time: Some(wire::timestamp(at)),
+            comment,
+        });
+        cmd.domain.approved_by.push(approver.to_owned());
+        let mut change = Change::default();
+        if cmd.pb.approvals.len() >= usize::try_from(cmd.pb.approvals_required).unwrap_or(1) {
+            cmd.pb.approve_time = Some(wire::timestamp(at));
+            self.dispatch(&m, &mut cmd, &mut change, at);
+        }
+        let mut view = cmd.pb.clone();
+        view.deliveries = change.deliveries.iter().map(|(_, d)| d.clone()).collect();
+        change.commands.push(cmd);
+        let request = idem.map(|i| RequestRecord {
+            request_id: i.request_id,
+            fingerprint: i.fingerprint,
+            response: view.encode_to_vec(),
+        });
+        self.commit(&mut m, change, request, Some(audit)).await?;
+        Ok(view)
+    }
+
+    /// Withdraws a command still waiting for approval.
+    pub async fn cancel(
+        &self,
+        who: &str,
+        id: &CommandId,
+        idem: Option<Idempotency>,
+        audit: AuditDraft,
+    ) -> Result<pb::Command, ApiError> {
+        let mut m = self.model.lock().await;
+        let mut cmd = m.command(id)?.clone();
+        if cmd.state != CommandState::Pending {
+            return Err(ApiError::failed_precondition(
+                "NOT_PENDING",
+                format!(
+                    "commands/{id} is not waiting for approval, so it cannot be cancelled; issue a halt instead"
+                ),
+            ));
+        }
+        cmd.state = CommandState::Cancelled;
+        cmd.pb.state = pb::command::State::Cancelled.into();
+        cmd.pb.cancelled_by = who.to_owned();
+        cmd.pb.cancel_time = Some(wire::timestamp(now()));
+        let view = cmd.pb.clone();
+        let change = Change {
+            commands: vec![cmd],
+            ..Change::default()
+        };
+        let request = idem.map(|i| RequestRecord {
+            request_id: i.request_id,
+            fingerprint: i.fingerprint,
+            response: view.encode_to_vec(),
+        });
+        self.commit(&mut m, change, request, Some(audit)).await?;
+        Ok(view)
+    }
+
+    /// The wire form of the dispatched command at `sequence`, as suppliers receive it.
+    pub async fn sequenced(&self, sequence: u64) -> Option<pb::Command> {
+        let m = self.model.lock().await;
+        let id = m.by_sequence.get(&sequence)?;
+        m.commands.get(id).map(|c| wire::command_pb(&c.domain))
+    }
+
+    /// Every dispatched command up to `target`, and the sequences `supplier` rejected.
+    pub async fn world(&self, supplier: &SupplierId) -> (u64, Vec<pb::Command>, Vec<i64>) {
+        let m = self.model.lock().await;
+        let commands = m
+            .by_sequence
+            .values()
+            .filter_map(|id| m.commands.get(id))
+            .map(|c| wire::command_pb(&c.domain))
+            .collect();
+        let rejected = m
+            .deliveries
+            .iter()
+            .filter(|(_, per)| {
+                per.get(supplier)
+                    .is_some_and(|d| d.state() == pb::delivery::State::Rejected)
+            })
+            .map(|(seq, _)| i64::try_from(*seq).unwrap_or(i64::MAX))
+            .collect();
+        (m.last_sequence(), commands, rejected)
+    }
+
+    /// What the coordinator last recorded of `supplier`.
+    pub async fn supplier_status(&self, supplier: &SupplierId) -> SupplierStatus {
+        self.model
+            .lock()
+            .await
+            .suppliers
+            .get(supplier)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Records a GetSyncState answer (a heartbeat); persisted only when something durable
+    /// changed (applied sequence, freeze).
+    pub async fn record_sync(&self, supplier: &SupplierId, state: &pb::SyncState) -> Result<(), ApiError> {
+        let mut m = self.model.lock().await;
+        let mut s = m.suppliers.get(supplier).cloned().unwrap_or_default();
+        let durable_change = s.pb.applied_sequence != state.applied_sequence
+            || s.pb.frozen != state.frozen
+            || !s.pb.last_error.is_empty();
+        s.pb.applied_sequence = state.applied_sequence;
+        s.pb.frozen = state.frozen;
+        s.pb.feature_counts = state.feature_counts.clone();
+        s.pb.last_error = String::new();
+        s.last_contact = Some(SystemTime::now());
+        s.pb.last_contact_time = s.last_contact.map(wire::timestamp);
+        if durable_change {
+            let change = Change {
+                suppliers: vec![(supplier.clone(), s)],
+                ..Change::default()
+            };
+            self.commit(&mut m, change, None, None).await
+        } else {
+            m.suppliers.insert(supplier.clone(), s);
+            Ok(())
+        }
+    }
+
+    /// Records a failed contact (kept in memory; the last error shows in the supplier view).
+    pub async fn record_error(&self, supplier: &SupplierId, error: &str) {
+        let mut m = self.model.lock().await;
+        let s = m.suppliers.entry(supplier.clone()).or_default();
+        s.pb.last_error = error.chars().take(500).collect();
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Records a delivery attempt.
+    pub async fn record_attempt(&self, supplier: &SupplierId, sequence: u64) {
+        let mut m = self.model.lock().await;
+        let d = m
+            .deliveries
+            .entry(sequence)
+            .or_default()
+            .entry(supplier.clone())
+            .or_insert_with(|| pb::Delivery {
+                supplier: format!("suppliers/{supplier}"),
+                state: pb::delivery::State::Pending.into(),
+                ..Default::default()
+            });
+        d.attempts += 1;
+        if d.first_attempt_time.is_none() {
+            d.first_attempt_time = Some(wire::timestamp(now()));
+        }
+    }
+
+    /// Records the supplier's answers for sequences: applied, or rejected with a reason; and its
+    /// applied sequence.
+    pub async fn record_applied(
+        &self,
+        supplier: &SupplierId,
+        outcomes: Vec<(u64, Option<String>, Option<prost_types::Timestamp>)>,
+        applied_sequence: u64,
+    ) -> Result<(), ApiError> {
+        let mut m = self.model.lock().await;
+        let acknowledged = Some(wire::timestamp(now()));
+        let mut change = Change::default();
+        let mut status = m.suppliers.get(supplier).cloned().unwrap_or_default();
+        for (sequence, rejection, apply_time) in outcomes {
+            let mut d = m
+                .deliveries
+                .get(&sequence)
+                .and_then(|per| per.get(supplier))
+                .cloned()
+                .unwrap_or_else(|| pb::Delivery {
+                    supplier: format!("suppliers/{supplier}"),
+                    ..Default::default()
+                });
+            if d.state() != pb::delivery::State::Pending && d.state() != pb::delivery::State::Unspecified {
+                continue;
+            }
+            d.state = if rejection.is_some() {
+                pb::delivery::State::Rejected
+            } else {
+                pb::delivery::State::Applied
+            }
+            .into();
+            d.rejection_reason = rejection.clone().unwrap_or_default();
+            d.apply_time = apply_time;
+            d.acknowledge_time = acknowledged;
+            d.last_error = String::new();
+            if rejection.is_some()
+                && let Some(id) = m.by_sequence.get(&sequence)
+            {
+                let name = format!("commands/{id}");
+                if !status.pb.conflicts.contains(&name) {
+                    status.pb.conflicts.push(name);
+                }
+            }
+            change.deliveries.push(((sequence, supplier.clone()), d));
+        }
+        status.acked = applied_sequence;
+        status.pb.applied_sequence = i64::try_from(applied_sequence).unwrap_or(i64::MAX);
+        status.last_contact = Some(SystemTime::now());
+        status.pb.last_contact_time = status.last_contact.map(wire::timestamp);
+        status.pb.last_error = String::new();
+        change.suppliers.push((supplier.clone(), status));
+        self.commit(&mut m, change, None, None).await
+    }
+
+    /// The API view of a supplier now.
+    pub fn supplier_view(&self, m: &Model, s: &SupplierEndpoint) -> pb::Supplier {
+        let status = m.suppliers.get(&s.id).cloned().unwrap_or_default();
+        let mut view = status.pb.clone();
+        let target = m.last_sequence();
+        view.name = format!("suppliers/{}", s.id);
+        view.endpoint = s.endpoint.clone();
+        view.target_sequence = i64::try_from(target).unwrap_or(i64::MAX);
+        let fresh = status
+            .last_contact
+            .is_some_and(|t| t.elapsed().map_or(true, |e| e <= self.stale_after));
+        view.state = if !fresh {
+            pb::supplier::State::Stale
+        } else if !view.conflicts.is_empty() {
+            pb::supplier::State::Rejected
+        } else if u64::try_from(view.applied_sequence).unwrap_or(0) < target {
+            pb::supplier::State::Pending
+        } else {
+            pb::supplier::State::Synced
+        }
+        .into();
+        view
+    }
+
+    /// Appends the audit event of a refused call.
+    pub async fn audit_refusal(&self, mut audit: AuditDraft, error: &ApiError) {
+        audit.outcome = rollout_core::audit::AuditOutcome::Refused;
+        audit.reason = error.to_string();
+        if let Err(e) = self.store.append_audit(audit).await {
+            tracing::error!(error = %e, "could not record a refused call in the audit log");
+        }
+    }
+}

@@ -1,0 +1,733 @@
+//! The CoordinatorService handlers.
+
+use std::{collections::BTreeMap, pin::Pin, sync::Arc, time::SystemTime};
+
+use prost::Message;
+use rollout_core::{
+    Action, IcbCode, OdsCode, Practice, PracticeStatus, RegionCode, Scope, SubIcbCode, SupplierId,
+    audit::{AuditDraft, AuditOutcome},
+};
+use rollout_net::{ApiError, Caller, wire};
+use rollout_proto::v1::{
+    self as pb, coordinator_service_server::CoordinatorService, toggle_service_client::ToggleServiceClient,
+};
+use rollout_store::coordinator::CommandState;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, transport::Channel};
+use tracing::{Span, instrument};
+
+use crate::core::{Core, Idempotency};
+
+const SERVICE: &str = "/nhs.gprollout.v1.CoordinatorService";
+
+/// The coordinator's handlers.
+#[derive(Debug, Clone)]
+pub struct Handlers {
+    core: Arc<Core>,
+    /// A channel to each supplier, as the coordinator.
+    channels: Arc<BTreeMap<SupplierId, Channel>>,
+}
+
+impl Handlers {
+    /// Handlers over `core`, reaching suppliers through `channels`.
+    pub fn new(core: Arc<Core>, channels: BTreeMap<SupplierId, Channel>) -> Self {
+        Handlers {
+            core,
+            channels: Arc::new(channels),
+        }
+    }
+
+    async fn audited<T>(
+        &self,
+        draft: AuditDraft,
+        call: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<Response<T>, Status> {
+        match call.await {
+            Ok(v) => Ok(Response::new(v)),
+            Err(e) => {
+                self.core.audit_refusal(draft, &e).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// A halt, resume or go-live: validates (the action last, after the feature name),
+    /// honours `request_id`, and audits a refusal. A dry run is neither saved nor audited.
+    #[allow(clippy::too_many_arguments)]
+    async fn issue(
+        &self,
+        who: Result<String, ApiError>,
+        audit: AuditDraft,
+        name: &str,
+        reason: &str,
+        dry_run: bool,
+        idem: Result<Option<Idempotency>, ApiError>,
+        action: impl FnOnce() -> Result<Action, ApiError>,
+    ) -> Result<Response<pb::Command>, Status> {
+        let call = async {
+            let who = who?;
+            let key = wire::feature_name("name", name)?;
+            Span::current().record("feature", key.as_str());
+            let action = action()?;
+            let reason = wire::text("reason", reason)?;
+            let idem = idem?;
+            if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
+                return decode(&bytes);
+            }
+            self.core
+                .issue(&who, key, action, reason, dry_run, idem, audit.clone())
+                .await
+        };
+        if dry_run {
+            return Ok(Response::new(call.await?));
+        }
+        self.audited(audit.clone(), call).await
+    }
+
+    fn toggle(&self, supplier: &SupplierId) -> Result<ToggleServiceClient<Channel>, ApiError> {
+        self.channels
+            .get(supplier)
+            .cloned()
+            .map(ToggleServiceClient::new)
+            .ok_or_else(|| ApiError::not_found("SUPPLIER_NOT_FOUND", format!("suppliers/{supplier}")))
+    }
+}
+
+fn identity<T>(req: &Request<T>) -> Result<String, ApiError> {
+    Caller::of(req).map(|c| c.identity.to_string())
+}
+
+fn draft<T>(req: &Request<T>, method: &str, target: &str, request_id: &str, reason: &str) -> AuditDraft {
+    AuditDraft {
+        identity: identity(req).unwrap_or_else(|_| "-".into()),
+        action: format!("{SERVICE}/{method}"),
+        target: target.chars().take(200).collect(),
+        outcome: AuditOutcome::Accepted,
+        reason: reason.chars().take(1_000).collect(),
+        request_id: request_id.chars().take(64).collect(),
+    }
+}
+
+/// The idempotency key of a request, with the fingerprint of the request without its id.
+fn idempotency(method: &str, request_id: &str, body: &impl Message) -> Result<Option<Idempotency>, ApiError> {
+    Ok(wire::request_id("request_id", request_id)?.map(|request_id| {
+        let mut h = Sha256::new();
+        h.update(method.as_bytes());
+        h.update(body.encode_to_vec());
+        Idempotency {
+            request_id,
+            fingerprint: h.finalize().to_vec(),
+        }
+    }))
+}
+
+fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ApiError> {
+    M::decode(bytes).map_err(|e| ApiError::internal("decoding a stored response", e))
+}
+
+/// A practice's attributes from a supplier's answer, to judge scopes by.
+fn practice_of(p: &pb::Practice) -> Option<Practice> {
+    Some(Practice {
+        ods: OdsCode::parse(p.name.strip_prefix("practices/")?).ok()?,
+        name: p.display_name.clone(),
+        region: RegionCode::parse(&p.region).ok()?,
+        icb: IcbCode::parse(&p.icb).ok()?,
+        sub_icb: SubIcbCode::parse(&p.sub_icb).ok()?,
+        supplier: SupplierId::parse(&p.supplier).ok()?,
+        status: PracticeStatus::Active,
+    })
+}
+
+type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchCommandResponse, Status>> + Send>>;
+
+/// The result of checking one supplier for practices in a halt's scope still enabled.
+async fn verify_supplier(
+    mut client: ToggleServiceClient<Channel>,
+    supplier: SupplierId,
+    feature: String,
+    scope: Scope,
+) -> pb::verify_command_response::SupplierResult {
+    let mut result = pb::verify_command_response::SupplierResult {
+        supplier: format!("suppliers/{supplier}"),
+        ..Default::default()
+    };
+    let mut token = String::new();
+    loop {
+        let mut req = Request::new(pb::ListPracticeFeaturesRequest {
+            feature: feature.clone(),
+            page_size: 5_000,
+            page_token: token.clone(),
+            state: pb::practice_feature::State::Enabled.into(),
+            ..Default::default()
+        });
+        req.set_timeout(std::time::Duration::from_secs(30));
+        match client.list_practice_features(req).await {
+            Ok(page) => {
+                let page = page.into_inner();
+                for answer in &page.practice_features {
+                    let covered = answer
+                        .practice
+                        .as_ref()
+                        .and_then(practice_of)
+                        .is_none_or(|p| scope.covers(&p));
+                    if covered {
+                        result.enabled_count += 1;
+                        if result.enabled_practices.len() < 100 {
+                            result.enabled_practices.push(answer.name.clone());
+                        }
+                    }
+                }
+                if page.next_page_token.is_empty() {
+                    return result;
+                }
+                token = page.next_page_token;
+            }
+            Err(status) => {
+                result.error = format!("{:?}: {}", status.code(), status.message());
+                return result;
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl CoordinatorService for Handlers {
+    #[instrument(skip_all, fields(feature))]
+    async fn create_feature(
+        &self,
+        req: Request<pb::CreateFeatureRequest>,
+    ) -> Result<Response<pb::Feature>, Status> {
+        let r = req.get_ref();
+        let audit = draft(
+            &req,
+            "CreateFeature",
+            &format!("features/{}", r.feature_id),
+            &r.request_id,
+            &r.reason,
+        );
+        self.audited(audit.clone(), async {
+            let who = identity(&req)?;
+            let key = rollout_core::FeatureKey::parse(&r.feature_id)
+                .map_err(|e| ApiError::invalid_field("feature_id", e))?;
+            Span::current().record("feature", key.as_str());
+            let f = r
+                .feature
+                .as_ref()
+                .ok_or_else(|| ApiError::invalid_field("feature", "is required"))?;
+            let def = wire::feature_def("feature", key, f)?;
+            let reason = wire::text("reason", &r.reason)?;
+            let idem = idempotency(
+                "CreateFeature",
+                &r.request_id,
+                &pb::CreateFeatureRequest {
+                    request_id: String::new(),
+                    ..r.clone()
+                },
+            )?;
+            if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
+                return decode(&bytes);
+            }
+            self.core
+                .create_feature(&who, def, reason, idem, audit.clone())
+                .await
+        })
+        .await
+    }
+
+    async fn get_feature(
+        &self,
+        req: Request<pb::GetFeatureRequest>,
+    ) -> Result<Response<pb::Feature>, Status> {
+        let key = wire::feature_name("name", &req.get_ref().name)?;
+        let m = self.core.model().await;
+        let (_, f) = m
+            .features
+            .get(&key)
+            .ok_or_else(|| ApiError::not_found("FEATURE_NOT_FOUND", format!("features/{key}")))?;
+        Ok(Response::new(f.clone()))
+    }
+
+    async fn list_features(
+        &self,
+        req: Request<pb::ListFeaturesRequest>,
+    ) -> Result<Response<pb::ListFeaturesResponse>, Status> {
+        let r = req.get_ref();
+        let size = wire::page_size("page_size", r.page_size, 100, 1_000)?;
+        let after = wire::page_token_after("page_token", &r.page_token, "features")?;
+        let m = self.core.model().await;
+        let mut features: Vec<pb::Feature> = m
+            .features
+            .values()
+            .map(|(_, f)| f.clone())
+            .filter(|f| after.as_deref().is_none_or(|a| f.name.as_str() > a))
+            .take(size + 1)
+            .collect();
+        let next_page_token = if features.len() > size {
+            features.truncate(size);
+            features
+                .last()
+                .map(|f| wire::page_token("features", &f.name))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListFeaturesResponse {
+            features,
+            next_page_token,
+        }))
+    }
+
+    #[instrument(skip_all, fields(feature))]
+    async fn halt_feature(
+        &self,
+        req: Request<pb::HaltFeatureRequest>,
+    ) -> Result<Response<pb::Command>, Status> {
+        let r = req.get_ref();
+        let audit = draft(&req, "HaltFeature", &r.name, &r.request_id, &r.reason);
+        let idem = idempotency(
+            "HaltFeature",
+            &r.request_id,
+            &pb::HaltFeatureRequest {
+                request_id: String::new(),
+                ..r.clone()
+            },
+        );
+        self.issue(identity(&req), audit, &r.name, &r.reason, r.dry_run, idem, || {
+            Ok(Action::Halt {
+                scope: wire::scope("scope", r.scope.as_ref())?,
+            })
+        })
+        .await
+    }
+
+    #[instrument(skip_all, fields(feature))]
+    async fn resume_feature(
+        &self,
+        req: Request<pb::ResumeFeatureRequest>,
+    ) -> Result<Response<pb::Command>, Status> {
+        let r = req.get_ref();
+        let audit = draft(&req, "ResumeFeature", &r.name, &r.request_id, &r.reason);
+        let idem = idempotency(
+            "ResumeFeature",
+            &r.request_id,
+            &pb::ResumeFeatureRequest {
+                request_id: String::new(),
+                ..r.clone()
+            },
+        );
+        self.issue(identity(&req), audit, &r.name, &r.reason, r.dry_run, idem, || {
+            if r.halts.is_empty() {
+                return Err(ApiError::invalid_field("halts", "name at least one halt to lift"));
+            }
+            let halts = r
+                .halts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| wire::command_name(&format!("halts[{i}]"), h))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Action::Resume { halts })
+        })
+        .await
+    }
+
+    #[instrument(skip_all, fields(feature))]
+    async fn schedule_go_live(
+        &self,
+        req: Request<pb::ScheduleGoLiveRequest>,
+    ) -> Result<Response<pb::Command>, Status> {
+        let r = req.get_ref();
+        let audit = draft(&req, "ScheduleGoLive", &r.name, &r.request_id, &r.reason);
+        let idem = idempotency(
+            "ScheduleGoLive",
+            &r.request_id,
+            &pb::ScheduleGoLiveRequest {
+                request_id: String::new(),
+                ..r.clone()
+            },
+        );
+        self.issue(identity(&req), audit, &r.name, &r.reason, r.dry_run, idem, || {
+            Ok(Action::GoLive {
+                scope: wire::scope("scope", r.scope.as_ref())?,
+                effective_at: r
+                    .effective_time
+                    .as_ref()
+                    .map(|t| wire::time("effective_time", t))
+                    .transpose()?,
+            })
+        })
+        .await
+    }
+
+    #[instrument(skip_all, fields(command))]
+    async fn approve_command(
+        &self,
+        req: Request<pb::ApproveCommandRequest>,
+    ) -> Result<Response<pb::Command>, Status> {
+        let r = req.get_ref();
+        let audit = draft(&req, "ApproveCommand", &r.name, &r.request_id, &r.comment);
+        self.audited(audit.clone(), async {
+            let who = identity(&req)?;
+            let id = wire::command_name("name", &r.name)?;
+            Span::current().record("command", id.as_str());
+            if r.comment.chars().count() > rollout_core::rules::MAX_REASON_CHARS {
+                return Err(ApiError::invalid_field(
+                    "comment",
+                    "is longer than 1000 characters",
+                ));
+            }
+            let idem = idempotency(
+                "ApproveCommand",
+                &r.request_id,
+                &pb::ApproveCommandRequest {
+                    request_id: String::new(),
+                    ..r.clone()
+                },
+            )?;
+            if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
+                return decode(&bytes);
+            }
+            self.core
+                .approve(&who, &id, r.comment.trim().to_owned(), idem, audit.clone())
+                .await
+        })
+        .await
+    }
+
+    #[instrument(skip_all, fields(command))]
+    async fn cancel_command(
+        &self,
+        req: Request<pb::CancelCommandRequest>,
+    ) -> Result<Response<pb::Command>, Status> {
+        let r = req.get_ref();
+        let audit = draft(&req, "CancelCommand", &r.name, &r.request_id, &r.reason);
+        self.audited(audit.clone(), async {
+            let who = identity(&req)?;
+            let id = wire::command_name("name", &r.name)?;
+            Span::current().record("command", id.as_str());
+            wire::text("reason", &r.reason)?;
+            let idem = idempotency(
+                "CancelCommand",
+                &r.request_id,
+                &pb::CancelCommandRequest {
+                    request_id: String::new(),
+                    ..r.clone()
+                },
+            )?;
+            if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
+                return decode(&bytes);
+            }
+            self.core.cancel(&who, &id, idem, audit.clone()).await
+        })
+        .await
+    }
+
+    async fn get_command(
+        &self,
+        req: Request<pb::GetCommandRequest>,
+    ) -> Result<Response<pb::Command>, Status> {
+        let id = wire::command_name("name", &req.get_ref().name)?;
+        let m = self.core.model().await;
+        let cmd = m.command(&id)?;
+        Ok(Response::new(m.command_view(cmd)))
+    }
+
+    async fn list_commands(
+        &self,
+        req: Request<pb::ListCommandsRequest>,
+    ) -> Result<Response<pb::ListCommandsResponse>, Status> {
+        let r = req.get_ref();
+        let feature = (!r.feature.is_empty())
+            .then(|| wire::feature_name("feature", &r.feature))
+            .transpose()?;
+        let state = match pb::command::State::try_from(r.state) {
+            Ok(pb::command::State::Unspecified) => None,
+            Ok(s) => Some(s),
+            Err(_) => {
+                return Err(
+                    ApiError::invalid_field("state", format!("{} is not a command state", r.state)).into(),
+                );
+            }
+        };
+        let size = wire::page_size("page_size", r.page_size, 50, 500)?;
+        let query = format!("{}|{}", r.feature, r.state);
+        let after = wire::page_token_after("page_token", &r.page_token, &query)?;
+        let m = self.core.model().await;
+        // Newest first: walk the issue order backwards, starting after the token's command.
+        let mut skipping = after.is_some();
+        let mut commands = Vec::new();
+        for id in m.order.iter().rev() {
+            if skipping {
+                skipping = after.as_deref() != Some(id.as_str());
+                continue;
+            }
+            let Some(c) = m.commands.get(id) else { continue };
+            if feature.as_ref().is_some_and(|f| *f != c.domain.feature)
+                || state.is_some_and(|s| s != c.pb.state())
+            {
+                continue;
+            }
+            commands.push(m.command_view(c));
+            if commands.len() > size {
+                break;
+            }
+        }
+        let next_page_token = if commands.len() > size {
+            commands.truncate(size);
+            commands
+                .last()
+                .and_then(|c| c.name.strip_prefix("commands/"))
+                .map(|id| wire::page_token(&query, id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListCommandsResponse {
+            commands,
+            next_page_token,
+        }))
+    }
+
+    type WatchCommandStream = WatchStream;
+
+    async fn watch_command(
+        &self,
+        req: Request<pb::WatchCommandRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let id = wire::command_name("name", &req.get_ref().name)?;
+        self.core.model().await.command(&id)?;
+        let (tx, rx) = mpsc::channel(16);
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            let mut changes = core.changes.subscribe();
+            let mut last: Option<pb::Command> = None;
+            loop {
+                let view = {
+                    let m = core.model().await;
+                    match m.commands.get(&id) {
+                        Some(c) => m.command_view(c),
+                        None => return,
+                    }
+                };
+                let complete = match view.state() {
+                    pb::command::State::Cancelled => true,
+                    pb::command::State::Dispatched => {
+                        !view.deliveries.is_empty()
+                            && view
+                                .deliveries
+                                .iter()
+                                .all(|d| d.state() != pb::delivery::State::Pending)
+                    }
+                    _ => false,
+                };
+                if last.as_ref() != Some(&view) {
+                    last = Some(view.clone());
+                    if tx
+                        .send(Ok(pb::WatchCommandResponse {
+                            command: Some(view),
+                            complete,
+                        }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                if complete {
+                    return;
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_suppliers(
+        &self,
+        req: Request<pb::ListSuppliersRequest>,
+    ) -> Result<Response<pb::ListSuppliersResponse>, Status> {
+        let r = req.get_ref();
+        wire::page_size("page_size", r.page_size, 100, 100)?;
+        wire::page_token_after("page_token", &r.page_token, "suppliers")?;
+        let m = self.core.model().await;
+        let suppliers = self
+            .core
+            .suppliers
+            .iter()
+            .map(|s| self.core.supplier_view(&m, s))
+            .collect();
+        Ok(Response::new(pb::ListSuppliersResponse {
+            suppliers,
+            next_page_token: String::new(),
+        }))
+    }
+
+    async fn get_supplier(
+        &self,
+        req: Request<pb::GetSupplierRequest>,
+    ) -> Result<Response<pb::Supplier>, Status> {
+        let id = wire::supplier_name("name", &req.get_ref().name)?;
+        let s = self
+            .core
+            .suppliers
+            .iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| ApiError::not_found("SUPPLIER_NOT_FOUND", format!("suppliers/{id}")))?;
+        let m = self.core.model().await;
+        Ok(Response::new(self.core.supplier_view(&m, s)))
+    }
+
+    #[instrument(skip_all, fields(command))]
+    async fn verify_command(
+        &self,
+        req: Request<pb::VerifyCommandRequest>,
+    ) -> Result<Response<pb::VerifyCommandResponse>, Status> {
+        let id = wire::command_name("name", &req.get_ref().name)?;
+        Span::current().record("command", id.as_str());
+        let (scope, feature) = {
+            let m = self.core.model().await;
+            let c = m.command(&id)?;
+            match (&c.domain.action, c.state) {
+                (Action::Halt { scope }, CommandState::Dispatched) => {
+                    (scope.clone(), format!("features/{}", c.domain.feature))
+                }
+                (Action::Halt { .. }, _) => {
+                    return Err(ApiError::failed_precondition(
+                        "NOT_DISPATCHED",
+                        format!("commands/{id} has not been dispatched"),
+                    )
+                    .into());
+                }
+                _ => {
+                    return Err(ApiError::failed_precondition(
+                        "NOT_A_HALT",
+                        format!("commands/{id} is not a halt; only a halt can be verified"),
+                    )
+                    .into());
+                }
+            }
+        };
+        let checks = self.core.suppliers.iter().map(|s| {
+            let client = self.toggle(&s.id);
+            let (supplier, feature, scope) = (s.id.clone(), feature.clone(), scope.clone());
+            async move {
+                match client {
+                    Ok(c) => verify_supplier(c, supplier, feature, scope).await,
+                    Err(e) => pb::verify_command_response::SupplierResult {
+                        supplier: format!("suppliers/{supplier}"),
+                        error: e.to_string(),
+                        ..Default::default()
+                    },
+                }
+            }
+        });
+        let mut results = Vec::new();
+        for handle in checks.map(tokio::spawn).collect::<Vec<_>>() {
+            results.push(
+                handle
+                    .await
+                    .map_err(|e| ApiError::internal("verifying a supplier", e))?,
+            );
+        }
+        let scope_counts = self.core.impact(&[&scope]);
+        for r in &mut results {
+            r.checked_count = scope_counts
+                .suppliers
+                .iter()
+                .find(|s| s.supplier == r.supplier)
+                .map_or(0, |s| s.practices);
+        }
+        let enabled_count = results.iter().map(|r| r.enabled_count).sum();
+        let verified = enabled_count == 0 && results.iter().all(|r| r.error.is_empty());
+        Ok(Response::new(pb::VerifyCommandResponse {
+            command: format!("commands/{id}"),
+            verified,
+            enabled_count,
+            suppliers: results,
+            verify_time: Some(wire::timestamp(SystemTime::now())),
+        }))
+    }
+
+    #[instrument(skip_all, fields(practice, feature))]
+    async fn get_practice_status(
+        &self,
+        req: Request<pb::GetPracticeStatusRequest>,
+    ) -> Result<Response<pb::PracticeFeature>, Status> {
+        let (ods, key) = wire::practice_feature_name("name", &req.get_ref().name)?;
+        Span::current()
+            .record("practice", ods.as_str())
+            .record("feature", key.as_str());
+        let practice = self
+            .core
+            .estate
+            .get(&ods)
+            .ok_or_else(|| ApiError::not_found("PRACTICE_NOT_FOUND", format!("practices/{ods}")))?;
+        let mut client = self.toggle(&practice.supplier)?;
+        let mut call = Request::new(pb::GetPracticeFeatureRequest {
+            name: wire::practice_feature_resource(&ods, &key),
+        });
+        call.set_timeout(std::time::Duration::from_secs(10));
+        match client.get_practice_feature(call).await {
+            Ok(answer) => Ok(answer),
+            Err(s) if s.code() == tonic::Code::NotFound => Err(ApiError::not_found(
+                "NOT_FOUND_AT_SUPPLIER",
+                format!(
+                    "{} at suppliers/{}: {}",
+                    wire::practice_feature_resource(&ods, &key),
+                    practice.supplier,
+                    s.message()
+                ),
+            )
+            .into()),
+            Err(s) => Err(ApiError::unavailable(
+                "SUPPLIER_UNAVAILABLE",
+                format!(
+                    "suppliers/{} did not answer: {:?} {}",
+                    practice.supplier,
+                    s.code(),
+                    s.message()
+                ),
+            )
+            .with_metadata("supplier", practice.supplier.to_string())
+            .into()),
+        }
+    }
+
+    async fn list_audit_events(
+        &self,
+        req: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let r = req.get_ref();
+        let size = wire::page_size("page_size", r.page_size, 100, 1_000)?;
+        let after = match wire::page_token_after("page_token", &r.page_token, "audit")? {
+            Some(t) => t
+                .parse::<u64>()
+                .map_err(|_| ApiError::invalid_field("page_token", "is not a page token this server gave"))?,
+            None => u64::try_from(r.after_sequence)
+                .map_err(|_| ApiError::invalid_field("after_sequence", "must not be negative"))?,
+        };
+        let mut events = self
+            .core
+            .store()
+            .list_audit(after, u32::try_from(size + 1).unwrap_or(u32::MAX))
+            .await
+            .map_err(|e| ApiError::internal("reading the audit log", e))?;
+        let next_page_token = if events.len() > size {
+            events.truncate(size);
+            events
+                .last()
+                .map(|e| wire::page_token("audit", &e.sequence.to_string()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: events.iter().map(wire::audit_pb).collect(),
+            next_page_token,
+        }))
+    }
+}

@@ -1,0 +1,298 @@
+//! A coordinator and four suppliers (emis, tpp, cegedim, microtest) in one test: real servers
+//! on loopback, real mutual TLS, one SQLite file each, the synthetic national estate.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use rollout_core::{Estate, PracticeStatus, Scope, Source, SupplierId};
+use rollout_proto::v1::{self as pb, coordinator_service_client::CoordinatorServiceClient};
+use tonic::transport::Channel;
+
+use crate::{
+    supplier::{SupplierFiles, supplier_files},
+    support::{FEATURE, Running, channel_as, reference_files},
+};
+
+/// The suppliers of the stack.
+pub const SUPPLIERS: [&str; 4] = ["emis", "tpp", "cegedim", "microtest"];
+
+/// The running stack.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub pki: PathBuf,
+    pub suppliers: BTreeMap<
+        &'static str,
+        (
+            SupplierFiles,
+            Option<Running<rollout_supplier::Error>>,
+            SocketAddr,
+        ),
+    >,
+    pub coordinator: Option<Running<rollout_coordinator::Error>>,
+    pub coordinator_addr: SocketAddr,
+    pub coordinator_db: PathBuf,
+    pub estate: Estate,
+}
+
+fn coordinator_policy(dir: &Path) -> PathBuf {
+    let path = dir.join("coordinator-policy.toml");
+    std::fs::write(
+        &path,
+        "[identities]\n\
+         \"spiffe://gprollout.test/operator/alice\" = [\"operator\", \"approver\"]\n\
+         \"spiffe://gprollout.test/operator/bob\" = [\"operator\", \"approver\"]\n\
+         \"spiffe://gprollout.test/auditor\" = [\"auditor\"]\n\
+         \"spiffe://gprollout.test/viewer\" = [\"viewer\"]\n",
+    )
+    .expect("write policy");
+    path
+}
+
+impl Stack {
+    /// Starts four suppliers (cegedim frozen if `freeze_cegedim`) and the coordinator.
+    pub async fn start(freeze_cegedim: Option<&str>) -> Stack {
+        rollout_net::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = dir.path().join("pki");
+        rolloutctl::pki::init(&pki, false).expect("pki");
+        let mut suppliers = BTreeMap::new();
+        for s in SUPPLIERS {
+            let files = supplier_files(dir.path(), &pki, s);
+            let freeze = if s == "cegedim" { freeze_cegedim } else { None };
+            let running = files.start(freeze).await;
+            let addr = running.addr;
+            suppliers.insert(s, (files, Some(running), addr));
+        }
+        let (practices, map) = reference_files();
+        let estate = Estate::parse(
+            Source {
+                name: "epraccur.csv",
+                bytes: &std::fs::read(&practices).expect("read"),
+            },
+            Source {
+                name: "gp-system-suppliers.csv",
+                bytes: &std::fs::read(&map).expect("read"),
+            },
+        )
+        .expect("estate");
+        let mut stack = Stack {
+            coordinator_db: dir.path().join("coordinator.db"),
+            dir,
+            pki,
+            suppliers,
+            coordinator: None,
+            coordinator_addr: "127.0.0.1:0".parse().expect("addr"),
+            estate,
+        };
+        stack.start_coordinator().await;
+        stack
+    }
+
+    /// The coordinator's configuration.
+    pub fn coordinator_config(&self) -> rollout_coordinator::Config {
+        let (practices, map) = reference_files();
+        rollout_coordinator::Config {
+            tls: rollout_net::TlsFiles::from_pki_dir(&self.pki, "coordinator"),
+            supplier_ca: self.pki.join("ca.pem"),
+            policy: coordinator_policy(self.dir.path()),
+            suppliers: self
+                .suppliers
+                .iter()
+                .map(|(id, (_, _, addr))| rollout_coordinator::SupplierEndpoint {
+                    id: SupplierId::parse(id).expect("id"),
+                    endpoint: format!("localhost:{}", addr.port()),
+                    identity: format!("spiffe://gprollout.test/supplier/{id}"),
+                })
+                .collect(),
+            database_url: format!("sqlite://{}", self.coordinator_db.display()),
+            estate: (practices, map),
+            heartbeat: Duration::from_millis(200),
+            stale_after: Duration::from_secs(5),
+        }
+    }
+
+    /// Starts (or restarts, on the same port) the coordinator.
+    pub async fn start_coordinator(&mut self) {
+        let config = self.coordinator_config();
+        let run = |listener, health, stop: tokio::sync::oneshot::Receiver<()>| async move {
+            rollout_coordinator::serve(config, listener, Some(health), async {
+                let _ = stop.await;
+            })
+            .await
+        };
+        let running = if self.coordinator_addr.port() == 0 {
+            Running::start(run).await
+        } else {
+            Running::start_at(self.coordinator_addr, run).await
+        };
+        self.coordinator_addr = running.addr;
+        self.coordinator = Some(running);
+    }
+
+    /// Stops the coordinator.
+    pub async fn stop_coordinator(&mut self) {
+        if let Some(c) = self.coordinator.take() {
+            c.stop().await;
+        }
+    }
+
+    /// Stops a supplier.
+    pub async fn stop_supplier(&mut self, id: &str) {
+        let entry = self.suppliers.get_mut(id).expect("supplier");
+        if let Some(r) = entry.1.take() {
+            r.stop().await;
+        }
+    }
+
+    /// Starts a stopped supplier again on its port.
+    pub async fn start_supplier(&mut self, id: &str) {
+        let entry = self.suppliers.get_mut(id).expect("supplier");
+        let config = entry.0.config(None);
+        let running = Running::start_at(entry.2, |listener, health, stop| async move {
+            rollout_supplier::serve(config, listener, Some(health), async {
+                let _ = stop.await;
+            })
+            .await
+        })
+        .await;
+        entry.1 = Some(running);
+    }
+
+    /// A coordinator client as `who`.
+    pub fn client(&self, who: &str) -> CoordinatorServiceClient<Channel> {
+        CoordinatorServiceClient::new(channel_as(&self.pki, who, self.coordinator_addr))
+    }
+
+    /// A ToggleService client at a supplier, as its backend.
+    pub fn backend(
+        &self,
+        supplier: &str,
+    ) -> rollout_proto::v1::toggle_service_client::ToggleServiceClient<Channel> {
+        let addr = self.suppliers[supplier].2;
+        rollout_proto::v1::toggle_service_client::ToggleServiceClient::new(channel_as(
+            &self.pki,
+            &format!("backend-{supplier}"),
+            addr,
+        ))
+    }
+
+    /// Stops everything.
+    pub async fn stop(mut self) {
+        self.stop_coordinator().await;
+        for id in SUPPLIERS {
+            self.stop_supplier(id).await;
+        }
+    }
+
+    /// Active practices of `supplier` that `scope` covers, from the national estate.
+    pub fn expected(&self, supplier: &str, scope: &Scope) -> usize {
+        self.estate
+            .practices()
+            .filter(|p| {
+                p.supplier.as_str() == supplier && p.status == PracticeStatus::Active && scope.covers(p)
+            })
+            .count()
+    }
+
+    /// An active practice of `supplier`.
+    pub fn practice_of(&self, supplier: &str) -> String {
+        self.estate
+            .practices()
+            .find(|p| p.supplier.as_str() == supplier && p.status == PracticeStatus::Active)
+            .map(|p| p.ods.to_string())
+            .expect("an active practice")
+    }
+}
+
+/// Creates the feature and switches it on nationally (alice requests, bob approves), waiting
+/// until every supplier has applied both.
+pub async fn feature_live(stack: &Stack) {
+    let mut alice = stack.client("alice");
+    alice
+        .create_feature(pb::CreateFeatureRequest {
+            feature_id: FEATURE.into(),
+            feature: Some(pb::Feature {
+                description: "automatic prospective online record access".into(),
+                fail_mode: pb::FailMode::Static.into(),
+                ..Default::default()
+            }),
+            reason: "national programme".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("create feature");
+    let live = alice
+        .schedule_go_live(pb::ScheduleGoLiveRequest {
+            name: format!("features/{FEATURE}"),
+            scope: Some(national()),
+            effective_time: None,
+            reason: "go live".into(),
+            request_id: String::new(),
+            dry_run: false,
+        })
+        .await
+        .expect("go-live")
+        .into_inner();
+    stack
+        .client("bob")
+        .approve_command(pb::ApproveCommandRequest {
+            name: live.name.clone(),
+            comment: "approved".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("approve");
+    delivered(stack, &live.name).await;
+}
+
+/// The national scope on the wire.
+pub fn national() -> pb::Scope {
+    pb::Scope {
+        target: Some(pb::scope::Target::National(pb::scope::National {})),
+    }
+}
+
+/// Follows WatchCommand until every supplier has answered; returns the final command.
+pub async fn delivered(stack: &Stack, name: &str) -> pb::Command {
+    let mut stream = stack
+        .client("viewer")
+        .watch_command(pb::WatchCommandRequest { name: name.into() })
+        .await
+        .expect("watch command")
+        .into_inner();
+    let follow = async {
+        loop {
+            let update = stream
+                .message()
+                .await
+                .expect("stream")
+                .expect("an update before the end");
+            if update.complete {
+                return update.command.expect("command");
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), follow)
+        .await
+        .expect("every supplier answers within 30 s")
+}
+
+/// Issues a halt as alice.
+pub async fn halt(stack: &Stack, scope: pb::Scope) -> pb::Command {
+    stack
+        .client("alice")
+        .halt_feature(pb::HaltFeatureRequest {
+            name: format!("features/{FEATURE}"),
+            scope: Some(scope),
+            reason: "halted until further notice".into(),
+            request_id: String::new(),
+            dry_run: false,
+        })
+        .await
+        .expect("halt")
+        .into_inner()
+}
