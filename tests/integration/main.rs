@@ -3,6 +3,8 @@
 
 mod cli;
 mod coordinator;
+mod deploy;
+mod devstack;
 mod mtls;
 mod stack;
 mod supplier;

@@ -194,6 +194,15 @@ async fn replace(
     Ok(applied)
 }
 
+/// The status with its chain of causes (a refused handshake says why, not just "transport
+/// error").
 fn describe(status: &tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }

@@ -3,7 +3,9 @@
 //!
 //! - [`ops`]: the operator commands against the coordinator (features, halt, resume, go-live,
 //!   approve, cancel, commands, watch, status, verify, practice, audit).
+//! - [`dev`]: `rolloutctl dev up`, the local stack.
 //! - [`pki`]: the development PKI.
 
+pub mod dev;
 pub mod ops;
 pub mod pki;

@@ -25,8 +25,29 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
+    /// The local development stack.
+    Dev {
+        #[command(subcommand)]
+        command: DevCommand,
+    },
     #[command(flatten)]
     Op(Op),
+}
+
+#[derive(Debug, Subcommand)]
+enum DevCommand {
+    /// Start a coordinator and four suppliers (emis, tpp, cegedim, microtest) as separate
+    /// processes on loopback with SQLite, the dev PKI and the synthetic national estate; run a
+    /// national go-live and halt; keep running until Ctrl-C. A second run on the same state
+    /// directory reuses it.
+    Up {
+        /// Where the PKI, databases, configuration and logs live.
+        #[arg(long, env = "ROLLOUT_DEV_STATE_DIR", default_value = ".gprollout-dev")]
+        state_dir: PathBuf,
+        /// Coordinator on N, suppliers on N+1..N+4, plaintext health on N+10..N+14.
+        #[arg(long, env = "ROLLOUT_DEV_PORT_BASE", default_value_t = 50050)]
+        port_base: u16,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,6 +65,14 @@ enum PkiCommand {
     },
 }
 
+fn block_on(f: impl std::future::Future<Output = rolloutctl::ops::Outcome>) -> Result<ExitCode, String> {
+    rollout_net::tls::install_crypto_provider();
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(f).map_err(|e| e.to_string()),
+        Err(e) => Err(format!("cannot start the runtime: {e}")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -55,13 +84,19 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
             .map_err(|e| e.to_string()),
-        Command::Op(op) => {
-            rollout_net::tls::install_crypto_provider();
-            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt
-                    .block_on(rolloutctl::ops::run(&cli.connection, op))
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(format!("cannot start the runtime: {e}")),
+        Command::Op(op) => block_on(rolloutctl::ops::run(&cli.connection, op)),
+        Command::Dev {
+            command: DevCommand::Up { state_dir, port_base },
+        } => {
+            if port_base > u16::MAX - 20 {
+                Err(format!(
+                    "--port-base {port_base} leaves no room for the stack's 15 ports"
+                ))
+            } else {
+                block_on(rolloutctl::dev::up(rolloutctl::dev::Layout {
+                    dir: state_dir,
+                    base: port_base,
+                }))
             }
         }
     };

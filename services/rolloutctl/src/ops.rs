@@ -69,6 +69,9 @@ pub enum Output {
     Table,
     /// The answer as protobuf JSON, for scripts.
     Json,
+    /// Only the names of the resources written or listed (commands/ID, features/KEY), one a
+    /// line, for shell variables: HALT=$(rolloutctl --output name halt ...).
+    Name,
 }
 
 /// An operator command.
@@ -457,6 +460,7 @@ fn command_table(c: &pb::Command) -> String {
 fn print_command(c: &pb::Command, output: Output) {
     match output {
         Output::Json => println!("{}", json(c, "nhs.gprollout.v1.Command")),
+        Output::Name => println!("{}", c.name),
         Output::Table => print!("{}", command_table(c)),
     }
 }
@@ -509,6 +513,7 @@ pub async fn run(conn: &Connection, op: Op) -> Outcome {
                 .into_inner();
             match out {
                 Output::Json => println!("{}", json(&f, "nhs.gprollout.v1.Feature")),
+                Output::Name => println!("{}", f.name),
                 Output::Table => println!("created {} (sequence {})", f.name, f.sequence),
             }
         }
@@ -522,6 +527,7 @@ pub async fn run(conn: &Connection, op: Op) -> Outcome {
                 .into_inner();
             match out {
                 Output::Json => println!("{}", json(&r, "nhs.gprollout.v1.ListFeaturesResponse")),
+                Output::Name => r.features.iter().for_each(|f| println!("{}", f.name)),
                 Output::Table => {
                     println!(
                         "{:<32} {:<12} {:>9} {:>8}",
@@ -674,6 +680,7 @@ pub async fn run(conn: &Connection, op: Op) -> Outcome {
                 .into_inner();
             match out {
                 Output::Json => println!("{}", json(&r, "nhs.gprollout.v1.ListCommandsResponse")),
+                Output::Name => r.commands.iter().for_each(|c| println!("{}", c.name)),
                 Output::Table => {
                     println!(
                         "{:<36} {:>4} {:<16} {:<28} {:<18} REQUESTER",
@@ -713,6 +720,7 @@ pub async fn run(conn: &Connection, op: Op) -> Outcome {
                 .into_inner();
             match out {
                 Output::Json => println!("{}", json(&r, "nhs.gprollout.v1.ListSuppliersResponse")),
+                Output::Name => r.suppliers.iter().for_each(|s| println!("{}", s.name)),
                 Output::Table => {
                     println!(
                         "{:<10} {:<9} {:>7} {:>6} {:>8} {:>7} {:>9} {:<25} CONFLICTS / LAST ERROR",
@@ -776,6 +784,7 @@ pub async fn run(conn: &Connection, op: Op) -> Outcome {
                 .into_inner();
             match out {
                 Output::Json => println!("{}", json(&p, "nhs.gprollout.v1.PracticeFeature")),
+                Output::Name => println!("{}", p.name),
                 Output::Table => {
                     println!("{}\n{}", p.name, p.explanation);
                     for r in &p.rules {
@@ -811,6 +820,7 @@ pub async fn run(conn: &Connection, op: Op) -> Outcome {
                 .into_inner();
             match out {
                 Output::Json => println!("{}", json(&r, "nhs.gprollout.v1.ListAuditEventsResponse")),
+                Output::Name => r.events.iter().for_each(|e| println!("{}", e.sequence)),
                 Output::Table => {
                     for e in &r.events {
                         println!(
@@ -869,6 +879,7 @@ pub async fn run(conn: &Connection, op: Op) -> Outcome {
 fn print_verify(r: &pb::VerifyCommandResponse, out: Output) {
     match out {
         Output::Json => println!("{}", json(r, "nhs.gprollout.v1.VerifyCommandResponse")),
+        Output::Name => println!("{}", r.command),
         Output::Table => {
             println!(
                 "{} {}",
@@ -1009,7 +1020,7 @@ async fn wait_and_verify(
         let line = format!("time to a verified halt: {} ms", elapsed.as_millis());
         match conn.output {
             Output::Table => println!("{line}"),
-            Output::Json => eprintln!("{line}"),
+            Output::Json | Output::Name => eprintln!("{line}"),
         }
         Ok(ExitCode::SUCCESS)
     } else {
