@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use rollout_core::audit::{AuditDraft, AuditEvent, AuditOutcome, micros};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction, sqlite::SqliteRow};
+use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
 
 use crate::{StoreError, signed, unsigned};
 
@@ -20,25 +20,27 @@ pub struct RequestRecord {
 
 /// Stores an idempotency record inside `tx`.
 pub(crate) async fn insert_request(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     r: &RequestRecord,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO requests (request_id, fingerprint, response, created_at) VALUES (?, ?, ?, ?)")
-        .bind(&r.request_id)
-        .bind(&r.fingerprint)
-        .bind(&r.response)
-        .bind(micros(SystemTime::now()))
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO requests (request_id, fingerprint, response, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&r.request_id)
+    .bind(&r.fingerprint)
+    .bind(&r.response)
+    .bind(micros(SystemTime::now()))
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
 /// The idempotency record of a request id, if one is stored.
 pub(crate) async fn recall_request(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     request_id: &str,
 ) -> Result<Option<RequestRecord>, StoreError> {
-    let row = sqlx::query("SELECT fingerprint, response FROM requests WHERE request_id = ?")
+    let row = sqlx::query("SELECT fingerprint, response FROM requests WHERE request_id = $1")
         .bind(request_id)
         .fetch_optional(pool)
         .await?;
@@ -54,7 +56,7 @@ pub(crate) async fn recall_request(
 
 /// Appends `draft` after the last audit event, inside `tx`.
 pub(crate) async fn audit_in(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     draft: AuditDraft,
 ) -> Result<AuditEvent, StoreError> {
     let last: Option<(i64, String)> =
@@ -68,7 +70,7 @@ pub(crate) async fn audit_in(
     let event = AuditEvent::seal(previous, draft, SystemTime::now());
     sqlx::query(
         "INSERT INTO audit (sequence, time, identity, action, target, outcome, reason, request_id, previous_hash, hash)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(signed(event.sequence, "audit sequence")?)
     .bind(event.time_micros)
@@ -85,7 +87,7 @@ pub(crate) async fn audit_in(
     Ok(event)
 }
 
-fn audit_row(row: &SqliteRow) -> Result<AuditEvent, StoreError> {
+fn audit_row(row: &AnyRow) -> Result<AuditEvent, StoreError> {
     let outcome: String = row.try_get("outcome")?;
     Ok(AuditEvent {
         sequence: unsigned(row.try_get("sequence")?, "audit sequence")?,
@@ -105,7 +107,7 @@ fn audit_row(row: &SqliteRow) -> Result<AuditEvent, StoreError> {
 }
 
 /// Appends an audit event in its own transaction.
-pub(crate) async fn append_audit(pool: &SqlitePool, audit: AuditDraft) -> Result<AuditEvent, StoreError> {
+pub(crate) async fn append_audit(pool: &AnyPool, audit: AuditDraft) -> Result<AuditEvent, StoreError> {
     let mut tx = pool.begin().await?;
     let event = audit_in(&mut tx, audit).await?;
     tx.commit().await?;
@@ -114,11 +116,11 @@ pub(crate) async fn append_audit(pool: &SqlitePool, audit: AuditDraft) -> Result
 
 /// Audit events after `after`, at most `limit`, in order.
 pub(crate) async fn list_audit(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     after: u64,
     limit: u32,
 ) -> Result<Vec<AuditEvent>, StoreError> {
-    sqlx::query("SELECT * FROM audit WHERE sequence > ? ORDER BY sequence LIMIT ?")
+    sqlx::query("SELECT * FROM audit WHERE sequence > $1 ORDER BY sequence LIMIT $2")
         .bind(signed(after, "audit sequence")?)
         .bind(i64::from(limit))
         .fetch_all(pool)

@@ -7,9 +7,9 @@
 
 use async_trait::async_trait;
 use rollout_core::audit::{AuditDraft, AuditEvent, micros};
-use sqlx::{Row, SqlitePool};
+use sqlx::{AnyPool, Row};
 
-use crate::{RequestRecord, StoreError, common, open_sqlite, signed, unsigned};
+use crate::{MigrationSql, RequestRecord, StoreError, common, open, signed, unsigned};
 
 /// Where a command stands, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,23 +122,24 @@ pub trait CoordinatorStore: Send + Sync + 'static {
     async fn list_audit(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
 }
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
+const MIGRATIONS: &[MigrationSql] = &[(
     1,
     "coordinator initial schema",
     include_str!("../migrations/sqlite/coordinator_0001_init.sql"),
+    include_str!("../migrations/postgres/coordinator_0001_init.sql"),
 )];
 
 /// The coordinator store on an SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteCoordinatorStore {
-    pool: SqlitePool,
+    pool: AnyPool,
 }
 
 impl SqliteCoordinatorStore {
     /// Opens (or creates) the database at `url` (`sqlite://PATH`).
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         Ok(SqliteCoordinatorStore {
-            pool: open_sqlite(url, MIGRATIONS).await?,
+            pool: open(url, MIGRATIONS).await?.0,
         })
     }
 
@@ -148,7 +149,7 @@ impl SqliteCoordinatorStore {
     }
 }
 
-fn records(rows: Vec<sqlx::sqlite::SqliteRow>) -> Result<Vec<Record>, StoreError> {
+fn records(rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<Record>, StoreError> {
     rows.iter()
         .map(|r| {
             Ok(Record {
@@ -216,7 +217,7 @@ impl CoordinatorStore for SqliteCoordinatorStore {
     async fn write(&self, w: Write) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for f in &w.features {
-            sqlx::query("INSERT INTO features (key, body) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET body = excluded.body")
+            sqlx::query("INSERT INTO features (key, body) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET body = excluded.body")
                 .bind(&f.key)
                 .bind(&f.body)
                 .execute(&mut *tx)
@@ -225,7 +226,7 @@ impl CoordinatorStore for SqliteCoordinatorStore {
         for c in &w.commands {
             let sequence = c.sequence.map(|s| signed(s, "sequence")).transpose()?;
             let result = sqlx::query(
-                "INSERT INTO commands (id, sequence, state, created_at, body) VALUES (?, ?, ?, ?, ?)
+                "INSERT INTO commands (id, sequence, state, created_at, body) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (id) DO UPDATE SET sequence = excluded.sequence, state = excluded.state, body = excluded.body",
             )
             .bind(&c.id)
@@ -248,7 +249,7 @@ impl CoordinatorStore for SqliteCoordinatorStore {
         }
         for d in &w.deliveries {
             sqlx::query(
-                "INSERT INTO deliveries (sequence, supplier, body) VALUES (?, ?, ?)
+                "INSERT INTO deliveries (sequence, supplier, body) VALUES ($1, $2, $3)
                  ON CONFLICT (sequence, supplier) DO UPDATE SET body = excluded.body",
             )
             .bind(signed(d.sequence, "sequence")?)
@@ -258,7 +259,7 @@ impl CoordinatorStore for SqliteCoordinatorStore {
             .await?;
         }
         for s in &w.suppliers {
-            sqlx::query("INSERT INTO suppliers (id, body) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET body = excluded.body")
+            sqlx::query("INSERT INTO suppliers (id, body) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET body = excluded.body")
                 .bind(&s.key)
                 .bind(&s.body)
                 .execute(&mut *tx)

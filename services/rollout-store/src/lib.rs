@@ -20,21 +20,19 @@ pub mod supplier;
 
 pub use common::RequestRecord;
 
-use std::{str::FromStr, time::Duration};
+use std::{sync::Once, time::Duration};
 
 use sqlx::{
+    AnyPool, Executor,
+    any::AnyPoolOptions,
     migrate::{Migration, MigrationType, Migrator},
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode, SqlitePool, SqlitePoolOptions,
-        SqliteSynchronous,
-    },
 };
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database URL is not one this build can open.
-    #[error("unsupported database URL {0:?}: use sqlite://PATH (PostgreSQL support is not built yet)")]
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DATABASE")]
     UnsupportedUrl(String),
     /// Another process holds the SQLite file.
     #[error(
@@ -58,65 +56,123 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-/// Opens (creating if missing) the SQLite database at `url` (`sqlite://PATH` or
-/// `sqlite:PATH`), durable and exclusive to this process, and runs `migrations`.
-pub(crate) async fn open_sqlite(
-    url: &str,
-    migrations: &[(i64, &'static str, &'static str)],
-) -> Result<SqlitePool, StoreError> {
-    let path = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .ok_or_else(|| StoreError::UnsupportedUrl(url.to_owned()))?;
-    let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .locking_mode(SqliteLockingMode::Exclusive)
-        .busy_timeout(Duration::from_millis(200));
-    // One connection: writes are serialised by the service anyway, and the exclusive lock
-    // belongs to a connection.
-    let locked = |e: sqlx::Error| {
-        // SQLITE_BUSY (5) or SQLITE_LOCKED (6): another process holds the file.
-        let busy = e
-            .as_database_error()
-            .and_then(|d| d.code())
-            .is_some_and(|c| c == "5" || c == "6");
-        if busy {
-            StoreError::Locked {
-                path: path.to_owned(),
-            }
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An SQLite file: one process.
+    Sqlite,
+    /// PostgreSQL: several replicas may share it.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names: `sqlite://PATH` or `postgres://...`.
+    pub fn of(url: &str) -> Result<Backend, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
         } else {
-            e.into()
+            Err(StoreError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+}
+
+/// One migration: version, description, SQLite SQL, PostgreSQL SQL.
+pub(crate) type MigrationSql = (i64, &'static str, &'static str, &'static str);
+
+/// Opens the database at `url` and runs `migrations`. SQLite is opened durable and exclusive to
+/// this process (created if missing); PostgreSQL with a small pool.
+pub(crate) async fn open(url: &str, migrations: &[MigrationSql]) -> Result<(AnyPool, Backend), StoreError> {
+    static DRIVERS: Once = Once::new();
+    DRIVERS.call_once(sqlx::any::install_default_drivers);
+    let backend = Backend::of(url)?;
+    let pool = match backend {
+        Backend::Sqlite => {
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:")
+                .to_owned();
+            let locked = |e: sqlx::Error| {
+                // SQLITE_BUSY (5) or SQLITE_LOCKED (6): another process holds the file.
+                let busy = e
+                    .as_database_error()
+                    .and_then(|d| d.code())
+                    .is_some_and(|c| c == "5" || c == "6");
+                if busy {
+                    StoreError::Locked { path: path.clone() }
+                } else {
+                    e.into()
+                }
+            };
+            let url = if url.contains('?') {
+                url.to_owned()
+            } else {
+                format!("sqlite://{path}?mode=rwc")
+            };
+            const PRAGMAS: &str = "PRAGMA busy_timeout = 200; PRAGMA locking_mode = EXCLUSIVE; \
+                                   PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;";
+            // Check the lock with one connection first: the pool would retry a locked file
+            // until its acquire timeout and then report only the timeout.
+            {
+                use sqlx::Connection;
+                let mut probe = sqlx::AnyConnection::connect(&url).await?;
+                probe.execute(PRAGMAS).await.map_err(locked)?;
+                probe.execute("BEGIN IMMEDIATE; COMMIT;").await.map_err(locked)?;
+                probe.close().await?;
+            }
+            // One connection: writes are serialised by the service anyway, and the exclusive
+            // lock belongs to a connection. The locking mode must be set before WAL.
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .acquire_timeout(Duration::from_secs(5))
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute(PRAGMAS).await?;
+                        Ok(())
+                    })
+                })
+                .connect(&url)
+                .await
+                .map_err(locked)?;
+            // Taking the write lock now makes a second process fail at start, not at its first
+            // write.
+            sqlx::query("BEGIN IMMEDIATE; COMMIT;")
+                .execute(&pool)
+                .await
+                .map_err(locked)?;
+            pool
+        }
+        Backend::Postgres => {
+            AnyPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await?
         }
     };
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .min_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect_with(options)
-        .await
-        .map_err(locked)?;
-    // Taking the write lock now makes a second process fail at start, not at its first write.
-    sqlx::query("BEGIN IMMEDIATE; COMMIT;")
-        .execute(&pool)
-        .await
-        .map_err(locked)?;
     let migrations = migrations
         .iter()
-        .map(|(version, description, sql)| {
-            Ok(Migration::new(
+        .map(|(version, description, sqlite, postgres)| {
+            let sql = if backend == Backend::Sqlite {
+                *sqlite
+            } else {
+                *postgres
+            };
+            Migration::new(
                 *version,
                 (*description).into(),
                 MigrationType::Simple,
-                sqlx::SqlSafeStr::into_sql_str(*sql),
+                sqlx::SqlSafeStr::into_sql_str(sql),
                 false,
-            ))
+            )
         })
-        .collect::<Result<Vec<_>, StoreError>>()?;
+        .collect();
     Migrator::with_migrations(migrations).run(&pool).await?;
-    Ok(pool)
+    Ok((pool, backend))
 }
 
 /// Converts a stored integer to `u64`, refusing negatives.

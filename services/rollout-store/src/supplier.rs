@@ -12,10 +12,10 @@ use rollout_core::{
     IcbCode, OdsCode, Practice, PracticeStatus, RegionCode, SubIcbCode, SupplierId,
     audit::{AuditDraft, AuditEvent, from_micros, micros},
 };
-use sqlx::{Row, Sqlite, SqlitePool, Transaction, sqlite::SqliteRow};
+use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
 
 pub use crate::common::RequestRecord;
-use crate::{StoreError, common, open_sqlite, signed, unsigned};
+use crate::{MigrationSql, StoreError, common, open, signed, unsigned};
 
 /// A command as stored: its sequence, id, feature, the bytes of its body, and its outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,23 +135,24 @@ pub trait SupplierStore: Send + Sync + 'static {
     async fn list_audit(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
 }
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
+const MIGRATIONS: &[MigrationSql] = &[(
     1,
     "supplier initial schema",
     include_str!("../migrations/sqlite/supplier_0001_init.sql"),
+    include_str!("../migrations/postgres/supplier_0001_init.sql"),
 )];
 
 /// The supplier store on an SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteSupplierStore {
-    pool: SqlitePool,
+    pool: AnyPool,
 }
 
 impl SqliteSupplierStore {
     /// Opens (or creates) the database at `url` (`sqlite://PATH`).
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         Ok(SqliteSupplierStore {
-            pool: open_sqlite(url, MIGRATIONS).await?,
+            pool: open(url, MIGRATIONS).await?.0,
         })
     }
 
@@ -161,9 +162,9 @@ impl SqliteSupplierStore {
     }
 }
 
-async fn set_meta(tx: &mut Transaction<'_, Sqlite>, key: &str, value: i64) -> Result<(), StoreError> {
+async fn set_meta(tx: &mut Transaction<'_, Any>, key: &str, value: i64) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     )
     .bind(key)
     .bind(value)
@@ -172,9 +173,9 @@ async fn set_meta(tx: &mut Transaction<'_, Sqlite>, key: &str, value: i64) -> Re
     Ok(())
 }
 
-async fn insert_command(tx: &mut Transaction<'_, Sqlite>, c: &StoredCommand) -> Result<(), StoreError> {
+async fn insert_command(tx: &mut Transaction<'_, Any>, c: &StoredCommand) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO commands (sequence, id, feature, body, rejection_reason, applied_at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO commands (sequence, id, feature, body, rejection_reason, applied_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(signed(c.sequence, "sequence")?)
     .bind(&c.id)
@@ -196,7 +197,7 @@ fn status_code(s: PracticeStatus) -> &'static str {
     }
 }
 
-fn practice_row(row: &SqliteRow) -> Result<Practice, StoreError> {
+fn practice_row(row: &AnyRow) -> Result<Practice, StoreError> {
     let text = |c: &str| row.try_get::<String, _>(c);
     let bad = |e: rollout_core::IdError| StoreError::Corrupt(e.to_string());
     Ok(Practice {
@@ -211,7 +212,7 @@ fn practice_row(row: &SqliteRow) -> Result<Practice, StoreError> {
     })
 }
 
-fn opt_out_row(row: &SqliteRow) -> Result<OptOutRecord, StoreError> {
+fn opt_out_row(row: &AnyRow) -> Result<OptOutRecord, StoreError> {
     let bad = |e: rollout_core::IdError| StoreError::Corrupt(e.to_string());
     let withdrawn_by: Option<String> = row.try_get("withdrawn_by")?;
     let withdrawal = match withdrawn_by {
@@ -274,7 +275,7 @@ impl SupplierStore for SqliteSupplierStore {
             .map(opt_out_row)
             .collect::<Result<Vec<_>, _>>()?;
         let meta = |key: &'static str| {
-            sqlx::query_scalar::<_, i64>("SELECT value FROM meta WHERE key = ?").bind(key)
+            sqlx::query_scalar::<_, i64>("SELECT value FROM meta WHERE key = $1").bind(key)
         };
         let version = meta("version").fetch_optional(&mut *tx).await?.unwrap_or(0);
         let last_contact = meta("last_contact")
@@ -345,7 +346,7 @@ impl SupplierStore for SqliteSupplierStore {
         sqlx::query(
             "INSERT INTO opt_outs (ods, feature, reason, source, recorded_by, created_at, updated_at,
                                    withdrawn_by, withdrawn_at, withdraw_reason)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (ods, feature) DO UPDATE SET
                 reason = excluded.reason, source = excluded.source, recorded_by = excluded.recorded_by,
                 created_at = excluded.created_at, updated_at = excluded.updated_at,
@@ -396,7 +397,7 @@ impl SupplierStore for SqliteSupplierStore {
             }
             sqlx::query(
                 "INSERT INTO practices (ods, name, region, icb, sub_icb, supplier, status, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (ods) DO UPDATE SET name = excluded.name, region = excluded.region,
                     icb = excluded.icb, sub_icb = excluded.sub_icb, supplier = excluded.supplier,
                     status = excluded.status, updated_at = excluded.updated_at",
@@ -414,7 +415,7 @@ impl SupplierStore for SqliteSupplierStore {
         }
         let keep: std::collections::HashSet<OdsCode> = practices.iter().map(|p| p.ods).collect();
         for ods in existing.keys().filter(|k| !keep.contains(k)) {
-            sqlx::query("DELETE FROM practices WHERE ods = ?")
+            sqlx::query("DELETE FROM practices WHERE ods = $1")
                 .bind(ods.as_str())
                 .execute(&mut *tx)
                 .await?;
