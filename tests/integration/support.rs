@@ -216,3 +216,66 @@ pub fn resume(sequence: u64, id: &str, halts: &[&str]) -> pb::Command {
 pub fn practices(codes: &[&str]) -> Scope {
     Scope::practices(codes.iter().copied()).expect("practice scope")
 }
+
+/// A fresh PostgreSQL database for one test, created from `ROLLOUT_TEST_DATABASE_URL` and
+/// dropped by [`PgDb::drop`].
+pub struct PgDb {
+    /// The database's URL.
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+/// A fresh PostgreSQL database, or `None` (with a note) when `ROLLOUT_TEST_DATABASE_URL` is not
+/// set. In CI (`CI` set) a missing URL fails the test instead: the PostgreSQL suite must run.
+pub async fn pg_database() -> Option<PgDb> {
+    use sqlx::Connection;
+    let admin = match std::env::var("ROLLOUT_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ if std::env::var_os("CI").is_some() => {
+            panic!(
+                "ROLLOUT_TEST_DATABASE_URL is not set: in CI the PostgreSQL suite must run (.ci/run sets it)"
+            )
+        }
+        _ => {
+            eprintln!(
+                "PostgreSQL test not run: set ROLLOUT_TEST_DATABASE_URL (scripts/test.sh does when PostgreSQL is up)"
+            );
+            return None;
+        }
+    };
+    let name = format!("gprollout_test_{:016x}", fastrand::u64(..));
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to ROLLOUT_TEST_DATABASE_URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    conn.close().await.ok();
+    let (base, query) = admin
+        .split_once('?')
+        .map_or((admin.as_str(), None), |(b, q)| (b, Some(q)));
+    let root = base.rsplit_once('/').map_or(base, |(r, _)| r);
+    let url = match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    };
+    Some(PgDb { url, admin, name })
+}
+
+impl PgDb {
+    /// Drops the database (closing any connection still open to it).
+    pub async fn drop(self) {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.admin).await.expect("connect");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("drop the test database");
+        conn.close().await.ok();
+    }
+}

@@ -29,7 +29,7 @@ use rollout_net::{
     tls::{self, ReloadingServerConfig, TlsFiles},
 };
 use rollout_proto::v1::coordinator_service_server::CoordinatorServiceServer;
-use rollout_store::coordinator::SqliteCoordinatorStore;
+use rollout_store::coordinator::SqlCoordinatorStore;
 use serde::Deserialize;
 use tokio::{net::TcpListener, sync::watch};
 use tracing::{error, info, warn};
@@ -266,7 +266,7 @@ pub async fn serve(
     let estate = Arc::new(
         rollout_store::reference::read_estate(&config.estate.0, &config.estate.1).map_err(Error::Estate)?,
     );
-    let store = SqliteCoordinatorStore::open(&config.database_url).await?;
+    let store = SqlCoordinatorStore::open(&config.database_url).await?;
     let store_handle = store.clone();
     let core = crate::core::Core::load(
         Arc::new(store),

@@ -129,16 +129,17 @@ const MIGRATIONS: &[MigrationSql] = &[(
     include_str!("../migrations/postgres/coordinator_0001_init.sql"),
 )];
 
-/// The coordinator store on an SQLite file.
+/// The coordinator store on SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
-pub struct SqliteCoordinatorStore {
+pub struct SqlCoordinatorStore {
     pool: AnyPool,
 }
 
-impl SqliteCoordinatorStore {
-    /// Opens (or creates) the database at `url` (`sqlite://PATH`).
+impl SqlCoordinatorStore {
+    /// Opens the database at `url` (`sqlite://PATH`, created if missing, or `postgres://...`)
+    /// and brings its schema up to date.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        Ok(SqliteCoordinatorStore {
+        Ok(SqlCoordinatorStore {
             pool: open(url, MIGRATIONS).await?.0,
         })
     }
@@ -161,7 +162,7 @@ fn records(rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<Record>, StoreError> {
 }
 
 #[async_trait]
-impl CoordinatorStore for SqliteCoordinatorStore {
+impl CoordinatorStore for SqlCoordinatorStore {
     async fn load(&self) -> Result<CoordinatorState, StoreError> {
         let mut tx = self.pool.begin().await?;
         let features = records(

@@ -2,7 +2,7 @@
 //! the migrations that shape them.
 //!
 //! - [`supplier`]: the supplier's applied commands, estate, opt-outs, idempotency records and
-//!   audit log ([`supplier::SupplierStore`]), on SQLite ([`supplier::SqliteSupplierStore`]).
+//!   audit log ([`supplier::SupplierStore`]), on SQLite ([`supplier::SqlSupplierStore`]).
 //!
 //! **Architecture invariant:** this crate knows nothing of tonic. Command bodies are stored as
 //! the bytes the service hands over and handed back the same; the service decodes and

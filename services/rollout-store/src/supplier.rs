@@ -142,16 +142,17 @@ const MIGRATIONS: &[MigrationSql] = &[(
     include_str!("../migrations/postgres/supplier_0001_init.sql"),
 )];
 
-/// The supplier store on an SQLite file.
+/// The supplier store on SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
-pub struct SqliteSupplierStore {
+pub struct SqlSupplierStore {
     pool: AnyPool,
 }
 
-impl SqliteSupplierStore {
-    /// Opens (or creates) the database at `url` (`sqlite://PATH`).
+impl SqlSupplierStore {
+    /// Opens the database at `url` (`sqlite://PATH`, created if missing, or `postgres://...`)
+    /// and brings its schema up to date.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        Ok(SqliteSupplierStore {
+        Ok(SqlSupplierStore {
             pool: open(url, MIGRATIONS).await?.0,
         })
     }
@@ -240,7 +241,7 @@ fn opt_out_row(row: &AnyRow) -> Result<OptOutRecord, StoreError> {
 }
 
 #[async_trait]
-impl SupplierStore for SqliteSupplierStore {
+impl SupplierStore for SqlSupplierStore {
     async fn load(&self) -> Result<SupplierState, StoreError> {
         let mut tx = self.pool.begin().await?;
         let commands = sqlx::query(

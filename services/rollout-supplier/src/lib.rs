@@ -33,7 +33,7 @@ use rollout_proto::v1::{
     practice_settings_service_server::PracticeSettingsServiceServer,
     toggle_service_server::ToggleServiceServer,
 };
-use rollout_store::supplier::SqliteSupplierStore;
+use rollout_store::supplier::SqlSupplierStore;
 use tokio::{net::TcpListener, sync::watch};
 use tracing::{error, info, warn};
 
@@ -201,7 +201,7 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let policy = RolePolicy::load(&config.policy)?;
     let tls = ReloadingServerConfig::load(config.tls.clone())?;
-    let store = SqliteSupplierStore::open(&config.database_url).await?;
+    let store = SqlSupplierStore::open(&config.database_url).await?;
     let store_handle = store.clone();
     let engine = Engine::load(
         Arc::new(store),

@@ -1,0 +1,300 @@
+//! One conformance suite per store, run against SQLite always and against PostgreSQL whenever
+//! `ROLLOUT_TEST_DATABASE_URL` is set (in CI it must be), each run in a fresh database.
+
+use std::time::{Duration, SystemTime};
+
+use rollout_core::{
+    OptOut, Practice,
+    audit::{AuditDraft, AuditOutcome, verify_chain},
+};
+use rollout_store::{
+    RequestRecord, StoreError,
+    coordinator::{
+        CommandRow, CommandState, CoordinatorStore, DeliveryRow, Record, SqlCoordinatorStore, Write,
+    },
+    supplier::{OptOutRecord, SqlSupplierStore, StoredCommand, SupplierStore, Withdrawal},
+};
+
+use crate::support::pg_database;
+
+fn audit(action: &str) -> AuditDraft {
+    AuditDraft {
+        identity: "spiffe://gprollout.test/coordinator".into(),
+        action: action.into(),
+        target: "t".into(),
+        outcome: AuditOutcome::Accepted,
+        reason: "conformance".into(),
+        request_id: String::new(),
+    }
+}
+
+fn at(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+}
+
+fn command(sequence: u64, rejected: bool) -> StoredCommand {
+    StoredCommand {
+        sequence,
+        id: format!("c{sequence}"),
+        feature: "prospective-record-access".into(),
+        body: vec![sequence as u8, 1, 2, 3],
+        rejection: rejected.then(|| "freeze".into()),
+        applied_at: at(sequence),
+    }
+}
+
+fn practices() -> Vec<Practice> {
+    let (p, m) = crate::support::reference_files();
+    rollout_store::reference::read_estate(&p, &m)
+        .expect("estate")
+        .for_supplier(&"emis".parse().expect("emis"))
+        .practices()
+        .take(50)
+        .cloned()
+        .collect()
+}
+
+/// The supplier store's contract.
+async fn supplier_suite(url: &str) {
+    let store = SqlSupplierStore::open(url).await.expect("open");
+    let empty = store.load().await.expect("load");
+    assert_eq!(
+        (empty.commands.len(), empty.version, empty.last_contact),
+        (0, 0, None)
+    );
+
+    store
+        .append_command(&command(1, false), 1, audit("apply"))
+        .await
+        .expect("append 1");
+    store
+        .append_command(&command(2, true), 2, audit("apply"))
+        .await
+        .expect("append 2");
+    let gap = store.append_command(&command(4, false), 3, audit("apply")).await;
+    assert!(
+        matches!(gap, Err(StoreError::Conflict(_))),
+        "a gap is refused: {gap:?}"
+    );
+    let again = store.append_command(&command(2, false), 3, audit("apply")).await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict(_))),
+        "a repeat is refused: {again:?}"
+    );
+
+    let mut estate = practices();
+    let change = store
+        .import_estate(&estate, 3, audit("import"))
+        .await
+        .expect("import");
+    assert_eq!((change.added, change.updated, change.removed), (50, 0, 0));
+    estate[0].name = "RENAMED PRACTICE".into();
+    let gone = estate.pop().expect("a practice");
+    let change = store
+        .import_estate(&estate, 4, audit("import"))
+        .await
+        .expect("re-import");
+    assert_eq!((change.added, change.updated, change.removed), (0, 1, 1));
+
+    let opt = OptOutRecord {
+        opt_out: OptOut {
+            practice: estate[1].ods,
+            feature: "prospective-record-access".parse().expect("key"),
+            reason: "asked".into(),
+            source: "letter".into(),
+            recorded_by: "admin".into(),
+            recorded_at: at(10),
+        },
+        updated_at: at(10),
+        withdrawal: None,
+    };
+    let request = RequestRecord {
+        request_id: "6b2f1c1e-7c38-4c5e-9d6a-0f6e8f1f2a3b".into(),
+        fingerprint: vec![9; 32],
+        response: vec![1, 2, 3],
+    };
+    store
+        .put_opt_out(&opt, 5, Some(request.clone()), audit("opt-out"))
+        .await
+        .expect("opt out");
+    let withdrawn = OptOutRecord {
+        updated_at: at(20),
+        withdrawal: Some(Withdrawal {
+            by: "admin".into(),
+            at: at(20),
+            reason: "reviewed".into(),
+        }),
+        ..opt.clone()
+    };
+    store
+        .put_opt_out(&withdrawn, 6, None, audit("withdraw"))
+        .await
+        .expect("withdraw");
+    assert_eq!(
+        store.recall_request(&request.request_id).await.expect("recall"),
+        Some(request)
+    );
+    assert_eq!(store.recall_request("other").await.expect("recall"), None);
+    store.record_contact(at(30)).await.expect("contact");
+
+    let state = store.load().await.expect("load");
+    assert_eq!(state.commands, [command(1, false), command(2, true)]);
+    assert_eq!(state.practices.len(), 49);
+    assert!(state.practices.iter().all(|p| p.ods != gone.ods));
+    assert!(state.practices.iter().any(|p| p.name == "RENAMED PRACTICE"));
+    assert_eq!(state.opt_outs, [withdrawn]);
+    assert_eq!((state.version, state.last_contact), (6, Some(at(30))));
+
+    store
+        .replace_commands(
+            &[command(1, false), command(2, false), command(3, true)],
+            7,
+            audit("replace"),
+        )
+        .await
+        .expect("replace");
+    let state = store.load().await.expect("load");
+    assert_eq!(
+        state.commands,
+        [command(1, false), command(2, false), command(3, true)]
+    );
+    assert_eq!(state.opt_outs.len(), 1, "opt-outs survive a replacement");
+
+    store
+        .append_audit(AuditDraft {
+            outcome: AuditOutcome::Refused,
+            ..audit("refused")
+        })
+        .await
+        .expect("audit");
+    let events = store.list_audit(0, 1_000).await.expect("audit");
+    assert_eq!(events.len(), 8, "every accepted change and the refusal");
+    assert_eq!(verify_chain(&events), Ok(8));
+    assert_eq!(store.list_audit(6, 10).await.expect("audit").len(), 2);
+    store.close().await;
+}
+
+fn record(key: &str, body: u8) -> Record {
+    Record {
+        key: key.into(),
+        body: vec![body],
+    }
+}
+
+/// The coordinator store's contract.
+async fn coordinator_suite(url: &str) {
+    let store = SqlCoordinatorStore::open(url).await.expect("open");
+    assert_eq!(store.load().await.expect("load"), Default::default());
+    let cmd = |id: &str, sequence: Option<u64>, state, created_at| CommandRow {
+        id: id.into(),
+        sequence,
+        state,
+        created_at,
+        body: id.as_bytes().to_vec(),
+    };
+    store
+        .write(Write {
+            features: vec![record("prospective-record-access", 1)],
+            commands: vec![
+                cmd("a", Some(1), CommandState::Dispatched, 10),
+                cmd("b", None, CommandState::Pending, 20),
+            ],
+            deliveries: vec![DeliveryRow {
+                sequence: 1,
+                supplier: "emis".into(),
+                body: vec![7],
+            }],
+            suppliers: vec![record("emis", 3)],
+            request: Some(RequestRecord {
+                request_id: "r1".into(),
+                fingerprint: vec![1],
+                response: vec![2],
+            }),
+            audit: Some(audit("create")),
+        })
+        .await
+        .expect("write");
+    // Approving b gives it sequence 2; the delivery is updated in place.
+    store
+        .write(Write {
+            commands: vec![cmd("b", Some(2), CommandState::Dispatched, 20)],
+            deliveries: vec![DeliveryRow {
+                sequence: 1,
+                supplier: "emis".into(),
+                body: vec![8],
+            }],
+            audit: Some(audit("approve")),
+            ..Write::default()
+        })
+        .await
+        .expect("approve");
+    // A second command with sequence 2 is refused, and nothing of that write is kept.
+    let clash = store
+        .write(Write {
+            features: vec![record("other-feature", 9)],
+            commands: vec![cmd("c", Some(2), CommandState::Dispatched, 30)],
+            audit: Some(audit("clash")),
+            ..Write::default()
+        })
+        .await;
+    assert!(matches!(clash, Err(StoreError::Conflict(_))), "{clash:?}");
+    let state = store.load().await.expect("load");
+    assert_eq!(state.features, [record("prospective-record-access", 1)]);
+    assert_eq!(
+        state
+            .commands
+            .iter()
+            .map(|c| (c.id.as_str(), c.sequence, c.state))
+            .collect::<Vec<_>>(),
+        [
+            ("a", Some(1), CommandState::Dispatched),
+            ("b", Some(2), CommandState::Dispatched)
+        ]
+    );
+    assert_eq!(
+        state.deliveries,
+        [DeliveryRow {
+            sequence: 1,
+            supplier: "emis".into(),
+            body: vec![8]
+        }]
+    );
+    assert_eq!(state.suppliers, [record("emis", 3)]);
+    assert!(store.recall_request("r1").await.expect("recall").is_some());
+    let events = store.list_audit(0, 100).await.expect("audit");
+    assert_eq!(events.len(), 2, "the refused write left no audit event");
+    assert_eq!(verify_chain(&events), Ok(2));
+    store.close().await;
+}
+
+fn sqlite_url(dir: &tempfile::TempDir, name: &str) -> String {
+    format!("sqlite://{}", dir.path().join(name).display())
+}
+
+#[tokio::test]
+async fn supplier_store_conformance_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    supplier_suite(&sqlite_url(&dir, "supplier.db")).await;
+}
+
+#[tokio::test]
+async fn supplier_store_conformance_on_postgres() {
+    if let Some(db) = pg_database().await {
+        supplier_suite(&db.url).await;
+        db.drop().await;
+    }
+}
+
+#[tokio::test]
+async fn coordinator_store_conformance_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    coordinator_suite(&sqlite_url(&dir, "coordinator.db")).await;
+}
+
+#[tokio::test]
+async fn coordinator_store_conformance_on_postgres() {
+    if let Some(db) = pg_database().await {
+        coordinator_suite(&db.url).await;
+        db.drop().await;
+    }
+}
