@@ -6,6 +6,7 @@ mod coordinator;
 mod deploy;
 mod devstack;
 mod mtls;
+mod replicas;
 mod stack;
 mod store;
 mod supplier;

@@ -38,6 +38,8 @@ pub struct SupplierFiles {
     pub pki: PathBuf,
     pub policy: PathBuf,
     pub database: PathBuf,
+    /// A database URL to use instead of the SQLite file (PostgreSQL replica tests).
+    pub database_url: Option<String>,
     pub supplier: String,
 }
 
@@ -60,6 +62,7 @@ pub fn supplier_files(dir: &Path, pki: &Path, supplier: &str) -> SupplierFiles {
         pki: pki.to_owned(),
         policy,
         database: dir.join(format!("{supplier}.db")),
+        database_url: None,
         supplier: supplier.to_owned(),
     }
 }
@@ -70,7 +73,10 @@ impl SupplierFiles {
             supplier: SupplierId::parse(&self.supplier).expect("supplier"),
             tls: rollout_net::TlsFiles::from_pki_dir(&self.pki, &format!("supplier-{}", self.supplier)),
             policy: self.policy.clone(),
-            database_url: format!("sqlite://{}", self.database.display()),
+            database_url: self
+                .database_url
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", self.database.display())),
             estate: Some(reference_files()),
             freeze_reason: freeze.map(str::to_owned),
         }

@@ -15,7 +15,7 @@ use rollout_core::{
 use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
 
 pub use crate::common::RequestRecord;
-use crate::{MigrationSql, StoreError, common, open, signed, unsigned};
+use crate::{Backend, MigrationSql, StoreError, common, open, signed, unsigned};
 
 /// A command as stored: its sequence, id, feature, the bytes of its body, and its outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +125,13 @@ pub trait SupplierStore: Send + Sync + 'static {
     /// Records when the coordinator was last heard from.
     async fn record_contact(&self, at: SystemTime) -> Result<(), StoreError>;
 
+    /// The stored version and last contact, cheaply (replicas poll it).
+    async fn head(&self) -> Result<(u64, Option<SystemTime>), StoreError>;
+
+    /// Whether other processes may write to the same store (PostgreSQL), so a replica must
+    /// follow their changes.
+    fn shared(&self) -> bool;
+
     /// The idempotency record of a request id, if one is stored.
     async fn recall_request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError>;
 
@@ -146,14 +153,34 @@ const MIGRATIONS: &[MigrationSql] = &[(
 #[derive(Debug, Clone)]
 pub struct SqlSupplierStore {
     pool: AnyPool,
+    backend: Backend,
+    url: String,
+}
+
+/// The PostgreSQL channel on which a supplier store announces each new version.
+pub const CHANGE_CHANNEL: &str = "gprollout_supplier";
+
+/// Notifications of changes made through any replica (PostgreSQL only).
+#[derive(Debug)]
+pub struct ChangeFeed(sqlx::postgres::PgListener);
+
+impl ChangeFeed {
+    /// Waits for the next change notification.
+    pub async fn next(&mut self) -> Result<(), StoreError> {
+        self.0.recv().await?;
+        Ok(())
+    }
 }
 
 impl SqlSupplierStore {
     /// Opens the database at `url` (`sqlite://PATH`, created if missing, or `postgres://...`)
     /// and brings its schema up to date.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let (pool, backend) = open(url, MIGRATIONS).await?;
         Ok(SqlSupplierStore {
-            pool: open(url, MIGRATIONS).await?.0,
+            pool,
+            backend,
+            url: url.to_owned(),
         })
     }
 
@@ -161,17 +188,51 @@ impl SqlSupplierStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
-}
 
-async fn set_meta(tx: &mut Transaction<'_, Any>, key: &str, value: i64) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    )
-    .bind(key)
-    .bind(value)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Sets the stored version to `version` if it is still `version - 1` (compare and set), so
+    /// that of two replicas writing at once, one fails with [`StoreError::Conflict`] and
+    /// nothing of its write is kept. On PostgreSQL, announces the change to the other replicas
+    /// when the transaction commits.
+    async fn bump_version(&self, tx: &mut Transaction<'_, Any>, version: u64) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('version', 0) ON CONFLICT (key) DO NOTHING")
+            .execute(&mut **tx)
+            .await?;
+        let expected = signed(version.saturating_sub(1), "version")?;
+        let done = sqlx::query("UPDATE meta SET value = $1 WHERE key = 'version' AND value = $2")
+            .bind(signed(version, "version")?)
+            .bind(expected)
+            .execute(&mut **tx)
+            .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "the stored state is no longer at version {expected}: another replica changed it"
+            )));
+        }
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANGE_CHANNEL)
+                .bind(version.to_string())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A feed of changes made through any replica, on PostgreSQL; `None` on SQLite, where this
+    /// process is the only writer.
+    pub async fn changes(&self) -> Result<Option<ChangeFeed>, StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
+        listener.listen(CHANGE_CHANNEL).await?;
+        Ok(Some(ChangeFeed(listener)))
+    }
 }
 
 async fn insert_command(tx: &mut Transaction<'_, Any>, c: &StoredCommand) -> Result<(), StoreError> {
@@ -311,7 +372,7 @@ impl SupplierStore for SqlSupplierStore {
             )));
         }
         insert_command(&mut tx, command).await?;
-        set_meta(&mut tx, "version", signed(version, "version")?).await?;
+        self.bump_version(&mut tx, version).await?;
         common::audit_in(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
@@ -328,7 +389,7 @@ impl SupplierStore for SqlSupplierStore {
         for c in commands {
             insert_command(&mut tx, c).await?;
         }
-        set_meta(&mut tx, "version", signed(version, "version")?).await?;
+        self.bump_version(&mut tx, version).await?;
         common::audit_in(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
@@ -369,7 +430,7 @@ impl SupplierStore for SqlSupplierStore {
         if let Some(r) = request {
             common::insert_request(&mut tx, &r).await?;
         }
-        set_meta(&mut tx, "version", signed(version, "version")?).await?;
+        self.bump_version(&mut tx, version).await?;
         common::audit_in(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
@@ -422,15 +483,37 @@ impl SupplierStore for SqlSupplierStore {
                 .await?;
             change.removed += 1;
         }
-        set_meta(&mut tx, "version", signed(version, "version")?).await?;
+        self.bump_version(&mut tx, version).await?;
         common::audit_in(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(change)
     }
 
+    fn shared(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+
+    async fn head(&self) -> Result<(u64, Option<SystemTime>), StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT key, value FROM meta WHERE key IN ('version', 'last_contact')")
+                .fetch_all(&self.pool)
+                .await?;
+        let get = |k: &str| rows.iter().find(|(key, _)| key == k).map(|(_, v)| *v);
+        Ok((
+            unsigned(get("version").unwrap_or(0), "version")?,
+            get("last_contact").map(from_micros),
+        ))
+    }
+
     async fn record_contact(&self, at: SystemTime) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        set_meta(&mut tx, "last_contact", micros(at)).await?;
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('last_contact', $1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE meta.value < excluded.value",
+        )
+        .bind(micros(at))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }

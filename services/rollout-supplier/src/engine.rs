@@ -58,8 +58,12 @@ pub struct Serving {
     pub opt_outs: Arc<BTreeMap<(OdsCode, FeatureKey), OptOutRecord>>,
     /// Per applied sequence, what happened.
     pub applied: Arc<BTreeMap<u64, Applied>>,
-    /// The state version.
+    /// The watch version: this process's position in its stream of changes. Its high 32 bits
+    /// are a random epoch per process, so a watcher that resumes on another replica (or after
+    /// a restart) starts with a snapshot instead of trusting another process's numbering.
     pub version: u64,
+    /// The stored version this snapshot reflects (compare-and-set on every write).
+    pub store_version: u64,
     /// Every practice's answer per defined feature, by ODS code, as of `version`.
     pub answers: Arc<HashMap<FeatureKey, Vec<Answer>>>,
 }
@@ -218,6 +222,47 @@ fn decode(stored: &StoredCommand) -> Result<Command, LoadError> {
     wire::command("command", &pb).map_err(|e| replay(e.to_string()))
 }
 
+/// The serving state of what the store holds, at watch version `version` (answers not yet
+/// computed).
+fn build(stored: rollout_store::supplier::SupplierState, version: u64) -> Result<Serving, LoadError> {
+    let mut book = RuleBook::new();
+    let mut applied = BTreeMap::new();
+    for s in &stored.commands {
+        let cmd = decode(s)?;
+        let result = match &s.rejection {
+            Some(_) => book.skip(&cmd),
+            None => book.apply(&cmd, None).map(|_| ()),
+        };
+        result.map_err(|e| LoadError::Replay {
+            sequence: s.sequence,
+            problem: e.to_string(),
+        })?;
+        applied.insert(
+            s.sequence,
+            Applied {
+                id: cmd.id,
+                rejection: s.rejection.clone(),
+                at: s.applied_at,
+            },
+        );
+    }
+    Ok(Serving {
+        book: Arc::new(book),
+        estate: Arc::new(stored.practices.into_iter().collect()),
+        opt_outs: Arc::new(
+            stored
+                .opt_outs
+                .into_iter()
+                .map(|r| ((r.opt_out.practice, r.opt_out.feature.clone()), r))
+                .collect(),
+        ),
+        applied: Arc::new(applied),
+        version,
+        store_version: stored.version,
+        answers: Arc::default(),
+    })
+}
+
 impl Engine {
     /// Rebuilds the serving state from the store.
     pub async fn load(
@@ -226,42 +271,9 @@ impl Engine {
         freeze: Option<String>,
     ) -> Result<Arc<Engine>, LoadError> {
         let stored = store.load().await?;
-        let mut book = RuleBook::new();
-        let mut applied = BTreeMap::new();
-        for s in &stored.commands {
-            let cmd = decode(s)?;
-            let result = match &s.rejection {
-                Some(_) => book.skip(&cmd),
-                None => book.apply(&cmd, None).map(|_| ()),
-            };
-            result.map_err(|e| LoadError::Replay {
-                sequence: s.sequence,
-                problem: e.to_string(),
-            })?;
-            applied.insert(
-                s.sequence,
-                Applied {
-                    id: cmd.id,
-                    rejection: s.rejection.clone(),
-                    at: s.applied_at,
-                },
-            );
-        }
-        let estate: Estate = stored.practices.into_iter().collect();
-        let opt_outs = stored
-            .opt_outs
-            .into_iter()
-            .map(|r| ((r.opt_out.practice, r.opt_out.feature.clone()), r))
-            .collect();
         let last_contact = stored.last_contact.map_or(i64::MIN, micros);
-        let mut serving = Serving {
-            book: Arc::new(book),
-            estate: Arc::new(estate),
-            opt_outs: Arc::new(opt_outs),
-            applied: Arc::new(applied),
-            version: stored.version,
-            answers: Arc::default(),
-        };
+        let epoch = u64::from(fastrand::u32(1..0x7fff_ffff)) << 32;
+        let mut serving = build(stored, epoch + 1)?;
         let engine = Engine {
             store,
             state: ArcSwap::from_pointee(serving.clone()),
@@ -270,7 +282,7 @@ impl Engine {
             persisted_contact: AtomicI64::new(last_contact),
             hub: std::sync::Mutex::new(Hub {
                 ring: VecDeque::new(),
-                retained_from: stored.version + 1,
+                retained_from: serving.version + 1,
                 tx: broadcast::channel(1024).0,
             }),
             clock: Notify::new(),
@@ -281,11 +293,92 @@ impl Engine {
         info!(
             applied_sequence = serving.book.applied_sequence(),
             practices = serving.estate.len(),
-            version = serving.version,
+            store_version = serving.store_version,
             "state rebuilt from the store"
         );
         engine.state.store(Arc::new(serving));
         Ok(Arc::new(engine))
+    }
+
+    /// Reloads everything from the store (another replica wrote), under the write lock, and
+    /// publishes what changed.
+    async fn reload(&self, current: &Serving) -> Result<Arc<Serving>, ApiError> {
+        let stored = self
+            .store
+            .load()
+            .await
+            .map_err(store_error("reloading the state"))?;
+        let next =
+            build(stored, current.version + 1).map_err(|e| ApiError::internal("reloading the state", e))?;
+        info!(
+            store_version = next.store_version,
+            "state reloaded: another replica changed it"
+        );
+        self.publish(current, next, "changed through another replica");
+        Ok(self.current())
+    }
+
+    /// The current snapshot, first catching up with the store if another replica may have
+    /// written to it. Call with the write lock held.
+    async fn current_for_write(&self) -> Result<Arc<Serving>, ApiError> {
+        let current = self.current();
+        if !self.store.shared() {
+            return Ok(current);
+        }
+        let (version, _) = self
+            .store
+            .head()
+            .await
+            .map_err(store_error("reading the store version"))?;
+        if version == current.store_version {
+            Ok(current)
+        } else {
+            self.reload(&current).await
+        }
+    }
+
+    /// Follows changes made through other replicas: reloads when the stored version moved and
+    /// takes a newer coordinator contact. Replicas call it on every change notification and
+    /// periodically.
+    pub async fn follow_store(&self) {
+        let head = match self.store.head().await {
+            Ok(h) => h,
+            Err(error) => {
+                warn!(%error, "cannot read the store version");
+                return;
+            }
+        };
+        if let Some(contact) = head.1
+            && micros(contact) > self.last_contact.load(Ordering::Acquire)
+        {
+            self.last_contact.store(micros(contact), Ordering::Release);
+            self.clock.notify_one();
+        }
+        if head.0 != self.current().store_version {
+            let _guard = self.write.lock().await;
+            let current = self.current();
+            if head.0 != current.store_version
+                && let Err(e) = self.reload(&current).await
+            {
+                warn!(error = %e, "could not reload the state");
+            }
+        }
+    }
+
+    /// A commit failed: on a conflict (another replica wrote first) reload and ask the caller
+    /// to retry; otherwise an internal error.
+    async fn commit_failed(&self, current: &Serving, error: StoreError, context: &'static str) -> ApiError {
+        match error {
+            StoreError::Conflict(message) => {
+                let _ = self.reload(current).await;
+                ApiError::new(
+                    tonic::Code::Aborted,
+                    "CONCURRENT_CHANGE",
+                    format!("another replica changed the state first ({message}); retry the call"),
+                )
+            }
+            other => ApiError::internal(context, other),
+        }
     }
 
     /// The current snapshot.
@@ -438,7 +531,7 @@ impl Engine {
     /// answers as it did the first time.
     pub async fn apply(&self, body: Vec<u8>, cmd: Command, audit: AuditDraft) -> Result<Applied, ApiError> {
         let _guard = self.write.lock().await;
-        let current = self.current();
+        let current = self.current_for_write().await?;
         let applied_sequence = current.book.applied_sequence();
         if cmd.sequence <= applied_sequence {
             return match current.applied.get(&cmd.sequence) {
@@ -465,12 +558,11 @@ impl Engine {
         let outcome = book
             .apply(&cmd, self.freeze.as_deref())
             .map_err(|e| apply_error(e, applied_sequence))?;
-        let at = SystemTime::now();
+        let at = rollout_core::audit::now();
         let rejection = match outcome {
             Outcome::Applied => None,
             Outcome::Rejected(r) => Some(r),
         };
-        let version = current.version + 1;
         let stored = StoredCommand {
             sequence: cmd.sequence,
             id: cmd.id.to_string(),
@@ -487,10 +579,15 @@ impl Engine {
             },
             None => audit,
         };
-        self.store
-            .append_command(&stored, version, audit)
+        if let Err(e) = self
+            .store
+            .append_command(&stored, current.store_version + 1, audit)
             .await
-            .map_err(store_error("storing an applied command"))?;
+        {
+            return Err(self
+                .commit_failed(&current, e, "storing an applied command")
+                .await);
+        }
         let record = Applied {
             id: cmd.id.clone(),
             rejection,
@@ -501,7 +598,8 @@ impl Engine {
         let next = Serving {
             book: Arc::new(book),
             applied: Arc::new(applied),
-            version,
+            version: current.version + 1,
+            store_version: current.store_version + 1,
             ..(*current).clone()
         };
         info!(sequence = cmd.sequence, command = %cmd.id, action = cmd.action.name(), rejected = record.rejection.is_some(), "command applied");
@@ -520,7 +618,7 @@ impl Engine {
         audit: AuditDraft,
     ) -> Result<BTreeMap<u64, Applied>, ApiError> {
         let _guard = self.write.lock().await;
-        let current = self.current();
+        let current = self.current_for_write().await?;
         let mut book = RuleBook::new();
         let mut applied = BTreeMap::new();
         let mut stored = Vec::with_capacity(commands.len());
@@ -584,15 +682,18 @@ impl Engine {
             ));
         }
         book.mark_synchronised(sequence);
-        let version = current.version + 1;
-        self.store
-            .replace_commands(&stored, version, audit)
+        if let Err(e) = self
+            .store
+            .replace_commands(&stored, current.store_version + 1, audit)
             .await
-            .map_err(store_error("replacing the rules"))?;
+        {
+            return Err(self.commit_failed(&current, e, "replacing the rules").await);
+        }
         let next = Serving {
             book: Arc::new(book),
             applied: Arc::new(applied.clone()),
-            version,
+            version: current.version + 1,
+            store_version: current.store_version + 1,
             ..(*current).clone()
         };
         info!(sequence, commands = stored.len(), "rules replaced");
@@ -628,23 +729,26 @@ impl Engine {
         audit: AuditDraft,
     ) -> Result<OptOutRecord, ApiError> {
         let _guard = self.write.lock().await;
-        let current = self.current();
+        let current = self.current_for_write().await?;
         let record = make(current.opt_outs.get(&key))?;
-        let version = current.version + 1;
         let request = request.map(|(request_id, fingerprint)| RequestRecord {
             request_id,
             fingerprint,
             response: respond(&record),
         });
-        self.store
-            .put_opt_out(&record, version, request, audit)
+        if let Err(e) = self
+            .store
+            .put_opt_out(&record, current.store_version + 1, request, audit)
             .await
-            .map_err(store_error("storing an opt-out"))?;
+        {
+            return Err(self.commit_failed(&current, e, "storing an opt-out").await);
+        }
         let mut opt_outs = (*current.opt_outs).clone();
         opt_outs.insert(key.clone(), record.clone());
         let next = Serving {
             opt_outs: Arc::new(opt_outs),
-            version,
+            version: current.version + 1,
+            store_version: current.store_version + 1,
             ..(*current).clone()
         };
         let what = if record.withdrawal.is_some() {
@@ -665,16 +769,23 @@ impl Engine {
         audit: AuditDraft,
     ) -> Result<EstateChange, ApiError> {
         let _guard = self.write.lock().await;
-        let current = self.current();
-        let version = current.version + 1;
-        let change = self
+        let current = self.current_for_write().await?;
+        if current.estate.practices().eq(practices.iter()) {
+            // Nothing to change (another replica, or an earlier start, imported the same files).
+            return Ok(EstateChange::default());
+        }
+        let change = match self
             .store
-            .import_estate(&practices, version, audit)
+            .import_estate(&practices, current.store_version + 1, audit)
             .await
-            .map_err(store_error("importing the estate"))?;
+        {
+            Ok(change) => change,
+            Err(e) => return Err(self.commit_failed(&current, e, "importing the estate").await),
+        };
         let next = Serving {
             estate: Arc::new(practices.into_iter().collect()),
-            version,
+            version: current.version + 1,
+            store_version: current.store_version + 1,
             ..(*current).clone()
         };
         self.publish(&current, next, "estate imported");

@@ -219,10 +219,20 @@ pub async fn serve(
             reason: format!("{} and {}", practices.display(), suppliers.display()),
             request_id: String::new(),
         };
-        let change = engine
-            .import_estate(estate.practices().cloned().collect(), audit)
-            .await
-            .map_err(|e| Error::Estate(e.to_string()))?;
+        // Replicas starting together may race to import the same files: the loser reloads
+        // and finds nothing left to change.
+        let mut attempt = 0;
+        let change = loop {
+            attempt += 1;
+            match engine
+                .import_estate(estate.practices().cloned().collect(), audit.clone())
+                .await
+            {
+                Ok(change) => break change,
+                Err(e) if e.code() == tonic::Code::Aborted && attempt < 3 => continue,
+                Err(e) => return Err(Error::Estate(e.to_string())),
+            }
+        };
         info!(
             practices = estate.len(),
             added = change.added,
@@ -257,6 +267,26 @@ pub async fn serve(
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // On a shared (PostgreSQL) store, follow what the other replicas write: at once on their
+    // notification, and every 2 s in case a notification was missed.
+    if let Some(mut feed) = store_handle.changes().await? {
+        let follower = engine.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    received = feed.next() => if let Err(error) = received {
+                        warn!(%error, "change notifications interrupted; polling until they resume");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    },
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => return,
+                }
+                follower.follow_store().await;
+            }
+        });
+        info!("shared store: following changes made through other replicas");
+    }
     let clock_engine = engine.clone();
     let mut clock_stop = stop_rx.clone();
     tokio::spawn(async move {
