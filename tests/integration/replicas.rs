@@ -97,3 +97,203 @@ async fn a_halt_applied_through_one_supplier_replica_is_answered_by_another() {
     b.stop().await;
     db.drop().await;
 }
+
+/// A `rollout-coordinator` process whose log the test reads.
+struct CoordinatorProcess {
+    child: tokio::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl CoordinatorProcess {
+    fn start(stack: &crate::stack::Stack, database_url: &str) -> CoordinatorProcess {
+        use tokio::io::AsyncBufReadExt;
+        let (policy, suppliers) = stack.coordinator_files();
+        let (practices, map) = crate::support::reference_files();
+        let pki = &stack.pki;
+        let mut child = tokio::process::Command::new(crate::support::binary("rollout-coordinator"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--health-listen",
+                "off",
+                "--heartbeat",
+                "200ms",
+                "--stale-after",
+                "5s",
+            ])
+            .arg("--tls-ca")
+            .arg(pki.join("ca.pem"))
+            .arg("--tls-cert")
+            .arg(pki.join("coordinator.pem"))
+            .arg("--tls-key")
+            .arg(pki.join("coordinator-key.pem"))
+            .arg("--policy")
+            .arg(policy)
+            .arg("--suppliers")
+            .arg(suppliers)
+            .args(["--database-url", database_url])
+            .arg("--practice-file")
+            .arg(practices)
+            .arg("--supplier-map")
+            .arg(map)
+            .env("ROLLOUT_LOG_FORMAT", "plain")
+            .env("ROLLOUT_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start rollout-coordinator");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = sink.lock().expect("log");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        CoordinatorProcess { child, log }
+    }
+
+    /// Waits until the log has a line containing `marker`; returns that line.
+    async fn wait_for(&self, marker: &str, within: Duration) -> String {
+        let end = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(line) = self.log.lock().expect("log").lines().find(|l| l.contains(marker)) {
+                return line.to_owned();
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "no {marker:?} in the log within {within:?}:\n{}",
+                self.log.lock().expect("log")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The gRPC address from the "coordinator listening" line.
+    async fn addr(&self) -> std::net::SocketAddr {
+        let line = self
+            .wait_for("coordinator listening", Duration::from_secs(30))
+            .await;
+        let start = line.find("127.0.0.1:").expect("address in the log line");
+        let rest = &line[start..];
+        let end = rest
+            .find(|c: char| c != '.' && c != ':' && !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        rest[..end].parse().expect("socket address")
+    }
+}
+
+#[tokio::test]
+async fn the_delivery_leader_dies_mid_burst_and_another_replica_takes_over() {
+    let Some(db) = pg_database().await else { return };
+    let mut stack = crate::stack::Stack::suppliers(None).await;
+    let a = CoordinatorProcess::start(&stack, &db.url);
+    a.wait_for("delivery leader", Duration::from_secs(30)).await;
+    let b = CoordinatorProcess::start(&stack, &db.url);
+    stack.coordinator_addr = b.addr().await;
+    crate::stack::feature_live(&stack).await;
+
+    // A burst of halts through B; A, the delivery leader, is killed part way through.
+    let mut alice = stack.client("alice");
+    let codes: Vec<String> = stack
+        .estate
+        .practices()
+        .filter(|p| p.status == rollout_core::PracticeStatus::Active)
+        .take(40)
+        .map(|p| p.ods.to_string())
+        .collect();
+    let mut last = 0;
+    for (i, ods) in codes.iter().enumerate() {
+        if i == 12 {
+            let pid = a.child.id().expect("pid");
+            let killed = tokio::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .await
+                .expect("kill");
+            assert!(killed.success());
+        }
+        let h = alice
+            .halt_feature(pb::HaltFeatureRequest {
+                name: feature_name(),
+                scope: Some(pb::Scope {
+                    target: Some(pb::scope::Target::Practices(pb::scope::PracticeList {
+                        practices: vec![ods.clone()],
+                    })),
+                }),
+                reason: format!("burst {i}"),
+                request_id: String::new(),
+                dry_run: false,
+            })
+            .await
+            .expect("halt through B")
+            .into_inner();
+        // The feature and its go-live took sequences 1 and 2.
+        assert_eq!(
+            h.sequence,
+            3 + i as i64,
+            "sequences are gap-free, whoever delivers"
+        );
+        last = h.sequence;
+    }
+    b.wait_for("delivery leader", Duration::from_secs(30)).await;
+
+    // Every supplier ends with every command applied, in order.
+    let viewer = stack.client("viewer");
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = viewer
+            .clone()
+            .list_suppliers(pb::ListSuppliersRequest::default())
+            .await
+            .expect("suppliers")
+            .into_inner();
+        if list.suppliers.iter().all(|s| s.applied_sequence == last) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "every supplier applies every command: {:?}",
+            list.suppliers
+                .iter()
+                .map(|s| (s.name.clone(), s.applied_sequence))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut b = b;
+    let _ = b.child.start_kill();
+    for id in crate::stack::SUPPLIERS {
+        stack.stop_supplier(id).await;
+        let db_path = stack.suppliers[id].0.database.clone();
+        let store =
+            rollout_store::supplier::SqlSupplierStore::open(&format!("sqlite://{}", db_path.display()))
+                .await
+                .expect("open");
+        let state = rollout_store::supplier::SupplierStore::load(&store)
+            .await
+            .expect("load");
+        let sequences: Vec<u64> = state.commands.iter().map(|c| c.sequence).collect();
+        assert_eq!(
+            sequences,
+            (1..=u64::try_from(last).expect("positive")).collect::<Vec<_>>(),
+            "{id}: every command, once, in order"
+        );
+        let events = rollout_store::supplier::SupplierStore::list_audit(&store, 0, 10_000)
+            .await
+            .expect("audit");
+        let applies = events
+            .iter()
+            .filter(|e| {
+                e.draft.action.ends_with("/ApplyCommand")
+                    && e.draft.outcome == rollout_core::audit::AuditOutcome::Accepted
+            })
+            .count();
+        assert_eq!(applies as i64, last, "{id}: each command applied exactly once");
+        store.close().await;
+    }
+    db.drop().await;
+}

@@ -55,6 +55,13 @@ fn coordinator_policy(dir: &Path) -> PathBuf {
 impl Stack {
     /// Starts four suppliers (cegedim frozen if `freeze_cegedim`) and the coordinator.
     pub async fn start(freeze_cegedim: Option<&str>) -> Stack {
+        let mut stack = Stack::suppliers(freeze_cegedim).await;
+        stack.start_coordinator().await;
+        stack
+    }
+
+    /// Starts only the four suppliers.
+    pub async fn suppliers(freeze_cegedim: Option<&str>) -> Stack {
         rollout_net::tls::install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = dir.path().join("pki");
@@ -79,7 +86,7 @@ impl Stack {
             },
         )
         .expect("estate");
-        let mut stack = Stack {
+        Stack {
             coordinator_db: dir.path().join("coordinator.db"),
             dir,
             pki,
@@ -87,9 +94,24 @@ impl Stack {
             coordinator: None,
             coordinator_addr: "127.0.0.1:0".parse().expect("addr"),
             estate,
-        };
-        stack.start_coordinator().await;
-        stack
+        }
+    }
+
+    /// Writes the coordinator's policy and suppliers files; returns their paths.
+    pub fn coordinator_files(&self) -> (PathBuf, PathBuf) {
+        let suppliers = self.dir.path().join("suppliers.toml");
+        let text: String = self
+            .suppliers
+            .iter()
+            .map(|(id, (_, _, addr))| {
+                format!(
+                    "[[supplier]]\nid = \"{id}\"\nendpoint = \"localhost:{}\"\nidentity = \"spiffe://gprollout.test/supplier/{id}\"\n\n",
+                    addr.port()
+                )
+            })
+            .collect();
+        std::fs::write(&suppliers, text).expect("write suppliers");
+        (coordinator_policy(self.dir.path()), suppliers)
     }
 
     /// The coordinator's configuration.

@@ -211,6 +211,7 @@ async fn coordinator_suite(url: &str) {
                 response: vec![2],
             }),
             audit: Some(audit("create")),
+            expected_version: Some(0),
         })
         .await
         .expect("write");
@@ -261,8 +262,26 @@ async fn coordinator_suite(url: &str) {
     );
     assert_eq!(state.suppliers, [record("emis", 3)]);
     assert!(store.recall_request("r1").await.expect("recall").is_some());
+    // A write computed from an old version is refused whole (another replica wrote first).
+    let stale = store
+        .write(Write {
+            features: vec![record("stale-feature", 1)],
+            audit: Some(audit("stale")),
+            expected_version: Some(0),
+            ..Write::default()
+        })
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    let state = store.load().await.expect("load");
+    assert_eq!(state.features.len(), 1);
+    assert_eq!(
+        (state.version, state.changes),
+        (1, 2),
+        "one guarded write, two writes in all"
+    );
+    assert_eq!(store.head().await.expect("head"), (1, 2));
     let events = store.list_audit(0, 100).await.expect("audit");
-    assert_eq!(events.len(), 2, "the refused write left no audit event");
+    assert_eq!(events.len(), 2, "the refused writes left no audit event");
     assert_eq!(verify_chain(&events), Ok(2));
     store.close().await;
 }

@@ -64,6 +64,10 @@ pub struct Model {
     pub deliveries: BTreeMap<u64, BTreeMap<SupplierId, pb::Delivery>>,
     /// Supplier status.
     pub suppliers: BTreeMap<SupplierId, SupplierStatus>,
+    /// The stored version the model reflects (compare-and-set by API writes).
+    pub store_version: u64,
+    /// The store's change count the model reflects.
+    pub store_changes: u64,
 }
 
 impl Model {
@@ -213,6 +217,7 @@ impl Change {
                 .collect(),
             request,
             audit,
+            expected_version: None,
         }
     }
 
@@ -247,6 +252,69 @@ pub struct Idempotency {
     pub fingerprint: Vec<u8>,
 }
 
+/// The model of what the store holds.
+fn build_model(stored: rollout_store::coordinator::CoordinatorState) -> Result<Model, LoadError> {
+    let mut m = Model::default();
+    for f in &stored.features {
+        let pb: pb::Feature = decode("feature", &f.key, &f.body)?;
+        let key = FeatureKey::parse(&f.key).map_err(|e| LoadError::Record {
+            what: "feature",
+            key: f.key.clone(),
+            problem: e.to_string(),
+        })?;
+        let def = wire::feature_def("feature", key.clone(), &pb).map_err(|e| LoadError::Record {
+            what: "feature",
+            key: f.key.clone(),
+            problem: e.to_string(),
+        })?;
+        m.features.insert(key, (def, pb));
+    }
+    for c in &stored.commands {
+        let pb: pb::Command = decode("command", &c.id, &c.body)?;
+        let mut domain = wire::command_unsequenced("command", &pb).map_err(|e| LoadError::Record {
+            what: "command",
+            key: c.id.clone(),
+            problem: e.to_string(),
+        })?;
+        domain.sequence = c.sequence.unwrap_or(0);
+        if let Some(s) = c.sequence {
+            m.by_sequence.insert(s, domain.id.clone());
+        }
+        m.order.push(domain.id.clone());
+        m.commands.insert(
+            domain.id.clone(),
+            Cmd {
+                pb,
+                domain,
+                state: c.state,
+            },
+        );
+    }
+    for d in &stored.deliveries {
+        let pb: pb::Delivery = decode("delivery", &d.supplier, &d.body)?;
+        if let Ok(id) = SupplierId::parse(&d.supplier) {
+            m.deliveries.entry(d.sequence).or_default().insert(id, pb);
+        }
+    }
+    for s in &stored.suppliers {
+        let pb: pb::Supplier = decode("supplier", &s.key, &s.body)?;
+        if let Ok(id) = SupplierId::parse(&s.key) {
+            let acked = u64::try_from(pb.applied_sequence).unwrap_or(0);
+            m.suppliers.insert(
+                id,
+                SupplierStatus {
+                    pb,
+                    acked,
+                    last_contact: None,
+                },
+            );
+        }
+    }
+    m.store_version = stored.version;
+    m.store_changes = stored.changes;
+    Ok(m)
+}
+
 impl Core {
     /// Rebuilds the model from the store.
     pub async fn load(
@@ -256,62 +324,7 @@ impl Core {
         stale_after: Duration,
     ) -> Result<Arc<Core>, LoadError> {
         let stored = store.load().await?;
-        let mut m = Model::default();
-        for f in &stored.features {
-            let pb: pb::Feature = decode("feature", &f.key, &f.body)?;
-            let key = FeatureKey::parse(&f.key).map_err(|e| LoadError::Record {
-                what: "feature",
-                key: f.key.clone(),
-                problem: e.to_string(),
-            })?;
-            let def = wire::feature_def("feature", key.clone(), &pb).map_err(|e| LoadError::Record {
-                what: "feature",
-                key: f.key.clone(),
-                problem: e.to_string(),
-            })?;
-            m.features.insert(key, (def, pb));
-        }
-        for c in &stored.commands {
-            let pb: pb::Command = decode("command", &c.id, &c.body)?;
-            let mut domain = wire::command_unsequenced("command", &pb).map_err(|e| LoadError::Record {
-                what: "command",
-                key: c.id.clone(),
-                problem: e.to_string(),
-            })?;
-            domain.sequence = c.sequence.unwrap_or(0);
-            if let Some(s) = c.sequence {
-                m.by_sequence.insert(s, domain.id.clone());
-            }
-            m.order.push(domain.id.clone());
-            m.commands.insert(
-                domain.id.clone(),
-                Cmd {
-                    pb,
-                    domain,
-                    state: c.state,
-                },
-            );
-        }
-        for d in &stored.deliveries {
-            let pb: pb::Delivery = decode("delivery", &d.supplier, &d.body)?;
-            if let Ok(id) = SupplierId::parse(&d.supplier) {
-                m.deliveries.entry(d.sequence).or_default().insert(id, pb);
-            }
-        }
-        for s in &stored.suppliers {
-            let pb: pb::Supplier = decode("supplier", &s.key, &s.body)?;
-            if let Ok(id) = SupplierId::parse(&s.key) {
-                let acked = u64::try_from(pb.applied_sequence).unwrap_or(0);
-                m.suppliers.insert(
-                    id,
-                    SupplierStatus {
-                        pb,
-                        acked,
-                        last_contact: None,
-                    },
-                );
-            }
-        }
+        let m = build_model(stored)?;
         let last = m.last_sequence();
         info!(
             commands = m.commands.len(),
@@ -346,11 +359,31 @@ impl Core {
         request: Option<RequestRecord>,
         audit: Option<AuditDraft>,
     ) -> Result<(), ApiError> {
-        let write = change.write(request, audit);
-        self.store
-            .write(write)
-            .await
-            .map_err(store_error("committing a change"))?;
+        // API writes (audited) must not race another replica's; delivery records commute.
+        let guarded = audit.is_some();
+        let mut write = change.write(request, audit);
+        write.expected_version = guarded.then_some(m.store_version);
+        if let Err(e) = self.store.write(write).await {
+            return Err(match e {
+                rollout_store::StoreError::Conflict(message) => {
+                    if let Err(reload) = self.reload(m).await {
+                        tracing::error!(error = %reload, "could not reload after a conflict");
+                    }
+                    ApiError::new(
+                        tonic::Code::Aborted,
+                        "CONCURRENT_CHANGE",
+                        format!(
+                            "another coordinator replica changed the state first ({message}); retry the call"
+                        ),
+                    )
+                }
+                other => ApiError::internal("committing a change", other),
+            });
+        }
+        if guarded {
+            m.store_version += 1;
+        }
+        m.store_changes += 1;
         let before = m.last_sequence();
         change.apply(m);
         let after = m.last_sequence();
@@ -359,6 +392,62 @@ impl Core {
         }
         self.changes.send_modify(|n| *n += 1);
         Ok(())
+    }
+
+    /// Replaces the model with what the store holds, keeping the contact times this replica
+    /// knows better (it may be the one talking to the suppliers).
+    async fn reload(&self, m: &mut Model) -> Result<(), ApiError> {
+        let stored = self
+            .store
+            .load()
+            .await
+            .map_err(store_error("reloading the state"))?;
+        let mut fresh = build_model(stored).map_err(|e| ApiError::internal("reloading the state", e))?;
+        for (id, s) in &mut fresh.suppliers {
+            if let Some(old) = m.suppliers.get(id) {
+                s.last_contact = s.last_contact.max(old.last_contact);
+                s.acked = s.acked.max(old.acked);
+                if s.pb.last_error.is_empty() {
+                    s.pb.last_error = old.pb.last_error.clone();
+                }
+            }
+        }
+        *m = fresh;
+        self.target.send_replace(m.last_sequence());
+        self.changes.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Before an API write on a shared store: catch up if another replica wrote.
+    async fn catch_up(&self, m: &mut Model) -> Result<(), ApiError> {
+        if !self.store.shared() {
+            return Ok(());
+        }
+        let (version, _) = self
+            .store
+            .head()
+            .await
+            .map_err(store_error("reading the store version"))?;
+        if version != m.store_version {
+            self.reload(m).await?;
+        }
+        Ok(())
+    }
+
+    /// Follows writes made through other replicas (and by this one's delivery leader): reloads
+    /// when the store's change count moved.
+    pub async fn follow_store(&self) {
+        match self.store.head().await {
+            Ok((_, changes)) => {
+                let mut m = self.model.lock().await;
+                if changes != m.store_changes
+                    && let Err(e) = self.reload(&mut m).await
+                {
+                    tracing::warn!(error = %e, "could not reload the state");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot read the store version"),
+        }
     }
 
     /// Returns the stored response of a retried request, or refuses a reused id.
@@ -466,6 +555,7 @@ impl Core {
         audit: AuditDraft,
     ) -> Result<pb::Feature, ApiError> {
         let mut m = self.model.lock().await;
+        self.catch_up(&mut m).await?;
         if m.features.contains_key(&def.key) {
             return Err(ApiError::new(
                 tonic::Code::AlreadyExists,
@@ -547,6 +637,7 @@ impl Core {
         audit: AuditDraft,
     ) -> Result<pb::Command, ApiError> {
         let mut m = self.model.lock().await;
+        self.catch_up(&mut m).await?;
         let (def, _) = m
             .features
             .get(&feature)
@@ -621,6 +712,7 @@ impl Core {
         audit: AuditDraft,
     ) -> Result<pb::Command, ApiError> {
         let mut m = self.model.lock().await;
+        self.catch_up(&mut m).await?;
         let mut cmd = m.command(id)?.clone();
         if cmd.state != CommandState::Pending {
             return Err(ApiError::failed_precondition(
@@ -673,6 +765,7 @@ impl Core {
         audit: AuditDraft,
     ) -> Result<pb::Command, ApiError> {
         let mut m = self.model.lock().await;
+        self.catch_up(&mut m).await?;
         let mut cmd = m.command(id)?.clone();
         if cmd.state != CommandState::Pending {
             return Err(ApiError::failed_precondition(
@@ -744,9 +837,17 @@ impl Core {
     pub async fn record_sync(&self, supplier: &SupplierId, state: &pb::SyncState) -> Result<(), ApiError> {
         let mut m = self.model.lock().await;
         let mut s = m.suppliers.get(supplier).cloned().unwrap_or_default();
+        // Other replicas learn of contact from the store: on a shared store, write it down
+        // every few seconds so that they do not show a live supplier as STALE.
+        let contact_due = self.store.shared()
+            && s.pb
+                .last_contact_time
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .is_none_or(|t| t.elapsed().is_ok_and(|e| e > self.stale_after / 4));
         let durable_change = s.pb.applied_sequence != state.applied_sequence
             || s.pb.frozen != state.frozen
-            || !s.pb.last_error.is_empty();
+            || !s.pb.last_error.is_empty()
+            || contact_due;
         s.pb.applied_sequence = state.applied_sequence;
         s.pb.frozen = state.frozen;
         s.pb.feature_counts = state.feature_counts.clone();

@@ -253,6 +253,73 @@ pub fn access_table() -> AccessTable {
         )
 }
 
+/// Holds delivery leadership when it can, running one delivery task per supplier while it
+/// does; gives it up (stopping delivery) if its lock connection is lost, and tries again.
+async fn lead(
+    store: SqlCoordinatorStore,
+    core: Arc<crate::core::Core>,
+    channels: BTreeMap<SupplierId, tonic::transport::Channel>,
+    heartbeat: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Stopped: told to, or the server is gone.
+    let stopping = |stop: &watch::Receiver<bool>| *stop.borrow() || stop.has_changed().is_err();
+    while !stopping(&stop) {
+        let mut leadership = match store.try_lead().await {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {}
+                }
+                continue;
+            }
+            Err(error) => {
+                warn!(%error, "cannot try for delivery leadership");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {}
+                }
+                continue;
+            }
+        };
+        // Deliver from what the store holds now, not from what this replica last saw.
+        core.follow_store().await;
+        info!("delivery leader: delivering to every supplier");
+        let (deliver_tx, deliver_rx) = watch::channel(false);
+        let tasks: Vec<_> = channels
+            .iter()
+            .map(|(id, channel)| {
+                tokio::spawn(delivery::run(
+                    core.clone(),
+                    id.clone(),
+                    channel.clone(),
+                    heartbeat,
+                    deliver_rx.clone(),
+                ))
+            })
+            .collect();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                    if let Err(error) = leadership.check().await {
+                        error!(%error, "delivery leadership lost; stopping delivery");
+                        break;
+                    }
+                }
+                _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => break,
+            }
+        }
+        let _ = deliver_tx.send(true);
+        for task in tasks {
+            if let Err(e) = task.await {
+                warn!(error = %e, "delivery task failed");
+            }
+        }
+        drop(leadership);
+    }
+}
+
 /// Runs the coordinator on `listener` (mutual TLS) and, if given, `health_listener` (plaintext
 /// health) until `shutdown` resolves; delivery tasks run alongside and stop with it.
 pub async fn serve(
@@ -292,15 +359,31 @@ pub async fn serve(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut deliveries = Vec::new();
-    for (id, channel) in &channels {
-        deliveries.push(tokio::spawn(delivery::run(
-            core.clone(),
-            id.clone(),
-            channel.clone(),
-            config.heartbeat,
-            stop_rx.clone(),
-        )));
+    // Every replica serves the API; exactly one (the holder of the leadership lock) delivers.
+    let leader = tokio::spawn(lead(
+        store_handle.clone(),
+        core.clone(),
+        channels.clone(),
+        config.heartbeat,
+        stop_rx.clone(),
+    ));
+    // On a shared (PostgreSQL) store, follow what the other replicas write.
+    if let Some(mut feed) = store_handle.changes().await? {
+        let follower = core.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    received = feed.next() => if let Err(error) = received {
+                        warn!(%error, "change notifications interrupted; polling until they resume");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    },
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => return,
+                }
+                follower.follow_store().await;
+            }
+        });
     }
 
     let audit_core = core.clone();
@@ -352,10 +435,8 @@ pub async fn serve(
             let _ = stop_tx.send(true);
         })
         .await;
-    for d in deliveries {
-        if let Err(e) = d.await {
-            warn!(error = %e, "delivery task failed");
-        }
+    if let Err(e) = leader.await {
+        warn!(error = %e, "delivery leadership task failed");
     }
     if let Some(task) = health_task {
         let _ = task.await;

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use rollout_core::audit::{AuditDraft, AuditEvent, micros};
 use sqlx::{AnyPool, Row};
 
-use crate::{MigrationSql, RequestRecord, StoreError, common, open, signed, unsigned};
+use crate::{Backend, MigrationSql, RequestRecord, StoreError, common, open, signed, unsigned};
 
 /// Where a command stands, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +87,10 @@ pub struct CoordinatorState {
     pub deliveries: Vec<DeliveryRow>,
     /// Supplier status.
     pub suppliers: Vec<Record>,
+    /// The stored version (see [`Write::expected_version`]).
+    pub version: u64,
+    /// How many writes of any kind the store has taken.
+    pub changes: u64,
 }
 
 /// One atomic write: upserts of each kind, an idempotency record, the audit event.
@@ -104,6 +108,10 @@ pub struct Write {
     pub request: Option<RequestRecord>,
     /// The audit event of the call, if it is an audited call.
     pub audit: Option<AuditDraft>,
+    /// For a write that must not race another replica's (features, commands): the stored
+    /// version it was computed from. The write moves it on by one, or fails with
+    /// [`StoreError::Conflict`] if another replica moved it first.
+    pub expected_version: Option<u64>,
 }
 
 /// The coordinator's store.
@@ -120,33 +128,97 @@ pub trait CoordinatorStore: Send + Sync + 'static {
     async fn append_audit(&self, audit: AuditDraft) -> Result<AuditEvent, StoreError>;
     /// Audit events after `after`, at most `limit`, in order.
     async fn list_audit(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
+    /// The stored version and change count, cheaply (replicas poll it).
+    async fn head(&self) -> Result<(u64, u64), StoreError>;
+    /// Whether other processes may write to the same store (PostgreSQL).
+    fn shared(&self) -> bool;
 }
 
-const MIGRATIONS: &[MigrationSql] = &[(
-    1,
-    "coordinator initial schema",
-    include_str!("../migrations/sqlite/coordinator_0001_init.sql"),
-    include_str!("../migrations/postgres/coordinator_0001_init.sql"),
-)];
+const MIGRATIONS: &[MigrationSql] = &[
+    (
+        1,
+        "coordinator initial schema",
+        include_str!("../migrations/sqlite/coordinator_0001_init.sql"),
+        include_str!("../migrations/postgres/coordinator_0001_init.sql"),
+    ),
+    (
+        2,
+        "coordinator replica versions",
+        include_str!("../migrations/sqlite/coordinator_0002_meta.sql"),
+        include_str!("../migrations/postgres/coordinator_0002_meta.sql"),
+    ),
+];
+
+/// The PostgreSQL channel on which a coordinator store announces each write.
+pub const CHANGE_CHANNEL: &str = "gprollout_coordinator";
 
 /// The coordinator store on SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct SqlCoordinatorStore {
     pool: AnyPool,
+    backend: Backend,
+    url: String,
 }
 
 impl SqlCoordinatorStore {
     /// Opens the database at `url` (`sqlite://PATH`, created if missing, or `postgres://...`)
     /// and brings its schema up to date.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let (pool, backend) = open(url, MIGRATIONS).await?;
         Ok(SqlCoordinatorStore {
-            pool: open(url, MIGRATIONS).await?.0,
+            pool,
+            backend,
+            url: url.to_owned(),
         })
     }
 
     /// Closes the database, releasing its lock.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// A feed of writes made through any replica, on PostgreSQL; `None` on SQLite.
+    pub async fn changes(&self) -> Result<Option<crate::supplier::ChangeFeed>, StoreError> {
+        crate::supplier::ChangeFeed::listen(self.backend, &self.url, CHANGE_CHANNEL).await
+    }
+
+    /// Tries to become the one replica that delivers commands: takes a PostgreSQL session
+    /// advisory lock on a connection of its own. `Ok(None)` if another replica holds it. On
+    /// SQLite this process is the only one, and always leads.
+    pub async fn try_lead(&self) -> Result<Option<Leadership>, StoreError> {
+        use sqlx::Connection;
+        if self.backend != Backend::Postgres {
+            return Ok(Some(Leadership(None)));
+        }
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LEADER_LOCK)
+            .fetch_one(&mut conn)
+            .await?;
+        if held {
+            Ok(Some(Leadership(Some(conn))))
+        } else {
+            conn.close().await.ok();
+            Ok(None)
+        }
+    }
+}
+
+/// The key of the advisory lock the delivery leader holds.
+const LEADER_LOCK: i64 = 0x6770_726f_6c6c; // "gproll"
+
+/// Delivery leadership: held while this value lives (the lock goes with its connection, so a
+/// leader that dies releases it).
+#[derive(Debug)]
+pub struct Leadership(Option<sqlx::PgConnection>);
+
+impl Leadership {
+    /// Checks that the lock is still held (its connection still alive).
+    pub async fn check(&mut self) -> Result<(), StoreError> {
+        if let Some(conn) = &mut self.0 {
+            sqlx::query("SELECT 1").execute(conn).await?;
+        }
+        Ok(())
     }
 }
 
@@ -206,12 +278,19 @@ impl CoordinatorStore for SqlCoordinatorStore {
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT key, value FROM meta WHERE key IN ('version', 'changes')")
+                .fetch_all(&mut *tx)
+                .await?;
         tx.commit().await?;
+        let get = |k: &str| rows.iter().find(|(key, _)| key == k).map_or(0, |(_, v)| *v);
         Ok(CoordinatorState {
             features,
             commands,
             deliveries,
             suppliers,
+            version: unsigned(get("version"), "version")?,
+            changes: unsigned(get("changes"), "changes")?,
         })
     }
 
@@ -272,8 +351,44 @@ impl CoordinatorStore for SqlCoordinatorStore {
         if let Some(audit) = w.audit {
             common::audit_in(&mut tx, audit).await?;
         }
+        if let Some(expected) = w.expected_version {
+            let moved = sqlx::query("UPDATE meta SET value = value + 1 WHERE key = 'version' AND value = $1")
+                .bind(signed(expected, "version")?)
+                .execute(&mut *tx)
+                .await?;
+            if moved.rows_affected() != 1 {
+                return Err(StoreError::Conflict(format!(
+                    "the stored state is no longer at version {expected}: another replica changed it"
+                )));
+            }
+        }
+        sqlx::query("UPDATE meta SET value = value + 1 WHERE key = 'changes'")
+            .execute(&mut *tx)
+            .await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANGE_CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn head(&self) -> Result<(u64, u64), StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT key, value FROM meta WHERE key IN ('version', 'changes')")
+                .fetch_all(&self.pool)
+                .await?;
+        let get = |k: &str| rows.iter().find(|(key, _)| key == k).map_or(0, |(_, v)| *v);
+        Ok((
+            unsigned(get("version"), "version")?,
+            unsigned(get("changes"), "changes")?,
+        ))
+    }
+
+    fn shared(&self) -> bool {
+        self.backend == Backend::Postgres
     }
 
     async fn recall_request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {

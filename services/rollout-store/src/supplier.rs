@@ -165,6 +165,20 @@ pub const CHANGE_CHANNEL: &str = "gprollout_supplier";
 pub struct ChangeFeed(sqlx::postgres::PgListener);
 
 impl ChangeFeed {
+    /// Listens on `channel` on PostgreSQL; `None` on SQLite.
+    pub(crate) async fn listen(
+        backend: Backend,
+        url: &str,
+        channel: &str,
+    ) -> Result<Option<ChangeFeed>, StoreError> {
+        if backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+        listener.listen(channel).await?;
+        Ok(Some(ChangeFeed(listener)))
+    }
+
     /// Waits for the next change notification.
     pub async fn next(&mut self) -> Result<(), StoreError> {
         self.0.recv().await?;
@@ -226,12 +240,7 @@ impl SqlSupplierStore {
     /// A feed of changes made through any replica, on PostgreSQL; `None` on SQLite, where this
     /// process is the only writer.
     pub async fn changes(&self) -> Result<Option<ChangeFeed>, StoreError> {
-        if self.backend != Backend::Postgres {
-            return Ok(None);
-        }
-        let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
-        listener.listen(CHANGE_CHANNEL).await?;
-        Ok(Some(ChangeFeed(listener)))
+        ChangeFeed::listen(self.backend, &self.url, CHANGE_CHANNEL).await
     }
 }
 
