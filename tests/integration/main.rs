@@ -7,6 +7,7 @@ mod deploy;
 mod devstack;
 mod mtls;
 mod replicas;
+mod security;
 mod stack;
 mod store;
 mod supplier;

@@ -37,14 +37,14 @@ async fn a_halt_applied_through_one_supplier_replica_is_answered_by_another() {
         .await
         .expect("watch on B")
         .into_inner();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     // Until B has caught up with the go-live, its snapshot or first changes may show it off.
     loop {
-        let msg = tokio::time::timeout_at(deadline, stream.message())
-            .await
-            .expect("B catches up")
-            .expect("stream")
-            .expect("message");
+        let Ok(msg) = tokio::time::timeout_at(deadline, stream.message()).await else {
+            let answer = get(&mut toggle(&files, "backend-emis", &b), EMIS_A).await;
+            panic!("B did not catch up within 30 s; B answers {answer:?}");
+        };
+        let msg = msg.expect("stream").expect("message");
         if msg.practice_features.iter().any(|p| p.state() == S::Enabled) {
             break;
         }

@@ -105,6 +105,11 @@ impl<E: std::fmt::Debug> Running<E> {
         F: Future<Output = Result<(), E>> + Send + 'static,
         E: Send + 'static,
     {
+        // Server logs go to the test's captured output: shown only when a test fails.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("info")
+            .try_init();
         let listener = TcpListener::bind(addr).await.expect("bind");
         let health = TcpListener::bind("127.0.0.1:0").await.expect("bind health");
         let (addr, health_addr) = (

@@ -387,7 +387,7 @@ pub async fn serve(
     }
 
     let audit_core = core.clone();
-    let denials = rollout_net::auth::audit_denials(move |draft| {
+    let (denials, denials_recorded) = rollout_net::auth::audit_denials(move |draft| {
         let audit_core = audit_core.clone();
         async move {
             if let Err(e) = audit_core.store().append_audit(draft).await {
@@ -440,6 +440,13 @@ pub async fn serve(
     }
     if let Some(task) = health_task {
         let _ = task.await;
+    }
+    // Every refusal queued while serving is in the audit log before the store closes.
+    if tokio::time::timeout(Duration::from_secs(10), denials_recorded)
+        .await
+        .is_err()
+    {
+        warn!("gave up waiting for queued refusals to reach the audit log");
     }
     store_handle.close().await;
     info!("coordinator stopped");

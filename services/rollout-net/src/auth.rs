@@ -229,14 +229,15 @@ pub trait DenialObserver: Send + Sync + 'static {
 
 /// An observer that records every refusal as a refused audit event through `record`, on a
 /// background task so that the request path never waits for the database. Must be called
-/// inside a tokio runtime.
-pub fn audit_denials<F, Fut>(record: F) -> Arc<dyn DenialObserver>
+/// inside a tokio runtime. The task ends once the observer is dropped and every queued
+/// refusal is recorded: await it before closing the store.
+pub fn audit_denials<F, Fut>(record: F) -> (Arc<dyn DenialObserver>, tokio::task::JoinHandle<()>)
 where
     F: Fn(rollout_core::audit::AuditDraft) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Denial>(10_000);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Some(d) = rx.recv().await {
             record(rollout_core::audit::AuditDraft {
                 identity: d.identity.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
@@ -249,7 +250,7 @@ where
             .await;
         }
     });
-    Arc::new(AuditQueue(tx))
+    (Arc::new(AuditQueue(tx)), task)
 }
 
 struct AuditQueue(tokio::sync::mpsc::Sender<Denial>);

@@ -17,6 +17,7 @@ pub struct TlsArgs {
     #[arg(long, env = "ROLLOUT_TLS_KEY", value_name = "PEM")]
     pub tls_key: PathBuf,
     /// Certificate revocation list (PEM) to enforce; repeat for several. Reloaded on change.
+    /// Once given, every client CA needs one (an empty CRL will do).
     #[arg(long, env = "ROLLOUT_TLS_CRL", value_name = "PEM", value_delimiter = ',')]
     pub tls_crl: Vec<PathBuf>,
 }

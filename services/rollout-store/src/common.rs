@@ -5,7 +5,23 @@ use std::time::SystemTime;
 use rollout_core::audit::{AuditDraft, AuditEvent, AuditOutcome, micros};
 use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
 
-use crate::{StoreError, signed, unsigned};
+use crate::{Backend, StoreError, signed, unsigned};
+
+/// Makes every read of `tx` see one snapshot. On PostgreSQL the default (READ COMMITTED) gives
+/// each statement its own, so a state read table by table could mix two versions: a replica
+/// would then believe it holds a version whose changes it never read. SQLite transactions
+/// always read one snapshot. Call before the transaction's first statement.
+pub(crate) async fn consistent_reads(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+) -> Result<(), StoreError> {
+    if backend == Backend::Postgres {
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
 
 /// An idempotency record: the request's fingerprint and the response first given.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -237,6 +237,7 @@ fn records(rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<Record>, StoreError> {
 impl CoordinatorStore for SqlCoordinatorStore {
     async fn load(&self) -> Result<CoordinatorState, StoreError> {
         let mut tx = self.pool.begin().await?;
+        crate::common::consistent_reads(&mut tx, self.backend).await?;
         let features = records(
             sqlx::query("SELECT key, body FROM features ORDER BY key")
                 .fetch_all(&mut *tx)

@@ -116,7 +116,7 @@ pub(crate) async fn open(url: &str, migrations: &[MigrationSql]) -> Result<(AnyP
             // until its acquire timeout and then report only the timeout.
             {
                 use sqlx::Connection;
-                let mut probe = sqlx::AnyConnection::connect(&url).await?;
+                let mut probe = sqlx::AnyConnection::connect(&url).await.map_err(locked)?;
                 probe.execute(PRAGMAS).await.map_err(locked)?;
                 probe.execute("BEGIN IMMEDIATE; COMMIT;").await.map_err(locked)?;
                 probe.close().await?;

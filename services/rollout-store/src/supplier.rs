@@ -15,7 +15,7 @@ use rollout_core::{
 use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
 
 pub use crate::common::RequestRecord;
-use crate::{Backend, MigrationSql, StoreError, common, open, signed, unsigned};
+use crate::{Backend, MigrationSql, StoreError, common, common::consistent_reads, open, signed, unsigned};
 
 /// A command as stored: its sequence, id, feature, the bytes of its body, and its outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,6 +314,7 @@ fn opt_out_row(row: &AnyRow) -> Result<OptOutRecord, StoreError> {
 impl SupplierStore for SqlSupplierStore {
     async fn load(&self) -> Result<SupplierState, StoreError> {
         let mut tx = self.pool.begin().await?;
+        consistent_reads(&mut tx, self.backend).await?;
         let commands = sqlx::query(
             "SELECT sequence, id, feature, body, rejection_reason, applied_at FROM commands ORDER BY sequence",
         )

@@ -252,7 +252,7 @@ pub async fn serve(
     }
 
     let audit_engine = engine.clone();
-    let denials = rollout_net::auth::audit_denials(move |draft| {
+    let (denials, denials_recorded) = rollout_net::auth::audit_denials(move |draft| {
         let audit_engine = audit_engine.clone();
         async move {
             if let Err(e) = audit_engine.store().append_audit(draft).await {
@@ -360,6 +360,13 @@ pub async fn serve(
             Err(e) => warn!(error = %e, "plaintext health task failed"),
             Ok(Ok(())) => {}
         }
+    }
+    // Every refusal queued while serving is in the audit log before the store closes.
+    if tokio::time::timeout(Duration::from_secs(10), denials_recorded)
+        .await
+        .is_err()
+    {
+        warn!("gave up waiting for queued refusals to reach the audit log");
     }
     store_handle.close().await;
     info!("supplier service stopped");

@@ -56,7 +56,8 @@ pub struct IdentitySpec {
 }
 
 impl IdentitySpec {
-    fn new(name: impl Into<String>, path: &str, server: bool) -> Self {
+    /// An identity `spiffe://gprollout.test/PATH` with files `NAME.pem` and `NAME-key.pem`.
+    pub fn new(name: impl Into<String>, path: &str, server: bool) -> Self {
         IdentitySpec {
             name: name.into(),
             uri: format!("spiffe://{TRUST_DOMAIN}/{path}"),
@@ -100,6 +101,19 @@ pub struct Issued {
     pub cert_pem: String,
     /// The PKCS#8 private key.
     pub key_pem: String,
+    /// Its serial number (for a CRL).
+    pub serial: u64,
+}
+
+/// Serial numbers: distinct within a process, and unlikely to repeat across runs.
+fn next_serial() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    // Positive as a DER integer: keep the top bit clear.
+    ((now << 8) ^ COUNTER.fetch_add(1, Ordering::Relaxed)) & 0x7fff_ffff_ffff_ffff
 }
 
 /// A certificate authority that issues leaf certificates.
@@ -184,12 +198,37 @@ impl DevCa {
         let now = OffsetDateTime::now_utc();
         params.not_before = now + validity.from;
         params.not_after = now + validity.until;
+        let serial = next_serial();
+        params.serial_number = Some(serial.into());
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial,
         })
+    }
+
+    /// A certificate revocation list revoking `serials`, valid for a day.
+    pub fn crl(&self, serials: &[u64]) -> Result<String, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::hours(1),
+            next_update: now + Duration::days(1),
+            crl_number: next_serial().into(),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: (*s).into(),
+                    revocation_time: now - Duration::minutes(1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 }
 
