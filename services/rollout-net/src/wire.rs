@@ -168,8 +168,17 @@ pub fn page_token(query: &str, last: &str) -> String {
         .collect()
 }
 
-/// A timestamp from the wire.
+/// A timestamp from the wire: normalised (nanos in 0..1e9) and within 0001-01-01 to 9999-12-31,
+/// as the protobuf Timestamp contract requires. prost would quietly normalise a bad one instead.
 pub fn time(field: &str, t: &prost_types::Timestamp) -> Result<SystemTime, ApiError> {
+    const MIN: i64 = -62_135_596_800;
+    const MAX: i64 = 253_402_300_799;
+    if !(0..1_000_000_000).contains(&t.nanos) || !(MIN..=MAX).contains(&t.seconds) {
+        return Err(ApiError::invalid_field(
+            field,
+            "is not a valid timestamp (nanos must be 0 to 999,999,999; years 1 to 9999)",
+        ));
+    }
     SystemTime::try_from(*t).map_err(|e| ApiError::invalid_field(field, format!("is not a valid time: {e}")))
 }
 
@@ -579,5 +588,85 @@ pub fn audit_from_pb(e: &pb::AuditEvent) -> rollout_core::audit::AuditEvent {
         },
         previous_hash: e.previous_hash.clone(),
         hash: e.hash.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Conversion from untrusted input never panics: arbitrary protobuf bytes and strings.
+
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn commands_from_arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(c) = pb::Command::decode(bytes.as_slice()) {
+                let _ = command("command", &c);
+                let _ = command_unsequenced("command", &c);
+            }
+            if let Ok(s) = pb::Scope::decode(bytes.as_slice()) {
+                let _ = scope("scope", Some(&s));
+            }
+            if let Ok(f) = pb::Feature::decode(bytes.as_slice()) {
+                let _ = feature_def("feature", FeatureKey::parse("f").expect("key"), &f);
+            }
+            if let Ok(t) = prost_types::Timestamp::decode(bytes.as_slice()) {
+                let _ = time("t", &t);
+            }
+        }
+
+        #[test]
+        fn names_and_fields_from_arbitrary_strings_never_panic(s in "\\PC{0,120}", n in any::<i32>()) {
+            let _ = practice_feature_name("name", &s);
+            let _ = opt_out_name("name", &s);
+            let _ = feature_name("name", &s);
+            let _ = command_name("name", &s);
+            let _ = supplier_name("name", &s);
+            let _ = request_id("request_id", &s);
+            let _ = text("reason", &s);
+            let _ = page_token_after("page_token", &s, "query");
+            let _ = page_size("page_size", n, 10, 100);
+        }
+
+        #[test]
+        fn valid_names_round_trip(ods in "[a-zA-Z][0-9]{5}", key in "[a-z][a-z0-9]{0,20}") {
+            let name = format!("practices/{ods}/features/{key}");
+            let (o, k) = practice_feature_name("name", &name).expect("valid");
+            prop_assert_eq!(practice_feature_resource(&o, &k), format!("practices/{}/features/{key}", ods.to_uppercase()));
+        }
+
+        #[test]
+        fn page_tokens_round_trip(q in "\\PC{0,40}", last in "\\PC{0,40}") {
+            let token = page_token(&q, &last);
+            let back = page_token_after("page_token", &token, &q).expect("own token");
+            prop_assert_eq!(back, Some(last));
+        }
+    }
+
+    #[test]
+    fn a_command_survives_the_wire() {
+        let c = Command {
+            id: CommandId::parse("c-1").expect("id"),
+            sequence: 7,
+            feature: FeatureKey::parse("prospective-record-access").expect("key"),
+            action: Action::Halt {
+                scope: Scope::practices(["A81001", "b82002"].into_iter()).expect("scope"),
+            },
+            reason: "paused".into(),
+            requester: "alice".into(),
+            issued_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            approved_by: vec!["bob".into()],
+        };
+        let back = command(
+            "command",
+            &pb::Command::decode(command_pb(&c).encode_to_vec().as_slice()).expect("decode"),
+        )
+        .expect("valid");
+        assert_eq!(back, c);
     }
 }
