@@ -99,13 +99,15 @@ async fn a_halt_applied_through_one_supplier_replica_is_answered_by_another() {
 }
 
 /// A `rollout-coordinator` process whose log the test reads.
-struct CoordinatorProcess {
-    child: tokio::process::Child,
+pub struct CoordinatorProcess {
+    /// The process.
+    pub child: tokio::process::Child,
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl CoordinatorProcess {
-    fn start(stack: &crate::stack::Stack, database_url: &str) -> CoordinatorProcess {
+    /// Starts a coordinator process for `stack` on `database_url`.
+    pub fn start(stack: &crate::stack::Stack, database_url: &str) -> CoordinatorProcess {
         use tokio::io::AsyncBufReadExt;
         let (policy, suppliers) = stack.coordinator_files();
         let (practices, map) = crate::support::reference_files();
@@ -157,7 +159,7 @@ impl CoordinatorProcess {
     }
 
     /// Waits until the log has a line containing `marker`; returns that line.
-    async fn wait_for(&self, marker: &str, within: Duration) -> String {
+    pub async fn wait_for(&self, marker: &str, within: Duration) -> String {
         let end = tokio::time::Instant::now() + within;
         loop {
             if let Some(line) = self.log.lock().expect("log").lines().find(|l| l.contains(marker)) {
@@ -173,7 +175,7 @@ impl CoordinatorProcess {
     }
 
     /// The gRPC address from the "coordinator listening" line.
-    async fn addr(&self) -> std::net::SocketAddr {
+    pub async fn addr(&self) -> std::net::SocketAddr {
         let line = self
             .wait_for("coordinator listening", Duration::from_secs(30))
             .await;

@@ -36,6 +36,8 @@ pub struct Stack {
     pub coordinator_addr: SocketAddr,
     pub coordinator_db: PathBuf,
     pub estate: Estate,
+    /// Where the coordinator reaches a supplier, when not directly (a proxy).
+    pub via: BTreeMap<&'static str, SocketAddr>,
 }
 
 fn coordinator_policy(dir: &Path) -> PathBuf {
@@ -94,7 +96,15 @@ impl Stack {
             coordinator: None,
             coordinator_addr: "127.0.0.1:0".parse().expect("addr"),
             estate,
+            via: BTreeMap::new(),
         }
+    }
+
+    /// The port the coordinator uses to reach `supplier`.
+    pub fn endpoint_port(&self, supplier: &str) -> u16 {
+        self.via
+            .get(supplier)
+            .map_or_else(|| self.suppliers[supplier].2.port(), |a| a.port())
     }
 
     /// Writes the coordinator's policy and suppliers files; returns their paths.
@@ -102,11 +112,11 @@ impl Stack {
         let suppliers = self.dir.path().join("suppliers.toml");
         let text: String = self
             .suppliers
-            .iter()
-            .map(|(id, (_, _, addr))| {
+            .keys()
+            .map(|id| {
                 format!(
                     "[[supplier]]\nid = \"{id}\"\nendpoint = \"localhost:{}\"\nidentity = \"spiffe://gprollout.test/supplier/{id}\"\n\n",
-                    addr.port()
+                    self.endpoint_port(id)
                 )
             })
             .collect();
@@ -123,10 +133,10 @@ impl Stack {
             policy: coordinator_policy(self.dir.path()),
             suppliers: self
                 .suppliers
-                .iter()
-                .map(|(id, (_, _, addr))| rollout_coordinator::SupplierEndpoint {
+                .keys()
+                .map(|id| rollout_coordinator::SupplierEndpoint {
                     id: SupplierId::parse(id).expect("id"),
-                    endpoint: format!("localhost:{}", addr.port()),
+                    endpoint: format!("localhost:{}", self.endpoint_port(id)),
                     identity: format!("spiffe://gprollout.test/supplier/{id}"),
                 })
                 .collect(),

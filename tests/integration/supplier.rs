@@ -846,6 +846,8 @@ async fn each_role_is_enforced_and_refusals_are_audited() {
 #[tokio::test]
 async fn a_second_process_cannot_open_the_same_database() {
     let (_tmp, files, server) = emis().await;
+    // The first server holds the file once it answers.
+    get(&mut toggle(&files, "backend-emis", &server), EMIS_A).await;
     let config = files.config(None);
     let out = tokio::process::Command::new(crate::support::binary("rollout-supplier"))
         .args([

@@ -95,10 +95,12 @@ pub(crate) async fn open(url: &str, migrations: &[MigrationSql]) -> Result<(AnyP
                 .to_owned();
             let locked = |e: sqlx::Error| {
                 // SQLITE_BUSY (5) or SQLITE_LOCKED (6): another process holds the file.
-                let busy = e
-                    .as_database_error()
-                    .and_then(|d| d.code())
-                    .is_some_and(|c| c == "5" || c == "6");
+                // A pool that times out connecting here is one whose connections kept finding the
+                // file locked.
+                let busy = matches!(e, sqlx::Error::PoolTimedOut)
+                    || e.as_database_error()
+                        .and_then(|d| d.code())
+                        .is_some_and(|c| c == "5" || c == "6");
                 if busy {
                     StoreError::Locked { path: path.clone() }
                 } else {

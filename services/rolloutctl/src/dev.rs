@@ -374,6 +374,14 @@ fn tour(layout: &Layout) {
 
 /// Runs the stack until Ctrl-C (SIGINT) or SIGTERM.
 pub async fn up(layout: Layout) -> Result<ExitCode, CliError> {
+    // Take SIGINT and SIGTERM before starting anything: a Ctrl-C during start-up must stop the
+    // children too, not kill this process and leave them running.
+    use tokio::signal::unix::{SignalKind, signal};
+    let signals = |kind| signal(kind).map_err(|e| fail(format!("cannot listen for signals: {e}")));
+    let (mut interrupt, mut term) = (
+        signals(SignalKind::interrupt())?,
+        signals(SignalKind::terminate())?,
+    );
     check_ports(&layout)?;
     let supplier_bin = sibling("rollout-supplier")?;
     let coordinator_bin = sibling("rollout-coordinator")?;
@@ -386,7 +394,7 @@ pub async fn up(layout: Layout) -> Result<ExitCode, CliError> {
     let pki = layout.pki();
     let data = layout.dir.join("data");
     let mut procs = Vec::new();
-    let result = async {
+    let startup = async {
         for (i, s) in pki::SUPPLIERS.iter().enumerate() {
             let mut args = vec![
                 "--supplier-id".into(),
@@ -468,8 +476,12 @@ pub async fn up(layout: Layout) -> Result<ExitCode, CliError> {
         }
         tour(&layout);
         Ok::<_, CliError>(())
-    }
-    .await;
+    };
+    let result = tokio::select! {
+        r = startup => r,
+        _ = interrupt.recv() => Err(fail("interrupted while starting")),
+        _ = term.recv() => Err(fail("terminated while starting")),
+    };
     if let Err(e) = result {
         eprintln!("error: {e}");
         println!("stopping:");
@@ -478,8 +490,6 @@ pub async fn up(layout: Layout) -> Result<ExitCode, CliError> {
     }
 
     // Run until interrupted, or until a process dies.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| fail(format!("cannot listen for SIGTERM: {e}")))?;
     let died = async {
         loop {
             for p in procs.iter_mut() {
@@ -491,7 +501,7 @@ pub async fn up(layout: Layout) -> Result<ExitCode, CliError> {
         }
     };
     let code = tokio::select! {
-        _ = tokio::signal::ctrl_c() => { println!("\ninterrupted: stopping"); ExitCode::SUCCESS }
+        _ = interrupt.recv() => { println!("\ninterrupted: stopping"); ExitCode::SUCCESS }
         _ = term.recv() => { println!("terminated: stopping"); ExitCode::SUCCESS }
         why = died => { eprintln!("error: {why}: see its log in {}/logs", layout.dir.display()); ExitCode::FAILURE }
     };
