@@ -11,7 +11,7 @@ use crate::{
     proxy::{Mode, Proxy},
     replicas::CoordinatorProcess,
     stack::{SUPPLIERS, Stack, delivered, feature_live, halt, national},
-    support::{binary, practice_feature},
+    support::practice_feature,
 };
 
 /// Waits until every supplier has applied `target`.
@@ -98,30 +98,8 @@ async fn everything_applied_once(stack: &mut Stack, target: i64) {
 /// A `rollout-supplier` process for one supplier of the stack, on its port and database.
 fn supplier_process(stack: &Stack, id: &str) -> tokio::process::Child {
     let (files, _, addr) = &stack.suppliers[id];
-    let config = files.config(None);
-    let (practices, map) = crate::support::reference_files();
-    tokio::process::Command::new(binary("rollout-supplier"))
-        .args([
-            "--supplier-id",
-            id,
-            "--listen",
-            &addr.to_string(),
-            "--health-listen",
-            "off",
-        ])
-        .arg("--tls-ca")
-        .arg(&config.tls.ca)
-        .arg("--tls-cert")
-        .arg(&config.tls.cert)
-        .arg("--tls-key")
-        .arg(&config.tls.key)
-        .arg("--policy")
-        .arg(&config.policy)
-        .args(["--database-url", &config.database_url])
-        .arg("--practice-file")
-        .arg(practices)
-        .arg("--supplier-map")
-        .arg(map)
+    files
+        .command(&addr.to_string())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)

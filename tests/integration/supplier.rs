@@ -82,6 +82,35 @@ impl SupplierFiles {
         }
     }
 
+    /// The `rollout-supplier` command line for this supplier, listening on `listen`.
+    pub fn command(&self, listen: &str) -> tokio::process::Command {
+        let config = self.config(None);
+        let (practices, map) = reference_files();
+        let mut cmd = tokio::process::Command::new(crate::support::binary("rollout-supplier"));
+        cmd.args([
+            "--supplier-id",
+            &self.supplier,
+            "--listen",
+            listen,
+            "--health-listen",
+            "off",
+        ])
+        .arg("--tls-ca")
+        .arg(&config.tls.ca)
+        .arg("--tls-cert")
+        .arg(&config.tls.cert)
+        .arg("--tls-key")
+        .arg(&config.tls.key)
+        .arg("--policy")
+        .arg(&config.policy)
+        .args(["--database-url", &config.database_url])
+        .arg("--practice-file")
+        .arg(practices)
+        .arg("--supplier-map")
+        .arg(map);
+        cmd
+    }
+
     pub async fn start(&self, freeze: Option<&str>) -> Running<rollout_supplier::Error> {
         let config = self.config(freeze);
         Running::start(|listener, health, stop| async move {
@@ -849,25 +878,8 @@ async fn a_second_process_cannot_open_the_same_database() {
     // The first server holds the file once it answers.
     get(&mut toggle(&files, "backend-emis", &server), EMIS_A).await;
     let config = files.config(None);
-    let out = tokio::process::Command::new(crate::support::binary("rollout-supplier"))
-        .args([
-            "--supplier-id",
-            "emis",
-            "--listen",
-            "127.0.0.1:0",
-            "--health-listen",
-            "off",
-        ])
-        .arg("--tls-ca")
-        .arg(&config.tls.ca)
-        .arg("--tls-cert")
-        .arg(&config.tls.cert)
-        .arg("--tls-key")
-        .arg(&config.tls.key)
-        .arg("--policy")
-        .arg(&config.policy)
-        .arg("--database-url")
-        .arg(&config.database_url)
+    let out = files
+        .command("127.0.0.1:0")
         .output()
         .await
         .expect("run rollout-supplier");

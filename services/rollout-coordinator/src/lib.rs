@@ -368,22 +368,12 @@ pub async fn serve(
         stop_rx.clone(),
     ));
     // On a shared (PostgreSQL) store, follow what the other replicas write.
-    if let Some(mut feed) = store_handle.changes().await? {
+    if let Some(feed) = store_handle.changes().await? {
         let follower = core.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    received = feed.next() => if let Err(error) = received {
-                        warn!(%error, "change notifications interrupted; polling until they resume");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    },
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => return,
-                }
-                follower.follow_store().await;
-            }
-        });
+        tokio::spawn(feed.follow(stop_rx.clone(), move || {
+            let follower = follower.clone();
+            async move { follower.follow_store().await }
+        }));
     }
 
     let audit_core = core.clone();

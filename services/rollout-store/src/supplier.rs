@@ -184,6 +184,26 @@ impl ChangeFeed {
         self.0.recv().await?;
         Ok(())
     }
+
+    /// Runs `follow` after every notification, and every 2 s in case one was missed, until
+    /// `stop` turns true (or its sender is gone). Spawn it.
+    pub async fn follow<F, Fut>(mut self, mut stop: tokio::sync::watch::Receiver<bool>, follow: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        loop {
+            tokio::select! {
+                received = self.next() => if let Err(error) = received {
+                    tracing::warn!(%error, "change notifications interrupted; polling until they resume");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                },
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => return,
+            }
+            follow().await;
+        }
+    }
 }
 
 impl SqlSupplierStore {

@@ -269,22 +269,12 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     // On a shared (PostgreSQL) store, follow what the other replicas write: at once on their
     // notification, and every 2 s in case a notification was missed.
-    if let Some(mut feed) = store_handle.changes().await? {
+    if let Some(feed) = store_handle.changes().await? {
         let follower = engine.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    received = feed.next() => if let Err(error) = received {
-                        warn!(%error, "change notifications interrupted; polling until they resume");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    },
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => return,
-                }
-                follower.follow_store().await;
-            }
-        });
+        tokio::spawn(feed.follow(stop_rx.clone(), move || {
+            let follower = follower.clone();
+            async move { follower.follow_store().await }
+        }));
         info!("shared store: following changes made through other replicas");
     }
     let clock_engine = engine.clone();
