@@ -132,6 +132,10 @@ pub struct ChangeBatch {
     pub feature: FeatureKey,
     /// The new answers.
     pub changes: Vec<Answer>,
+    /// Where each practice's answer is in `changes`, so that a watcher of a few practices
+    /// looks them up instead of scanning the batch (10,000 such watchers on a national halt
+    /// would otherwise scan it 10,000 times).
+    pub index: HashMap<OdsCode, usize>,
     /// What caused the change.
     pub cause: String,
 }
@@ -439,6 +443,11 @@ impl Engine {
                     Arc::new(ChangeBatch {
                         version: next.version,
                         feature: feature.clone(),
+                        index: changes
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (ods, ..))| (*ods, i))
+                            .collect(),
                         changes,
                         cause: cause.to_owned(),
                     })

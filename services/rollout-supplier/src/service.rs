@@ -396,10 +396,25 @@ impl Watcher {
 
     /// Sends a change batch if it concerns this watcher; `None` if the client has gone.
     async fn change(&self, batch: &ChangeBatch) -> Option<()> {
+        // A watcher of fewer practices than the batch holds looks its own up in the batch's
+        // index rather than scanning the whole batch.
+        let picked: Vec<Answer>;
+        let answers = match &self.filter {
+            Some(filter) if filter.len() < batch.changes.len() => {
+                let mut mine: Vec<Answer> = filter
+                    .iter()
+                    .filter_map(|ods| batch.index.get(ods).map(|&i| batch.changes[i]))
+                    .collect();
+                mine.sort_by_key(|(ods, ..)| *ods);
+                picked = mine;
+                picked.as_slice()
+            }
+            _ => batch.changes.as_slice(),
+        };
         let msg = self.message(
             pb::watch_practice_features_response::EventType::Change,
             batch.version,
-            &batch.changes,
+            answers,
             &batch.cause,
         );
         if !msg.practice_features.is_empty() {
