@@ -379,11 +379,7 @@ pub async fn serve(
     let audit_core = core.clone();
     let (denials, denials_recorded) = rollout_net::auth::audit_denials(move |draft| {
         let audit_core = audit_core.clone();
-        async move {
-            if let Err(e) = audit_core.store().append_audit(draft).await {
-                error!(error = %e, "could not record a refused call in the audit log");
-            }
-        }
+        async move { audit_core.record_refusal(draft).await }
     });
     let auth = AuthLayer::new(
         Arc::new(ArcSwap::from_pointee(policy)),

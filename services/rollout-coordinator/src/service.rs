@@ -39,18 +39,13 @@ impl Handlers {
         }
     }
 
+    /// Runs a mutating call, recording a refusal in the audit log.
     async fn audited<T>(
         &self,
         draft: AuditDraft,
         call: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<Response<T>, Status> {
-        match call.await {
-            Ok(v) => Ok(Response::new(v)),
-            Err(e) => {
-                self.core.audit_refusal(draft, &e).await;
-                Err(e.into())
-            }
-        }
+        rollout_net::audited(draft, call, |refused| self.core.record_refusal(refused)).await
     }
 
     /// A halt, resume or go-live: validates (the action last, after the feature name),

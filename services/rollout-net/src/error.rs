@@ -131,6 +131,31 @@ impl From<ApiError> for Status {
     }
 }
 
+/// Runs a mutating call and, if it is refused, hands `draft` (marked refused, with the error as
+/// its reason) to `record` before answering. Acceptances are recorded by the write itself, in
+/// the same transaction as the change.
+pub async fn audited<T, F>(
+    draft: rollout_core::audit::AuditDraft,
+    call: impl Future<Output = Result<T, ApiError>>,
+    record: impl FnOnce(rollout_core::audit::AuditDraft) -> F,
+) -> Result<tonic::Response<T>, Status>
+where
+    F: Future<Output = ()>,
+{
+    match call.await {
+        Ok(v) => Ok(tonic::Response::new(v)),
+        Err(e) => {
+            record(rollout_core::audit::AuditDraft {
+                outcome: rollout_core::audit::AuditOutcome::Refused,
+                reason: e.to_string(),
+                ..draft
+            })
+            .await;
+            Err(e.into())
+        }
+    }
+}
+
 impl From<rollout_core::IdError> for ApiError {
     /// An identifier error, naming the field by the kind of identifier. Handlers that know the
     /// exact request field use [`ApiError::invalid_field`] instead.

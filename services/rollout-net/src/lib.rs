@@ -13,5 +13,5 @@ pub mod tls;
 pub mod wire;
 
 pub use auth::{Access, AccessTable, AuthLayer, Caller, Denial, DenialObserver, Role, RolePolicy};
-pub use error::{ApiError, ERROR_DOMAIN};
+pub use error::{ApiError, ERROR_DOMAIN, audited};
 pub use tls::{Identity, PeerInfo, ReloadingServerConfig, TlsError, TlsFiles};

@@ -801,10 +801,9 @@ impl Engine {
         Ok(change)
     }
 
-    /// Appends the audit event of a refused call.
-    pub async fn audit_refusal(&self, mut audit: AuditDraft, error: &ApiError) {
-        audit.outcome = AuditOutcome::Refused;
-        audit.reason = error.to_string();
+    /// Appends the audit event of a refused call (already marked refused), logging rather than
+    /// failing if the store cannot take it: the caller is answered either way.
+    pub async fn record_refusal(&self, audit: AuditDraft) {
         if let Err(e) = self.store.append_audit(audit).await {
             tracing::error!(error = %e, "could not record a refused call in the audit log");
         }

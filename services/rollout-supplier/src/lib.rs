@@ -35,7 +35,7 @@ use rollout_proto::v1::{
 };
 use rollout_store::supplier::SqlSupplierStore;
 use tokio::{net::TcpListener, sync::watch};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 pub use engine::Engine;
 
@@ -254,11 +254,7 @@ pub async fn serve(
     let audit_engine = engine.clone();
     let (denials, denials_recorded) = rollout_net::auth::audit_denials(move |draft| {
         let audit_engine = audit_engine.clone();
-        async move {
-            if let Err(e) = audit_engine.store().append_audit(draft).await {
-                error!(error = %e, "could not record a refused call in the audit log");
-            }
-        }
+        async move { audit_engine.record_refusal(draft).await }
     });
     let auth = AuthLayer::new(
         Arc::new(ArcSwap::from_pointee(policy)),

@@ -45,20 +45,13 @@ impl Handlers {
         Handlers { engine, shutdown }
     }
 
-    /// Runs a mutating call, recording a refusal in the audit log (acceptances are recorded by
-    /// the engine in the same transaction as the change).
+    /// Runs a mutating call, recording a refusal in the audit log.
     async fn audited<T>(
         &self,
         draft: AuditDraft,
         call: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<Response<T>, Status> {
-        match call.await {
-            Ok(v) => Ok(Response::new(v)),
-            Err(e) => {
-                self.engine.audit_refusal(draft, &e).await;
-                Err(e.into())
-            }
-        }
+        rollout_net::audited(draft, call, |refused| self.engine.record_refusal(refused)).await
     }
 }
 
