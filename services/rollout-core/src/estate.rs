@@ -40,11 +40,22 @@ pub struct EstateError {
     pub message: String,
 }
 
-/// GP practices by ODS code.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// GP practices by ODS code: in code order, with a hash index for lookups (one per read).
+#[derive(Debug, Clone, Default)]
 pub struct Estate {
-    practices: BTreeMap<OdsCode, Practice>,
+    /// Sorted by ODS code, codes unique.
+    practices: Vec<Practice>,
+    /// Position in `practices` by code.
+    index: crate::rules::FastMap<OdsCode, u32>,
 }
+
+impl PartialEq for Estate {
+    fn eq(&self, other: &Self) -> bool {
+        self.practices == other.practices
+    }
+}
+
+impl Eq for Estate {}
 
 /// A file to parse: its display name and contents.
 #[derive(Debug, Clone, Copy)]
@@ -129,17 +140,17 @@ impl Estate {
                 return Err(at(col::CODE)(format!("practice {ods} appears more than once")));
             }
         }
-        Ok(Estate { practices })
+        Ok(practices.into_values().collect())
     }
 
     /// Every practice, by ODS code.
     pub fn practices(&self) -> impl ExactSizeIterator<Item = &Practice> {
-        self.practices.values()
+        self.practices.iter()
     }
 
     /// One practice.
     pub fn get(&self, ods: &OdsCode) -> Option<&Practice> {
-        self.practices.get(ods)
+        self.index.get(ods).map(|&i| &self.practices[i as usize])
     }
 
     /// How many practices the estate holds (any status).
@@ -154,14 +165,11 @@ impl Estate {
 
     /// Only the practices of one supplier.
     pub fn for_supplier(&self, supplier: &SupplierId) -> Estate {
-        Estate {
-            practices: self
-                .practices
-                .iter()
-                .filter(|(_, p)| p.supplier == *supplier)
-                .map(|(k, p)| (*k, p.clone()))
-                .collect(),
-        }
+        self.practices
+            .iter()
+            .filter(|p| p.supplier == *supplier)
+            .cloned()
+            .collect()
     }
 
     /// Active practices per supplier.
@@ -169,7 +177,7 @@ impl Estate {
         let mut counts = BTreeMap::new();
         for p in self
             .practices
-            .values()
+            .iter()
             .filter(|p| p.status == PracticeStatus::Active)
         {
             *counts.entry(p.supplier.clone()).or_default() += 1;
@@ -179,10 +187,16 @@ impl Estate {
 }
 
 impl FromIterator<Practice> for Estate {
+    /// An estate of these practices; of two with one code, the later wins.
     fn from_iter<I: IntoIterator<Item = Practice>>(iter: I) -> Self {
-        Estate {
-            practices: iter.into_iter().map(|p| (p.ods, p)).collect(),
-        }
+        let by_code: BTreeMap<OdsCode, Practice> = iter.into_iter().map(|p| (p.ods, p)).collect();
+        let practices: Vec<Practice> = by_code.into_values().collect();
+        let index = practices
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.ods, i as u32))
+            .collect();
+        Estate { practices, index }
     }
 }
 

@@ -66,6 +66,23 @@ impl fmt::Display for Role {
     }
 }
 
+/// A set of roles (a bit per role: copied, never allocated, on every call).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoleSet(u8);
+
+impl RoleSet {
+    /// Whether the set holds `role`.
+    pub fn contains(self, role: Role) -> bool {
+        self.0 & (1 << role as u8) != 0
+    }
+}
+
+impl<'a> FromIterator<&'a Role> for RoleSet {
+    fn from_iter<I: IntoIterator<Item = &'a Role>>(roles: I) -> Self {
+        RoleSet(roles.into_iter().fold(0, |bits, r| bits | 1 << *r as u8))
+    }
+}
+
 /// Which identities hold which roles. Loaded from a TOML file:
 ///
 /// ```toml
@@ -188,7 +205,7 @@ pub struct Caller {
     /// The identity from the client certificate.
     pub identity: Identity,
     /// The roles the policy gives it (empty for an unlisted peer on an open service).
-    pub roles: BTreeSet<Role>,
+    pub roles: RoleSet,
 }
 
 impl Caller {
@@ -204,7 +221,7 @@ impl Caller {
 
     /// Whether the caller holds a role.
     pub fn has(&self, role: Role) -> bool {
-        self.roles.contains(&role)
+        self.roles.contains(role)
     }
 }
 
@@ -322,7 +339,7 @@ impl Shared {
             );
         };
         let policy = self.policy.load();
-        let roles = policy.roles(id.as_str()).cloned();
+        let roles = policy.roles(id.as_str()).map(|r| r.iter().collect::<RoleSet>());
         match (access, roles) {
             (Access::AnyPeer, roles) => Ok(Caller {
                 identity: id,
@@ -333,7 +350,7 @@ impl Shared {
                 format!("identity {id} is not in this server's role policy; ask its operators to add it"),
             )
             .map_err(|(i, e)| (i, e.with_metadata("identity", id.to_string()))),
-            (Access::AnyOf(needed), Some(roles)) if needed.iter().any(|r| roles.contains(r)) => {
+            (Access::AnyOf(needed), Some(roles)) if needed.iter().any(|r| roles.contains(*r)) => {
                 Ok(Caller { identity: id, roles })
             }
             (Access::AnyOf(needed), Some(_)) => {
@@ -446,6 +463,25 @@ mod tests {
         );
         assert_eq!(table.lookup("/pkg.Other/Get"), None);
         assert_eq!(table.lookup("/pkg.S"), None);
+    }
+
+    #[test]
+    fn role_sets_hold_exactly_their_roles() {
+        let all = [
+            Role::Backend,
+            Role::PracticeAdmin,
+            Role::Coordinator,
+            Role::Operator,
+            Role::Approver,
+            Role::Auditor,
+            Role::Viewer,
+        ];
+        for (i, held) in all.iter().enumerate() {
+            let set: RoleSet = all[..=i].iter().collect();
+            assert!(set.contains(*held));
+            assert!(all[i + 1..].iter().all(|r| !set.contains(*r)), "{set:?}");
+        }
+        assert!(all.iter().all(|r| !RoleSet::default().contains(*r)));
     }
 
     #[test]

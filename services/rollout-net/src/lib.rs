@@ -12,6 +12,6 @@ pub mod telemetry;
 pub mod tls;
 pub mod wire;
 
-pub use auth::{Access, AccessTable, AuthLayer, Caller, Denial, DenialObserver, Role, RolePolicy};
+pub use auth::{Access, AccessTable, AuthLayer, Caller, Denial, DenialObserver, Role, RolePolicy, RoleSet};
 pub use error::{ApiError, ERROR_DOMAIN, audited};
 pub use tls::{Identity, PeerInfo, ReloadingServerConfig, TlsError, TlsFiles};

@@ -88,7 +88,7 @@ pub fn opt_out_name(field: &str, name: &str) -> Result<(OdsCode, FeatureKey), Ap
 
 /// The resource name of a practice's answer.
 pub fn practice_feature_resource(ods: &OdsCode, feature: &FeatureKey) -> String {
-    format!("practices/{ods}/features/{feature}")
+    ["practices/", ods.as_str(), "/features/", feature.as_str()].concat()
 }
 
 /// A required, non-empty, bounded free-text field (reason, source).
@@ -434,12 +434,12 @@ pub fn practice_status_pb(s: PracticeStatus) -> pb::PracticeStatus {
 /// A practice for the wire.
 pub fn practice_pb(p: &Practice) -> pb::Practice {
     pb::Practice {
-        name: format!("practices/{}", p.ods),
+        name: ["practices/", p.ods.as_str()].concat(),
         display_name: p.name.clone(),
-        region: p.region.to_string(),
-        icb: p.icb.to_string(),
-        sub_icb: p.sub_icb.to_string(),
-        supplier: p.supplier.to_string(),
+        region: p.region.as_str().to_owned(),
+        icb: p.icb.as_str().to_owned(),
+        sub_icb: p.sub_icb.as_str().to_owned(),
+        supplier: p.supplier.as_str().to_owned(),
         status: practice_status_pb(p.status).into(),
     }
 }

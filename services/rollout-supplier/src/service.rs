@@ -143,7 +143,9 @@ type WatchStream =
 
 #[tonic::async_trait]
 impl ToggleService for Handlers {
-    #[instrument(skip_all, fields(practice, feature))]
+    // The hot read (tens of thousands a second): its span is at DEBUG so that at the default
+    // INFO level it costs nothing; a refusal is still logged by the auth layer.
+    #[instrument(level = "debug", skip_all, fields(practice, feature))]
     async fn get_practice_feature(
         &self,
         req: Request<pb::GetPracticeFeatureRequest>,
