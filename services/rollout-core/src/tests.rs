@@ -870,6 +870,17 @@ fn synthetic_estate_loads_with_the_right_counts() {
     assert_eq!(active.values().sum::<usize>(), 6_300);
     let emis = estate.for_supplier(&SupplierId::parse("emis").expect("emis"));
     assert!(emis.practices().all(|p| p.supplier.as_str() == "emis"));
+    // The index finds every practice under its own code, in both estates, and the order is by code.
+    for e in [&estate, &emis] {
+        assert!(e.practices().all(|p| e.get(&p.ods) == Some(p)));
+        assert!(
+            e.practices()
+                .zip(e.practices().skip(1))
+                .all(|(a, b)| a.ods < b.ods)
+        );
+    }
+    assert_eq!(emis.len(), emis.practices().count());
+    assert!(emis.get(&OdsCode::parse("Y99999").expect("ods")).is_none());
     let p = estate
         .get(&OdsCode::parse("L56296").expect("ods"))
         .expect("first row");
