@@ -12,7 +12,6 @@ use rollout_proto::v1::{
     self as pb, coordinator_service_server::CoordinatorService, toggle_service_client::ToggleServiceClient,
 };
 use rollout_store::coordinator::CommandState;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, transport::Channel};
@@ -107,15 +106,12 @@ fn draft<T>(req: &Request<T>, method: &str, target: &str, request_id: &str, reas
 
 /// The idempotency key of a request, with the fingerprint of the request without its id.
 fn idempotency(method: &str, request_id: &str, body: &impl Message) -> Result<Option<Idempotency>, ApiError> {
-    Ok(wire::request_id("request_id", request_id)?.map(|request_id| {
-        let mut h = Sha256::new();
-        h.update(method.as_bytes());
-        h.update(body.encode_to_vec());
-        Idempotency {
+    Ok(
+        wire::request_id("request_id", request_id)?.map(|request_id| Idempotency {
             request_id,
-            fingerprint: h.finalize().to_vec(),
-        }
-    }))
+            fingerprint: wire::request_fingerprint(method, body),
+        }),
+    )
 }
 
 fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ApiError> {

@@ -109,6 +109,16 @@ pub fn text(field: &str, value: &str) -> Result<String, ApiError> {
     Ok(value.to_owned())
 }
 
+/// The fingerprint of a request without its idempotency key (SHA-256 of the method and the
+/// encoded body), stored with the key to tell a retry from a reuse of the key.
+pub fn request_fingerprint(method: &str, body: &impl prost::Message) -> Vec<u8> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(method.as_bytes());
+    h.update(body.encode_to_vec());
+    h.finalize().to_vec()
+}
+
 /// An optional idempotency key: empty, or a UUID version 4 (normalised to lower case).
 pub fn request_id(field: &str, value: &str) -> Result<Option<String>, ApiError> {
     if value.is_empty() {

@@ -19,7 +19,6 @@ use rollout_proto::v1::{
     practice_settings_service_server::PracticeSettingsService, toggle_service_server::ToggleService,
 };
 use rollout_store::supplier::OptOutRecord;
-use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -67,14 +66,6 @@ fn draft<T>(req: &Request<T>, method: &str, target: &str, request_id: &str) -> A
         reason: String::new(),
         request_id: request_id.chars().take(64).collect(),
     }
-}
-
-/// The hash of a request without its idempotency key, to tell a retry from a reuse.
-fn fingerprint(method: &str, body: &impl Message) -> Vec<u8> {
-    let mut h = Sha256::new();
-    h.update(method.as_bytes());
-    h.update(body.encode_to_vec());
-    h.finalize().to_vec()
 }
 
 fn practice<'a>(
@@ -496,7 +487,7 @@ impl PracticeSettingsService for Handlers {
             let reason = wire::text("opt_out.reason", &o.reason)?;
             let source = wire::text("opt_out.source", &o.source)?;
             let request_id = wire::request_id("request_id", &r.request_id)?;
-            let print = fingerprint(
+            let print = wire::request_fingerprint(
                 &method,
                 &pb::SetPracticeOptOutRequest {
                     request_id: String::new(),
@@ -561,7 +552,7 @@ impl PracticeSettingsService for Handlers {
                 .record("feature", key.as_str());
             let reason = wire::text("reason", &r.reason)?;
             let request_id = wire::request_id("request_id", &r.request_id)?;
-            let print = fingerprint(
+            let print = wire::request_fingerprint(
                 &method,
                 &pb::WithdrawPracticeOptOutRequest {
                     request_id: String::new(),
