@@ -317,3 +317,33 @@ async fn coordinator_store_conformance_on_postgres() {
         db.drop().await;
     }
 }
+
+/// Whether a database of that name exists, asked through `ROLLOUT_TEST_DATABASE_URL`.
+async fn database_exists(name: &str) -> bool {
+    use sqlx::Connection;
+    let admin = std::env::var("ROLLOUT_TEST_DATABASE_URL").expect("set when a database was made");
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect");
+    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&mut conn)
+        .await
+        .expect("query pg_database");
+    conn.close().await.ok();
+    found.is_some()
+}
+
+#[tokio::test]
+async fn a_test_database_is_dropped_even_when_its_test_panics() {
+    let Some(db) = pg_database().await else {
+        return;
+    };
+    let name = db.url.rsplit('/').next().expect("name").to_owned();
+    assert!(database_exists(&name).await);
+    // A test that panics holding its database unwinds through its drop.
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _db = db;
+        panic!("a failing test");
+    }));
+    assert!(unwound.is_err());
+    assert!(!database_exists(&name).await, "{name} was left behind");
+}

@@ -223,12 +223,25 @@ pub fn practices(codes: &[&str]) -> Scope {
 }
 
 /// A fresh PostgreSQL database for one test, created from `ROLLOUT_TEST_DATABASE_URL` and
-/// dropped by [`PgDb::drop`].
+/// dropped by [`PgDb::drop`], or, if the test panics first, when the value is dropped.
 pub struct PgDb {
     /// The database's URL.
     pub url: String,
     admin: String,
     name: String,
+    dropped: bool,
+}
+
+async fn drop_database(admin: &str, name: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(admin).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await?;
+    conn.close().await.ok();
+    Ok(())
 }
 
 /// A fresh PostgreSQL database, or `None` (with a note) when `ROLLOUT_TEST_DATABASE_URL` is not
@@ -266,21 +279,44 @@ pub async fn pg_database() -> Option<PgDb> {
         Some(q) => format!("{root}/{name}?{q}"),
         None => format!("{root}/{name}"),
     };
-    Some(PgDb { url, admin, name })
+    Some(PgDb {
+        url,
+        admin,
+        name,
+        dropped: false,
+    })
 }
 
 impl PgDb {
     /// Drops the database (closing any connection still open to it).
-    pub async fn drop(self) {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&self.admin).await.expect("connect");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&mut conn)
-        .await
-        .expect("drop the test database");
-        conn.close().await.ok();
+    pub async fn drop(mut self) {
+        drop_database(&self.admin, &self.name)
+            .await
+            .expect("drop the test database");
+        self.dropped = true;
+    }
+}
+
+impl Drop for PgDb {
+    /// A test that panicked before [`PgDb::drop`] still leaves no database behind: it is dropped
+    /// here, on a thread of its own (this one may be inside the test's runtime).
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime
+                .block_on(drop_database(&admin, &name))
+                .map_err(|e| e.to_string())
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
     }
 }
