@@ -140,7 +140,18 @@ impl Estate {
                 return Err(at(col::CODE)(format!("practice {ods} appears more than once")));
             }
         }
-        Ok(practices.into_values().collect())
+        Ok(Estate::from_map(practices))
+    }
+
+    /// The estate of practices already keyed (and so ordered and unique) by code.
+    fn from_map(by_code: BTreeMap<OdsCode, Practice>) -> Estate {
+        let practices: Vec<Practice> = by_code.into_values().collect();
+        let index = practices
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.ods, i as u32))
+            .collect();
+        Estate { practices, index }
     }
 
     /// Every practice, by ODS code.
@@ -189,14 +200,7 @@ impl Estate {
 impl FromIterator<Practice> for Estate {
     /// An estate of these practices; of two with one code, the later wins.
     fn from_iter<I: IntoIterator<Item = Practice>>(iter: I) -> Self {
-        let by_code: BTreeMap<OdsCode, Practice> = iter.into_iter().map(|p| (p.ods, p)).collect();
-        let practices: Vec<Practice> = by_code.into_values().collect();
-        let index = practices
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.ods, i as u32))
-            .collect();
-        Estate { practices, index }
+        Estate::from_map(iter.into_iter().map(|p| (p.ods, p)).collect())
     }
 }
 
