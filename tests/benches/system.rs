@@ -131,7 +131,10 @@ async fn make_live(control: &mut ControlServiceClient<Channel>) {
         ),
     ] {
         control
-            .apply_command(pb::ApplyCommandRequest { command: Some(c) })
+            .apply_command(pb::ApplyCommandRequest {
+                command: Some(c),
+                ..Default::default()
+            })
             .await
             .expect("apply");
     }
@@ -916,6 +919,7 @@ async fn watch_fan_out(dir: &Path, pki: &Path, s: &Sizes, pin: &Pinning) {
                     scope: rollout_core::Scope::National,
                 },
             )),
+            ..Default::default()
         })
         .await
         .expect("halt");

@@ -12,7 +12,7 @@ use rollout_store::{
     coordinator::{
         CommandRow, CommandState, CoordinatorStore, DeliveryRow, Record, SqlCoordinatorStore, Write,
     },
-    supplier::{OptOutRecord, SqlSupplierStore, StoredCommand, SupplierStore, Withdrawal},
+    supplier::{OptOutRecord, SqlSupplierStore, StoredCommand, SupplierStore, SyncPoint, Withdrawal},
 };
 
 use crate::support::pg_database;
@@ -40,6 +40,23 @@ fn command(sequence: u64, rejected: bool) -> StoredCommand {
         body: vec![sequence as u8, 1, 2, 3],
         rejection: rejected.then(|| "freeze".into()),
         applied_at: at(sequence),
+        effective: !rejected,
+    }
+}
+
+/// A command that is history only (a resume, or a halt once lifted).
+fn retired(sequence: u64) -> StoredCommand {
+    StoredCommand {
+        effective: false,
+        ..command(sequence, false)
+    }
+}
+
+fn sync(sequence: u64) -> SyncPoint {
+    SyncPoint {
+        applied_sequence: sequence,
+        history_hash: format!("{sequence:064x}"),
+        applied_at: at(sequence),
     }
 }
 
@@ -59,39 +76,68 @@ async fn supplier_suite(url: &str) {
     let store = SqlSupplierStore::open(url).await.expect("open");
     let empty = store.load().await.expect("load");
     assert_eq!(
-        (empty.commands.len(), empty.version, empty.last_contact),
-        (0, 0, None)
+        (
+            empty.commands.len(),
+            empty.sync,
+            empty.version,
+            empty.last_contact
+        ),
+        (0, None, 0, None)
     );
 
+    // 1 defines, 2 halts, 3 resumes (retiring 2), 4 is rejected: only 1 stays in force.
+    let hash = |s: u64| sync(s).history_hash;
     store
-        .append_command(&command(1, false), 1, audit("apply"))
+        .append_command(&command(1, false), &[], &hash(1), 1, audit("apply"))
         .await
         .expect("append 1");
     store
-        .append_command(&command(2, true), 2, audit("apply"))
+        .append_command(&command(2, false), &[], &hash(2), 2, audit("apply"))
         .await
         .expect("append 2");
-    let gap = store.append_command(&command(4, false), 3, audit("apply")).await;
+    store
+        .append_command(&retired(3), &[2], &hash(3), 3, audit("apply"))
+        .await
+        .expect("append 3");
+    store
+        .append_command(&command(4, true), &[], &hash(4), 4, audit("apply"))
+        .await
+        .expect("append 4");
+    let gap = store
+        .append_command(&command(6, false), &[], &hash(6), 5, audit("apply"))
+        .await;
     assert!(
         matches!(gap, Err(StoreError::Conflict(_))),
         "a gap is refused: {gap:?}"
     );
-    let again = store.append_command(&command(2, false), 3, audit("apply")).await;
+    let again = store
+        .append_command(&command(4, false), &[], &hash(4), 5, audit("apply"))
+        .await;
     assert!(
         matches!(again, Err(StoreError::Conflict(_))),
         "a repeat is refused: {again:?}"
     );
+    assert_eq!(
+        store.command_at(2).await.expect("read"),
+        Some(retired(2)),
+        "a lifted halt stays in the log, marked retired"
+    );
+    assert_eq!(store.command_at(9).await.expect("read"), None);
+    assert_eq!(
+        store.list_commands(1, 2).await.expect("list"),
+        [retired(2), retired(3)]
+    );
 
     let mut estate = practices();
     let change = store
-        .import_estate(&estate, 3, audit("import"))
+        .import_estate(&estate, 5, audit("import"))
         .await
         .expect("import");
     assert_eq!((change.added, change.updated, change.removed), (50, 0, 0));
     estate[0].name = "RENAMED PRACTICE".into();
     let gone = estate.pop().expect("a practice");
     let change = store
-        .import_estate(&estate, 4, audit("import"))
+        .import_estate(&estate, 6, audit("import"))
         .await
         .expect("re-import");
     assert_eq!((change.added, change.updated, change.removed), (0, 1, 1));
@@ -114,7 +160,7 @@ async fn supplier_suite(url: &str) {
         response: vec![1, 2, 3],
     };
     store
-        .put_opt_out(&opt, 5, Some(request.clone()), audit("opt-out"))
+        .put_opt_out(&opt, 7, Some(request.clone()), audit("opt-out"))
         .await
         .expect("opt out");
     let withdrawn = OptOutRecord {
@@ -127,7 +173,7 @@ async fn supplier_suite(url: &str) {
         ..opt.clone()
     };
     store
-        .put_opt_out(&withdrawn, 6, None, audit("withdraw"))
+        .put_opt_out(&withdrawn, 8, None, audit("withdraw"))
         .await
         .expect("withdraw");
     assert_eq!(
@@ -138,27 +184,47 @@ async fn supplier_suite(url: &str) {
     store.record_contact(at(30)).await.expect("contact");
 
     let state = store.load().await.expect("load");
-    assert_eq!(state.commands, [command(1, false), command(2, true)]);
+    assert_eq!(
+        state.commands,
+        [command(1, false)],
+        "start-up reads the rules in force only"
+    );
+    assert_eq!(state.sync, Some(sync(4)));
     assert_eq!(state.practices.len(), 49);
     assert!(state.practices.iter().all(|p| p.ods != gone.ods));
     assert!(state.practices.iter().any(|p| p.name == "RENAMED PRACTICE"));
     assert_eq!(state.opt_outs, [withdrawn]);
-    assert_eq!((state.version, state.last_contact), (6, Some(at(30))));
+    assert_eq!((state.version, state.last_contact), (8, Some(at(30))));
 
+    // A snapshot as of 7 holding 1 and a new halt at 6: the log keeps everything it had.
+    let older = store
+        .install_snapshot(&[command(1, false)], &sync(3), 9, audit("snapshot"))
+        .await;
+    assert!(
+        matches!(older, Err(StoreError::Conflict(_))),
+        "a snapshot older than the applied sequence is refused: {older:?}"
+    );
     store
-        .replace_commands(
-            &[command(1, false), command(2, false), command(3, true)],
-            7,
-            audit("replace"),
+        .install_snapshot(
+            &[command(1, false), command(6, false)],
+            &sync(7),
+            9,
+            audit("snapshot"),
         )
         .await
-        .expect("replace");
+        .expect("snapshot");
     let state = store.load().await.expect("load");
-    assert_eq!(
-        state.commands,
-        [command(1, false), command(2, false), command(3, true)]
-    );
-    assert_eq!(state.opt_outs.len(), 1, "opt-outs survive a replacement");
+    assert_eq!(state.commands, [command(1, false), command(6, false)]);
+    assert_eq!(state.sync, Some(sync(7)));
+    assert_eq!(state.opt_outs.len(), 1, "opt-outs survive a snapshot");
+    let log: Vec<u64> = store
+        .list_commands(0, 100)
+        .await
+        .expect("list")
+        .iter()
+        .map(|c| c.sequence)
+        .collect();
+    assert_eq!(log, [1, 2, 3, 4, 6], "a snapshot never shortens the log");
 
     store
         .append_audit(AuditDraft {
@@ -168,9 +234,9 @@ async fn supplier_suite(url: &str) {
         .await
         .expect("audit");
     let events = store.list_audit(0, 1_000).await.expect("audit");
-    assert_eq!(events.len(), 8, "every accepted change and the refusal");
-    assert_eq!(verify_chain(&events), Ok(8));
-    assert_eq!(store.list_audit(6, 10).await.expect("audit").len(), 2);
+    assert_eq!(events.len(), 10, "every accepted change and the refusal");
+    assert_eq!(verify_chain(&events), Ok(10));
+    assert_eq!(store.list_audit(8, 10).await.expect("audit").len(), 2);
     store.close().await;
 }
 

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use rollout_core::{Scope, SupplierId};
+use rollout_core::{HistoryHash, Scope, SupplierId};
 use rollout_proto::v1::{
     self as pb, control_service_client::ControlServiceClient, practice_feature::Reason as R,
     practice_feature::State as S, practice_settings_service_client::PracticeSettingsServiceClient,
@@ -16,8 +16,8 @@ use rollout_store::supplier::{SqlSupplierStore, SupplierStore};
 use tonic::{Code, transport::Channel};
 
 use crate::support::{
-    Running, assert_refused, channel_as, define, feature_name, go_live, halt, practice_feature, practices,
-    reference_files, resume,
+    Running, assert_refused, channel_as, define, feature_name, go_live, halt, history_of, practice_feature,
+    practices, reference_files, resume, snapshot,
 };
 
 /// An active EMIS practice in region Y60, ICB QN7, sub-ICB 33G.
@@ -157,6 +157,7 @@ pub fn settings(
 pub async fn apply(c: &mut ControlServiceClient<Channel>, command: pb::Command) -> pb::ApplyCommandResponse {
     c.apply_command(pb::ApplyCommandRequest {
         command: Some(command),
+        ..Default::default()
     })
     .await
     .expect("apply command")
@@ -370,18 +371,19 @@ async fn answers_are_explained_and_follow_the_commands() {
         "closed, dormant and proposed"
     );
 
-    // Resume lifts the halt it names.
+    // Resume lifts the halt it names, which is retired: the answer lists the rules in force
+    // only (the history is the coordinator's).
     apply(&mut control, resume(4, "resume-1", &["halt-qn7"])).await;
     let after = get(&mut backend, EMIS_A).await;
     assert_eq!(state_of(&after), (S::Enabled, R::Live));
-    let lifted = after
-        .rules
-        .iter()
-        .find(|r| r.command == "commands/halt-qn7")
-        .expect("lifted halt listed");
+    assert!(
+        after.rules.iter().all(|r| r.command != "commands/halt-qn7"),
+        "a lifted halt is not a rule in force: {:?}",
+        after.rules
+    );
     assert_eq!(
-        (lifted.status(), lifted.lifted_by.as_str()),
-        (pb::rule::Status::Lifted, "commands/resume-1")
+        after.rules.iter().map(|r| r.command.as_str()).collect::<Vec<_>>(),
+        ["commands/golive-1"]
     );
 
     server.stop().await;
@@ -487,7 +489,7 @@ async fn opt_outs_beat_go_live_and_are_withdrawn_only_by_the_practice() {
 }
 
 #[tokio::test]
-async fn apply_command_is_ordered_idempotent_and_resyncs_with_replace_rules() {
+async fn apply_command_is_ordered_idempotent_and_a_snapshot_resyncs_but_never_goes_back() {
     let (_tmp, files, server) = emis().await;
     let mut backend = toggle(&files, "backend-emis", &server);
     let mut control = control(&files, &server);
@@ -501,6 +503,7 @@ async fn apply_command_is_ordered_idempotent_and_resyncs_with_replace_rules() {
     let gap = control
         .apply_command(pb::ApplyCommandRequest {
             command: Some(halt(3, "halt-1", Scope::National)),
+            ..Default::default()
         })
         .await
         .expect_err("gap");
@@ -518,37 +521,73 @@ async fn apply_command_is_ordered_idempotent_and_resyncs_with_replace_rules() {
     let conflict = control
         .apply_command(pb::ApplyCommandRequest {
             command: Some(halt(1, "halt-x", Scope::National)),
+            ..Default::default()
         })
         .await
         .expect_err("conflict");
     assert_refused(
         &conflict,
         Code::FailedPrecondition,
-        "SEQUENCE_CONFLICT",
+        "HISTORY_DIVERGED",
         "conflict",
     );
 
-    // The coordinator repairs the gap with the state of the world; the supplier's own
-    // outcome for sequence 1 is kept and a listed rejection stays rejected.
+    // The coordinator repairs the gap with a snapshot of the effective state as of 4: the
+    // go-live at 4 was rejected here, so it is not in the snapshot; the resume at 4 is not
+    // either (its effect is the halt that is absent).
+    let log = [
+        define(1, None),
+        go_live(2, "golive-1", Scope::National, None),
+        halt(3, "halt-1", practices(&[EMIS_A])),
+        go_live(4, "golive-2", practices(&[EMIS_B]), None),
+    ];
+    let base = (1, history_of(&[&log[0]]));
+    let at4 = history_of(&log.iter().collect::<Vec<_>>());
+    let effective = log[..3].to_vec();
+
+    // A transfer cut short (no last chunk) changes nothing.
+    let mut cut = snapshot(4, at4, base, effective.clone());
+    cut.pop();
+    let broken = control
+        .replace_rules(tokio_stream::iter(cut))
+        .await
+        .expect_err("a cut transfer is refused");
+    assert_refused(&broken, Code::Aborted, "SNAPSHOT_INCOMPLETE", "cut snapshot");
+    assert_eq!(
+        state_of(&get(&mut backend, EMIS_A).await),
+        (S::Disabled, R::NotLive),
+        "nothing of a cut transfer is applied"
+    );
+
+    // A snapshot built on another history is refused, naming both sequences.
+    let other = (1, history_of(&[&define(1, Some(Duration::from_secs(60)))]));
+    let other_base = pb::ReplaceRulesRequest {
+        header: Some(pb::replace_rules_request::Header {
+            base_history_hash: history_of(&[&halt(1, "not-the-definition", Scope::National)])
+                .as_bytes()
+                .to_vec(),
+            ..snapshot(4, at4, other, vec![])[0].header.clone().expect("header")
+        }),
+        last: true,
+        ..Default::default()
+    };
+    let diverged = control
+        .replace_rules(tokio_stream::iter(vec![other_base]))
+        .await
+        .expect_err("another history");
+    assert_refused(
+        &diverged,
+        Code::FailedPrecondition,
+        "HISTORY_DIVERGED",
+        "diverged snapshot",
+    );
+
     let replaced = control
-        .replace_rules(pb::ReplaceRulesRequest {
-            sequence: 4,
-            commands: vec![
-                define(1, None),
-                go_live(2, "golive-1", Scope::National, None),
-                halt(3, "halt-1", practices(&[EMIS_A])),
-                go_live(4, "golive-2", practices(&[EMIS_B]), None),
-            ],
-            rejected_sequences: vec![4],
-        })
+        .replace_rules(tokio_stream::iter(snapshot(4, at4, base, effective)))
         .await
         .expect("replace rules")
         .into_inner();
-    assert_eq!(replaced.applied_sequence, 4);
-    assert_eq!(
-        replaced.rejections.iter().map(|r| r.sequence).collect::<Vec<_>>(),
-        [4]
-    );
+    assert_eq!((replaced.applied_sequence, replaced.command_count), (4, 3));
     assert_eq!(
         state_of(&get(&mut backend, EMIS_A).await),
         (S::Disabled, R::Halted)
@@ -560,7 +599,62 @@ async fn apply_command_is_ordered_idempotent_and_resyncs_with_replace_rules() {
         "the rejected go-live is not a rule"
     );
 
-    let next = apply(&mut control, halt(5, "halt-2", Scope::National)).await;
+    // Never back: a snapshot older than what is applied is refused with both sequences.
+    let older = control
+        .replace_rules(tokio_stream::iter(snapshot(
+            3,
+            history_of(&[&log[0], &log[1], &log[2]]),
+            (3, history_of(&[&log[0], &log[1], &log[2]])),
+            vec![define(1, None)],
+        )))
+        .await
+        .expect_err("an older snapshot");
+    assert_refused(
+        &older,
+        Code::FailedPrecondition,
+        "SUPPLIER_AHEAD",
+        "older snapshot",
+    );
+    let info = tonic_types::StatusExt::get_error_details(&older)
+        .error_info()
+        .cloned()
+        .expect("info");
+    assert_eq!(
+        (
+            info.metadata.get("applied_sequence").map(String::as_str),
+            info.metadata.get("snapshot_sequence").map(String::as_str)
+        ),
+        (Some("4"), Some("3"))
+    );
+    assert_eq!(
+        state_of(&get(&mut backend, EMIS_A).await),
+        (S::Disabled, R::Halted),
+        "a refused snapshot lifts nothing"
+    );
+
+    // A command that does not continue the applied history is refused.
+    let wrong = control
+        .apply_command(pb::ApplyCommandRequest {
+            command: Some(halt(5, "halt-2", Scope::National)),
+            previous_history_hash: history_of(&[&log[0]]).as_bytes().to_vec(),
+        })
+        .await
+        .expect_err("wrong history");
+    assert_refused(
+        &wrong,
+        Code::FailedPrecondition,
+        "HISTORY_DIVERGED",
+        "wrong previous hash",
+    );
+
+    let next = control
+        .apply_command(pb::ApplyCommandRequest {
+            command: Some(halt(5, "halt-2", Scope::National)),
+            previous_history_hash: at4.as_bytes().to_vec(),
+        })
+        .await
+        .expect("a command that continues the history")
+        .into_inner();
     assert_eq!(next.applied_sequence, 5);
     assert_eq!(
         state_of(&get(&mut backend, EMIS_B).await),
@@ -800,6 +894,7 @@ async fn each_role_is_enforced_and_refusals_are_audited() {
             ControlServiceClient::new(channel_as(&files.pki, "backend-emis", server.addr))
                 .apply_command(pb::ApplyCommandRequest {
                     command: Some(define(1, None)),
+                    ..Default::default()
                 })
                 .await
                 .expect_err("refused"),
@@ -1035,7 +1130,10 @@ async fn bad_input_is_refused_with_the_right_code_and_changes_nothing() {
     let cmd = |f: fn(&mut pb::Command)| {
         let mut c = halt(3, "halt-bad", Scope::National);
         f(&mut c);
-        pb::ApplyCommandRequest { command: Some(c) }
+        pb::ApplyCommandRequest {
+            command: Some(c),
+            ..Default::default()
+        }
     };
     let too_many: Vec<String> = (0..10_001).map(|_| practice_feature(EMIS_A)).collect();
     let huge_scope: Vec<String> = (0..10_001).map(|i| format!("A{i:05}")).collect();
@@ -1308,6 +1406,7 @@ async fn bad_input_is_refused_with_the_right_code_and_changes_nothing() {
             "resume naming no halt",
             refused(control.apply_command(pb::ApplyCommandRequest {
                 command: Some(resume(3, "resume-x", &[])),
+                ..Default::default()
             }))
             .await,
             IA,
@@ -1322,24 +1421,27 @@ async fn bad_input_is_refused_with_the_right_code_and_changes_nothing() {
             true,
         ),
         (
-            "replace with a hole in the sequence",
-            refused(control.replace_rules(pb::ReplaceRulesRequest {
-                sequence: 2,
-                commands: vec![define(1, None), go_live(3, "g", Scope::National, None)],
-                rejected_sequences: vec![],
-            }))
+            "snapshot holding a command past its sequence",
+            refused(control.replace_rules(tokio_stream::iter(snapshot(
+                2,
+                HistoryHash::EMPTY,
+                (0, HistoryHash::EMPTY),
+                vec![define(1, None), go_live(3, "g", Scope::National, None)],
+            ))))
             .await,
             IA,
             "INVALID_FIELD",
             true,
         ),
         (
-            "replace with a short list",
-            refused(control.replace_rules(pb::ReplaceRulesRequest {
-                sequence: 5,
-                commands: vec![define(1, None)],
-                rejected_sequences: vec![],
-            }))
+            "snapshot without a header",
+            refused(
+                control.replace_rules(tokio_stream::iter(vec![pb::ReplaceRulesRequest {
+                    commands: vec![define(1, None)],
+                    last: true,
+                    ..Default::default()
+                }])),
+            )
             .await,
             IA,
             "INVALID_FIELD",
@@ -1356,6 +1458,7 @@ async fn bad_input_is_refused_with_the_right_code_and_changes_nothing() {
     }));
     let over = refused(control.apply_command(pb::ApplyCommandRequest {
         command: Some(oversize),
+        ..Default::default()
     }))
     .await;
     assert_refused(&over, IA, "INVALID_FIELD", "a scope over 10,000 practices");

@@ -217,6 +217,42 @@ pub fn resume(sequence: u64, id: &str, halts: &[&str]) -> pb::Command {
     )
 }
 
+/// The history hash after the commands given, from the empty log.
+pub fn history_of(commands: &[&pb::Command]) -> rollout_core::HistoryHash {
+    commands.iter().fold(rollout_core::HistoryHash::EMPTY, |h, c| {
+        let id = CommandId::parse(c.name.trim_start_matches("commands/")).expect("command id");
+        h.next(u64::try_from(c.sequence).expect("sequence"), &id)
+    })
+}
+
+/// A snapshot as one ReplaceRules stream: the header in the first chunk, then one command a
+/// chunk, the last chunk marked.
+pub fn snapshot(
+    sequence: u64,
+    hash: rollout_core::HistoryHash,
+    base: (u64, rollout_core::HistoryHash),
+    commands: Vec<pb::Command>,
+) -> Vec<pb::ReplaceRulesRequest> {
+    let header = pb::replace_rules_request::Header {
+        sequence: sequence as i64,
+        history_hash: hash.as_bytes().to_vec(),
+        base_sequence: base.0 as i64,
+        base_history_hash: base.1.as_bytes().to_vec(),
+    };
+    let mut chunks = vec![pb::ReplaceRulesRequest {
+        header: Some(header),
+        ..Default::default()
+    }];
+    chunks.extend(commands.into_iter().map(|c| pb::ReplaceRulesRequest {
+        commands: vec![c],
+        ..Default::default()
+    }));
+    if let Some(last) = chunks.last_mut() {
+        last.last = true;
+    }
+    chunks
+}
+
 /// A scope listing practices.
 pub fn practices(codes: &[&str]) -> Scope {
     Scope::practices(codes.iter().copied()).expect("practice scope")

@@ -14,7 +14,8 @@ use std::{
 
 use prost::Message;
 use rollout_core::{
-    Action, Command, CommandId, Estate, FeatureDef, FeatureKey, PracticeStatus, Scope, SupplierId,
+    Action, Command, CommandId, Estate, FeatureDef, FeatureKey, HistoryHash, PracticeStatus, RuleBook, Scope,
+    SupplierId,
     audit::{AuditDraft, now},
 };
 use rollout_net::{ApiError, wire};
@@ -68,9 +69,57 @@ pub struct Model {
     pub store_version: u64,
     /// The store's change count the model reflects.
     pub store_changes: u64,
+    /// The history hash at every dispatched sequence, from 0 (the index is the sequence).
+    hashes: Vec<HistoryHash>,
 }
 
 impl Model {
+    /// The history hash of the log up to `sequence`, if the log reaches it.
+    pub fn history_hash(&self, sequence: u64) -> Option<HistoryHash> {
+        self.hashes.get(usize::try_from(sequence).ok()?).copied()
+    }
+
+    /// Extends `hashes` over sequences dispatched since it was last extended.
+    fn extend_hashes(&mut self) {
+        if self.hashes.is_empty() {
+            self.hashes.push(HistoryHash::EMPTY);
+        }
+        let from = self.hashes.len() as u64;
+        for (sequence, id) in self.by_sequence.range(from..) {
+            let Some(last) = self.hashes.last().copied() else {
+                break;
+            };
+            if *sequence != self.hashes.len() as u64 {
+                // Sequences are gap-free; a gap would be a corrupt log, and the hashes stop.
+                break;
+            }
+            self.hashes.push(last.next(*sequence, id));
+        }
+    }
+
+    /// The first supplier the coordinator found diverged from its log, if any.
+    pub fn diverged(&self) -> Option<(&SupplierId, &str)> {
+        self.suppliers
+            .iter()
+            .find(|(_, s)| !s.pb.divergence.is_empty())
+            .map(|(id, s)| (id, s.pb.divergence.as_str()))
+    }
+
+    /// Refuses to dispatch while a supplier holds commands this log does not: a new command
+    /// would take a sequence that supplier already holds.
+    fn refuse_if_diverged(&self) -> Result<(), ApiError> {
+        match self.diverged() {
+            None => Ok(()),
+            Some((supplier, why)) => Err(ApiError::failed_precondition(
+                "SUPPLIER_DIVERGED",
+                format!(
+                    "suppliers/{supplier} has diverged from this coordinator's log ({why}); nothing new is dispatched until an operator recovers the missing commands (rolloutctl recover --from {supplier})"
+                ),
+            )
+            .with_metadata("supplier", format!("suppliers/{supplier}"))),
+        }
+    }
+
     /// The last dispatched sequence.
     pub fn last_sequence(&self) -> u64 {
         self.by_sequence.keys().next_back().copied().unwrap_or(0)
@@ -111,6 +160,32 @@ pub struct SupplierEndpoint {
     pub endpoint: String,
     /// The identity its server certificate must carry.
     pub identity: String,
+}
+
+/// Most command bytes in one snapshot chunk: with the chunk's own framing, under the 1 MiB a
+/// ReplaceRules chunk may take.
+const SNAPSHOT_CHUNK_BYTES: usize = 1_000_000;
+
+/// A snapshot of the effective state for one supplier, in chunks.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// What the snapshot is and what it was built against.
+    pub header: pb::replace_rules_request::Header,
+    /// The effective commands, at most [`SNAPSHOT_CHUNK_BYTES`] a chunk, in sequence order
+    /// (one chunk, perhaps empty, at the least).
+    pub chunks: Vec<Vec<pb::Command>>,
+    /// The sequences the supplier rejected (their deliveries stay REJECTED).
+    pub rejected: std::collections::HashSet<u64>,
+}
+
+/// What a GetSyncState answer told the coordinator.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncCheck {
+    /// The supplier holds commands the log does not, or its history differs: nothing may be
+    /// sent to it.
+    pub diverged: bool,
+    /// The highest sequence the supplier had acknowledged before.
+    pub acked: u64,
 }
 
 /// The coordinator core.
@@ -169,11 +244,11 @@ fn store_error(context: &'static str) -> impl FnOnce(rollout_store::StoreError) 
 
 /// A change to commit then apply.
 #[derive(Debug, Default)]
-struct Change {
-    features: Vec<(FeatureDef, pb::Feature)>,
-    commands: Vec<Cmd>,
-    deliveries: Vec<((u64, SupplierId), pb::Delivery)>,
-    suppliers: Vec<(SupplierId, SupplierStatus)>,
+pub(crate) struct Change {
+    pub(crate) features: Vec<(FeatureDef, pb::Feature)>,
+    pub(crate) commands: Vec<Cmd>,
+    pub(crate) deliveries: Vec<((u64, SupplierId), pb::Delivery)>,
+    pub(crate) suppliers: Vec<(SupplierId, SupplierStatus)>,
 }
 
 impl Change {
@@ -312,6 +387,7 @@ fn build_model(stored: rollout_store::coordinator::CoordinatorState) -> Result<M
     }
     m.store_version = stored.version;
     m.store_changes = stored.changes;
+    m.extend_hashes();
     Ok(m)
 }
 
@@ -352,7 +428,7 @@ impl Core {
         &self.store
     }
 
-    async fn commit(
+    pub(crate) async fn commit(
         &self,
         m: &mut Model,
         change: Change,
@@ -386,6 +462,7 @@ impl Core {
         m.store_changes += 1;
         let before = m.last_sequence();
         change.apply(m);
+        m.extend_hashes();
         let after = m.last_sequence();
         if after > before {
             self.target.send_replace(after);
@@ -419,7 +496,7 @@ impl Core {
     }
 
     /// Before an API write on a shared store: catch up if another replica wrote.
-    async fn catch_up(&self, m: &mut Model) -> Result<(), ApiError> {
+    pub(crate) async fn catch_up(&self, m: &mut Model) -> Result<(), ApiError> {
         if !self.store.shared() {
             return Ok(());
         }
@@ -564,6 +641,7 @@ impl Core {
             )
             .with_metadata("name", format!("features/{}", def.key)));
         }
+        m.refuse_if_diverged()?;
         let at = now();
         let mut cmd = self.new_command(
             requester,
@@ -685,6 +763,7 @@ impl Core {
         }
         let mut change = Change::default();
         if approvals == 0 {
+            m.refuse_if_diverged()?;
             self.dispatch(&m, &mut cmd, &mut change, at);
         }
         let view = {
@@ -741,6 +820,7 @@ impl Core {
         cmd.domain.approved_by.push(approver.to_owned());
         let mut change = Change::default();
         if cmd.pb.approvals.len() >= usize::try_from(cmd.pb.approvals_required).unwrap_or(1) {
+            m.refuse_if_diverged()?;
             cmd.pb.approve_time = Some(wire::timestamp(at));
             self.dispatch(&m, &mut cmd, &mut change, at);
         }
@@ -793,50 +873,144 @@ impl Core {
         Ok(view)
     }
 
-    /// The wire form of the dispatched command at `sequence`, as suppliers receive it.
-    pub async fn sequenced(&self, sequence: u64) -> Option<pb::Command> {
+    /// The wire form of the dispatched command at `sequence`, as suppliers receive it, with
+    /// the history hash before it.
+    pub async fn sequenced(&self, sequence: u64) -> Option<(pb::Command, HistoryHash)> {
         let m = self.model.lock().await;
         let id = m.by_sequence.get(&sequence)?;
-        m.commands.get(id).map(|c| wire::command_pb(&c.domain))
+        let previous = m.history_hash(sequence - 1)?;
+        m.commands
+            .get(id)
+            .map(|c| (wire::command_pb(&c.domain), previous))
     }
 
-    /// Every dispatched command up to `target`, and the sequences `supplier` rejected.
-    pub async fn world(&self, supplier: &SupplierId) -> (u64, Vec<pb::Command>, Vec<i64>) {
-        let m = self.model.lock().await;
-        let commands = m
-            .by_sequence
-            .values()
-            .filter_map(|id| m.commands.get(id))
-            .map(|c| wire::command_pb(&c.domain))
-            .collect();
-        let rejected = m
-            .deliveries
-            .iter()
-            .filter(|(_, per)| {
-                per.get(supplier)
-                    .is_some_and(|d| d.state() == pb::delivery::State::Rejected)
-            })
-            .map(|(seq, _)| i64::try_from(*seq).unwrap_or(i64::MAX))
-            .collect();
-        (m.last_sequence(), commands, rejected)
+    /// A snapshot of the effective state for `supplier`, whose applied sequence is `applied`:
+    /// the log replayed into a rule book with the commands this supplier rejected skipped, so
+    /// that the halts a rejected resume named stay in force there. It reaches as far as the
+    /// supplier can take without judging anything: to the target, or, while the supplier
+    /// declares a change freeze, to just before the first go-live or resume it has not yet
+    /// judged (those go one by one, so that it can reject them). `None` if that is no
+    /// further than `applied`. The replay runs outside the model's lock.
+    pub async fn snapshot(
+        &self,
+        supplier: &SupplierId,
+        applied: u64,
+        frozen: bool,
+    ) -> Result<Option<Snapshot>, String> {
+        let (log, rejected, judged, hashes) = {
+            let m = self.model.lock().await;
+            let log: Vec<Command> = m
+                .by_sequence
+                .values()
+                .filter_map(|id| m.commands.get(id).map(|c| c.domain.clone()))
+                .collect();
+            let rejected: std::collections::HashSet<u64> = m
+                .deliveries
+                .iter()
+                .filter(|(_, per)| {
+                    per.get(supplier)
+                        .is_some_and(|d| d.state() == pb::delivery::State::Rejected)
+                })
+                .map(|(seq, _)| *seq)
+                .collect();
+            let acked = m.suppliers.get(supplier).map_or(0, |s| s.acked);
+            (log, rejected, applied.max(acked), m.hashes.clone())
+        };
+        let target = log.last().map_or(0, |c| c.sequence);
+        let sequence = if frozen {
+            log.iter()
+                .find(|c| c.sequence > judged && c.action.turns_on())
+                .map_or(target, |c| c.sequence - 1)
+        } else {
+            target
+        };
+        if sequence <= applied {
+            return Ok(None);
+        }
+        let hash_at = |s: u64| {
+            usize::try_from(s)
+                .ok()
+                .and_then(|i| hashes.get(i).copied())
+                .ok_or_else(|| format!("the log has no history hash at sequence {s}"))
+        };
+        let mut book = RuleBook::new();
+        for c in log.iter().take_while(|c| c.sequence <= sequence) {
+            let replayed = if rejected.contains(&c.sequence) {
+                book.skip(c)
+            } else {
+                book.apply(c, None).map(|_| ())
+            };
+            replayed.map_err(|e| format!("the log does not replay at sequence {}: {e}", c.sequence))?;
+        }
+        let by_sequence: HashMap<u64, &Command> = log.iter().map(|c| (c.sequence, c)).collect();
+        let mut chunks: Vec<Vec<pb::Command>> = vec![Vec::new()];
+        let mut bytes = 0;
+        for (s, _) in book.effective_commands() {
+            let Some(c) = by_sequence.get(&s) else { continue };
+            let command = wire::command_pb(c);
+            let len = command.encoded_len();
+            if bytes + len > SNAPSHOT_CHUNK_BYTES && chunks.last().is_some_and(|c| !c.is_empty()) {
+                chunks.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += len;
+            if let Some(chunk) = chunks.last_mut() {
+                chunk.push(command);
+            }
+        }
+        Ok(Some(Snapshot {
+            header: pb::replace_rules_request::Header {
+                sequence: i64::try_from(sequence).unwrap_or(i64::MAX),
+                history_hash: hash_at(sequence)?.as_bytes().to_vec(),
+                base_sequence: i64::try_from(applied).unwrap_or(i64::MAX),
+                base_history_hash: hash_at(applied)?.as_bytes().to_vec(),
+            },
+            chunks,
+            rejected,
+        }))
     }
 
-    /// What the coordinator last recorded of `supplier`.
-    pub async fn supplier_status(&self, supplier: &SupplierId) -> SupplierStatus {
-        self.model
-            .lock()
-            .await
-            .suppliers
-            .get(supplier)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Records a GetSyncState answer (a heartbeat); persisted only when something durable
-    /// changed (applied sequence, freeze).
-    pub async fn record_sync(&self, supplier: &SupplierId, state: &pb::SyncState) -> Result<(), ApiError> {
+    /// Records a GetSyncState answer (a heartbeat) and checks the supplier's history against
+    /// the log: a supplier whose applied sequence is past the log's end, or whose history hash
+    /// there differs, is DIVERGED (and logged at WARN) until a later answer matches again.
+    /// Persisted only when something durable changed (applied sequence, freeze, divergence).
+    pub async fn record_sync(
+        &self,
+        supplier: &SupplierId,
+        state: &pb::SyncState,
+    ) -> Result<SyncCheck, ApiError> {
         let mut m = self.model.lock().await;
         let mut s = m.suppliers.get(supplier).cloned().unwrap_or_default();
+        let acked = s.acked;
+        let applied = u64::try_from(state.applied_sequence).unwrap_or(0);
+        let target = m.last_sequence();
+        let divergence = if applied > target {
+            format!(
+                "it has applied sequence {applied} but this coordinator's log ends at {target}: it holds commands this log does not"
+            )
+        } else {
+            match (
+                HistoryHash::from_slice(&state.history_hash),
+                m.history_hash(applied),
+            ) {
+                (Some(theirs), Some(ours)) if theirs == ours => String::new(),
+                (Some(theirs), ours) => format!(
+                    "its history at sequence {applied} (hash {theirs}) differs from this coordinator's log (hash {})",
+                    ours.map(|h| h.to_string()).unwrap_or_default()
+                ),
+                (None, _) => format!(
+                    "it reported a history hash of {} bytes, not 32",
+                    state.history_hash.len()
+                ),
+            }
+        };
+        if divergence != s.pb.divergence {
+            if divergence.is_empty() {
+                info!(supplier = %supplier, applied, "supplier's history matches the log again");
+            } else {
+                tracing::warn!(supplier = %supplier, applied, target, divergence, "supplier has diverged from this coordinator's log; nothing is sent to it and nothing new is dispatched until its commands are recovered");
+            }
+        }
         // Other replicas learn of contact from the store: on a shared store, write it down
         // every few seconds so that they do not show a live supplier as STALE.
         let contact_due = self.store.shared()
@@ -846,10 +1020,13 @@ impl Core {
                 .is_none_or(|t| t.elapsed().is_ok_and(|e| e > self.stale_after / 4));
         let durable_change = s.pb.applied_sequence != state.applied_sequence
             || s.pb.frozen != state.frozen
+            || s.pb.divergence != divergence
             || !s.pb.last_error.is_empty()
             || contact_due;
+        let diverged = !divergence.is_empty();
         s.pb.applied_sequence = state.applied_sequence;
         s.pb.frozen = state.frozen;
+        s.pb.divergence = divergence;
         s.pb.feature_counts = state.feature_counts.clone();
         s.pb.last_error = String::new();
         s.last_contact = Some(SystemTime::now());
@@ -859,11 +1036,11 @@ impl Core {
                 suppliers: vec![(supplier.clone(), s)],
                 ..Change::default()
             };
-            self.commit(&mut m, change, None, None).await
+            self.commit(&mut m, change, None, None).await?;
         } else {
             m.suppliers.insert(supplier.clone(), s);
-            Ok(())
         }
+        Ok(SyncCheck { diverged, acked })
     }
 
     /// Records a failed contact (kept in memory; the last error shows in the supplier view).
@@ -958,7 +1135,9 @@ impl Core {
         let fresh = status
             .last_contact
             .is_some_and(|t| t.elapsed().map_or(true, |e| e <= self.stale_after));
-        view.state = if !fresh {
+        view.state = if !view.divergence.is_empty() {
+            pb::supplier::State::Diverged
+        } else if !fresh {
             pb::supplier::State::Stale
         } else if !view.conflicts.is_empty() {
             pb::supplier::State::Rejected

@@ -1,8 +1,13 @@
-//! One delivery task per supplier: heartbeats through GetSyncState, ordered ApplyCommand, a
-//! full resync with ReplaceRules on a gap or when the supplier has lost state, and retries with
-//! exponential backoff and full jitter. A slow or dead supplier only ever delays its own task.
+//! One delivery task per supplier: heartbeats through GetSyncState (each checking the
+//! supplier's history against the log), ordered ApplyCommand, a snapshot resync (ReplaceRules,
+//! in chunks) when the supplier has lost state or is far behind, and retries with exponential
+//! backoff and full jitter. A slow or dead supplier only ever delays its own task. A supplier
+//! that holds commands the log does not is never sent anything but heartbeats.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use rollout_core::SupplierId;
 use rollout_proto::v1::{self as pb, control_service_client::ControlServiceClient};
@@ -18,6 +23,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Deadline for one call to a supplier.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A supplier more than this many commands behind gets a snapshot rather than one
+/// ApplyCommand per command.
+const SNAPSHOT_AFTER: u64 = 64;
 
 /// Exponential backoff with full jitter: a delay drawn uniformly from zero to the current cap,
 /// so that many coordinators (or many suppliers coming back) do not retry in lockstep.
@@ -60,7 +68,10 @@ pub async fn run(
         loop {
             match sync(&core, &supplier, &mut client, known).await {
                 Ok(applied) => {
-                    known = Some(applied);
+                    // A diverged supplier (`None`) is asked again at every heartbeat: its
+                    // answer is the contact its fail-closed features need, and it is how the
+                    // coordinator sees that a recovery has brought the histories together.
+                    known = applied;
                     backoff.reset();
                     tokio::select! {
                         _ = tokio::time::sleep(heartbeat) => known = None,
@@ -93,13 +104,16 @@ fn call<T>(msg: T) -> tonic::Request<T> {
 
 /// Brings the supplier up to the current target. With `known`, trusts it as the supplier's
 /// applied sequence (a wrong guess is answered FAILED_PRECONDITION); otherwise asks
-/// GetSyncState, which is also the heartbeat. Returns the supplier's applied sequence.
+/// GetSyncState, which is also the heartbeat, and checks the supplier's history against the
+/// log. A supplier that lost state, or is far behind, gets a snapshot first; the rest go one
+/// command at a time, each carrying the history hash before it. Returns the supplier's applied
+/// sequence, or `None` for a supplier that has diverged from the log (nothing is sent to it).
 async fn sync(
     core: &Core,
     supplier: &SupplierId,
     client: &mut ControlServiceClient<Channel>,
     known: Option<u64>,
-) -> Result<u64, String> {
+) -> Result<Option<u64>, String> {
     let target = *core.target.borrow();
     let mut applied = match known {
         Some(a) => a,
@@ -111,30 +125,39 @@ async fn sync(
                 .await
                 .map_err(|s| describe(&s))?
                 .into_inner();
-            core.record_sync(supplier, &state)
+            let check = core
+                .record_sync(supplier, &state)
                 .await
                 .map_err(|e| e.to_string())?;
-            let applied = u64::try_from(state.applied_sequence).unwrap_or(0);
-            let acked = core.supplier_status(supplier).await.acked;
-            if applied < acked || applied > target {
-                warn!(
-                    applied,
-                    acked, target, "supplier state does not match what it acknowledged; resynchronising"
-                );
-                return replace(core, supplier, client).await;
+            if check.diverged {
+                return Ok(None);
             }
-            applied
+            let applied = u64::try_from(state.applied_sequence).unwrap_or(0);
+            if applied < check.acked || target.saturating_sub(applied) > SNAPSHOT_AFTER {
+                if applied < check.acked {
+                    warn!(
+                        applied,
+                        acked = check.acked,
+                        target,
+                        "supplier has lost state it acknowledged; resynchronising with a snapshot"
+                    );
+                }
+                replace(core, supplier, client, applied, state.frozen).await?
+            } else {
+                applied
+            }
         }
     };
     while applied < target {
         let sequence = applied + 1;
-        let Some(command) = core.sequenced(sequence).await else {
+        let Some((command, previous)) = core.sequenced(sequence).await else {
             return Err(format!("sequence {sequence} is not in the command log"));
         };
         core.record_attempt(supplier, sequence).await;
         match client
             .apply_command(call(pb::ApplyCommandRequest {
                 command: Some(command),
+                previous_history_hash: previous.as_bytes().to_vec(),
             }))
             .await
         {
@@ -145,53 +168,79 @@ async fn sync(
                 if let Some(reason) = &rejection {
                     warn!(sequence, reason, "supplier rejected the command");
                 }
-                applied = u64::try_from(resp.applied_sequence).unwrap_or(sequence);
+                // The answer is the supplier's word: never take it past what was sent.
+                applied = u64::try_from(resp.applied_sequence)
+                    .unwrap_or(sequence)
+                    .min(sequence);
                 core.record_applied(supplier, vec![(sequence, rejection, resp.apply_time)], applied)
                     .await
                     .map_err(|e| e.to_string())?;
             }
             Err(status) if status.code() == Code::FailedPrecondition => {
-                warn!(sequence, error = %status.message(), "supplier is out of step; resynchronising");
-                return replace(core, supplier, client).await;
+                // Out of step (a gap, or a history that does not match): ask its state again.
+                return Err(format!("supplier is out of step: {}", describe(&status)));
             }
             Err(status) => return Err(describe(&status)),
         }
     }
-    Ok(applied)
+    Ok(Some(applied))
 }
 
-/// Sends the full rule set (every command to the target) and records every outcome.
+/// Sends a snapshot of the effective state in chunks and records the outcomes it stands for.
+/// Returns the supplier's applied sequence afterwards (unchanged if a snapshot would bring it
+/// no further).
 async fn replace(
     core: &Core,
     supplier: &SupplierId,
     client: &mut ControlServiceClient<Channel>,
+    applied: u64,
+    frozen: bool,
 ) -> Result<u64, String> {
-    let (sequence, commands, rejected_sequences) = core.world(supplier).await;
-    let resp = client
-        .replace_rules(call(pb::ReplaceRulesRequest {
-            sequence: i64::try_from(sequence).unwrap_or(i64::MAX),
+    let started = Instant::now();
+    let Some(snapshot) = core.snapshot(supplier, applied, frozen).await? else {
+        return Ok(applied);
+    };
+    let sequence = u64::try_from(snapshot.header.sequence).unwrap_or(0);
+    let count = snapshot.chunks.len();
+    let commands: usize = snapshot.chunks.iter().map(Vec::len).sum();
+    let mut header = Some(snapshot.header);
+    let requests: Vec<pb::ReplaceRulesRequest> = snapshot
+        .chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, commands)| pb::ReplaceRulesRequest {
+            header: header.take(),
             commands,
-            rejected_sequences,
-        }))
+            last: i + 1 == count,
+        })
+        .collect();
+    let resp = client
+        .replace_rules(call(tokio_stream::iter(requests)))
         .await
         .map_err(|s| describe(&s))?
         .into_inner();
-    let applied = u64::try_from(resp.applied_sequence).unwrap_or(0);
-    let outcomes = (1..=applied)
-        .map(|s| {
-            let rejection = resp
-                .rejections
-                .iter()
-                .find(|r| u64::try_from(r.sequence).ok() == Some(s))
-                .map(|r| r.reason.clone());
-            (s, rejection, resp.apply_time)
-        })
+    if u64::try_from(resp.applied_sequence).ok() != Some(sequence) {
+        return Err(format!(
+            "supplier answered applied sequence {} to a snapshot as of {sequence}",
+            resp.applied_sequence
+        ));
+    }
+    let outcomes = (applied + 1..=sequence)
+        .filter(|s| !snapshot.rejected.contains(s))
+        .map(|s| (s, None, resp.apply_time))
         .collect();
-    core.record_applied(supplier, outcomes, applied)
+    core.record_applied(supplier, outcomes, sequence)
         .await
         .map_err(|e| e.to_string())?;
-    info!(applied, "supplier resynchronised with ReplaceRules");
-    Ok(applied)
+    info!(
+        from = applied,
+        to = sequence,
+        commands,
+        chunks = count,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "supplier resynchronised with a snapshot"
+    );
+    Ok(sequence)
 }
 
 /// The status with its chain of causes (a refused handshake says why, not just "transport

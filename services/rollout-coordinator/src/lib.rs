@@ -9,6 +9,7 @@
 
 mod core;
 mod delivery;
+mod recovery;
 mod service;
 
 use std::{
@@ -250,6 +251,10 @@ pub fn access_table() -> AccessTable {
         .allow(
             "/nhs.gprollout.v1.CoordinatorService/ListAuditEvents",
             Access::AnyOf(AUDITOR),
+        )
+        .allow(
+            "/nhs.gprollout.v1.CoordinatorService/RecoverCommands",
+            Access::AnyOf(OPERATOR),
         )
 }
 

@@ -17,7 +17,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, transport::Channel};
 use tracing::{Span, instrument};
 
-use crate::core::{Core, Idempotency};
+use crate::{
+    core::{Core, Idempotency},
+    recovery::{self, Recovery},
+};
 
 const SERVICE: &str = "/nhs.gprollout.v1.CoordinatorService";
 
@@ -720,5 +723,41 @@ impl CoordinatorService for Handlers {
             events: events.iter().map(wire::audit_pb).collect(),
             next_page_token,
         }))
+    }
+
+    #[instrument(skip_all, fields(supplier))]
+    async fn recover_commands(
+        &self,
+        req: Request<pb::RecoverCommandsRequest>,
+    ) -> Result<Response<pb::RecoverCommandsResponse>, Status> {
+        let r = req.get_ref();
+        let audit = draft(&req, "RecoverCommands", &r.supplier, &r.request_id, &r.reason);
+        let call = async {
+            identity(&req)?;
+            let supplier = wire::supplier_name("supplier", &r.supplier)?;
+            Span::current().record("supplier", supplier.as_str());
+            wire::text("reason", &r.reason)?;
+            let idem = idempotency("RecoverCommands", &r.request_id, r)?;
+            if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
+                return decode(&bytes);
+            }
+            let channel =
+                self.channels.get(&supplier).cloned().ok_or_else(|| {
+                    ApiError::not_found("SUPPLIER_NOT_FOUND", format!("suppliers/{supplier}"))
+                })?;
+            let after = self.core.model().await.last_sequence();
+            let held = recovery::read_held(&supplier, channel, after).await?;
+            let recovery = Recovery {
+                supplier,
+                held,
+                dry_run: r.dry_run,
+                idem,
+            };
+            self.core.recover(recovery, audit.clone()).await
+        };
+        if r.dry_run {
+            return Ok(Response::new(call.await?));
+        }
+        self.audited(audit.clone(), call).await
     }
 }

@@ -71,8 +71,6 @@ pub enum Applicable<'a> {
     Scheduled(&'a Rule),
     /// An active halt.
     Halt(&'a Rule),
-    /// A halt lifted by a resume (for the record).
-    LiftedHalt(&'a Rule),
     /// The practice's opt-out.
     OptOut(&'a OptOut),
 }
@@ -81,10 +79,7 @@ impl Applicable<'_> {
     /// Sequence order for display; an opt-out sorts first.
     pub fn sequence(&self) -> u64 {
         match self {
-            Applicable::GoLive(r)
-            | Applicable::Scheduled(r)
-            | Applicable::Halt(r)
-            | Applicable::LiftedHalt(r) => r.sequence,
+            Applicable::GoLive(r) | Applicable::Scheduled(r) | Applicable::Halt(r) => r.sequence,
             Applicable::OptOut(_) => 0,
         }
     }
@@ -99,9 +94,16 @@ pub struct Evaluation<'a> {
     pub reason: Reason,
     /// The rule that decided, where one did.
     pub deciding: Option<Applicable<'a>>,
-    /// Every applicable rule in sequence order; empty unless explanation was asked for.
+    /// The applicable rules, at most [`MAX_EXPLAINED_RULES`]: the deciding one first, then
+    /// the others newest first. Empty unless explanation was asked for.
     pub rules: Vec<Applicable<'a>>,
+    /// How many more rules apply than `rules` lists.
+    pub omitted: usize,
 }
+
+/// The most rules one explained answer lists, so that an answer's size never grows with the
+/// number of rules in force (the rest are counted in [`Evaluation::omitted`]).
+pub const MAX_EXPLAINED_RULES: usize = 16;
 
 /// Evaluates `feature` for `practice`. With `explain`, every applicable rule is listed too;
 /// without, nothing is allocated.
@@ -122,10 +124,7 @@ pub fn evaluate<'a>(
 
     feature.for_each_covering(practice, |rule| {
         let applicable = match &rule.kind {
-            RuleKind::Halt {
-                lifted_by: Some(_), ..
-            } => Applicable::LiftedHalt(rule),
-            RuleKind::Halt { lifted_by: None, .. } => {
+            RuleKind::Halt { .. } => {
                 if newest_halt.is_none_or(|h| h.sequence < rule.sequence) {
                     newest_halt = Some(rule);
                 }
@@ -148,9 +147,6 @@ pub fn evaluate<'a>(
             rules.push(applicable);
         }
     });
-    if explain {
-        rules.sort_by_key(Applicable::sequence);
-    }
 
     let stale = match feature.def.fail_mode {
         FailMode::Static => false,
@@ -177,11 +173,19 @@ pub fn evaluate<'a>(
     } else {
         (S::Disabled, R::NotLive, None)
     };
+    let mut omitted = 0;
+    if explain {
+        // The deciding rule first, then the newest: what an operator asks about first.
+        rules.sort_by_key(|a| (Some(*a) != deciding, std::cmp::Reverse(a.sequence())));
+        omitted = rules.len().saturating_sub(MAX_EXPLAINED_RULES);
+        rules.truncate(MAX_EXPLAINED_RULES);
+    }
     Evaluation {
         state,
         reason,
         deciding,
         rules,
+        omitted,
     }
 }
 

@@ -7,12 +7,14 @@
 pub mod audit;
 pub mod estate;
 pub mod eval;
+pub mod history;
 pub mod id;
 pub mod rules;
 pub mod scope;
 
 pub use estate::{Estate, EstateError, Source};
-pub use eval::{Applicable, Context, Evaluation, Reason, State, evaluate};
+pub use eval::{Applicable, Context, Evaluation, MAX_EXPLAINED_RULES, Reason, State, evaluate};
+pub use history::HistoryHash;
 pub use id::{CommandId, FeatureKey, IcbCode, IdError, IdKind, OdsCode, RegionCode, SubIcbCode, SupplierId};
 pub use rules::{
     Action, ApplyError, Command, FailMode, FeatureDef, FeatureDefError, FeatureRules, OptOut, Outcome, Rule,

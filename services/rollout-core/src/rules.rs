@@ -1,11 +1,14 @@
 //! Feature definitions, commands, and the rule book that applies them in sequence order.
 //!
-//! The rule book is what a supplier serves from: every feature definition and every go-live and
-//! halt, indexed by scope so that evaluating one practice looks only at the rules that could
-//! cover it (see [`crate::eval`]).
+//! The rule book is what a supplier serves from: the *effective* rule set (every feature
+//! definition, every go-live and every halt in force), indexed by scope so that evaluating one
+//! practice looks only at the rules that could cover it (see [`crate::eval`]). The command log
+//! is history and stays in the stores; the book is compacted as commands apply (a resume
+//! retires the halts it lifts and is not kept), so it grows with the rules in force, not with
+//! the log.
 
 use std::{
-    collections::{HashMap, hash_map::Entry},
+    collections::{BTreeMap, HashMap, hash_map::Entry},
     time::{Duration, SystemTime},
 };
 
@@ -166,12 +169,10 @@ pub enum RuleKind {
         /// When it takes effect.
         effective_at: SystemTime,
     },
-    /// Off in scope while not lifted.
+    /// Off in scope. A halt is held only while in force: a resume that lifts it retires it.
     Halt {
         /// Covered practices.
         scope: Scope,
-        /// The resume that lifted it, if one has.
-        lifted_by: Option<CommandId>,
     },
 }
 
@@ -235,9 +236,12 @@ pub enum ApplyError {
     /// A feature definition for a key that already exists.
     #[error("feature {0} is already defined")]
     FeatureExists(FeatureKey),
-    /// A command id already used by an earlier command.
+    /// A command id already used by a command the book holds.
     #[error("command id {0} is already used")]
     DuplicateCommand(CommandId),
+    /// A resume offered as part of an effective state, which never holds one.
+    #[error("command {0} is a resume, which is never part of an effective state")]
+    NotEffective(CommandId),
 }
 
 /// Where a scope's rules are filed in the index.
@@ -251,15 +255,31 @@ enum ScopeKey {
     Practice(OdsCode),
 }
 
-/// One feature's definition and rules, indexed by scope.
+impl ScopeKey {
+    /// The index keys a scope is filed under: one, or one per listed practice.
+    fn of(scope: &Scope) -> Vec<ScopeKey> {
+        match scope {
+            Scope::National => vec![ScopeKey::National],
+            Scope::Supplier(s) => vec![ScopeKey::Supplier(s.clone())],
+            Scope::Region(r) => vec![ScopeKey::Region(*r)],
+            Scope::Icb(i) => vec![ScopeKey::Icb(*i)],
+            Scope::SubIcb(s) => vec![ScopeKey::SubIcb(*s)],
+            Scope::Practices(set) => set.iter().map(|p| ScopeKey::Practice(*p)).collect(),
+        }
+    }
+}
+
+/// One feature's definition and its rules in force, indexed by scope.
 #[derive(Debug, Clone)]
 pub struct FeatureRules {
     /// The definition.
     pub def: FeatureDef,
-    /// Every go-live and halt, in sequence order.
-    rules: Vec<Rule>,
-    /// Positions in `rules` by the scope key that files them, each list in sequence order.
-    index: FastMap<ScopeKey, Vec<u32>>,
+    /// The CreateFeature command that defined it: (sequence, command id).
+    pub defined_by: (u64, CommandId),
+    /// Every go-live and active halt, by sequence.
+    rules: BTreeMap<u64, Rule>,
+    /// Sequences in `rules` by the scope key that files them, each list in sequence order.
+    index: FastMap<ScopeKey, Vec<u64>>,
 }
 
 /// A hash map for the lookups on the read path (keys come from the rule book and the estate):
@@ -267,37 +287,43 @@ pub struct FeatureRules {
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 impl FeatureRules {
-    fn new(def: FeatureDef) -> Self {
+    fn new(def: FeatureDef, defined_by: (u64, CommandId)) -> Self {
         FeatureRules {
             def,
-            rules: Vec::new(),
+            defined_by,
+            rules: BTreeMap::new(),
             index: FastMap::default(),
         }
     }
 
-    /// Every rule, in sequence order.
-    pub fn rules(&self) -> &[Rule] {
-        &self.rules
+    /// Every rule in force (go-lives and active halts), in sequence order.
+    pub fn rules(&self) -> impl ExactSizeIterator<Item = &Rule> {
+        self.rules.values()
     }
 
     fn push(&mut self, rule: Rule) {
-        let pos = self.rules.len() as u32;
-        let keys: Vec<ScopeKey> = match rule.scope() {
-            Scope::National => vec![ScopeKey::National],
-            Scope::Supplier(s) => vec![ScopeKey::Supplier(s.clone())],
-            Scope::Region(r) => vec![ScopeKey::Region(*r)],
-            Scope::Icb(i) => vec![ScopeKey::Icb(*i)],
-            Scope::SubIcb(s) => vec![ScopeKey::SubIcb(*s)],
-            Scope::Practices(set) => set.iter().map(|p| ScopeKey::Practice(*p)).collect(),
-        };
-        for key in keys {
-            self.index.entry(key).or_default().push(pos);
+        for key in ScopeKey::of(rule.scope()) {
+            self.index.entry(key).or_default().push(rule.sequence);
         }
-        self.rules.push(rule);
+        self.rules.insert(rule.sequence, rule);
     }
 
-    /// Calls `f` with every rule (lifted or not) whose scope covers the practice. Looks at six
-    /// index buckets, never at every rule; order is by bucket, not by sequence.
+    /// Retires the rule at `sequence`: it leaves the book and the index, scope and all.
+    fn retire(&mut self, sequence: u64) -> Option<Rule> {
+        let rule = self.rules.remove(&sequence)?;
+        for key in ScopeKey::of(rule.scope()) {
+            if let Entry::Occupied(mut bucket) = self.index.entry(key) {
+                bucket.get_mut().retain(|s| *s != sequence);
+                if bucket.get().is_empty() {
+                    bucket.remove();
+                }
+            }
+        }
+        Some(rule)
+    }
+
+    /// Calls `f` with every rule in force whose scope covers the practice. Looks at six index
+    /// buckets, never at every rule; order is by bucket, not by sequence.
     pub fn for_each_covering<'a>(&'a self, p: &Practice, mut f: impl FnMut(&'a Rule)) {
         let keys = [
             ScopeKey::National,
@@ -309,22 +335,26 @@ impl FeatureRules {
         ];
         for key in &keys {
             if let Some(list) = self.index.get(key) {
-                for &pos in list {
-                    f(&self.rules[pos as usize]);
+                for sequence in list {
+                    if let Some(rule) = self.rules.get(sequence) {
+                        f(rule);
+                    }
                 }
             }
         }
     }
 }
 
-/// Every feature and rule a supplier has applied, and its applied sequence.
+/// The effective rule set a supplier serves from: every feature definition, every go-live and
+/// every halt still in force, and the applied sequence. It is compacted as it goes (see
+/// [`RuleBook::apply`]), so its size follows the rules in force, never the length of the
+/// command log.
 #[derive(Debug, Clone, Default)]
 pub struct RuleBook {
     features: FastMap<FeatureKey, FeatureRules>,
-    /// Which feature and position each halt lives at, for resumes.
-    halts: HashMap<CommandId, (FeatureKey, usize)>,
-    /// Every command id seen, go-live, halt, resume and create alike.
-    seen: HashMap<CommandId, u64>,
+    /// Every command the book holds (definitions and rules in force), by id: its feature and
+    /// sequence. Resumes find their halts here.
+    held: HashMap<CommandId, (FeatureKey, u64)>,
     applied_sequence: u64,
     synchronised: bool,
 }
@@ -340,13 +370,13 @@ impl RuleBook {
         self.applied_sequence
     }
 
-    /// Whether any command (or a full replacement) has ever been applied.
+    /// Whether any command (or a snapshot) has ever been applied.
     pub fn synchronised(&self) -> bool {
         self.synchronised
     }
 
-    /// Marks the book synchronised at `sequence` without commands (a full replacement at a
-    /// sequence with nothing in it).
+    /// Marks the book synchronised at `sequence` (a snapshot's sequence, which may be past the
+    /// last command the book holds).
     pub fn mark_synchronised(&mut self, sequence: u64) {
         self.synchronised = true;
         self.applied_sequence = self.applied_sequence.max(sequence);
@@ -360,6 +390,21 @@ impl RuleBook {
     /// Every feature, in no particular order.
     pub fn features(&self) -> impl Iterator<Item = &FeatureRules> {
         self.features.values()
+    }
+
+    /// How many rules are in force across every feature (definitions not counted).
+    pub fn rule_count(&self) -> usize {
+        self.features.values().map(|f| f.rules.len()).sum()
+    }
+
+    /// The commands the book holds, as (sequence, id), in sequence order: each feature's
+    /// definition, every go-live and every halt in force. This is the effective state a
+    /// snapshot carries; replaying these commands alone (with [`RuleBook::restore`]) rebuilds
+    /// a book that answers exactly as this one.
+    pub fn effective_commands(&self) -> Vec<(u64, CommandId)> {
+        let mut out: Vec<(u64, CommandId)> = self.held.iter().map(|(id, (_, s))| (*s, id.clone())).collect();
+        out.sort_unstable_by_key(|(s, _)| *s);
+        out
     }
 
     /// Checks that `cmd` can be applied next, without changing anything.
@@ -377,7 +422,12 @@ impl RuleBook {
                 got: cmd.sequence,
             });
         }
-        if self.seen.contains_key(&cmd.id) {
+        self.check_body(cmd)
+    }
+
+    /// The checks of [`RuleBook::check`] that do not depend on the sequence.
+    fn check_body(&self, cmd: &Command) -> Result<(), ApplyError> {
+        if self.held.contains_key(&cmd.id) {
             return Err(ApplyError::DuplicateCommand(cmd.id.clone()));
         }
         match &cmd.action {
@@ -394,8 +444,14 @@ impl RuleBook {
 
     /// Applies the next command. `freeze` is the supplier's declared change-freeze reason, if
     /// any: a go-live or resume is then rejected (the sequence still advances); a halt or a
-    /// feature definition never is. A resume lifts only the named halts of its own feature
-    /// that are still active; names it cannot find are passed over.
+    /// feature definition never is.
+    ///
+    /// Compaction happens here: a resume **retires** the named halts of its own feature that
+    /// are in force (they leave the book, scope and all), and is not kept itself; names it
+    /// cannot find (unknown, already lifted, another feature's) are passed over. A rejected
+    /// command changes nothing but the sequence. Nothing else is ever retired: go-lives and
+    /// unlifted halts stay until a resume names them. So the book answers exactly as a replay
+    /// of the whole log would (the property tests hold it to that).
     pub fn apply(&mut self, cmd: &Command, freeze: Option<&str>) -> Result<Outcome, ApplyError> {
         self.check(cmd)?;
         let outcome = match (freeze, cmd.action.turns_on()) {
@@ -405,20 +461,58 @@ impl RuleBook {
                 Outcome::Applied
             }
         };
-        self.seen.insert(cmd.id.clone(), cmd.sequence);
         self.applied_sequence = cmd.sequence;
         self.synchronised = true;
         Ok(outcome)
     }
 
-    /// Records a command as rejected without judging it again (a full replacement that keeps
-    /// an earlier rejection).
+    /// Records a command as rejected without judging it again.
     pub fn skip(&mut self, cmd: &Command) -> Result<(), ApplyError> {
         self.check(cmd)?;
-        self.seen.insert(cmd.id.clone(), cmd.sequence);
         self.applied_sequence = cmd.sequence;
         self.synchronised = true;
         Ok(())
+    }
+
+    /// Puts back one command of an effective state (a snapshot, or the rules in force a store
+    /// holds): a feature definition, a go-live or a halt, in increasing sequence order but not
+    /// necessarily contiguous. A resume is never part of an effective state and is refused.
+    pub fn restore(&mut self, cmd: &Command) -> Result<(), ApplyError> {
+        if cmd.sequence <= self.applied_sequence {
+            return Err(ApplyError::AlreadyApplied {
+                applied: self.applied_sequence,
+                got: cmd.sequence,
+            });
+        }
+        if matches!(cmd.action, Action::Resume { .. }) {
+            return Err(ApplyError::NotEffective(cmd.id.clone()));
+        }
+        self.check_body(cmd)?;
+        self.apply_action(cmd);
+        self.applied_sequence = cmd.sequence;
+        self.synchronised = true;
+        Ok(())
+    }
+
+    /// The sequences of the halts in force that a resume would retire (none for any other
+    /// command): the named halts of its own feature.
+    pub fn lifts(&self, cmd: &Command) -> Vec<u64> {
+        let Action::Resume { halts } = &cmd.action else {
+            return Vec::new();
+        };
+        halts
+            .iter()
+            .filter_map(|h| self.held.get(h))
+            .filter(|(feature, sequence)| {
+                *feature == cmd.feature
+                    && self
+                        .features
+                        .get(feature)
+                        .and_then(|f| f.rules.get(sequence))
+                        .is_some_and(|r| matches!(r.kind, RuleKind::Halt { .. }))
+            })
+            .map(|(_, sequence)| *sequence)
+            .collect()
     }
 
     fn apply_action(&mut self, cmd: &Command) {
@@ -431,20 +525,18 @@ impl RuleBook {
             reason: cmd.reason.clone(),
             approved_by: cmd.approved_by.clone(),
         };
+        let held = (cmd.feature.clone(), cmd.sequence);
         match &cmd.action {
             Action::CreateFeature(def) => {
                 if let Entry::Vacant(v) = self.features.entry(def.key.clone()) {
-                    v.insert(FeatureRules::new(def.clone()));
+                    v.insert(FeatureRules::new(def.clone(), (cmd.sequence, cmd.id.clone())));
+                    self.held.insert(cmd.id.clone(), (def.key.clone(), cmd.sequence));
                 }
             }
             Action::Halt { scope } => {
                 if let Some(f) = self.features.get_mut(&cmd.feature) {
-                    self.halts
-                        .insert(cmd.id.clone(), (cmd.feature.clone(), f.rules.len()));
-                    f.push(rule(RuleKind::Halt {
-                        scope: scope.clone(),
-                        lifted_by: None,
-                    }));
+                    f.push(rule(RuleKind::Halt { scope: scope.clone() }));
+                    self.held.insert(cmd.id.clone(), held);
                 }
             }
             Action::GoLive { scope, effective_at } => {
@@ -453,24 +545,17 @@ impl RuleBook {
                         scope: scope.clone(),
                         effective_at: effective_at.unwrap_or(cmd.issued_at),
                     }));
+                    self.held.insert(cmd.id.clone(), held);
                 }
             }
-            Action::Resume { halts } => {
-                for halt in halts {
-                    let Some((feature, pos)) = self.halts.get(halt) else {
-                        continue;
-                    };
-                    if *feature != cmd.feature {
-                        continue;
-                    }
-                    if let Some(RuleKind::Halt { lifted_by, .. }) = self
+            Action::Resume { .. } => {
+                for sequence in self.lifts(cmd) {
+                    if let Some(retired) = self
                         .features
-                        .get_mut(feature)
-                        .and_then(|f| f.rules.get_mut(*pos))
-                        .map(|r| &mut r.kind)
-                        && lifted_by.is_none()
+                        .get_mut(&cmd.feature)
+                        .and_then(|f| f.retire(sequence))
                     {
-                        *lifted_by = Some(cmd.id.clone());
+                        self.held.remove(&retired.command);
                     }
                 }
             }
@@ -479,7 +564,11 @@ impl RuleBook {
 
     /// The halt with this command id, if the book holds one.
     pub fn halt(&self, id: &CommandId) -> Option<&Rule> {
-        let (feature, pos) = self.halts.get(id)?;
-        self.features.get(feature)?.rules.get(*pos)
+        let (feature, sequence) = self.held.get(id)?;
+        self.features
+            .get(feature)?
+            .rules
+            .get(sequence)
+            .filter(|r| matches!(r.kind, RuleKind::Halt { .. }))
     }
 }

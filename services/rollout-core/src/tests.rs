@@ -200,8 +200,7 @@ fn check(rows: &[Row]) {
                     crate::Applicable::OptOut(_) => "opt-out".to_owned(),
                     crate::Applicable::GoLive(r)
                     | crate::Applicable::Scheduled(r)
-                    | crate::Applicable::Halt(r)
-                    | crate::Applicable::LiftedHalt(r) => r.command.to_string(),
+                    | crate::Applicable::Halt(r) => r.command.to_string(),
                 });
                 // The deciding rule is always among the listed ones.
                 if let Some(d) = e.deciding {
@@ -673,7 +672,7 @@ fn rule_table() {
 }
 
 #[test]
-fn explanation_lists_lifted_halts_and_scheduled_go_lives() {
+fn explanation_lists_rules_in_force_deciding_first_and_retires_lifted_halts() {
     let book = book(&[
         Define,
         GoLive("g1", "national", 0),
@@ -697,11 +696,13 @@ fn explanation_lists_lifted_halts_and_scheduled_go_lives() {
             crate::Applicable::GoLive(r) => format!("live {}", r.command),
             crate::Applicable::Scheduled(r) => format!("scheduled {}", r.command),
             crate::Applicable::Halt(r) => format!("halt {}", r.command),
-            crate::Applicable::LiftedHalt(r) => format!("lifted {}", r.command),
             crate::Applicable::OptOut(_) => "opt-out".to_owned(),
         })
         .collect();
-    assert_eq!(kinds, ["live g1", "lifted h1", "scheduled g2"]);
+    // The lifted halt is retired: it is history (the coordinator's), not a rule in force. The
+    // deciding rule comes first, then the newest.
+    assert_eq!(kinds, ["live g1", "scheduled g2"]);
+    assert_eq!(e.omitted, 0);
     assert!(
         e.explain().starts_with("enabled: live by command g1"),
         "{}",
@@ -773,7 +774,7 @@ fn freeze_rejects_go_live_and_resume_but_never_a_halt() {
     assert_eq!(f.rules().len(), 2, "only the two halts are held");
     assert!(
         book.halt(&CommandId::parse("h1").expect("id"))
-            .is_some_and(|h| matches!(h.kind, crate::RuleKind::Halt { lifted_by: None, .. }))
+            .is_some_and(|h| matches!(h.kind, crate::RuleKind::Halt { .. }))
     );
 }
 
@@ -990,19 +991,105 @@ fn arb_steps() -> impl Strategy<Value = Vec<Step>> {
 /// Applies the feature definition, then the steps, skipping any that cannot apply (a halt id
 /// drawn twice). Go-live and resume ids get their sequence appended so they never collide.
 fn book_with(define: Step, steps: &[Step]) -> RuleBook {
+    log_with(define, steps).0
+}
+
+/// The book of [`book_with`] and the log of every command it applied, in order. Command ids
+/// are unique in a real log: a halt id drawn a second time is skipped.
+fn log_with(define: Step, steps: &[Step]) -> (RuleBook, Vec<Command>) {
     let mut book = RuleBook::new();
-    book.apply(&command(define, 1), None).expect("define");
+    let first = command(define, 1);
+    book.apply(&first, None).expect("define");
+    let mut log = vec![first];
     for step in steps {
         let sequence = book.applied_sequence() + 1;
         let mut cmd = command(*step, sequence);
         if !matches!(step, Halt(..)) {
             cmd.id = CommandId::parse(&format!("{}-{sequence}", cmd.id)).expect("id");
         }
-        if book.check(&cmd).is_ok() {
+        if log.iter().all(|c| c.id != cmd.id) && book.check(&cmd).is_ok() {
             book.apply(&cmd, None).expect("checked");
+            log.push(cmd);
         }
     }
-    book
+    (book, log)
+}
+
+/// The answer a replay of the whole log gives, with no index and no compaction: a halt is in
+/// force unless a later resume of its feature names it. (state, reason, deciding sequence).
+fn full_log_answer(
+    log: &[Command],
+    p: &Practice,
+    opted_out: bool,
+    ctx: &Context,
+) -> (State, Reason, Option<u64>) {
+    let lifted = |h: &Command| {
+        log.iter().any(|r| {
+            r.sequence > h.sequence
+                && r.feature == h.feature
+                && matches!(&r.action, Action::Resume { halts } if halts.contains(&h.id))
+        })
+    };
+    let ttl = log.iter().find_map(|c| match &c.action {
+        Action::CreateFeature(def) => Some(def.fail_mode),
+        _ => None,
+    });
+    let stale = match ttl {
+        Some(FailMode::Closed { ttl }) => ctx
+            .last_contact
+            .is_none_or(|t| ctx.now.duration_since(t).is_ok_and(|d| d > ttl)),
+        _ => false,
+    };
+    let newest_halt = log
+        .iter()
+        .filter(|c| matches!(&c.action, Action::Halt { scope } if scope.covers(p)) && !lifted(c))
+        .map(|c| c.sequence)
+        .max();
+    let go_lives = log.iter().filter_map(|c| match &c.action {
+        Action::GoLive { scope, effective_at } if scope.covers(p) => {
+            Some((c.sequence, effective_at.unwrap_or(c.issued_at)))
+        }
+        _ => None,
+    });
+    let first_live = go_lives
+        .clone()
+        .filter(|(_, t)| *t <= ctx.now)
+        .map(|(s, _)| s)
+        .min();
+    let first_scheduled = go_lives.filter(|(_, t)| *t > ctx.now).map(|(s, _)| s).min();
+    if !ctx.synchronised {
+        (State::Unknown, Reason::NeverSynchronised, None)
+    } else if p.status != PracticeStatus::Active {
+        (State::Disabled, Reason::PracticeNotActive, None)
+    } else if opted_out {
+        (State::Disabled, Reason::OptedOut, Some(0))
+    } else if stale {
+        (State::Disabled, Reason::ControlStale, None)
+    } else if let Some(h) = newest_halt {
+        (State::Disabled, Reason::Halted, Some(h))
+    } else if let Some(g) = first_live {
+        (State::Enabled, Reason::Live, Some(g))
+    } else if let Some(g) = first_scheduled {
+        (State::Disabled, Reason::Scheduled, Some(g))
+    } else {
+        (State::Disabled, Reason::NotLive, None)
+    }
+}
+
+/// The compacted book's answer in the same shape as [`full_log_answer`].
+fn book_answer(
+    book: &RuleBook,
+    p: &Practice,
+    opted_out: bool,
+    ctx: &Context,
+) -> (State, Reason, Option<u64>) {
+    let opt = opted_out.then(|| opt_out(p.ods.as_str()));
+    let e = evaluate(book.feature(&key()).expect("feature"), p, opt.as_ref(), ctx, true);
+    if let Some(d) = e.deciding {
+        assert_eq!(e.rules.first(), Some(&d), "the deciding rule is listed first");
+    }
+    assert!(e.rules.len() <= crate::MAX_EXPLAINED_RULES);
+    (e.state, e.reason, e.deciding.map(|d| d.sequence()))
 }
 
 fn book_from(steps: &[Step]) -> RuleBook {
@@ -1027,11 +1114,11 @@ fn naive(book: &RuleBook, p: &Practice, opted_out: bool, now: u64) -> State {
     if p.status != PracticeStatus::Active || opted_out {
         return State::Disabled;
     }
-    let covering = f.rules().iter().filter(|r| r.scope().covers(p));
+    let covering = f.rules().filter(|r| r.scope().covers(p));
     let mut live = false;
     for r in covering {
         match &r.kind {
-            crate::RuleKind::Halt { lifted_by: None, .. } => return State::Disabled,
+            crate::RuleKind::Halt { .. } => return State::Disabled,
             crate::RuleKind::GoLive { effective_at, .. } if *effective_at <= at(now) => live = true,
             _ => {}
         }
@@ -1088,8 +1175,8 @@ proptest! {
         let book = book_from(&steps);
         let f = book.feature(&key()).expect("feature");
         for p in &practices {
-            let halted = f.rules().iter().any(|r| {
-                matches!(r.kind, crate::RuleKind::Halt { lifted_by: None, .. }) && r.scope().covers(p)
+            let halted = f.rules().any(|r| {
+                matches!(r.kind, crate::RuleKind::Halt { .. }) && r.scope().covers(p)
             });
             prop_assert_eq!(state(&book, p, true, now), State::Disabled);
             if halted {
@@ -1109,8 +1196,8 @@ proptest! {
         let after = book_from(&with_resume);
         let f = before.feature(&key()).expect("feature");
         for p in &practices {
-            let other_halt = f.rules().iter().any(|r| {
-                matches!(r.kind, crate::RuleKind::Halt { lifted_by: None, .. })
+            let other_halt = f.rules().any(|r| {
+                matches!(r.kind, crate::RuleKind::Halt { .. })
                     && r.command.as_str() != HALT_IDS[lift]
                     && r.scope().covers(p)
             });
@@ -1137,6 +1224,33 @@ proptest! {
             if p.status != PracticeStatus::Active {
                 prop_assert_eq!(evaluate(f, p, None, &ctx(now), false).state, State::Disabled);
             }
+        }
+    }
+
+    #[test]
+    fn compacted_state_answers_exactly_as_the_full_log(
+        closed in any::<bool>(), steps in arb_steps(), practices in prop::collection::vec(arb_practice(), 1..8),
+        opted in any::<bool>(), now in 0u64..400, contact_age in 0u64..120,
+    ) {
+        let define = if closed { DefineClosed(60) } else { Define };
+        let (book, log) = log_with(define, &steps);
+        // The effective state alone, as a snapshot carries it and a store reloads it.
+        let mut restored = RuleBook::new();
+        for (sequence, id) in book.effective_commands() {
+            let cmd = log.iter().find(|c| c.id == id && c.sequence == sequence).expect("held command is in the log");
+            restored.restore(cmd).expect("effective commands restore");
+        }
+        restored.mark_synchronised(book.applied_sequence());
+        prop_assert_eq!(restored.applied_sequence(), book.applied_sequence());
+        // Compaction keeps no lifted halt and no resume.
+        let held = book.effective_commands().len();
+        let kept = log.iter().filter(|c| !matches!(c.action, Action::Resume { .. })).count();
+        prop_assert!(held <= kept);
+        let ctx = Context { now: at(now + contact_age), synchronised: true, last_contact: Some(at(now)) };
+        for p in &practices {
+            let want = full_log_answer(&log, p, opted, &ctx);
+            prop_assert_eq!(book_answer(&book, p, opted, &ctx), want);
+            prop_assert_eq!(book_answer(&restored, p, opted, &ctx), want);
         }
     }
 

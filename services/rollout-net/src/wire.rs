@@ -250,6 +250,29 @@ pub fn scope_pb(s: &Scope) -> pb::Scope {
     pb::Scope { target: Some(target) }
 }
 
+/// A scope in the bounded form explained answers carry: kind and target, or for a practice
+/// list how many it names (never the list).
+pub fn scope_summary_pb(s: &Scope) -> pb::ScopeSummary {
+    use pb::scope_summary::Kind;
+    let (kind, target, practice_count) = match s {
+        Scope::National => (Kind::National, String::new(), 0),
+        Scope::Supplier(v) => (Kind::Supplier, v.to_string(), 0),
+        Scope::Region(v) => (Kind::Region, v.to_string(), 0),
+        Scope::Icb(v) => (Kind::Icb, v.to_string(), 0),
+        Scope::SubIcb(v) => (Kind::SubIcb, v.to_string(), 0),
+        Scope::Practices(set) => (
+            Kind::PracticeList,
+            String::new(),
+            i32::try_from(set.len()).unwrap_or(i32::MAX),
+        ),
+    };
+    pb::ScopeSummary {
+        kind: kind.into(),
+        target,
+        practice_count,
+    }
+}
+
 /// A feature definition from the wire (the key comes from the caller: the request's
 /// `feature_id`, or the command's `feature`).
 pub fn feature_def(field: &str, key: FeatureKey, f: &pb::Feature) -> Result<FeatureDef, ApiError> {
@@ -479,20 +502,9 @@ pub fn reason_pb(r: Reason) -> pb::practice_feature::Reason {
 }
 
 fn rule_pb(r: &Rule, status: pb::rule::Status) -> pb::Rule {
-    let (kind, effective_time, lifted_by) = match &r.kind {
-        RuleKind::GoLive { effective_at, .. } => (
-            pb::rule::Kind::GoLive,
-            Some(timestamp(*effective_at)),
-            String::new(),
-        ),
-        RuleKind::Halt { lifted_by, .. } => (
-            pb::rule::Kind::Halt,
-            None,
-            lifted_by
-                .as_ref()
-                .map(|c| format!("commands/{c}"))
-                .unwrap_or_default(),
-        ),
+    let (kind, effective_time) = match &r.kind {
+        RuleKind::GoLive { effective_at, .. } => (pb::rule::Kind::GoLive, Some(timestamp(*effective_at))),
+        RuleKind::Halt { .. } => (pb::rule::Kind::Halt, None),
     };
     pb::Rule {
         kind: kind.into(),
@@ -500,12 +512,12 @@ fn rule_pb(r: &Rule, status: pb::rule::Status) -> pb::Rule {
         deciding: false,
         command: format!("commands/{}", r.command),
         sequence: i64::try_from(r.sequence).unwrap_or(i64::MAX),
-        scope: Some(scope_pb(r.scope())),
+        scope: Some(scope_summary_pb(r.scope())),
         issued_by: r.issued_by.clone(),
         issue_time: Some(timestamp(r.issued_at)),
         reason: r.reason.clone(),
         effective_time,
-        lifted_by,
+        lifted_by: String::new(),
         source: String::new(),
         approved_by: r.approved_by.clone(),
     }
@@ -530,12 +542,12 @@ pub fn applicable_pb(a: &Applicable<'_>) -> pb::Rule {
         Applicable::GoLive(r) => rule_pb(r, S::Active),
         Applicable::Scheduled(r) => rule_pb(r, S::Scheduled),
         Applicable::Halt(r) => rule_pb(r, S::Active),
-        Applicable::LiftedHalt(r) => rule_pb(r, S::Lifted),
         Applicable::OptOut(o) => opt_out_rule_pb(o),
     }
 }
 
-/// An evaluation for the wire, with its rules (marking the deciding one) if it was explained.
+/// An evaluation for the wire, with its rules (marking the deciding one, listed first) if it
+/// was explained: at most [`rollout_core::MAX_EXPLAINED_RULES`], with a count of the rest.
 pub fn evaluation_pb(name: String, e: &Evaluation<'_>) -> pb::PracticeFeature {
     pb::PracticeFeature {
         name,
@@ -551,6 +563,7 @@ pub fn evaluation_pb(name: String, e: &Evaluation<'_>) -> pb::PracticeFeature {
                 rule
             })
             .collect(),
+        omitted_rules: i32::try_from(e.omitted).unwrap_or(i32::MAX),
         ..Default::default()
     }
 }

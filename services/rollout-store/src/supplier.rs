@@ -32,6 +32,20 @@ pub struct StoredCommand {
     pub rejection: Option<String>,
     /// When it was applied or rejected.
     pub applied_at: SystemTime,
+    /// Whether it is one of the rules in force (a feature definition, a go-live, a halt not
+    /// lifted). Resumes, rejected commands and lifted halts are history only.
+    pub effective: bool,
+}
+
+/// Where a supplier stands in the global command sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncPoint {
+    /// The last sequence applied (or rejected, or installed by a snapshot).
+    pub applied_sequence: u64,
+    /// The history hash at that sequence, hex.
+    pub history_hash: String,
+    /// When it was applied (supplier clock).
+    pub applied_at: SystemTime,
 }
 
 /// A practice opt-out as stored, current or withdrawn.
@@ -59,8 +73,12 @@ pub struct Withdrawal {
 /// Everything the supplier serves from, as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SupplierState {
-    /// Commands in sequence order.
+    /// The effective commands (the rules in force), in sequence order; or, for a store written
+    /// before compaction (`sync` is `None`), every command, to be replayed once and marked.
     pub commands: Vec<StoredCommand>,
+    /// Where the supplier stands; `None` if it has never synchronised, or if the store predates
+    /// compaction and holds commands not yet marked.
+    pub sync: Option<SyncPoint>,
     /// The estate.
     pub practices: Vec<Practice>,
     /// Opt-outs, current and withdrawn.
@@ -88,22 +106,39 @@ pub trait SupplierStore: Send + Sync + 'static {
     /// Reads everything needed to rebuild the serving state.
     async fn load(&self) -> Result<SupplierState, StoreError>;
 
-    /// Stores the next command. Fails with [`StoreError::Conflict`] unless its sequence follows
-    /// the last stored one.
+    /// Stores the next command, marks the rows at `retire` (the halts it lifts) no longer
+    /// effective, and moves the sync point to the command's sequence and `history_hash`.
+    /// Fails with [`StoreError::Conflict`] unless its sequence follows the stored sync point.
     async fn append_command(
         &self,
         command: &StoredCommand,
+        retire: &[u64],
+        history_hash: &str,
         version: u64,
         audit: AuditDraft,
     ) -> Result<(), StoreError>;
 
-    /// Replaces every stored command (a full resync). Opt-outs and the estate stay.
-    async fn replace_commands(
+    /// Installs a snapshot: exactly `commands` are effective afterwards (rows already held
+    /// are kept and marked, new ones inserted; the log is never shortened), and the sync point
+    /// becomes `sync`. All or nothing. Opt-outs and the estate stay. Fails with
+    /// [`StoreError::Conflict`] if the stored sync point is past `sync`.
+    async fn install_snapshot(
         &self,
         commands: &[StoredCommand],
+        sync: &SyncPoint,
         version: u64,
         audit: AuditDraft,
     ) -> Result<(), StoreError>;
+
+    /// Marks a store written before compaction: exactly the rows at `effective` stay
+    /// effective, and the sync point is set. Run once, at the first start after the upgrade.
+    async fn mark_compacted(&self, effective: &[u64], sync: &SyncPoint) -> Result<(), StoreError>;
+
+    /// The stored command at `sequence`, if the log holds it.
+    async fn command_at(&self, sequence: u64) -> Result<Option<StoredCommand>, StoreError>;
+
+    /// Stored commands with a sequence above `after`, in order, at most `limit`.
+    async fn list_commands(&self, after: u64, limit: u32) -> Result<Vec<StoredCommand>, StoreError>;
 
     /// Stores an opt-out (new, updated or withdrawn), with the call's idempotency record.
     async fn put_opt_out(
@@ -142,12 +177,27 @@ pub trait SupplierStore: Send + Sync + 'static {
     async fn list_audit(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
 }
 
-const MIGRATIONS: &[MigrationSql] = &[(
-    1,
-    "supplier initial schema",
-    include_str!("../migrations/sqlite/supplier_0001_init.sql"),
-    include_str!("../migrations/postgres/supplier_0001_init.sql"),
-)];
+const MIGRATIONS: &[MigrationSql] = &[
+    (
+        1,
+        "supplier initial schema",
+        include_str!("../migrations/sqlite/supplier_0001_init.sql"),
+        include_str!("../migrations/postgres/supplier_0001_init.sql"),
+    ),
+    (
+        2,
+        "supplier compaction",
+        include_str!("../migrations/sqlite/supplier_0002_compaction.sql"),
+        include_str!("../migrations/postgres/supplier_0002_compaction.sql"),
+    ),
+];
+
+/// The columns [`command_row`] reads, for `concat!` into static SQL.
+macro_rules! command_columns {
+    () => {
+        "sequence, id, feature, body, rejection_reason, applied_at, effective"
+    };
+}
 
 /// The supplier store on SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
@@ -264,9 +314,13 @@ impl SqlSupplierStore {
     }
 }
 
-async fn insert_command(tx: &mut Transaction<'_, Any>, c: &StoredCommand) -> Result<(), StoreError> {
+/// Inserts a command row; a row already at its sequence is kept (same command: the caller has
+/// checked the history) and only its `effective` mark is set.
+async fn upsert_command(tx: &mut Transaction<'_, Any>, c: &StoredCommand) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO commands (sequence, id, feature, body, rejection_reason, applied_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO commands (sequence, id, feature, body, rejection_reason, applied_at, effective)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (sequence) DO UPDATE SET effective = excluded.effective",
     )
     .bind(signed(c.sequence, "sequence")?)
     .bind(&c.id)
@@ -274,6 +328,48 @@ async fn insert_command(tx: &mut Transaction<'_, Any>, c: &StoredCommand) -> Res
     .bind(&c.body)
     .bind(c.rejection.as_deref())
     .bind(micros(c.applied_at))
+    .bind(i64::from(c.effective))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn command_row(row: &AnyRow) -> Result<StoredCommand, StoreError> {
+    Ok(StoredCommand {
+        sequence: unsigned(row.try_get("sequence")?, "sequence")?,
+        id: row.try_get("id")?,
+        feature: row.try_get("feature")?,
+        body: row.try_get("body")?,
+        rejection: row.try_get("rejection_reason")?,
+        applied_at: from_micros(row.try_get("applied_at")?),
+        effective: row.try_get::<i64, _>("effective")? != 0,
+    })
+}
+
+async fn read_sync(tx: &mut Transaction<'_, Any>) -> Result<Option<SyncPoint>, StoreError> {
+    let row: Option<(i64, String, i64)> =
+        sqlx::query_as("SELECT applied_sequence, history_hash, applied_at FROM sync WHERE id = 1")
+            .fetch_optional(&mut **tx)
+            .await?;
+    row.map(|(s, h, at)| {
+        Ok(SyncPoint {
+            applied_sequence: unsigned(s, "applied_sequence")?,
+            history_hash: h,
+            applied_at: from_micros(at),
+        })
+    })
+    .transpose()
+}
+
+async fn write_sync(tx: &mut Transaction<'_, Any>, sync: &SyncPoint) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO sync (id, applied_sequence, history_hash, applied_at) VALUES (1, $1, $2, $3)
+         ON CONFLICT (id) DO UPDATE SET applied_sequence = excluded.applied_sequence,
+            history_hash = excluded.history_hash, applied_at = excluded.applied_at",
+    )
+    .bind(signed(sync.applied_sequence, "applied_sequence")?)
+    .bind(&sync.history_hash)
+    .bind(micros(sync.applied_at))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -335,23 +431,24 @@ impl SupplierStore for SqlSupplierStore {
     async fn load(&self) -> Result<SupplierState, StoreError> {
         let mut tx = self.pool.begin().await?;
         consistent_reads(&mut tx, self.backend).await?;
-        let commands = sqlx::query(
-            "SELECT sequence, id, feature, body, rejection_reason, applied_at FROM commands ORDER BY sequence",
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(StoredCommand {
-                sequence: unsigned(row.try_get("sequence")?, "sequence")?,
-                id: row.try_get("id")?,
-                feature: row.try_get("feature")?,
-                body: row.try_get("body")?,
-                rejection: row.try_get("rejection_reason")?,
-                applied_at: from_micros(row.try_get("applied_at")?),
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
+        let sync = read_sync(&mut tx).await?;
+        // Only the rules in force, once the store is compacted: start-up reads the effective
+        // state, not the history.
+        let query = if sync.is_some() {
+            concat!(
+                "SELECT ",
+                command_columns!(),
+                " FROM commands WHERE effective = 1 ORDER BY sequence"
+            )
+        } else {
+            concat!("SELECT ", command_columns!(), " FROM commands ORDER BY sequence")
+        };
+        let commands = sqlx::query(query)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(command_row)
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let practices = sqlx::query(
             "SELECT ods, name, region, icb, sub_icb, supplier, status FROM practices ORDER BY ods",
         )
@@ -377,6 +474,7 @@ impl SupplierStore for SqlSupplierStore {
         tx.commit().await?;
         Ok(SupplierState {
             commands,
+            sync,
             practices,
             opt_outs,
             version: unsigned(version, "version")?,
@@ -387,42 +485,116 @@ impl SupplierStore for SqlSupplierStore {
     async fn append_command(
         &self,
         command: &StoredCommand,
+        retire: &[u64],
+        history_hash: &str,
         version: u64,
         audit: AuditDraft,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(sequence) FROM commands")
-            .fetch_one(&mut *tx)
-            .await?;
-        let last = unsigned(last.unwrap_or(0), "sequence")?;
-        if command.sequence != last + 1 {
+        let applied = read_sync(&mut tx).await?.map_or(0, |s| s.applied_sequence);
+        if command.sequence != applied + 1 {
             return Err(StoreError::Conflict(format!(
-                "command sequence {} does not follow the stored sequence {last}",
+                "command sequence {} does not follow the stored applied sequence {applied}",
                 command.sequence
             )));
         }
-        insert_command(&mut tx, command).await?;
+        upsert_command(&mut tx, command).await?;
+        for sequence in retire {
+            sqlx::query("UPDATE commands SET effective = 0 WHERE sequence = $1")
+                .bind(signed(*sequence, "sequence")?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        write_sync(
+            &mut tx,
+            &SyncPoint {
+                applied_sequence: command.sequence,
+                history_hash: history_hash.to_owned(),
+                applied_at: command.applied_at,
+            },
+        )
+        .await?;
         self.bump_version(&mut tx, version).await?;
         common::audit_in(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn replace_commands(
+    async fn install_snapshot(
         &self,
         commands: &[StoredCommand],
+        sync: &SyncPoint,
         version: u64,
         audit: AuditDraft,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM commands").execute(&mut *tx).await?;
-        for c in commands {
-            insert_command(&mut tx, c).await?;
+        let applied = read_sync(&mut tx).await?.map_or(0, |s| s.applied_sequence);
+        if applied > sync.applied_sequence {
+            return Err(StoreError::Conflict(format!(
+                "the stored applied sequence {applied} is past the snapshot's {}",
+                sync.applied_sequence
+            )));
         }
+        sqlx::query("UPDATE commands SET effective = 0 WHERE effective <> 0")
+            .execute(&mut *tx)
+            .await?;
+        for c in commands {
+            upsert_command(&mut tx, c).await?;
+        }
+        write_sync(&mut tx, sync).await?;
         self.bump_version(&mut tx, version).await?;
         common::audit_in(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn mark_compacted(&self, effective: &[u64], sync: &SyncPoint) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if read_sync(&mut tx).await?.is_some() {
+            // Another replica marked it first.
+            return Ok(());
+        }
+        sqlx::query("UPDATE commands SET effective = 0")
+            .execute(&mut *tx)
+            .await?;
+        for sequence in effective {
+            sqlx::query("UPDATE commands SET effective = 1 WHERE sequence = $1")
+                .bind(signed(*sequence, "sequence")?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        write_sync(&mut tx, sync).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn command_at(&self, sequence: u64) -> Result<Option<StoredCommand>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            command_columns!(),
+            " FROM commands WHERE sequence = $1"
+        ))
+        .bind(signed(sequence, "sequence")?)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(command_row)
+        .transpose()
+    }
+
+    async fn list_commands(&self, after: u64, limit: u32) -> Result<Vec<StoredCommand>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            command_columns!(),
+            " FROM commands WHERE sequence > $1 ORDER BY sequence LIMIT $2"
+        ))
+        .bind(signed(after, "sequence")?)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(command_row)
+        .collect()
     }
 
     async fn put_opt_out(

@@ -1,11 +1,18 @@
-//! The supplier's serving state and the one write path that changes it.
+//! The supplier's one write path.
 //!
-//! Reads take an immutable [`Serving`] snapshot from an `ArcSwap` and never wait: a write
-//! builds the next snapshot beside the current one, commits it to the store, and only then
-//! swaps it in and tells the watchers. Writes are serialised by one async mutex.
+//! Reads take an immutable [`Serving`] snapshot from an `ArcSwap` and never wait. Every write
+//! goes the same way: [`Engine::begin`] takes the write lock and the current state (caught up
+//! with the store first if other replicas share it), the writer works out the next state beside
+//! it, and [`Engine::commit`] stores the change at the next stored version (compare and set)
+//! and only then swaps the new state in and tells the watchers. A failed commit changes nothing
+//! in memory.
+//!
+//! What is served and rebuilt at start is the effective state, not the history: the store
+//! keeps every command as received, but marks which are rules in force, and start-up reads
+//! only those (see `rollout_core::rules` for what compaction retires and when).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    future::Future,
     sync::{
         Arc,
         atomic::{AtomicI64, Ordering},
@@ -16,22 +23,27 @@ use std::{
 use arc_swap::ArcSwap;
 use prost::Message;
 use rollout_core::{
-    ApplyError, Command, CommandId, Context, Estate, Evaluation, FailMode, FeatureKey, OdsCode, OptOut,
-    Outcome, Practice, Reason, RuleBook, RuleKind, State, SupplierId,
+    Action, ApplyError, Command, CommandId, Context, FailMode, FeatureKey, HistoryHash, OdsCode, Outcome,
+    Practice, RuleBook, RuleKind, SupplierId,
     audit::{AuditDraft, AuditOutcome, from_micros, micros},
-    evaluate,
 };
 use rollout_net::{ApiError, wire};
 use rollout_proto::v1 as pb;
 use rollout_store::{
     StoreError,
-    supplier::{EstateChange, OptOutRecord, RequestRecord, StoredCommand, SupplierStore, Withdrawal},
+    supplier::{
+        EstateChange, OptOutRecord, RequestRecord, StoredCommand, SupplierState, SupplierStore, SyncPoint,
+        Withdrawal,
+    },
 };
-use tokio::sync::{Mutex, Notify, broadcast};
+use tokio::sync::{Mutex, MutexGuard, Notify, broadcast};
 use tracing::{info, warn};
 
-/// How many change batches are kept for watchers resuming from a version.
-const RETAINED_BATCHES: usize = 4096;
+use crate::fanout::{self, Hub};
+pub use crate::{
+    fanout::{ChangeBatch, WatchStart},
+    snapshot::{Answer, Serving},
+};
 
 /// What the supplier recorded for an applied (or rejected) sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,130 +56,17 @@ pub struct Applied {
     pub at: SystemTime,
 }
 
-/// One answer in the answers cache.
-pub type Answer = (OdsCode, State, Reason);
-
-/// An immutable snapshot of everything the supplier answers from.
-#[derive(Debug, Clone)]
-pub struct Serving {
-    /// Applied features and rules.
-    pub book: Arc<RuleBook>,
-    /// The supplier's practices.
-    pub estate: Arc<Estate>,
-    /// Opt-outs, current and withdrawn.
-    pub opt_outs: Arc<BTreeMap<(OdsCode, FeatureKey), OptOutRecord>>,
-    /// Per applied sequence, what happened.
-    pub applied: Arc<BTreeMap<u64, Applied>>,
-    /// The watch version: this process's position in its stream of changes. Its high 32 bits
-    /// are a random epoch per process, so a watcher that resumes on another replica (or after
-    /// a restart) starts with a snapshot instead of trusting another process's numbering.
-    pub version: u64,
-    /// The stored version this snapshot reflects (compare-and-set on every write).
-    pub store_version: u64,
-    /// Every practice's answer per defined feature, by ODS code, as of `version`.
-    pub answers: Arc<HashMap<FeatureKey, Vec<Answer>>>,
-}
-
-impl Serving {
-    /// The practice's current opt-out from the feature, if any.
-    pub fn opt_out(&self, ods: OdsCode, feature: &FeatureKey) -> Option<&OptOut> {
-        self.opt_outs
-            .get(&(ods, feature.clone()))
-            .filter(|r| r.withdrawal.is_none())
-            .map(|r| &r.opt_out)
-    }
-
-    /// Evaluates a feature for a practice. `None` if the feature is not defined here and the
-    /// supplier has synchronised (so it really does not exist); an undefined feature before the
-    /// first synchronisation is UNKNOWN.
-    pub fn evaluate<'a>(
-        &'a self,
-        p: &Practice,
-        feature: &FeatureKey,
-        ctx: &Context,
-        explain: bool,
-    ) -> Option<Evaluation<'a>> {
-        let opt = self.opt_out(p.ods, feature);
-        match self.book.feature(feature) {
-            Some(f) => Some(evaluate(f, p, opt, ctx, explain)),
-            None if !ctx.synchronised => Some(Evaluation {
-                state: State::Unknown,
-                reason: Reason::NeverSynchronised,
-                deciding: None,
-                rules: opt
-                    .filter(|_| explain)
-                    .map(rollout_core::Applicable::OptOut)
-                    .into_iter()
-                    .collect(),
-            }),
-            None => None,
-        }
-    }
-
-    fn compute_answers(&self, ctx: &Context) -> HashMap<FeatureKey, Vec<Answer>> {
-        self.book
-            .features()
-            .map(|f| {
-                let key = &f.def.key;
-                let answers = self
-                    .estate
-                    .practices()
-                    .map(|p| {
-                        let e = evaluate(f, p, self.opt_out(p.ods, key), ctx, false);
-                        (p.ods, e.state, e.reason)
-                    })
-                    .collect();
-                (key.clone(), answers)
-            })
-            .collect()
-    }
-}
-
-/// Answers that changed for one feature at one version.
-#[derive(Debug, Clone)]
-pub struct ChangeBatch {
-    /// The version the answers are as of.
-    pub version: u64,
-    /// The feature.
-    pub feature: FeatureKey,
-    /// The new answers.
-    pub changes: Vec<Answer>,
-    /// Where each practice's answer is in `changes`, so that a watcher of a few practices
-    /// looks them up instead of scanning the batch (10,000 such watchers on a national halt
-    /// would otherwise scan it 10,000 times).
-    pub index: HashMap<OdsCode, usize>,
-    /// What caused the change.
-    pub cause: String,
-}
-
-/// The answers in `new` that differ from `old` (both sorted by ODS code). A practice missing
-/// from `old` counts as changed from `missing`.
-fn diff(old: Option<&Vec<Answer>>, new: &[Answer], missing: (State, Reason)) -> Vec<Answer> {
-    let old: HashMap<OdsCode, (State, Reason)> = old
-        .map(|v| v.iter().map(|(o, s, r)| (*o, (*s, *r))).collect())
-        .unwrap_or_default();
-    new.iter()
-        .filter(|(ods, s, r)| old.get(ods).copied().unwrap_or(missing) != (*s, *r))
-        .copied()
-        .collect()
-}
-
-/// Watch fan-out: a ring of recent batches for resuming, and a broadcast for live ones.
-#[derive(Debug)]
-struct Hub {
-    ring: VecDeque<Arc<ChangeBatch>>,
-    /// Every batch with a version at or above this is in the ring.
-    retained_from: u64,
-    tx: broadcast::Sender<Arc<ChangeBatch>>,
-}
-
-/// What a new watcher starts from.
-#[derive(Debug)]
-pub enum WatchStart {
-    /// The changes after the requested version, then live ones.
-    Resume(Vec<Arc<ChangeBatch>>),
-    /// A snapshot of this state, then live changes after its version.
-    Snapshot(Arc<Serving>),
+/// What a snapshot is: the state it brings, and the state it was built against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// The effective state is as of this sequence.
+    pub sequence: u64,
+    /// The coordinator's history hash there.
+    pub history_hash: HistoryHash,
+    /// The supplier's applied sequence the coordinator built the snapshot against.
+    pub base_sequence: u64,
+    /// The coordinator's history hash at `base_sequence`.
+    pub base_history_hash: HistoryHash,
 }
 
 /// The supplier's state and its write path.
@@ -194,6 +93,12 @@ impl std::fmt::Debug for Engine {
             .field("supplier", &self.supplier)
             .finish_non_exhaustive()
     }
+}
+
+/// A write in progress: the write lock, and the state it started from.
+struct Write<'a> {
+    _guard: MutexGuard<'a, ()>,
+    current: Arc<Serving>,
 }
 
 fn store_error(context: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
@@ -226,32 +131,64 @@ fn decode(stored: &StoredCommand) -> Result<Command, LoadError> {
     wire::command("command", &pb).map_err(|e| replay(e.to_string()))
 }
 
+/// The marks a store written before compaction needs: the sequences of its rules in force, and
+/// its sync point.
+type Upgrade = (Vec<u64>, SyncPoint);
+
 /// The serving state of what the store holds, at watch version `version` (answers not yet
-/// computed).
-fn build(stored: rollout_store::supplier::SupplierState, version: u64) -> Result<Serving, LoadError> {
-    let mut book = RuleBook::new();
-    let mut applied = BTreeMap::new();
-    for s in &stored.commands {
-        let cmd = decode(s)?;
-        let result = match &s.rejection {
-            Some(_) => book.skip(&cmd),
-            None => book.apply(&cmd, None).map(|_| ()),
-        };
-        result.map_err(|e| LoadError::Replay {
-            sequence: s.sequence,
+/// computed). A compacted store gives only the rules in force, which are restored as they are.
+/// A store written before compaction gives its whole log: it is replayed once, and the marks
+/// to store (the effective sequences and the sync point) are returned with the state.
+fn build(stored: SupplierState, version: u64) -> Result<(Serving, Option<Upgrade>), LoadError> {
+    let problem = |sequence: u64| {
+        move |e: ApplyError| LoadError::Replay {
+            sequence,
             problem: e.to_string(),
-        })?;
-        applied.insert(
-            s.sequence,
-            Applied {
-                id: cmd.id,
-                rejection: s.rejection.clone(),
-                at: s.applied_at,
-            },
-        );
-    }
-    Ok(Serving {
+        }
+    };
+    let mut book = RuleBook::new();
+    let mut upgrade = None;
+    let (head, last_apply_time) = match &stored.sync {
+        Some(sync) => {
+            for s in &stored.commands {
+                book.restore(&decode(s)?).map_err(problem(s.sequence))?;
+            }
+            book.mark_synchronised(sync.applied_sequence);
+            let head = HistoryHash::from_hex(&sync.history_hash).ok_or_else(|| LoadError::Replay {
+                sequence: sync.applied_sequence,
+                problem: "the stored history hash is not 64 hex digits".into(),
+            })?;
+            (head, Some(sync.applied_at))
+        }
+        None => {
+            let mut head = HistoryHash::EMPTY;
+            let mut last = None;
+            for s in &stored.commands {
+                let cmd = decode(s)?;
+                match &s.rejection {
+                    Some(_) => book.skip(&cmd),
+                    None => book.apply(&cmd, None).map(|_| ()),
+                }
+                .map_err(problem(s.sequence))?;
+                head = head.next(s.sequence, &cmd.id);
+                last = Some(s.applied_at);
+            }
+            if let Some(applied_at) = last {
+                let effective = book.effective_commands().into_iter().map(|(s, _)| s).collect();
+                let sync = SyncPoint {
+                    applied_sequence: book.applied_sequence(),
+                    history_hash: head.to_hex(),
+                    applied_at,
+                };
+                upgrade = Some((effective, sync));
+            }
+            (head, last)
+        }
+    };
+    let serving = Serving {
         book: Arc::new(book),
+        head,
+        last_apply_time,
         estate: Arc::new(stored.practices.into_iter().collect()),
         opt_outs: Arc::new(
             stored
@@ -260,15 +197,16 @@ fn build(stored: rollout_store::supplier::SupplierState, version: u64) -> Result
                 .map(|r| ((r.opt_out.practice, r.opt_out.feature.clone()), r))
                 .collect(),
         ),
-        applied: Arc::new(applied),
         version,
         store_version: stored.version,
         answers: Arc::default(),
-    })
+    };
+    Ok((serving, upgrade))
 }
 
 impl Engine {
-    /// Rebuilds the serving state from the store.
+    /// Rebuilds the serving state from the store: the rules in force, never a replay of the
+    /// history (except once, for a store written before compaction).
     pub async fn load(
         store: Arc<dyn SupplierStore>,
         supplier: SupplierId,
@@ -277,18 +215,22 @@ impl Engine {
         let stored = store.load().await?;
         let last_contact = stored.last_contact.map_or(i64::MIN, micros);
         let epoch = u64::from(fastrand::u32(1..0x7fff_ffff)) << 32;
-        let mut serving = build(stored, epoch + 1)?;
+        let (mut serving, upgrade) = build(stored, epoch + 1)?;
+        if let Some((effective, sync)) = upgrade {
+            store.mark_compacted(&effective, &sync).await?;
+            info!(
+                applied_sequence = sync.applied_sequence,
+                rules_in_force = effective.len(),
+                "store written before compaction: replayed once and marked"
+            );
+        }
         let engine = Engine {
             store,
             state: ArcSwap::from_pointee(serving.clone()),
             write: Mutex::new(()),
             last_contact: AtomicI64::new(last_contact),
             persisted_contact: AtomicI64::new(last_contact),
-            hub: std::sync::Mutex::new(Hub {
-                ring: VecDeque::new(),
-                retained_from: serving.version + 1,
-                tx: broadcast::channel(1024).0,
-            }),
+            hub: std::sync::Mutex::new(Hub::new(serving.version)),
             clock: Notify::new(),
             supplier,
             freeze,
@@ -296,6 +238,7 @@ impl Engine {
         serving.answers = Arc::new(serving.compute_answers(&engine.context(&serving)));
         info!(
             applied_sequence = serving.book.applied_sequence(),
+            rules_in_force = serving.book.rule_count(),
             practices = serving.estate.len(),
             store_version = serving.store_version,
             "state rebuilt from the store"
@@ -312,7 +255,7 @@ impl Engine {
             .load()
             .await
             .map_err(store_error("reloading the state"))?;
-        let next =
+        let (next, _) =
             build(stored, current.version + 1).map_err(|e| ApiError::internal("reloading the state", e))?;
         info!(
             store_version = next.store_version,
@@ -322,23 +265,53 @@ impl Engine {
         Ok(self.current())
     }
 
-    /// The current snapshot, first catching up with the store if another replica may have
-    /// written to it. Call with the write lock held.
-    async fn current_for_write(&self) -> Result<Arc<Serving>, ApiError> {
+    /// Takes the write lock and the state to write from, first catching up with the store if
+    /// another replica may have written to it.
+    async fn begin(&self) -> Result<Write<'_>, ApiError> {
+        let guard = self.write.lock().await;
         let current = self.current();
-        if !self.store.shared() {
-            return Ok(current);
-        }
-        let (version, _) = self
-            .store
-            .head()
-            .await
-            .map_err(store_error("reading the store version"))?;
-        if version == current.store_version {
-            Ok(current)
+        let current = if !self.store.shared() {
+            current
         } else {
-            self.reload(&current).await
-        }
+            let (version, _) = self
+                .store
+                .head()
+                .await
+                .map_err(store_error("reading the store version"))?;
+            if version == current.store_version {
+                current
+            } else {
+                self.reload(&current).await?
+            }
+        };
+        Ok(Write {
+            _guard: guard,
+            current,
+        })
+    }
+
+    /// Finishes a write: awaits `stored` (the store write the caller made at
+    /// `current.store_version + 1`), then swaps in `next` and publishes what changed. On a
+    /// failed store write nothing changes in memory.
+    async fn commit<T>(
+        &self,
+        w: &Write<'_>,
+        stored: impl Future<Output = Result<T, StoreError>>,
+        next: Serving,
+        cause: &str,
+        context: &'static str,
+    ) -> Result<T, ApiError> {
+        let value = match stored.await {
+            Ok(v) => v,
+            Err(e) => return Err(self.commit_failed(&w.current, e, context).await),
+        };
+        let next = Serving {
+            version: w.current.version + 1,
+            store_version: w.current.store_version + 1,
+            ..next
+        };
+        self.publish(&w.current, next, cause);
+        Ok(value)
     }
 
     /// Follows changes made through other replicas: reloads when the stored version moved and
@@ -429,42 +402,11 @@ impl Engine {
     fn publish(&self, previous: &Serving, mut next: Serving, cause: &str) {
         let ctx = self.context(&next);
         next.answers = Arc::new(next.compute_answers(&ctx));
-        let missing = if previous.book.synchronised() {
-            (State::Disabled, Reason::NotLive)
-        } else {
-            (State::Unknown, Reason::NeverSynchronised)
-        };
-        let batches: Vec<Arc<ChangeBatch>> = next
-            .answers
-            .iter()
-            .filter_map(|(feature, answers)| {
-                let changes = diff(previous.answers.get(feature), answers, missing);
-                (!changes.is_empty()).then(|| {
-                    Arc::new(ChangeBatch {
-                        version: next.version,
-                        feature: feature.clone(),
-                        index: changes
-                            .iter()
-                            .enumerate()
-                            .map(|(i, (ods, ..))| (*ods, i))
-                            .collect(),
-                        changes,
-                        cause: cause.to_owned(),
-                    })
-                })
-            })
-            .collect();
+        let batches = fanout::batches(previous, &next, cause);
         let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
         self.state.store(Arc::new(next));
         for batch in batches {
-            hub.ring.push_back(batch.clone());
-            while hub.ring.len() > RETAINED_BATCHES {
-                if let Some(old) = hub.ring.pop_front() {
-                    hub.retained_from = hub.retained_from.max(old.version + 1);
-                }
-            }
-            // No receivers is fine: nobody is watching.
-            let _ = hub.tx.send(batch);
+            hub.send(batch);
         }
         drop(hub);
         self.clock.notify_one();
@@ -474,23 +416,7 @@ impl Engine {
     /// else starts from a snapshot.
     pub fn subscribe(&self, start_version: u64) -> (broadcast::Receiver<Arc<ChangeBatch>>, WatchStart) {
         let hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
-        let rx = hub.tx.subscribe();
-        let state = self.current();
-        let start = if start_version > 0
-            && start_version + 1 >= hub.retained_from
-            && start_version <= state.version
-        {
-            WatchStart::Resume(
-                hub.ring
-                    .iter()
-                    .filter(|b| b.version > start_version)
-                    .cloned()
-                    .collect(),
-            )
-        } else {
-            WatchStart::Snapshot(state)
-        };
-        (rx, start)
+        hub.subscribe(start_version, self.current())
     }
 
     /// Re-evaluates every answer at the current time and publishes what changed (a go-live
@@ -525,7 +451,6 @@ impl Engine {
                     _ => None,
                 };
                 f.rules()
-                    .iter()
                     .filter_map(|r| match r.kind {
                         RuleKind::GoLive { effective_at, .. } => Some(effective_at),
                         RuleKind::Halt { .. } => None,
@@ -537,33 +462,36 @@ impl Engine {
     }
 
     /// Applies the next command, durably, before returning. A sequence already applied
-    /// answers as it did the first time.
-    pub async fn apply(&self, body: Vec<u8>, cmd: Command, audit: AuditDraft) -> Result<Applied, ApiError> {
-        let _guard = self.write.lock().await;
-        let current = self.current_for_write().await?;
+    /// answers as it did the first time. With `previous`, the coordinator's history hash before
+    /// the command, refuses a command that does not continue the history applied here.
+    pub async fn apply(
+        &self,
+        body: Vec<u8>,
+        cmd: Command,
+        previous: Option<HistoryHash>,
+        audit: AuditDraft,
+    ) -> Result<Applied, ApiError> {
+        let w = self.begin().await?;
+        let current = &w.current;
         let applied_sequence = current.book.applied_sequence();
         if cmd.sequence <= applied_sequence {
-            return match current.applied.get(&cmd.sequence) {
-                Some(a) if a.id == cmd.id => Ok(a.clone()),
-                Some(a) => Err(ApiError::failed_precondition(
-                    "SEQUENCE_CONFLICT",
-                    format!(
-                        "sequence {} was applied here as command {}, not {}; resynchronise with ReplaceRules",
-                        cmd.sequence, a.id, cmd.id
-                    ),
-                )
-                .with_metadata("applied_sequence", applied_sequence.to_string())),
-                None => Err(ApiError::failed_precondition(
-                    "SEQUENCE_UNKNOWN",
-                    format!(
-                        "sequence {} is at or below the applied sequence but has no record here",
-                        cmd.sequence
-                    ),
-                )
-                .with_metadata("applied_sequence", applied_sequence.to_string())),
-            };
+            return self.recorded(&cmd, applied_sequence).await;
+        }
+        if let Some(previous) = previous
+            && cmd.sequence == applied_sequence + 1
+            && previous != current.head
+        {
+            return Err(diverged(
+                format!(
+                    "command {} at sequence {} does not continue the history applied here (history hash {} at sequence {applied_sequence}, the coordinator's is {previous}); recover the coordinator's log before delivering more",
+                    cmd.id, cmd.sequence, current.head
+                ),
+                applied_sequence,
+                cmd.sequence - 1,
+            ));
         }
         let mut book = (*current.book).clone();
+        let lifts = book.lifts(&cmd);
         let outcome = book
             .apply(&cmd, self.freeze.as_deref())
             .map_err(|e| apply_error(e, applied_sequence))?;
@@ -572,6 +500,7 @@ impl Engine {
             Outcome::Applied => None,
             Outcome::Rejected(r) => Some(r),
         };
+        let retire = if rejection.is_none() { lifts } else { Vec::new() };
         let stored = StoredCommand {
             sequence: cmd.sequence,
             id: cmd.id.to_string(),
@@ -579,6 +508,7 @@ impl Engine {
             body,
             rejection: rejection.clone(),
             applied_at: at,
+            effective: rejection.is_none() && !matches!(cmd.action, Action::Resume { .. }),
         };
         let audit = match &rejection {
             Some(r) => AuditDraft {
@@ -588,126 +518,165 @@ impl Engine {
             },
             None => audit,
         };
-        if let Err(e) = self
-            .store
-            .append_command(&stored, current.store_version + 1, audit)
-            .await
-        {
-            return Err(self
-                .commit_failed(&current, e, "storing an applied command")
-                .await);
-        }
-        let record = Applied {
-            id: cmd.id.clone(),
-            rejection,
-            at,
-        };
-        let mut applied = (*current.applied).clone();
-        applied.insert(cmd.sequence, record.clone());
+        let head = current.head.next(cmd.sequence, &cmd.id);
         let next = Serving {
             book: Arc::new(book),
-            applied: Arc::new(applied),
-            version: current.version + 1,
-            store_version: current.store_version + 1,
-            ..(*current).clone()
+            head,
+            last_apply_time: Some(at),
+            ..(**current).clone()
         };
-        info!(sequence = cmd.sequence, command = %cmd.id, action = cmd.action.name(), rejected = record.rejection.is_some(), "command applied");
-        self.publish(&current, next, &format!("commands/{} applied", cmd.id));
-        Ok(record)
+        let version = current.store_version + 1;
+        let hex = head.to_hex();
+        let write = self.store.append_command(&stored, &retire, &hex, version, audit);
+        let cause = format!("commands/{} applied", cmd.id);
+        self.commit(&w, write, next, &cause, "storing an applied command")
+            .await?;
+        info!(sequence = cmd.sequence, command = %cmd.id, action = cmd.action.name(), rejected = rejection.is_some(), retired = retire.len(), "command applied");
+        Ok(Applied {
+            id: cmd.id,
+            rejection,
+            at,
+        })
     }
 
-    /// Replaces every rule with the coordinator's state of the world. Commands this supplier
-    /// already applied keep the outcome it recorded; those in `rejected` are kept as rejected;
-    /// others are judged now (the change freeze applies).
-    pub async fn replace(
-        &self,
-        commands: Vec<(Vec<u8>, Command)>,
-        sequence: u64,
-        rejected: &HashSet<u64>,
-        audit: AuditDraft,
-    ) -> Result<BTreeMap<u64, Applied>, ApiError> {
-        let _guard = self.write.lock().await;
-        let current = self.current_for_write().await?;
-        let mut book = RuleBook::new();
-        let mut applied = BTreeMap::new();
-        let mut stored = Vec::with_capacity(commands.len());
-        let now = rollout_core::audit::now();
-        for (i, (body, cmd)) in commands.into_iter().enumerate() {
-            let field = format!("commands[{i}]");
-            if cmd.sequence != i as u64 + 1 {
-                return Err(ApiError::invalid_field(
-                    format!("{field}.sequence"),
-                    format!("expected sequence {}: list every command from 1 in order", i + 1),
-                ));
-            }
-            let previous = current.applied.get(&cmd.sequence).filter(|a| a.id == cmd.id);
-            let keep_rejected = previous.map_or(rejected.contains(&cmd.sequence), |a| a.rejection.is_some());
-            let rejection = if keep_rejected {
-                book.skip(&cmd).map_err(|e| ApiError::invalid_field(&field, e))?;
-                Some(
-                    previous
-                        .and_then(|a| a.rejection.clone())
-                        .unwrap_or_else(|| "rejected earlier, as recorded by the coordinator".to_owned()),
-                )
-            } else {
-                let freeze = if previous.is_some() {
-                    None
-                } else {
-                    self.freeze.as_deref()
-                };
-                match book
-                    .apply(&cmd, freeze)
-                    .map_err(|e| ApiError::invalid_field(&field, e))?
-                {
-                    Outcome::Applied => None,
-                    Outcome::Rejected(r) => Some(r),
-                }
-            };
-            let at = previous.map_or(now, |a| a.at);
-            applied.insert(
+    /// The answer to a command at or below the applied sequence: what was recorded for it, if
+    /// it is the same command.
+    async fn recorded(&self, cmd: &Command, applied_sequence: u64) -> Result<Applied, ApiError> {
+        let row = self
+            .store
+            .command_at(cmd.sequence)
+            .await
+            .map_err(store_error("reading an applied command"))?;
+        match row {
+            Some(r) if r.id == cmd.id.as_str() => Ok(Applied {
+                id: cmd.id.clone(),
+                rejection: r.rejection,
+                at: r.applied_at,
+            }),
+            Some(r) => Err(diverged(
+                format!(
+                    "sequence {} was applied here as command {}, not {}: the histories differ",
+                    cmd.sequence, r.id, cmd.id
+                ),
+                applied_sequence,
                 cmd.sequence,
-                Applied {
-                    id: cmd.id.clone(),
-                    rejection: rejection.clone(),
-                    at,
-                },
-            );
-            stored.push(StoredCommand {
+            )),
+            None => Err(ApiError::failed_precondition(
+                "SEQUENCE_UNKNOWN",
+                format!(
+                    "sequence {} is at or below the applied sequence {applied_sequence} but is not held here (it arrived inside a snapshot)",
+                    cmd.sequence
+                ),
+            )
+            .with_metadata("applied_sequence", applied_sequence.to_string())),
+        }
+    }
+
+    /// Installs a snapshot of the coordinator's effective state, all or nothing. Refuses one
+    /// that would go back (older than what is applied here) or that does not continue the
+    /// history applied here; and, while a change freeze is declared, one that would turn
+    /// access on without this supplier judging it (a go-live it has not applied, or a halt it
+    /// holds that the snapshot lifts). Returns how many commands the new state holds.
+    pub async fn install_snapshot(
+        &self,
+        header: SnapshotHeader,
+        commands: Vec<(Vec<u8>, Command)>,
+        audit: AuditDraft,
+    ) -> Result<usize, ApiError> {
+        let w = self.begin().await?;
+        let current = &w.current;
+        let applied = current.book.applied_sequence();
+        if header.sequence < applied {
+            return Err(ApiError::failed_precondition(
+                "SUPPLIER_AHEAD",
+                format!(
+                    "this supplier has applied sequence {applied}; a snapshot as of {} would undo what it applied after. Recover the coordinator's log from this supplier",
+                    header.sequence
+                ),
+            )
+            .with_metadata("applied_sequence", applied.to_string())
+            .with_metadata("snapshot_sequence", header.sequence.to_string()));
+        }
+        if header.base_sequence != applied {
+            return Err(ApiError::failed_precondition(
+                "SNAPSHOT_BASE_MOVED",
+                format!(
+                    "the snapshot was built against applied sequence {}, but this supplier is at {applied}; read the sync state again",
+                    header.base_sequence
+                ),
+            )
+            .with_metadata("applied_sequence", applied.to_string()));
+        }
+        if header.base_history_hash != current.head {
+            return Err(diverged(
+                format!(
+                    "the snapshot's history at sequence {applied} ({}) is not the one applied here ({})",
+                    header.base_history_hash, current.head
+                ),
+                applied,
+                header.sequence,
+            ));
+        }
+        let mut book = RuleBook::new();
+        for (i, (_, cmd)) in commands.iter().enumerate() {
+            book.restore(cmd)
+                .map_err(|e| ApiError::invalid_field(format!("commands[{i}]"), e))?;
+        }
+        book.mark_synchronised(header.sequence);
+        if let Some(freeze) = &self.freeze {
+            let unjudged_go_live = commands
+                .iter()
+                .any(|(_, c)| c.sequence > applied && matches!(c.action, Action::GoLive { .. }));
+            let lifted_here = current.book.features().any(|f| {
+                f.rules()
+                    .any(|r| matches!(r.kind, RuleKind::Halt { .. }) && book.halt(&r.command).is_none())
+            });
+            if unjudged_go_live || lifted_here {
+                return Err(ApiError::failed_precondition(
+                    "SNAPSHOT_NEEDS_JUDGEMENT",
+                    format!(
+                        "this supplier is under a change freeze ({freeze}) and the snapshot turns access on beyond sequence {applied}; deliver those commands one by one"
+                    ),
+                )
+                .with_metadata("applied_sequence", applied.to_string()));
+            }
+        }
+        let at = rollout_core::audit::now();
+        let count = commands.len();
+        let stored: Vec<StoredCommand> = commands
+            .into_iter()
+            .map(|(body, cmd)| StoredCommand {
                 sequence: cmd.sequence,
                 id: cmd.id.to_string(),
                 feature: cmd.feature.to_string(),
                 body,
-                rejection,
+                rejection: None,
                 applied_at: at,
-            });
-        }
-        if stored.len() as u64 != sequence {
-            return Err(ApiError::invalid_field(
-                "sequence",
-                format!(
-                    "is {sequence} but {} commands were listed; list every command up to it",
-                    stored.len()
-                ),
-            ));
-        }
-        book.mark_synchronised(sequence);
-        if let Err(e) = self
-            .store
-            .replace_commands(&stored, current.store_version + 1, audit)
-            .await
-        {
-            return Err(self.commit_failed(&current, e, "replacing the rules").await);
-        }
+                effective: true,
+            })
+            .collect();
+        let sync = SyncPoint {
+            applied_sequence: header.sequence,
+            history_hash: header.history_hash.to_hex(),
+            applied_at: at,
+        };
         let next = Serving {
             book: Arc::new(book),
-            applied: Arc::new(applied.clone()),
-            version: current.version + 1,
-            store_version: current.store_version + 1,
-            ..(*current).clone()
+            head: header.history_hash,
+            last_apply_time: Some(at),
+            ..(**current).clone()
         };
-        info!(sequence, commands = stored.len(), "rules replaced");
-        self.publish(&current, next, "rules replaced");
-        Ok(applied)
+        let version = current.store_version + 1;
+        let write = self.store.install_snapshot(&stored, &sync, version, audit);
+        self.commit(&w, write, next, "snapshot installed", "installing a snapshot")
+            .await?;
+        info!(
+            sequence = header.sequence,
+            from = applied,
+            commands = count,
+            "snapshot installed"
+        );
+        Ok(count)
     }
 
     /// Looks up an idempotency record: `Ok(Some(response))` for a retry of the same request,
@@ -737,36 +706,30 @@ impl Engine {
         respond: impl FnOnce(&OptOutRecord) -> Vec<u8>,
         audit: AuditDraft,
     ) -> Result<OptOutRecord, ApiError> {
-        let _guard = self.write.lock().await;
-        let current = self.current_for_write().await?;
+        let w = self.begin().await?;
+        let current = &w.current;
         let record = make(current.opt_outs.get(&key))?;
         let request = request.map(|(request_id, fingerprint)| RequestRecord {
             request_id,
             fingerprint,
             response: respond(&record),
         });
-        if let Err(e) = self
-            .store
-            .put_opt_out(&record, current.store_version + 1, request, audit)
-            .await
-        {
-            return Err(self.commit_failed(&current, e, "storing an opt-out").await);
-        }
         let mut opt_outs = (*current.opt_outs).clone();
         opt_outs.insert(key.clone(), record.clone());
         let next = Serving {
             opt_outs: Arc::new(opt_outs),
-            version: current.version + 1,
-            store_version: current.store_version + 1,
-            ..(*current).clone()
+            ..(**current).clone()
         };
         let what = if record.withdrawal.is_some() {
             "withdrawn"
         } else {
             "recorded"
         };
+        let version = current.store_version + 1;
+        let write = self.store.put_opt_out(&record, version, request, audit);
+        self.commit(&w, write, next, &format!("opt-out {what}"), "storing an opt-out")
+            .await?;
         info!(practice = %key.0, feature = %key.1, "opt-out {what}");
-        self.publish(&current, next, &format!("opt-out {what}"));
         Ok(record)
     }
 
@@ -777,28 +740,20 @@ impl Engine {
         practices: Vec<Practice>,
         audit: AuditDraft,
     ) -> Result<EstateChange, ApiError> {
-        let _guard = self.write.lock().await;
-        let current = self.current_for_write().await?;
+        let w = self.begin().await?;
+        let current = &w.current;
         if current.estate.practices().eq(practices.iter()) {
             // Nothing to change (another replica, or an earlier start, imported the same files).
             return Ok(EstateChange::default());
         }
-        let change = match self
-            .store
-            .import_estate(&practices, current.store_version + 1, audit)
-            .await
-        {
-            Ok(change) => change,
-            Err(e) => return Err(self.commit_failed(&current, e, "importing the estate").await),
-        };
+        let version = current.store_version + 1;
+        let write = self.store.import_estate(&practices, version, audit);
         let next = Serving {
-            estate: Arc::new(practices.into_iter().collect()),
-            version: current.version + 1,
-            store_version: current.store_version + 1,
-            ..(*current).clone()
+            estate: Arc::new(practices.iter().cloned().collect()),
+            ..(**current).clone()
         };
-        self.publish(&current, next, "estate imported");
-        Ok(change)
+        self.commit(&w, write, next, "estate imported", "importing the estate")
+            .await
     }
 
     /// Appends the audit event of a refused call (already marked refused), logging rather than
@@ -809,7 +764,7 @@ impl Engine {
         }
     }
 
-    /// The store, for reading the audit log.
+    /// The store, for reading the audit log and the command log.
     pub fn store(&self) -> &Arc<dyn SupplierStore> {
         &self.store
     }
@@ -829,6 +784,14 @@ pub fn withdrawn(existing: &OptOutRecord, by: &str, reason: String) -> OptOutRec
     }
 }
 
+/// FAILED_PRECONDITION `HISTORY_DIVERGED`: what the coordinator sent does not continue the
+/// history this supplier applied.
+fn diverged(message: String, applied: u64, sequence: u64) -> ApiError {
+    ApiError::failed_precondition("HISTORY_DIVERGED", message)
+        .with_metadata("applied_sequence", applied.to_string())
+        .with_metadata("sequence", sequence.to_string())
+}
+
 fn apply_error(e: ApplyError, applied: u64) -> ApiError {
     let precondition = |reason, message: String| {
         ApiError::failed_precondition(reason, message).with_metadata("applied_sequence", applied.to_string())
@@ -837,7 +800,7 @@ fn apply_error(e: ApplyError, applied: u64) -> ApiError {
         ApplyError::Gap { got, .. } => precondition(
             "SEQUENCE_GAP",
             format!(
-                "sequence {got} does not follow the applied sequence {applied}; send {} next or resynchronise with ReplaceRules",
+                "sequence {got} does not follow the applied sequence {applied}; send {} next or resynchronise with a snapshot",
                 applied + 1
             ),
         ),
@@ -853,7 +816,11 @@ fn apply_error(e: ApplyError, applied: u64) -> ApiError {
         }
         ApplyError::DuplicateCommand(c) => precondition(
             "COMMAND_EXISTS",
-            format!("command id {c} was already applied at another sequence"),
+            format!("command id {c} is already held here at another sequence"),
+        ),
+        ApplyError::NotEffective(c) => precondition(
+            "NOT_EFFECTIVE",
+            format!("command {c} is a resume, which a snapshot never carries"),
         ),
     }
 }

@@ -7,7 +7,9 @@
 //! - `engine`: the serving state and its one write path; `service`: the gRPC handlers.
 
 mod engine;
+mod fanout;
 mod service;
+mod snapshot;
 
 use std::{
     future::Future,

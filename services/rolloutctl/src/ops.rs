@@ -190,6 +190,23 @@ pub enum Op {
         #[command(subcommand)]
         command: AuditOp,
     },
+    /// Recover into the coordinator's log the commands a DIVERGED supplier holds beyond it
+    /// (after the coordinator was restored from an older backup). Run with --dry-run first to
+    /// see what would be recovered.
+    Recover {
+        /// The supplier to read the commands from, for example `emis`.
+        #[arg(long = "from")]
+        supplier: String,
+        /// Why, for the audit log.
+        #[arg(long)]
+        reason: String,
+        /// Only show what would be recovered.
+        #[arg(long)]
+        dry_run: bool,
+        /// Idempotency key (UUID4).
+        #[arg(long)]
+        request_id: Option<String>,
+    },
 }
 
 /// Feature subcommands.
@@ -384,6 +401,23 @@ fn scope(s: &str) -> Result<pb::Scope, CliError> {
         }
     };
     Ok(pb::Scope { target: Some(target) })
+}
+
+/// A rule's scope as an operator reads it: `national`, `icb QN7`, `list of 5000`.
+fn scope_summary(s: &pb::ScopeSummary) -> String {
+    use pb::scope_summary::Kind;
+    match s.kind() {
+        Kind::PracticeList => format!("list of {}", s.practice_count),
+        Kind::National | Kind::Unspecified => "national".to_owned(),
+        k => format!(
+            "{} {}",
+            k.as_str_name()
+                .trim_start_matches("KIND_")
+                .to_lowercase()
+                .replace('_', "-"),
+            s.target
+        ),
+    }
 }
 
 fn cmd_name(id: &str) -> String {
@@ -738,7 +772,13 @@ pub async fn run(conn: &Connection, op: Op) -> Outcome {
                             s.feature_counts.iter().fold((0, 0, 0), |(e, h, o), f| {
                                 (e + f.enabled, h + f.halted, o + f.opted_out)
                             });
-                        let extra = if s.conflicts.is_empty() {
+                        let extra = if !s.divergence.is_empty() {
+                            format!(
+                                "{} (run: rolloutctl recover --from {} --dry-run)",
+                                s.divergence,
+                                short(&s.name)
+                            )
+                        } else if s.conflicts.is_empty() {
                             s.last_error.clone()
                         } else {
                             s.conflicts.join(" ")
@@ -789,7 +829,7 @@ pub async fn run(conn: &Connection, op: Op) -> Outcome {
                     println!("{}\n{}", p.name, p.explanation);
                     for r in &p.rules {
                         println!(
-                            "  {} {:<8} {:<8} {} {} by {}: {}",
+                            "  {} {:<8} {:<8} {} {:<22} {} by {}: {}",
                             if r.deciding { "*" } else { " " },
                             r.kind().as_str_name().trim_start_matches("KIND_"),
                             r.status().as_str_name().trim_start_matches("STATUS_"),
@@ -798,9 +838,16 @@ pub async fn run(conn: &Connection, op: Op) -> Outcome {
                             } else {
                                 short(&r.command)
                             },
+                            r.scope.as_ref().map(scope_summary).unwrap_or_default(),
                             when(&r.issue_time),
                             r.issued_by,
                             r.reason
+                        );
+                    }
+                    if p.omitted_rules > 0 {
+                        println!(
+                            "  ... and {} more rules in force (newest and deciding shown)",
+                            p.omitted_rules
                         );
                     }
                 }
@@ -872,8 +919,71 @@ pub async fn run(conn: &Connection, op: Op) -> Outcome {
                 }
             });
         }
+        Op::Recover {
+            supplier,
+            reason,
+            dry_run,
+            request_id: id,
+        } => {
+            let r = c
+                .recover_commands(pb::RecoverCommandsRequest {
+                    supplier: format!("suppliers/{supplier}"),
+                    reason,
+                    dry_run,
+                    request_id: request_id(id),
+                })
+                .await
+                .map_err(call)?
+                .into_inner();
+            print_recovery(&r, out);
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_recovery(r: &pb::RecoverCommandsResponse, out: Output) {
+    match out {
+        Output::Json => println!("{}", json(r, "nhs.gprollout.v1.RecoverCommandsResponse")),
+        Output::Name => {
+            for c in &r.commands {
+                println!("{}", c.name);
+            }
+        }
+        Output::Table => {
+            println!(
+                "{} {} commands from {}: the log goes from sequence {} to {}",
+                if r.dry_run { "would recover" } else { "recovered" },
+                r.command_count,
+                short(&r.supplier),
+                r.from_sequence,
+                r.to_sequence
+            );
+            println!(
+                "{:>8} {:<14} {:<36} {:<22} {:<10} REASON",
+                "SEQUENCE", "ACTION", "COMMAND", "SCOPE", "OUTCOME"
+            );
+            for c in &r.commands {
+                println!(
+                    "{:>8} {:<14} {:<36} {:<22} {:<10} {}",
+                    c.sequence,
+                    c.action,
+                    short(&c.name),
+                    c.scope.as_ref().map(scope_summary).unwrap_or_default(),
+                    if c.rejected { "rejected" } else { "applied" },
+                    c.reason
+                );
+            }
+            if usize::try_from(r.command_count).unwrap_or(0) > r.commands.len() {
+                println!(
+                    "... {} more not listed",
+                    r.command_count as usize - r.commands.len()
+                );
+            }
+            if r.dry_run {
+                println!("nothing was changed; run again without --dry-run to recover them");
+            }
+        }
+    }
 }
 
 fn print_verify(r: &pb::VerifyCommandResponse, out: Output) {

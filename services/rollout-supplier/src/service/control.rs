@@ -1,0 +1,258 @@
+//! ControlService: the coordinator's channel into the supplier.
+
+use rollout_core::HistoryHash;
+use tokio_stream::StreamExt;
+
+use super::*;
+use crate::engine::SnapshotHeader;
+
+const CONTROL: &str = "/nhs.gprollout.v1.ControlService";
+/// Most chunks one snapshot may take (at 1 MiB each, a snapshot of 1 GiB): past that the
+/// transfer is refused rather than buffered for ever.
+const MAX_SNAPSHOT_CHUNKS: usize = 1_024;
+/// A ListAppliedCommands page stops before its commands pass this many encoded bytes.
+const PAGE_BYTES: usize = 2 * 1024 * 1024;
+
+fn history_hash(field: &str, bytes: &[u8]) -> Result<HistoryHash, ApiError> {
+    HistoryHash::from_slice(bytes).ok_or_else(|| ApiError::invalid_field(field, "must be 32 bytes (SHA-256)"))
+}
+
+fn sequence(field: &str, value: i64) -> Result<u64, ApiError> {
+    u64::try_from(value).map_err(|_| ApiError::invalid_field(field, "must not be negative"))
+}
+
+#[tonic::async_trait]
+impl ControlService for Handlers {
+    #[instrument(skip_all, fields(sequence, command))]
+    async fn apply_command(
+        &self,
+        req: Request<pb::ApplyCommandRequest>,
+    ) -> Result<Response<pb::ApplyCommandResponse>, Status> {
+        let method = format!("{CONTROL}/ApplyCommand");
+        let r = req.get_ref();
+        let target = r.command.as_ref().map(|c| c.name.clone()).unwrap_or_default();
+        let audit = draft(&req, &method, &target, "");
+        self.engine.heartbeat();
+        self.audited(audit.clone(), async {
+            let pbc = r
+                .command
+                .as_ref()
+                .ok_or_else(|| ApiError::invalid_field("command", "is required"))?;
+            let cmd = wire::command("command", pbc)?;
+            let previous = (!r.previous_history_hash.is_empty())
+                .then(|| history_hash("previous_history_hash", &r.previous_history_hash))
+                .transpose()?;
+            Span::current()
+                .record("sequence", cmd.sequence)
+                .record("command", cmd.id.as_str());
+            let audit = AuditDraft {
+                reason: format!("{} {}: {}", cmd.action.name(), cmd.feature, cmd.reason),
+                ..audit.clone()
+            };
+            let applied = self
+                .engine
+                .apply(pbc.encode_to_vec(), cmd, previous, audit)
+                .await?;
+            Ok(pb::ApplyCommandResponse {
+                applied_sequence: version_i64(self.engine.current().book.applied_sequence()),
+                outcome: if applied.rejection.is_some() {
+                    pb::apply_command_response::Outcome::Rejected
+                } else {
+                    pb::apply_command_response::Outcome::Applied
+                }
+                .into(),
+                rejection_reason: applied.rejection.unwrap_or_default(),
+                apply_time: Some(wire::timestamp(applied.at)),
+            })
+        })
+        .await
+    }
+
+    async fn get_sync_state(
+        &self,
+        _req: Request<pb::GetSyncStateRequest>,
+    ) -> Result<Response<pb::SyncState>, Status> {
+        self.engine.heartbeat();
+        let s = self.engine.current();
+        let mut counts: Vec<pb::FeatureCounts> = s
+            .answers
+            .iter()
+            .map(|(feature, answers)| {
+                let mut c = pb::FeatureCounts {
+                    feature: format!("features/{feature}"),
+                    practices: i32::try_from(answers.len()).unwrap_or(i32::MAX),
+                    ..Default::default()
+                };
+                for (_, state, reason) in answers {
+                    let slot = match (state, reason) {
+                        (State::Enabled, _) => &mut c.enabled,
+                        (State::Unknown, _) => &mut c.unknown,
+                        (_, Reason::Halted) => &mut c.halted,
+                        (_, Reason::OptedOut) => &mut c.opted_out,
+                        (_, Reason::NotLive | Reason::Scheduled) => &mut c.not_live,
+                        _ => &mut c.other_disabled,
+                    };
+                    *slot += 1;
+                }
+                c
+            })
+            .collect();
+        counts.sort_by(|a, b| a.feature.cmp(&b.feature));
+        Ok(Response::new(pb::SyncState {
+            supplier: format!("suppliers/{}", self.engine.supplier),
+            applied_sequence: version_i64(s.book.applied_sequence()),
+            last_apply_time: s.last_apply_time.map(wire::timestamp),
+            frozen: self.engine.freeze.is_some(),
+            freeze_reason: self.engine.freeze.clone().unwrap_or_default(),
+            feature_counts: counts,
+            version: version_i64(s.version),
+            read_time: Some(wire::timestamp(SystemTime::now())),
+            history_hash: s.head.as_bytes().to_vec(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(sequence))]
+    async fn replace_rules(
+        &self,
+        req: Request<tonic::Streaming<pb::ReplaceRulesRequest>>,
+    ) -> Result<Response<pb::ReplaceRulesResponse>, Status> {
+        let method = format!("{CONTROL}/ReplaceRules");
+        let audit = draft(&req, &method, &format!("suppliers/{}", self.engine.supplier), "");
+        self.engine.heartbeat();
+        let mut chunks = req.into_inner();
+        self.audited(audit.clone(), async move {
+            // Gather the whole transfer first: nothing is applied until the last chunk has
+            // arrived, so a transfer cut short changes nothing.
+            let mut header = None;
+            let mut commands = Vec::new();
+            let mut received = 0;
+            let mut last = false;
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.map_err(|s| {
+                    ApiError::new(
+                        tonic::Code::Aborted,
+                        "SNAPSHOT_INTERRUPTED",
+                        format!("the snapshot transfer broke off after {received} chunks ({}); nothing was changed", s.message()),
+                    )
+                })?;
+                received += 1;
+                if received > MAX_SNAPSHOT_CHUNKS {
+                    return Err(ApiError::new(
+                        tonic::Code::ResourceExhausted,
+                        "SNAPSHOT_TOO_LARGE",
+                        format!("a snapshot may take at most {MAX_SNAPSHOT_CHUNKS} chunks"),
+                    ));
+                }
+                match (chunk.header, received) {
+                    (Some(h), 1) => header = Some(h),
+                    (Some(_), _) => return Err(ApiError::invalid_field("header", "is allowed in the first chunk only")),
+                    (None, 1) => return Err(ApiError::invalid_field("header", "is required in the first chunk")),
+                    (None, _) => {}
+                }
+                for c in &chunk.commands {
+                    let field = format!("commands[{}]", commands.len());
+                    commands.push((c.encode_to_vec(), wire::command(&field, c)?));
+                }
+                if chunk.last {
+                    last = true;
+                    break;
+                }
+            }
+            let (Some(h), true) = (header, last) else {
+                return Err(ApiError::new(
+                    tonic::Code::Aborted,
+                    "SNAPSHOT_INCOMPLETE",
+                    format!("the snapshot transfer ended after {received} chunks without its last chunk; nothing was changed"),
+                ));
+            };
+            let header = SnapshotHeader {
+                sequence: sequence("header.sequence", h.sequence)?,
+                history_hash: history_hash("header.history_hash", &h.history_hash)?,
+                base_sequence: sequence("header.base_sequence", h.base_sequence)?,
+                base_history_hash: history_hash("header.base_history_hash", &h.base_history_hash)?,
+            };
+            Span::current().record("sequence", header.sequence);
+            let mut previous = 0;
+            for (i, (_, c)) in commands.iter().enumerate() {
+                if c.sequence > header.sequence || c.sequence <= previous {
+                    return Err(ApiError::invalid_field(
+                        format!("commands[{i}].sequence"),
+                        format!(
+                            "is {}: a snapshot's commands come in increasing sequence order, none past the header's sequence {}",
+                            c.sequence, header.sequence
+                        ),
+                    ));
+                }
+                previous = c.sequence;
+            }
+            let audit = AuditDraft {
+                reason: format!(
+                    "snapshot as of sequence {} ({} commands in force, {received} chunks)",
+                    header.sequence,
+                    commands.len()
+                ),
+                ..audit.clone()
+            };
+            let count = self.engine.install_snapshot(header, commands, audit).await?;
+            Ok(pb::ReplaceRulesResponse {
+                applied_sequence: version_i64(header.sequence),
+                apply_time: Some(wire::timestamp(SystemTime::now())),
+                command_count: i32::try_from(count).unwrap_or(i32::MAX),
+            })
+        })
+        .await
+    }
+
+    async fn list_applied_commands(
+        &self,
+        req: Request<pb::ListAppliedCommandsRequest>,
+    ) -> Result<Response<pb::ListAppliedCommandsResponse>, Status> {
+        let r = req.get_ref();
+        let run = async {
+            let after = sequence("after_sequence", r.after_sequence)?;
+            let size = wire::page_size("page_size", r.page_size, 100, 500)?;
+            let query = r.after_sequence.to_string();
+            let from = match wire::page_token_after("page_token", &r.page_token, &query)? {
+                Some(last) => last.parse::<u64>().map_err(|_| {
+                    ApiError::invalid_field("page_token", "is not a token this service issued")
+                })?,
+                None => after,
+            };
+            let applied = self.engine.current().book.applied_sequence();
+            let rows = self
+                .engine
+                .store()
+                .list_commands(from, u32::try_from(size + 1).unwrap_or(u32::MAX))
+                .await
+                .map_err(|e| ApiError::internal("reading the command log", e))?;
+            let mut commands = Vec::new();
+            let mut bytes = 0;
+            let mut more = rows.len() > size;
+            for row in rows.iter().take(size) {
+                let command = pb::Command::decode(row.body.as_slice())
+                    .map_err(|e| ApiError::internal("decoding a stored command", e))?;
+                let item = pb::AppliedCommand {
+                    command: Some(command),
+                    rejection_reason: row.rejection.clone().unwrap_or_default(),
+                    apply_time: Some(wire::timestamp(row.applied_at)),
+                };
+                bytes += item.encoded_len();
+                if bytes > PAGE_BYTES && !commands.is_empty() {
+                    more = true;
+                    break;
+                }
+                commands.push(item);
+            }
+            let next_page_token = match commands.last().and_then(|c| c.command.as_ref()) {
+                Some(c) if more => wire::page_token(&query, &c.sequence.to_string()),
+                _ => String::new(),
+            };
+            Ok::<_, ApiError>(pb::ListAppliedCommandsResponse {
+                commands,
+                next_page_token,
+                applied_sequence: version_i64(applied),
+            })
+        };
+        run.await.map(Response::new).map_err(Status::from)
+    }
+}

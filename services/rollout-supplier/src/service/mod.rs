@@ -1,0 +1,131 @@
+//! The gRPC handlers of the supplier, one file per service: [`toggle`] (ToggleService, with
+//! the watch task in [`watcher`]), [`settings`] (PracticeSettingsService) and [`control`]
+//! (ControlService). They validate with `rollout_net::wire`, call the [`Engine`], and answer
+//! with `ApiError`s.
+
+mod control;
+mod settings;
+mod toggle;
+mod watcher;
+
+use std::{collections::HashSet, pin::Pin, sync::Arc, time::SystemTime};
+
+use prost::Message;
+use rollout_core::{
+    FeatureKey, OdsCode, Practice, Reason, State,
+    audit::{AuditDraft, AuditOutcome},
+};
+use rollout_net::{ApiError, Caller, wire};
+use rollout_proto::v1::{
+    self as pb, control_service_server::ControlService,
+    practice_settings_service_server::PracticeSettingsService, toggle_service_server::ToggleService,
+};
+use rollout_store::supplier::OptOutRecord;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{Span, instrument};
+
+use crate::engine::{Answer, ChangeBatch, Engine, Serving, WatchStart, withdrawn};
+
+/// Most names in one BatchGetPracticeFeatures.
+pub const MAX_BATCH: usize = 10_000;
+/// Answers per snapshot message of a watch stream.
+const SNAPSHOT_CHUNK: usize = 1_000;
+
+/// The supplier's handlers.
+#[derive(Debug, Clone)]
+pub struct Handlers {
+    engine: Arc<Engine>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Handlers {
+    /// Handlers over `engine`; watch streams end when `shutdown` turns true.
+    pub fn new(engine: Arc<Engine>, shutdown: watch::Receiver<bool>) -> Self {
+        Handlers { engine, shutdown }
+    }
+
+    /// Runs a mutating call, recording a refusal in the audit log.
+    async fn audited<T>(
+        &self,
+        draft: AuditDraft,
+        call: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<Response<T>, Status> {
+        rollout_net::audited(draft, call, |refused| self.engine.record_refusal(refused)).await
+    }
+}
+
+/// The audit draft of a call: who, what, on what, and the request's id.
+fn draft<T>(req: &Request<T>, method: &str, target: &str, request_id: &str) -> AuditDraft {
+    AuditDraft {
+        identity: Caller::of(req)
+            .map(|c| c.identity.to_string())
+            .unwrap_or_else(|_| "-".into()),
+        action: method.to_owned(),
+        target: target.chars().take(200).collect(),
+        outcome: AuditOutcome::Accepted,
+        reason: String::new(),
+        request_id: request_id.chars().take(64).collect(),
+    }
+}
+
+fn practice<'a>(
+    s: &'a Serving,
+    ods: OdsCode,
+    supplier: &rollout_core::SupplierId,
+) -> Result<&'a Practice, ApiError> {
+    s.estate.get(&ods).ok_or_else(|| {
+        ApiError::not_found("PRACTICE_NOT_FOUND", format!("practices/{ods}"))
+            .with_metadata("supplier", supplier.to_string())
+    })
+}
+
+fn feature_not_found(key: &FeatureKey) -> ApiError {
+    ApiError::not_found("FEATURE_NOT_FOUND", format!("features/{key}"))
+}
+
+/// The explained (or plain) answer for one practice.
+fn answer(
+    s: &Serving,
+    p: &Practice,
+    key: &FeatureKey,
+    ctx: &rollout_core::Context,
+    explain: bool,
+) -> Result<pb::PracticeFeature, ApiError> {
+    let e = s
+        .evaluate(p, key, ctx, explain)
+        .ok_or_else(|| feature_not_found(key))?;
+    let mut out = wire::evaluation_pb(wire::practice_feature_resource(&p.ods, key), &e);
+    out.practice = Some(wire::practice_pb(p));
+    out.applied_sequence = i64::try_from(s.book.applied_sequence()).unwrap_or(i64::MAX);
+    out.version = i64::try_from(s.version).unwrap_or(i64::MAX);
+    out.evaluate_time = Some(wire::timestamp(ctx.now));
+    Ok(out)
+}
+
+fn opt_out_pb(r: &OptOutRecord) -> pb::PracticeOptOut {
+    let o = &r.opt_out;
+    let w = r.withdrawal.as_ref();
+    pb::PracticeOptOut {
+        name: format!(
+            "{}/optOut",
+            wire::practice_feature_resource(&o.practice, &o.feature)
+        ),
+        reason: o.reason.clone(),
+        source: o.source.clone(),
+        recorded_by: o.recorded_by.clone(),
+        create_time: Some(wire::timestamp(o.recorded_at)),
+        update_time: Some(wire::timestamp(r.updated_at)),
+        withdrawn: w.is_some(),
+        withdrawn_by: w.map(|w| w.by.clone()).unwrap_or_default(),
+        withdraw_time: w.map(|w| wire::timestamp(w.at)),
+        withdraw_reason: w.map(|w| w.reason.clone()).unwrap_or_default(),
+    }
+}
+
+fn version_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+const SETTINGS: &str = "/nhs.gprollout.v1.PracticeSettingsService";
