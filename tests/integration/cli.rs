@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// Runs `rolloutctl` as `who` against the stack's coordinator.
-async fn ctl(stack: &Stack, who: &str, args: &[&str]) -> Output {
+pub async fn ctl(stack: &Stack, who: &str, args: &[&str]) -> Output {
     tokio::process::Command::new(binary("rolloutctl"))
         .arg("--coordinator")
         .arg(format!("localhost:{}", stack.coordinator_addr.port()))

@@ -5,6 +5,7 @@ mod cli;
 mod coordinator;
 mod deploy;
 mod devstack;
+mod divergence;
 mod faults;
 mod mtls;
 mod proxy;

@@ -35,6 +35,8 @@ pub struct Stack {
     pub coordinator: Option<Running<rollout_coordinator::Error>>,
     pub coordinator_addr: SocketAddr,
     pub coordinator_db: PathBuf,
+    /// The coordinator's database URL when it is not the SQLite file `coordinator_db`.
+    pub coordinator_url: Option<String>,
     pub estate: Estate,
     /// Where the coordinator reaches a supplier, when not directly (a proxy).
     pub via: BTreeMap<&'static str, SocketAddr>,
@@ -90,6 +92,7 @@ impl Stack {
         .expect("estate");
         Stack {
             coordinator_db: dir.path().join("coordinator.db"),
+            coordinator_url: None,
             dir,
             pki,
             suppliers,
@@ -140,7 +143,10 @@ impl Stack {
                     identity: format!("spiffe://gprollout.test/supplier/{id}"),
                 })
                 .collect(),
-            database_url: format!("sqlite://{}", self.coordinator_db.display()),
+            database_url: self
+                .coordinator_url
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", self.coordinator_db.display())),
             estate: (practices, map),
             heartbeat: Duration::from_millis(200),
             stale_after: Duration::from_secs(5),

@@ -324,6 +324,30 @@ pub async fn pg_database() -> Option<PgDb> {
 }
 
 impl PgDb {
+    /// A copy of the database as it is now (a backup), itself a fresh test database. No other
+    /// connection may be open to this one while it is copied.
+    pub async fn copy(&self) -> PgDb {
+        use sqlx::Connection;
+        let name = format!("gprollout_test_{:016x}", fastrand::u64(..));
+        let mut conn = sqlx::PgConnection::connect(&self.admin)
+            .await
+            .expect("connect to ROLLOUT_TEST_DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {name} TEMPLATE {}",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("copy the test database");
+        conn.close().await.ok();
+        PgDb {
+            url: self.url.replace(&self.name, &name),
+            admin: self.admin.clone(),
+            name,
+            dropped: false,
+        }
+    }
+
     /// Drops the database (closing any connection still open to it).
     pub async fn drop(mut self) {
         drop_database(&self.admin, &self.name)
