@@ -7,7 +7,7 @@ use rollout_core::{
     Action, IcbCode, OdsCode, Practice, PracticeStatus, RegionCode, Scope, SubIcbCode, SupplierId,
     audit::{AuditDraft, AuditOutcome},
 };
-use rollout_net::{ApiError, Caller, wire};
+use rollout_net::{ApiError, Caller, MessageLimits, wire};
 use rollout_proto::v1::{
     self as pb, coordinator_service_server::CoordinatorService, toggle_service_client::ToggleServiceClient,
 };
@@ -84,7 +84,7 @@ impl Handlers {
         self.channels
             .get(supplier)
             .cloned()
-            .map(ToggleServiceClient::new)
+            .map(|c| ToggleServiceClient::new(c).with_message_limits())
             .ok_or_else(|| ApiError::not_found("SUPPLIER_NOT_FOUND", format!("suppliers/{supplier}")))
     }
 }

@@ -11,6 +11,7 @@ use std::{
 use clap::{Args, Subcommand, ValueEnum};
 use prost::Message;
 use rollout_net::{
+    MessageLimits,
     tls::{self, TlsFiles},
     wire,
 };
@@ -345,7 +346,7 @@ impl Connection {
     pub fn client(&self) -> Result<CoordinatorServiceClient<Channel>, CliError> {
         let config = tls::client_config(&self.files()?, None).map_err(|e| usage(e.to_string()))?;
         let channel = tls::channel(&self.coordinator, config).map_err(|e| usage(e.to_string()))?;
-        Ok(CoordinatorServiceClient::new(channel))
+        Ok(CoordinatorServiceClient::new(channel).with_message_limits())
     }
 }
 
