@@ -13,7 +13,7 @@ use rollout_core::{
     FeatureKey, OdsCode, Practice, Reason, State,
     audit::{AuditDraft, AuditOutcome},
 };
-use rollout_net::{ApiError, Caller, wire};
+use rollout_net::{ApiError, Caller, MAX_MESSAGE_BYTES, Page, limits::element_len, wire};
 use rollout_proto::v1::{
     self as pb, control_service_server::ControlService,
     practice_settings_service_server::PracticeSettingsService, toggle_service_server::ToggleService,
@@ -102,6 +102,25 @@ fn answer(
     Ok(out)
 }
 
+/// RESOURCE_EXHAUSTED `RESPONSE_TOO_LARGE`: the answers to a batch of `count` names would be
+/// over the message limit from the name at index `at` on.
+fn response_too_large(count: usize, at: usize, explain: bool) -> ApiError {
+    let less = if explain {
+        "ask for fewer names at a time, or without explain"
+    } else {
+        "ask for fewer names at a time"
+    };
+    ApiError::resource_exhausted(
+        "RESPONSE_TOO_LARGE",
+        format!(
+            "the answers to these {count} names would be larger than one message may be \
+             ({MAX_MESSAGE_BYTES} bytes, 4 MiB); the first {at} fit: {less}"
+        ),
+    )
+    .with_metadata("limit_bytes", MAX_MESSAGE_BYTES.to_string())
+    .with_metadata("names_that_fit", at.to_string())
+}
+
 fn opt_out_pb(r: &OptOutRecord) -> pb::PracticeOptOut {
     let o = &r.opt_out;
     let w = r.withdrawal.as_ref();
@@ -167,16 +186,20 @@ impl ToggleService for Handlers {
         }
         let s = self.engine.current();
         let ctx = self.engine.context(&s);
-        let answers = r
-            .names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let (ods, key) = wire::practice_feature_name(&format!("names[{i}]"), name)?;
-                let p = practice(&s, ods, &self.engine.supplier)?;
-                answer(&s, p, &key, &ctx, r.explain)
-            })
-            .collect::<Result<Vec<_>, ApiError>>()?;
+        // Not pageable: an answer that would be over the message limit is refused (counting
+        // as it is built, so an oversized one is never built whole).
+        let mut answers = Vec::with_capacity(r.names.len());
+        let mut bytes = 0;
+        for (i, name) in r.names.iter().enumerate() {
+            let (ods, key) = wire::practice_feature_name(&format!("names[{i}]"), name)?;
+            let p = practice(&s, ods, &self.engine.supplier)?;
+            let a = answer(&s, p, &key, &ctx, r.explain)?;
+            bytes += element_len(&a);
+            if bytes > MAX_MESSAGE_BYTES {
+                return Err(response_too_large(r.names.len(), i, r.explain).into());
+            }
+            answers.push(a);
+        }
         Ok(Response::new(pb::BatchGetPracticeFeaturesResponse {
             practice_features: answers,
         }))
@@ -231,19 +254,21 @@ impl ToggleService for Handlers {
             }
             matching.push(p);
         }
-        let next_page_token = if matching.len() > size {
-            matching.truncate(size);
-            matching
-                .last()
-                .map(|p| wire::page_token(&query, p.ods.as_str()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        let practice_features = matching
-            .into_iter()
-            .map(|p| answer(&s, p, &key, &ctx, r.explain))
-            .collect::<Result<Vec<_>, _>>()?;
+        // Explained answers carry every applicable rule with its scope, so a page is bounded by
+        // bytes as well as by count.
+        let mut page = Page::new(size);
+        for p in matching {
+            if !page.push(answer(&s, p, &key, &ctx, r.explain)?) {
+                break;
+            }
+        }
+        let (practice_features, next_page_token) = page.finish(|a| {
+            let ods = a
+                .practice
+                .as_ref()
+                .map_or("", |p| p.name.trim_start_matches("practices/"));
+            wire::page_token(&query, ods)
+        });
         Ok(Response::new(pb::ListPracticeFeaturesResponse {
             practice_features,
             next_page_token,
@@ -608,26 +633,19 @@ impl PracticeSettingsService for Handlers {
         let query = format!("{}|{}|{}", r.feature, r.practice, r.show_withdrawn);
         let after = wire::page_token_after("page_token", &r.page_token, &query)?;
         let s = self.engine.current();
-        let mut page: Vec<pb::PracticeOptOut> = s
+        let matching = s
             .opt_outs
             .values()
             .filter(|rec| r.show_withdrawn || rec.withdrawal.is_none())
             .filter(|rec| feature.as_ref().is_none_or(|f| *f == rec.opt_out.feature))
             .filter(|rec| ods.is_none_or(|o| o == rec.opt_out.practice))
             .map(opt_out_pb)
-            .filter(|o| after.as_deref().is_none_or(|a| o.name.as_str() > a))
-            .take(size + 1)
-            .collect();
-        let next_page_token = if page.len() > size {
-            page.truncate(size);
-            page.last()
-                .map(|o| wire::page_token(&query, &o.name))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+            .filter(|o| after.as_deref().is_none_or(|a| o.name.as_str() > a));
+        let (opt_outs, next_page_token) = Page::new(size)
+            .fill(matching)
+            .finish(|o| wire::page_token(&query, &o.name));
         Ok(Response::new(pb::ListPracticeOptOutsResponse {
-            opt_outs: page,
+            opt_outs,
             next_page_token,
         }))
     }
