@@ -6,6 +6,7 @@ mod coordinator;
 mod deploy;
 mod devstack;
 mod faults;
+mod limits;
 mod mtls;
 mod proxy;
 mod replicas;
