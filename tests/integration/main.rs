@@ -7,6 +7,8 @@ mod deploy;
 mod devstack;
 mod divergence;
 mod faults;
+mod history;
+mod limits;
 mod mtls;
 mod proxy;
 mod replicas;

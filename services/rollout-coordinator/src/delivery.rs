@@ -10,6 +10,7 @@ use std::{
 };
 
 use rollout_core::SupplierId;
+use rollout_net::MessageLimits;
 use rollout_proto::v1::{self as pb, control_service_client::ControlServiceClient};
 use tokio::sync::watch;
 use tonic::{Code, transport::Channel};
@@ -60,7 +61,7 @@ pub async fn run(
 ) {
     let span = info_span!("delivery", supplier = %supplier);
     async move {
-        let mut client = ControlServiceClient::new(channel);
+        let mut client = ControlServiceClient::new(channel).with_message_limits();
         let mut target = core.target.subscribe();
         let mut backoff = Backoff::new();
         // The supplier's applied sequence as last learned; `None` means ask it first.

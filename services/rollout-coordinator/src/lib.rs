@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 use clap::Parser;
 use rollout_core::SupplierId;
 use rollout_net::{
-    Access, AccessTable, AuthLayer, Identity, Role, RolePolicy,
+    Access, AccessTable, AuthLayer, Identity, MessageLimits, Role, RolePolicy,
     cli::{LogArgs, TlsArgs},
     tls::{self, ReloadingServerConfig, TlsFiles},
 };
@@ -416,7 +416,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflect_v1)
         .add_service(reflect_v1alpha)
-        .add_service(CoordinatorServiceServer::new(handlers))
+        .add_service(CoordinatorServiceServer::new(handlers).with_message_limits())
         .serve_with_incoming_shutdown(tls::incoming(listener, tls), async move {
             shutdown.await;
             info!("shutting down: stopping delivery and draining calls");

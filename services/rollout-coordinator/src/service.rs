@@ -7,7 +7,7 @@ use rollout_core::{
     Action, IcbCode, OdsCode, Practice, PracticeStatus, RegionCode, Scope, SubIcbCode, SupplierId,
     audit::{AuditDraft, AuditOutcome},
 };
-use rollout_net::{ApiError, Caller, wire};
+use rollout_net::{ApiError, Caller, MessageLimits, Page, wire};
 use rollout_proto::v1::{
     self as pb, coordinator_service_server::CoordinatorService, toggle_service_client::ToggleServiceClient,
 };
@@ -87,7 +87,7 @@ impl Handlers {
         self.channels
             .get(supplier)
             .cloned()
-            .map(ToggleServiceClient::new)
+            .map(|c| ToggleServiceClient::new(c).with_message_limits())
             .ok_or_else(|| ApiError::not_found("SUPPLIER_NOT_FOUND", format!("suppliers/{supplier}")))
     }
 }
@@ -251,22 +251,15 @@ impl CoordinatorService for Handlers {
         let size = wire::page_size("page_size", r.page_size, 100, 1_000)?;
         let after = wire::page_token_after("page_token", &r.page_token, "features")?;
         let m = self.core.model().await;
-        let mut features: Vec<pb::Feature> = m
-            .features
-            .values()
-            .map(|(_, f)| f.clone())
-            .filter(|f| after.as_deref().is_none_or(|a| f.name.as_str() > a))
-            .take(size + 1)
-            .collect();
-        let next_page_token = if features.len() > size {
-            features.truncate(size);
-            features
-                .last()
-                .map(|f| wire::page_token("features", &f.name))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (features, next_page_token) = Page::new(size)
+            .fill(
+                m.features
+                    .values()
+                    .map(|(_, f)| f)
+                    .filter(|f| after.as_deref().is_none_or(|a| f.name.as_str() > a))
+                    .cloned(),
+            )
+            .finish(|f| wire::page_token("features", &f.name));
         Ok(Response::new(pb::ListFeaturesResponse {
             features,
             next_page_token,
@@ -449,8 +442,11 @@ impl CoordinatorService for Handlers {
         let after = wire::page_token_after("page_token", &r.page_token, &query)?;
         let m = self.core.model().await;
         // Newest first: walk the issue order backwards, starting after the token's command.
+        // A command carries its whole scope (up to 10,000 practice codes, about 80 KB) and its
+        // impact the codes the estate does not know (as much again), so a page is bounded by
+        // bytes as well as by count.
         let mut skipping = after.is_some();
-        let mut commands = Vec::new();
+        let mut page = Page::new(size);
         for id in m.order.iter().rev() {
             if skipping {
                 skipping = after.as_deref() != Some(id.as_str());
@@ -462,21 +458,12 @@ impl CoordinatorService for Handlers {
             {
                 continue;
             }
-            commands.push(m.command_view(c));
-            if commands.len() > size {
+            if !page.push(m.command_view(c)) {
                 break;
             }
         }
-        let next_page_token = if commands.len() > size {
-            commands.truncate(size);
-            commands
-                .last()
-                .and_then(|c| c.name.strip_prefix("commands/"))
-                .map(|id| wire::page_token(&query, id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (commands, next_page_token) =
+            page.finish(|c| wire::page_token(&query, c.name.strip_prefix("commands/").unwrap_or(&c.name)));
         Ok(Response::new(pb::ListCommandsResponse {
             commands,
             next_page_token,
@@ -545,18 +532,22 @@ impl CoordinatorService for Handlers {
         req: Request<pb::ListSuppliersRequest>,
     ) -> Result<Response<pb::ListSuppliersResponse>, Status> {
         let r = req.get_ref();
-        wire::page_size("page_size", r.page_size, 100, 100)?;
-        wire::page_token_after("page_token", &r.page_token, "suppliers")?;
-        let m = self.core.model().await;
-        let suppliers = self
+        let size = wire::page_size("page_size", r.page_size, 100, 100)?;
+        let after = wire::page_token_after("page_token", &r.page_token, "suppliers")?;
+        let mut configured: Vec<_> = self
             .core
             .suppliers
             .iter()
-            .map(|s| self.core.supplier_view(&m, s))
+            .filter(|s| after.as_deref().is_none_or(|a| s.id.as_str() > a))
             .collect();
+        configured.sort_by(|a, b| a.id.cmp(&b.id));
+        let m = self.core.model().await;
+        let (suppliers, next_page_token) = Page::new(size)
+            .fill(configured.into_iter().map(|s| self.core.supplier_view(&m, s)))
+            .finish(|s| wire::page_token("suppliers", s.name.strip_prefix("suppliers/").unwrap_or(&s.name)));
         Ok(Response::new(pb::ListSuppliersResponse {
             suppliers,
-            next_page_token: String::new(),
+            next_page_token,
         }))
     }
 
@@ -704,23 +695,17 @@ impl CoordinatorService for Handlers {
             None => u64::try_from(r.after_sequence)
                 .map_err(|_| ApiError::invalid_field("after_sequence", "must not be negative"))?,
         };
-        let mut events = self
+        let events = self
             .core
             .store()
             .list_audit(after, u32::try_from(size + 1).unwrap_or(u32::MAX))
             .await
             .map_err(|e| ApiError::internal("reading the audit log", e))?;
-        let next_page_token = if events.len() > size {
-            events.truncate(size);
-            events
-                .last()
-                .map(|e| wire::page_token("audit", &e.sequence.to_string()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (events, next_page_token) = Page::new(size)
+            .fill(events.iter().map(wire::audit_pb))
+            .finish(|e| wire::page_token("audit", &e.sequence.to_string()));
         Ok(Response::new(pb::ListAuditEventsResponse {
-            events: events.iter().map(wire::audit_pb).collect(),
+            events,
             next_page_token,
         }))
     }

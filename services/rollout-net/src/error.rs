@@ -76,6 +76,12 @@ impl ApiError {
         )
     }
 
+    /// RESOURCE_EXHAUSTED: the request, or its answer, is over a limit; the message says how
+    /// to ask for less.
+    pub fn resource_exhausted(reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(Code::ResourceExhausted, reason, message)
+    }
+
     /// UNAVAILABLE: try again later.
     pub fn unavailable(reason: &'static str, message: impl Into<String>) -> Self {
         ApiError::new(Code::Unavailable, reason, message)

@@ -1,12 +1,13 @@
 //! What the GP Rollout Control servers and clients share on the network side: mutual-TLS
 //! configuration with hot reload and the peer identity ([`tls`]), the role policy and the
 //! layer that enforces it ([`auth`]), the one mapping from errors to `tonic::Status`
-//! ([`error`]), health, reflection, HTTP/2 settings and shutdown ([`server`]), and logging
-//! set-up ([`telemetry`]).
+//! ([`error`]), the message limits and the page byte budget ([`limits`]), health, reflection,
+//! HTTP/2 settings and shutdown ([`server`]), and logging set-up ([`telemetry`]).
 
 pub mod auth;
 pub mod cli;
 pub mod error;
+pub mod limits;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
@@ -14,4 +15,5 @@ pub mod wire;
 
 pub use auth::{Access, AccessTable, AuthLayer, Caller, Denial, DenialObserver, Role, RolePolicy, RoleSet};
 pub use error::{ApiError, ERROR_DOMAIN, audited};
+pub use limits::{MAX_MESSAGE_BYTES, MessageLimits, PAGE_BUDGET_BYTES, Page};
 pub use tls::{Identity, PeerInfo, ReloadingServerConfig, TlsError, TlsFiles};

@@ -1,5 +1,6 @@
-//! What every server here has in common: the HTTP/2 settings, health and reflection on the
-//! mTLS port, health alone on a plaintext loopback port for probes, and shutdown on a signal.
+//! What every server here has in common: the HTTP/2 settings, the message limits, health and
+//! reflection on the mTLS port, health alone on a plaintext loopback port for probes, and
+//! shutdown on a signal.
 
 use std::{fmt::Display, future::Future, net::SocketAddr, process::ExitCode, time::Duration};
 
@@ -7,6 +8,9 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::server::{HealthReporter, health_reporter};
+use tower::layer::util::{Identity, Stack};
+
+use crate::limits::{MessageLimits, OverLimitLayer, over_limit_layer};
 
 /// The error of setting up reflection.
 pub use tonic_reflection::server::Error as ReflectionError;
@@ -17,8 +21,11 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 20_000;
 
 /// A `Server` builder with the HTTP/2 settings every server here uses: many streams per
 /// connection, a 16 MiB connection window (thousands of streams opened at once otherwise trip
-/// h2's small-DATA-frame flood guard), and keepalives that drop dead peers.
-pub fn builder() -> Server {
+/// h2's small-DATA-frame flood guard), and keepalives that drop dead peers; and with the
+/// [`OverLimitLayer`], which answers a request over the message limit RESOURCE_EXHAUSTED
+/// (the services' own limits are set on each with
+/// [`with_message_limits`](MessageLimits::with_message_limits)).
+pub fn builder() -> Server<Stack<OverLimitLayer, Identity>> {
     Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .initial_connection_window_size(16 * 1024 * 1024)
@@ -26,6 +33,7 @@ pub fn builder() -> Server {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_nodelay(true)
+        .layer(over_limit_layer())
 }
 
 /// The gRPC health service (shared by the mTLS and plaintext ports) and its reporter.
@@ -33,7 +41,8 @@ pub fn health() -> (
     HealthReporter,
     tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
 ) {
-    health_reporter()
+    let (reporter, server) = health_reporter();
+    (reporter, server.with_message_limits())
 }
 
 /// Reflection v1 and v1alpha over the project's contracts, health and reflection itself, so
@@ -68,7 +77,10 @@ pub fn reflection(
             |b, name| b.with_service_name(*name),
         )
     };
-    Ok((builder().build_v1()?, builder().build_v1alpha()?))
+    Ok((
+        builder().build_v1()?.with_message_limits(),
+        builder().build_v1alpha()?.with_message_limits(),
+    ))
 }
 
 /// Serves health alone, in plaintext, on `listener` (bound to loopback by default) for probes

@@ -26,7 +26,7 @@ use rollout_core::{
     audit::{AuditDraft, AuditOutcome},
 };
 use rollout_net::{
-    Access, AccessTable, AuthLayer, Role, RolePolicy,
+    Access, AccessTable, AuthLayer, MessageLimits, Role, RolePolicy,
     cli::{LogArgs, TlsArgs},
     tls::{self, ReloadingServerConfig, TlsFiles},
 };
@@ -330,9 +330,9 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflect_v1)
         .add_service(reflect_v1alpha)
-        .add_service(ToggleServiceServer::new(handlers.clone()))
-        .add_service(PracticeSettingsServiceServer::new(handlers.clone()))
-        .add_service(ControlServiceServer::new(handlers))
+        .add_service(ToggleServiceServer::new(handlers.clone()).with_message_limits())
+        .add_service(PracticeSettingsServiceServer::new(handlers.clone()).with_message_limits())
+        .add_service(ControlServiceServer::new(handlers).with_message_limits())
         .serve_with_incoming_shutdown(tls::incoming(listener, tls), async move {
             shutdown.await;
             info!("shutting down: ending watch streams and draining calls");

@@ -178,6 +178,7 @@ fn tls_args(pki: &Path, name: &str) -> Vec<String> {
 
 /// Waits until the plaintext health port answers SERVING.
 async fn ready(name: &str, port: u16, deadline: Instant, procs: &mut [Proc]) -> Result<(), CliError> {
+    use rollout_net::MessageLimits;
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
@@ -194,6 +195,7 @@ async fn ready(name: &str, port: u16, deadline: Instant, procs: &mut [Proc]) -> 
             .map_err(|e| fail(e.to_string()))?;
         if let Ok(channel) = endpoint.connect().await
             && let Ok(r) = HealthClient::new(channel)
+                .with_message_limits()
                 .check(HealthCheckRequest::default())
                 .await
             && r.get_ref().status() == ServingStatus::Serving

@@ -11,6 +11,7 @@ use std::{
 use clap::{Args, Subcommand, ValueEnum};
 use prost::Message;
 use rollout_net::{
+    MessageLimits,
     tls::{self, TlsFiles},
     wire,
 };
@@ -278,8 +279,8 @@ pub enum AuditOp {
         #[arg(long, default_value_t = 0)]
         after: i64,
         /// At most this many.
-        #[arg(long, default_value_t = 100)]
-        limit: i32,
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
     },
     /// Read the whole log and check its hash chain. Exits 2 if it is broken.
     Verify,
@@ -362,7 +363,7 @@ impl Connection {
     pub fn client(&self) -> Result<CoordinatorServiceClient<Channel>, CliError> {
         let config = tls::client_config(&self.files()?, None).map_err(|e| usage(e.to_string()))?;
         let channel = tls::channel(&self.coordinator, config).map_err(|e| usage(e.to_string()))?;
-        Ok(CoordinatorServiceClient::new(channel))
+        Ok(CoordinatorServiceClient::new(channel).with_message_limits())
     }
 }
 
@@ -499,6 +500,69 @@ fn print_command(c: &pb::Command, output: Output) {
     }
 }
 
+/// A List answer whose pages join into one.
+trait Paged: Default {
+    /// The token of the page after this one; empty on the last page.
+    fn next_page_token(&self) -> &str;
+    /// How many items it holds.
+    fn len(&self) -> usize;
+    /// Appends the next page's items and takes its token.
+    fn join(&mut self, next: Self);
+}
+
+macro_rules! paged {
+    ($($response:ty => $items:ident),* $(,)?) => {$(
+        impl Paged for $response {
+            fn next_page_token(&self) -> &str {
+                &self.next_page_token
+            }
+            fn len(&self) -> usize {
+                self.$items.len()
+            }
+            fn join(&mut self, next: Self) {
+                self.$items.extend(next.$items);
+                self.next_page_token = next.next_page_token;
+            }
+        }
+    )*};
+}
+
+paged!(
+    pb::ListFeaturesResponse => features,
+    pb::ListCommandsResponse => commands,
+    pb::ListSuppliersResponse => suppliers,
+    pb::ListAuditEventsResponse => events,
+);
+
+/// The pages of a List joined into one answer, up to `most` items: `ask(page_token,
+/// page_size)` asks for one page of at most `max_page` items. Pages end at the server's byte
+/// budget as well as at `page_size`, so a long history of large commands comes in many pages;
+/// each is read within the client's 4 MiB limit. The answer's `next_page_token` continues
+/// after its last item (empty when there is no more).
+async fn pages<R: Paged, F>(
+    most: usize,
+    max_page: usize,
+    mut ask: impl FnMut(String, i32) -> F,
+) -> Result<R, tonic::Status>
+where
+    F: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+{
+    let mut all = R::default();
+    loop {
+        let size = (most - all.len()).min(max_page);
+        let page = ask(
+            all.next_page_token().to_owned(),
+            i32::try_from(size).unwrap_or(i32::MAX),
+        )
+        .await?
+        .into_inner();
+        all.join(page);
+        if all.next_page_token().is_empty() || all.len() >= most {
+            return Ok(all);
+        }
+    }
+}
+
 /// The outcome of a command: its exit status.
 pub type Outcome = Result<ExitCode, CliError>;
 
@@ -554,11 +618,18 @@ pub async fn run(conn: &Connection, op: Op) -> Outcome {
         Op::Feature {
             command: FeatureOp::List,
         } => {
-            let r = c
-                .list_features(pb::ListFeaturesRequest::default())
-                .await
-                .map_err(call)?
-                .into_inner();
+            let r: pb::ListFeaturesResponse = pages(usize::MAX, 1_000, |page_token, page_size| {
+                let mut c = c.clone();
+                async move {
+                    c.list_features(pb::ListFeaturesRequest {
+                        page_size,
+                        page_token,
+                    })
+                    .await
+                }
+            })
+            .await
+            .map_err(call)?;
             match out {
                 Output::Json => println!("{}", json(&r, "nhs.gprollout.v1.ListFeaturesResponse")),
                 Output::Name => r.features.iter().for_each(|f| println!("{}", f.name)),
@@ -702,16 +773,19 @@ pub async fn run(conn: &Connection, op: Op) -> Outcome {
                 Some("cancelled") => pb::command::State::Cancelled,
                 _ => pb::command::State::Unspecified,
             };
-            let r = c
-                .list_commands(pb::ListCommandsRequest {
-                    feature: feature.map(|f| format!("features/{f}")).unwrap_or_default(),
+            let feature = feature.map(|f| format!("features/{f}")).unwrap_or_default();
+            let r: pb::ListCommandsResponse = pages(usize::MAX, 500, |page_token, page_size| {
+                let mut c = c.clone();
+                let request = pb::ListCommandsRequest {
+                    feature: feature.clone(),
                     state: state.into(),
-                    page_size: 500,
-                    page_token: String::new(),
-                })
-                .await
-                .map_err(call)?
-                .into_inner();
+                    page_size,
+                    page_token,
+                };
+                async move { c.list_commands(request).await }
+            })
+            .await
+            .map_err(call)?;
             match out {
                 Output::Json => println!("{}", json(&r, "nhs.gprollout.v1.ListCommandsResponse")),
                 Output::Name => r.commands.iter().for_each(|c| println!("{}", c.name)),
@@ -747,11 +821,18 @@ pub async fn run(conn: &Connection, op: Op) -> Outcome {
                 .map(|(code, _)| code);
         }
         Op::Status => {
-            let r = c
-                .list_suppliers(pb::ListSuppliersRequest::default())
-                .await
-                .map_err(call)?
-                .into_inner();
+            let r: pb::ListSuppliersResponse = pages(usize::MAX, 100, |page_token, page_size| {
+                let mut c = c.clone();
+                async move {
+                    c.list_suppliers(pb::ListSuppliersRequest {
+                        page_size,
+                        page_token,
+                    })
+                    .await
+                }
+            })
+            .await
+            .map_err(call)?;
             match out {
                 Output::Json => println!("{}", json(&r, "nhs.gprollout.v1.ListSuppliersResponse")),
                 Output::Name => r.suppliers.iter().for_each(|s| println!("{}", s.name)),
@@ -856,15 +937,7 @@ pub async fn run(conn: &Connection, op: Op) -> Outcome {
         Op::Audit {
             command: AuditOp::List { after, limit },
         } => {
-            let r = c
-                .list_audit_events(pb::ListAuditEventsRequest {
-                    page_size: limit,
-                    page_token: String::new(),
-                    after_sequence: after,
-                })
-                .await
-                .map_err(call)?
-                .into_inner();
+            let r = audit_events(&c, after, limit as usize).await.map_err(call)?;
             match out {
                 Output::Json => println!("{}", json(&r, "nhs.gprollout.v1.ListAuditEventsResponse")),
                 Output::Name => r.events.iter().for_each(|e| println!("{}", e.sequence)),
@@ -887,24 +960,13 @@ pub async fn run(conn: &Connection, op: Op) -> Outcome {
         Op::Audit {
             command: AuditOp::Verify,
         } => {
-            let mut events = Vec::new();
-            let mut token = String::new();
-            loop {
-                let page = c
-                    .list_audit_events(pb::ListAuditEventsRequest {
-                        page_size: 1_000,
-                        page_token: token.clone(),
-                        after_sequence: 0,
-                    })
-                    .await
-                    .map_err(call)?
-                    .into_inner();
-                events.extend(page.events.iter().map(wire::audit_from_pb));
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                token = page.next_page_token;
-            }
+            let events: Vec<_> = audit_events(&c, 0, usize::MAX)
+                .await
+                .map_err(call)?
+                .events
+                .iter()
+                .map(wire::audit_from_pb)
+                .collect();
             return Ok(match rollout_core::audit::verify_chain(&events) {
                 Ok(n) => {
                     println!(
@@ -984,6 +1046,26 @@ fn print_recovery(r: &pb::RecoverCommandsResponse, out: Output) {
             }
         }
     }
+}
+
+/// Up to `most` audit events after the sequence `after`, oldest first.
+async fn audit_events(
+    c: &CoordinatorServiceClient<Channel>,
+    after: i64,
+    most: usize,
+) -> Result<pb::ListAuditEventsResponse, tonic::Status> {
+    pages(most, 1_000, |page_token, page_size| {
+        let mut c = c.clone();
+        async move {
+            c.list_audit_events(pb::ListAuditEventsRequest {
+                page_size,
+                page_token,
+                after_sequence: after,
+            })
+            .await
+        }
+    })
+    .await
 }
 
 fn print_verify(r: &pb::VerifyCommandResponse, out: Output) {

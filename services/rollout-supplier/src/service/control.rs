@@ -10,8 +10,6 @@ const CONTROL: &str = "/nhs.gprollout.v1.ControlService";
 /// Most chunks one snapshot may take (at 1 MiB each, a snapshot of 1 GiB): past that the
 /// transfer is refused rather than buffered for ever.
 const MAX_SNAPSHOT_CHUNKS: usize = 1_024;
-/// A ListAppliedCommands page stops before its commands pass this many encoded bytes.
-const PAGE_BYTES: usize = 2 * 1024 * 1024;
 
 fn history_hash(field: &str, bytes: &[u8]) -> Result<HistoryHash, ApiError> {
     HistoryHash::from_slice(bytes).ok_or_else(|| ApiError::invalid_field(field, "must be 32 bytes (SHA-256)"))
@@ -225,10 +223,8 @@ impl ControlService for Handlers {
                 .list_commands(from, u32::try_from(size + 1).unwrap_or(u32::MAX))
                 .await
                 .map_err(|e| ApiError::internal("reading the command log", e))?;
-            let mut commands = Vec::new();
-            let mut bytes = 0;
-            let mut more = rows.len() > size;
-            for row in rows.iter().take(size) {
+            let mut page = rollout_net::Page::new(size);
+            for row in &rows {
                 let command = pb::Command::decode(row.body.as_slice())
                     .map_err(|e| ApiError::internal("decoding a stored command", e))?;
                 let item = pb::AppliedCommand {
@@ -236,17 +232,14 @@ impl ControlService for Handlers {
                     rejection_reason: row.rejection.clone().unwrap_or_default(),
                     apply_time: Some(wire::timestamp(row.applied_at)),
                 };
-                bytes += item.encoded_len();
-                if bytes > PAGE_BYTES && !commands.is_empty() {
-                    more = true;
+                if !page.push(item) {
                     break;
                 }
-                commands.push(item);
             }
-            let next_page_token = match commands.last().and_then(|c| c.command.as_ref()) {
-                Some(c) if more => wire::page_token(&query, &c.sequence.to_string()),
-                _ => String::new(),
-            };
+            let (commands, next_page_token) = page.finish(|c| {
+                let sequence = c.command.as_ref().map_or(0, |c| c.sequence);
+                wire::page_token(&query, &sequence.to_string())
+            });
             Ok::<_, ApiError>(pb::ListAppliedCommandsResponse {
                 commands,
                 next_page_token,

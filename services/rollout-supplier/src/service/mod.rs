@@ -15,7 +15,7 @@ use rollout_core::{
     FeatureKey, OdsCode, Practice, Reason, State,
     audit::{AuditDraft, AuditOutcome},
 };
-use rollout_net::{ApiError, Caller, wire};
+use rollout_net::{ApiError, Caller, MAX_MESSAGE_BYTES, Page, limits::element_len, wire};
 use rollout_proto::v1::{
     self as pb, control_service_server::ControlService,
     practice_settings_service_server::PracticeSettingsService, toggle_service_server::ToggleService,
@@ -102,6 +102,25 @@ fn answer(
     out.version = i64::try_from(s.version).unwrap_or(i64::MAX);
     out.evaluate_time = Some(wire::timestamp(ctx.now));
     Ok(out)
+}
+
+/// RESOURCE_EXHAUSTED `RESPONSE_TOO_LARGE`: the answers to a batch of `count` names would be
+/// over the message limit from the name at index `at` on.
+fn response_too_large(count: usize, at: usize, explain: bool) -> ApiError {
+    let less = if explain {
+        "ask for fewer names at a time, or without explain"
+    } else {
+        "ask for fewer names at a time"
+    };
+    ApiError::resource_exhausted(
+        "RESPONSE_TOO_LARGE",
+        format!(
+            "the answers to these {count} names would be larger than one message may be \
+             ({MAX_MESSAGE_BYTES} bytes, 4 MiB); the first {at} fit: {less}"
+        ),
+    )
+    .with_metadata("limit_bytes", MAX_MESSAGE_BYTES.to_string())
+    .with_metadata("names_that_fit", at.to_string())
 }
 
 fn opt_out_pb(r: &OptOutRecord) -> pb::PracticeOptOut {

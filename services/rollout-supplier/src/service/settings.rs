@@ -147,26 +147,19 @@ impl PracticeSettingsService for Handlers {
         let query = format!("{}|{}|{}", r.feature, r.practice, r.show_withdrawn);
         let after = wire::page_token_after("page_token", &r.page_token, &query)?;
         let s = self.engine.current();
-        let mut page: Vec<pb::PracticeOptOut> = s
+        let matching = s
             .opt_outs
             .values()
             .filter(|rec| r.show_withdrawn || rec.withdrawal.is_none())
             .filter(|rec| feature.as_ref().is_none_or(|f| *f == rec.opt_out.feature))
             .filter(|rec| ods.is_none_or(|o| o == rec.opt_out.practice))
             .map(opt_out_pb)
-            .filter(|o| after.as_deref().is_none_or(|a| o.name.as_str() > a))
-            .take(size + 1)
-            .collect();
-        let next_page_token = if page.len() > size {
-            page.truncate(size);
-            page.last()
-                .map(|o| wire::page_token(&query, &o.name))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+            .filter(|o| after.as_deref().is_none_or(|a| o.name.as_str() > a));
+        let (opt_outs, next_page_token) = Page::new(size)
+            .fill(matching)
+            .finish(|o| wire::page_token(&query, &o.name));
         Ok(Response::new(pb::ListPracticeOptOutsResponse {
-            opt_outs: page,
+            opt_outs,
             next_page_token,
         }))
     }

@@ -40,16 +40,20 @@ impl ToggleService for Handlers {
         }
         let s = self.engine.current();
         let ctx = self.engine.context(&s);
-        let answers = r
-            .names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let (ods, key) = wire::practice_feature_name(&format!("names[{i}]"), name)?;
-                let p = practice(&s, ods, &self.engine.supplier)?;
-                answer(&s, p, &key, &ctx, r.explain)
-            })
-            .collect::<Result<Vec<_>, ApiError>>()?;
+        // Not pageable: an answer that would be over the message limit is refused (counting
+        // as it is built, so an oversized one is never built whole).
+        let mut answers = Vec::with_capacity(r.names.len());
+        let mut bytes = 0;
+        for (i, name) in r.names.iter().enumerate() {
+            let (ods, key) = wire::practice_feature_name(&format!("names[{i}]"), name)?;
+            let p = practice(&s, ods, &self.engine.supplier)?;
+            let a = answer(&s, p, &key, &ctx, r.explain)?;
+            bytes += element_len(&a);
+            if bytes > MAX_MESSAGE_BYTES {
+                return Err(response_too_large(r.names.len(), i, r.explain).into());
+            }
+            answers.push(a);
+        }
         Ok(Response::new(pb::BatchGetPracticeFeaturesResponse {
             practice_features: answers,
         }))
@@ -104,19 +108,21 @@ impl ToggleService for Handlers {
             }
             matching.push(p);
         }
-        let next_page_token = if matching.len() > size {
-            matching.truncate(size);
-            matching
-                .last()
-                .map(|p| wire::page_token(&query, p.ods.as_str()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        let practice_features = matching
-            .into_iter()
-            .map(|p| answer(&s, p, &key, &ctx, r.explain))
-            .collect::<Result<Vec<_>, _>>()?;
+        // Explained answers carry every applicable rule with its scope, so a page is bounded by
+        // bytes as well as by count.
+        let mut page = Page::new(size);
+        for p in matching {
+            if !page.push(answer(&s, p, &key, &ctx, r.explain)?) {
+                break;
+            }
+        }
+        let (practice_features, next_page_token) = page.finish(|a| {
+            let ods = a
+                .practice
+                .as_ref()
+                .map_or("", |p| p.name.trim_start_matches("practices/"));
+            wire::page_token(&query, ods)
+        });
         Ok(Response::new(pb::ListPracticeFeaturesResponse {
             practice_features,
             next_page_token,
