@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tonic::{Code, transport::Channel};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::core::Core;
+use crate::coordinator::Core;
 
 /// The first retry delay; it doubles on each failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);

@@ -7,10 +7,14 @@
 //! - `core`: the model and its write path; `delivery`: the per-supplier tasks; `service`: the
 //!   gRPC handlers.
 
-mod core;
+mod change;
+mod coordinator;
 mod delivery;
+mod impact;
+mod model;
 mod recovery;
 mod service;
+mod sync;
 
 use std::{
     collections::BTreeMap,
@@ -35,7 +39,7 @@ use serde::Deserialize;
 use tokio::{net::TcpListener, sync::watch};
 use tracing::{error, info, warn};
 
-pub use crate::core::SupplierEndpoint;
+pub use crate::coordinator::SupplierEndpoint;
 
 /// The coordinator service of GP Rollout Control: halts, resumes and go-lives pushed to every
 /// supplier over mutual TLS, with approvals, delivery tracking, verification and audit.
@@ -146,7 +150,7 @@ pub enum Error {
     Store(#[from] rollout_store::StoreError),
     /// Stored state unreadable.
     #[error(transparent)]
-    Load(#[from] crate::core::LoadError),
+    Load(#[from] crate::coordinator::LoadError),
     /// Reference files unusable.
     #[error("estate: {0}")]
     Estate(String),
@@ -262,7 +266,7 @@ pub fn access_table() -> AccessTable {
 /// does; gives it up (stopping delivery) if its lock connection is lost, and tries again.
 async fn lead(
     store: SqlCoordinatorStore,
-    core: Arc<crate::core::Core>,
+    core: Arc<crate::coordinator::Core>,
     channels: BTreeMap<SupplierId, tonic::transport::Channel>,
     heartbeat: Duration,
     mut stop: watch::Receiver<bool>,
@@ -340,7 +344,7 @@ pub async fn serve(
     );
     let store = SqlCoordinatorStore::open(&config.database_url).await?;
     let store_handle = store.clone();
-    let core = crate::core::Core::load(
+    let core = crate::coordinator::Core::load(
         Arc::new(store),
         estate.clone(),
         config.suppliers.clone(),

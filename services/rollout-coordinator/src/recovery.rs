@@ -17,7 +17,7 @@ use rollout_store::{RequestRecord, coordinator::CommandState};
 use tonic::transport::Channel;
 use tracing::info;
 
-use crate::core::{Change, Cmd, Core, Idempotency, SupplierStatus};
+use crate::coordinator::{Change, Cmd, Core, Idempotency, SupplierStatus};
 
 /// Most commands one recovery takes; past that the operator is told to restore a newer backup.
 const MAX_RECOVERED: usize = 10_000;
@@ -158,7 +158,7 @@ impl Core {
             dry_run,
             idem,
         } = recovery;
-        let mut guard = self.model().await;
+        let mut guard = self.lock().await;
         let m = &mut *guard;
         self.catch_up(m).await?;
         let last = m.last_sequence();
@@ -202,7 +202,7 @@ impl Core {
             }
             // A command this log holds as pending may have been approved and dispatched in
             // the history it lost; one it holds as dispatched cannot come back.
-            if let Some(existing) = m.commands.get(&domain.id)
+            if let Some(existing) = m.find(&domain.id)
                 && existing.state != CommandState::Pending
             {
                 return Err(diverged(
@@ -214,7 +214,7 @@ impl Core {
                 ));
             }
             if let Action::CreateFeature(def) = &domain.action
-                && m.features.contains_key(&def.key)
+                && m.feature(&def.key).is_some()
             {
                 return Err(diverged(
                     format!("features/{} is already defined in this log", def.key),
@@ -231,7 +231,7 @@ impl Core {
             if pb.create_time.is_none() {
                 pb.create_time = Some(wire::timestamp(now));
             }
-            pb.impact = Some(self.impact_of(m, &domain.action));
+            pb.impact = Some(crate::impact::impact_of(&self.estate, m, &domain.action));
             if let Action::CreateFeature(def) = &domain.action {
                 let mut feature = wire::feature_pb(def);
                 feature.creator = domain.requester.clone();
@@ -305,7 +305,7 @@ impl Core {
         if dry_run {
             return Ok(response);
         }
-        let mut status: SupplierStatus = m.suppliers.get(&supplier).cloned().unwrap_or_default();
+        let mut status: SupplierStatus = m.supplier(&supplier).cloned().unwrap_or_default();
         status.pb.divergence = String::new();
         status.acked = held.applied;
         status.pb.applied_sequence = i64::try_from(held.applied).unwrap_or(i64::MAX);

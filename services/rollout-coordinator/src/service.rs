@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status, transport::Channel};
 use tracing::{Span, instrument};
 
 use crate::{
-    core::{Core, Idempotency},
+    coordinator::{Core, Idempotency, Model},
     recovery::{self, Recovery},
 };
 
@@ -235,12 +235,9 @@ impl CoordinatorService for Handlers {
         req: Request<pb::GetFeatureRequest>,
     ) -> Result<Response<pb::Feature>, Status> {
         let key = wire::feature_name("name", &req.get_ref().name)?;
-        let m = self.core.model().await;
-        let (_, f) = m
-            .features
-            .get(&key)
-            .ok_or_else(|| ApiError::not_found("FEATURE_NOT_FOUND", format!("features/{key}")))?;
-        Ok(Response::new(f.clone()))
+        let feature = self.core.read(|m| m.feature(&key).map(|(_, f)| f.clone())).await;
+        let f = feature.ok_or_else(|| ApiError::not_found("FEATURE_NOT_FOUND", format!("features/{key}")))?;
+        Ok(Response::new(f))
     }
 
     async fn list_features(
@@ -250,16 +247,18 @@ impl CoordinatorService for Handlers {
         let r = req.get_ref();
         let size = wire::page_size("page_size", r.page_size, 100, 1_000)?;
         let after = wire::page_token_after("page_token", &r.page_token, "features")?;
-        let m = self.core.model().await;
-        let (features, next_page_token) = Page::new(size)
-            .fill(
-                m.features
-                    .values()
-                    .map(|(_, f)| f)
-                    .filter(|f| after.as_deref().is_none_or(|a| f.name.as_str() > a))
-                    .cloned(),
-            )
-            .finish(|f| wire::page_token("features", &f.name));
+        let (features, next_page_token) = self
+            .core
+            .read(|m| {
+                Page::new(size)
+                    .fill(
+                        m.features()
+                            .filter(|f| after.as_deref().is_none_or(|a| f.name.as_str() > a))
+                            .cloned(),
+                    )
+                    .finish(|f| wire::page_token("features", &f.name))
+            })
+            .await;
         Ok(Response::new(pb::ListFeaturesResponse {
             features,
             next_page_token,
@@ -415,9 +414,11 @@ impl CoordinatorService for Handlers {
         req: Request<pb::GetCommandRequest>,
     ) -> Result<Response<pb::Command>, Status> {
         let id = wire::command_name("name", &req.get_ref().name)?;
-        let m = self.core.model().await;
-        let cmd = m.command(&id)?;
-        Ok(Response::new(m.command_view(cmd)))
+        let view = self
+            .core
+            .read(|m| m.command(&id).map(|c| m.command_view(c)))
+            .await?;
+        Ok(Response::new(view))
     }
 
     async fn list_commands(
@@ -440,28 +441,31 @@ impl CoordinatorService for Handlers {
         let size = wire::page_size("page_size", r.page_size, 50, 500)?;
         let query = format!("{}|{}", r.feature, r.state);
         let after = wire::page_token_after("page_token", &r.page_token, &query)?;
-        let m = self.core.model().await;
-        // Newest first: walk the issue order backwards, starting after the token's command.
-        // A command carries its whole scope (up to 10,000 practice codes, about 80 KB) and its
-        // impact the codes the estate does not know (as much again), so a page is bounded by
-        // bytes as well as by count.
-        let mut skipping = after.is_some();
-        let mut page = Page::new(size);
-        for id in m.order.iter().rev() {
-            if skipping {
-                skipping = after.as_deref() != Some(id.as_str());
-                continue;
-            }
-            let Some(c) = m.commands.get(id) else { continue };
-            if feature.as_ref().is_some_and(|f| *f != c.domain.feature)
-                || state.is_some_and(|s| s != c.pb.state())
-            {
-                continue;
-            }
-            if !page.push(m.command_view(c)) {
-                break;
-            }
-        }
+        // Newest first, starting after the token's command. A command carries its whole scope
+        // (up to 10,000 practice codes, about 80 KB) and its impact the codes the estate does
+        // not know (as much again), so a page is bounded by bytes as well as by count.
+        let page = self
+            .core
+            .read(|m| {
+                let mut skipping = after.is_some();
+                let mut page = Page::new(size);
+                for c in m.commands_newest_first() {
+                    if skipping {
+                        skipping = after.as_deref() != Some(c.domain.id.as_str());
+                        continue;
+                    }
+                    if feature.as_ref().is_some_and(|f| *f != c.domain.feature)
+                        || state.is_some_and(|s| s != c.pb.state())
+                    {
+                        continue;
+                    }
+                    if !page.push(m.command_view(c)) {
+                        break;
+                    }
+                }
+                page
+            })
+            .await;
         let (commands, next_page_token) =
             page.finish(|c| wire::page_token(&query, c.name.strip_prefix("commands/").unwrap_or(&c.name)));
         Ok(Response::new(pb::ListCommandsResponse {
@@ -477,19 +481,15 @@ impl CoordinatorService for Handlers {
         req: Request<pb::WatchCommandRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let id = wire::command_name("name", &req.get_ref().name)?;
-        self.core.model().await.command(&id)?;
+        self.core.read(|m| m.command(&id).map(|_| ())).await?;
         let (tx, rx) = mpsc::channel(16);
         let core = self.core.clone();
         tokio::spawn(async move {
             let mut changes = core.changes.subscribe();
             let mut last: Option<pb::Command> = None;
             loop {
-                let view = {
-                    let m = core.model().await;
-                    match m.commands.get(&id) {
-                        Some(c) => m.command_view(c),
-                        None => return,
-                    }
+                let Some(view) = core.read(|m| m.find(&id).map(|c| m.command_view(c))).await else {
+                    return;
                 };
                 let complete = match view.state() {
                     pb::command::State::Cancelled => true,
@@ -541,10 +541,16 @@ impl CoordinatorService for Handlers {
             .filter(|s| after.as_deref().is_none_or(|a| s.id.as_str() > a))
             .collect();
         configured.sort_by(|a, b| a.id.cmp(&b.id));
-        let m = self.core.model().await;
-        let (suppliers, next_page_token) = Page::new(size)
-            .fill(configured.into_iter().map(|s| self.core.supplier_view(&m, s)))
-            .finish(|s| wire::page_token("suppliers", s.name.strip_prefix("suppliers/").unwrap_or(&s.name)));
+        let (suppliers, next_page_token) = self
+            .core
+            .read(|m| {
+                Page::new(size)
+                    .fill(configured.into_iter().map(|s| self.core.supplier_view(m, s)))
+                    .finish(|s| {
+                        wire::page_token("suppliers", s.name.strip_prefix("suppliers/").unwrap_or(&s.name))
+                    })
+            })
+            .await;
         Ok(Response::new(pb::ListSuppliersResponse {
             suppliers,
             next_page_token,
@@ -562,8 +568,9 @@ impl CoordinatorService for Handlers {
             .iter()
             .find(|s| s.id == id)
             .ok_or_else(|| ApiError::not_found("SUPPLIER_NOT_FOUND", format!("suppliers/{id}")))?;
-        let m = self.core.model().await;
-        Ok(Response::new(self.core.supplier_view(&m, s)))
+        Ok(Response::new(
+            self.core.read(|m| self.core.supplier_view(m, s)).await,
+        ))
     }
 
     #[instrument(skip_all, fields(command))]
@@ -573,29 +580,25 @@ impl CoordinatorService for Handlers {
     ) -> Result<Response<pb::VerifyCommandResponse>, Status> {
         let id = wire::command_name("name", &req.get_ref().name)?;
         Span::current().record("command", id.as_str());
-        let (scope, feature) = {
-            let m = self.core.model().await;
-            let c = m.command(&id)?;
-            match (&c.domain.action, c.state) {
-                (Action::Halt { scope }, CommandState::Dispatched) => {
-                    (scope.clone(), format!("features/{}", c.domain.feature))
-                }
-                (Action::Halt { .. }, _) => {
-                    return Err(ApiError::failed_precondition(
+        let (scope, feature) = self
+            .core
+            .read(|m| {
+                let c = m.command(&id)?;
+                match (&c.domain.action, c.state) {
+                    (Action::Halt { scope }, CommandState::Dispatched) => {
+                        Ok((scope.clone(), format!("features/{}", c.domain.feature)))
+                    }
+                    (Action::Halt { .. }, _) => Err(ApiError::failed_precondition(
                         "NOT_DISPATCHED",
                         format!("commands/{id} has not been dispatched"),
-                    )
-                    .into());
-                }
-                _ => {
-                    return Err(ApiError::failed_precondition(
+                    )),
+                    _ => Err(ApiError::failed_precondition(
                         "NOT_A_HALT",
                         format!("commands/{id} is not a halt; only a halt can be verified"),
-                    )
-                    .into());
+                    )),
                 }
-            }
-        };
+            })
+            .await?;
         let checks = self.core.suppliers.iter().map(|s| {
             let client = self.toggle(&s.id);
             let (supplier, feature, scope) = (s.id.clone(), feature.clone(), scope.clone());
@@ -618,7 +621,7 @@ impl CoordinatorService for Handlers {
                     .map_err(|e| ApiError::internal("verifying a supplier", e))?,
             );
         }
-        let scope_counts = self.core.impact(&[&scope]);
+        let scope_counts = crate::impact::impact(&self.core.estate, &[&scope]);
         for r in &mut results {
             r.checked_count = scope_counts
                 .suppliers
@@ -730,7 +733,7 @@ impl CoordinatorService for Handlers {
                 self.channels.get(&supplier).cloned().ok_or_else(|| {
                     ApiError::not_found("SUPPLIER_NOT_FOUND", format!("suppliers/{supplier}"))
                 })?;
-            let after = self.core.model().await.last_sequence();
+            let after = self.core.read(Model::last_sequence).await;
             let held = recovery::read_held(&supplier, channel, after).await?;
             let recovery = Recovery {
                 supplier,

@@ -1,0 +1,497 @@
+//! The coordinator's write path and its delivery-side records, over the private [`Model`]:
+//! every change is computed first, committed to the store (with its audit event and
+//! idempotency record) and only then applied to the model, so a failed commit changes nothing.
+//! A command's sequence is committed before the operator's call returns. Readers borrow the
+//! model in a closure ([`Core::read`]) and never hold its lock across anything else.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use prost::Message;
+use rollout_core::{
+    Action, Command, CommandId, Estate, FeatureDef, FeatureKey, SupplierId,
+    audit::{AuditDraft, now},
+};
+use rollout_net::{ApiError, wire};
+use rollout_proto::v1 as pb;
+use rollout_store::{
+    RequestRecord,
+    coordinator::{CommandState, CoordinatorStore},
+};
+use tokio::sync::{Mutex, watch};
+use tracing::info;
+
+pub use crate::{
+    change::{Change, Idempotency},
+    model::{Cmd, LoadError, Model, SupplierStatus},
+};
+
+/// A configured supplier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupplierEndpoint {
+    /// Its id.
+    pub id: SupplierId,
+    /// `host:port` of its gRPC port.
+    pub endpoint: String,
+    /// The identity its server certificate must carry.
+    pub identity: String,
+}
+
+/// The coordinator core.
+pub struct Core {
+    store: Arc<dyn CoordinatorStore>,
+    model: Mutex<Model>,
+    /// The last dispatched sequence, watched by the delivery tasks.
+    pub target: watch::Sender<u64>,
+    /// Bumped on every change, watched by WatchCommand streams.
+    pub changes: watch::Sender<u64>,
+    /// The national estate (for impact, routing and verification).
+    pub estate: Arc<Estate>,
+    /// The configured suppliers.
+    pub suppliers: Vec<SupplierEndpoint>,
+    /// No contact for this long makes a supplier STALE.
+    pub stale_after: Duration,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("suppliers", &self.suppliers)
+            .finish_non_exhaustive()
+    }
+}
+
+fn store_error(context: &'static str) -> impl FnOnce(rollout_store::StoreError) -> ApiError {
+    move |e| ApiError::internal(context, e)
+}
+
+impl Core {
+    /// Rebuilds the model from the store.
+    pub async fn load(
+        store: Arc<dyn CoordinatorStore>,
+        estate: Arc<Estate>,
+        suppliers: Vec<SupplierEndpoint>,
+        stale_after: Duration,
+    ) -> Result<Arc<Core>, LoadError> {
+        let stored = store.load().await?;
+        let m = Model::from_store(stored)?;
+        let last = m.last_sequence();
+        info!(
+            commands = m.commands_newest_first().count(),
+            last_sequence = last,
+            "coordinator state rebuilt from the store"
+        );
+        Ok(Arc::new(Core {
+            store,
+            model: Mutex::new(m),
+            target: watch::channel(last).0,
+            changes: watch::channel(0).0,
+            estate,
+            suppliers,
+            stale_after,
+        }))
+    }
+
+    /// Lends the model to `read` under its lock. The closure cannot await, so no reader holds
+    /// the lock across a call to anything else.
+    pub async fn read<T>(&self, read: impl FnOnce(&Model) -> T) -> T {
+        read(&*self.model.lock().await)
+    }
+
+    /// The model, locked, for a write: the caller computes a change, then [`Core::commit`]s it.
+    pub(crate) async fn lock(&self) -> tokio::sync::MutexGuard<'_, Model> {
+        self.model.lock().await
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn CoordinatorStore> {
+        &self.store
+    }
+
+    pub(crate) async fn commit(
+        &self,
+        m: &mut Model,
+        change: Change,
+        request: Option<RequestRecord>,
+        audit: Option<AuditDraft>,
+    ) -> Result<(), ApiError> {
+        // API writes (audited) must not race another replica's; delivery records commute.
+        let guarded = audit.is_some();
+        let mut write = change.write(request, audit);
+        write.expected_version = guarded.then_some(m.store_version());
+        if let Err(e) = self.store.write(write).await {
+            return Err(match e {
+                rollout_store::StoreError::Conflict(message) => {
+                    if let Err(reload) = self.reload(m).await {
+                        tracing::error!(error = %reload, "could not reload after a conflict");
+                    }
+                    ApiError::new(
+                        tonic::Code::Aborted,
+                        "CONCURRENT_CHANGE",
+                        format!(
+                            "another coordinator replica changed the state first ({message}); retry the call"
+                        ),
+                    )
+                }
+                other => ApiError::internal("committing a change", other),
+            });
+        }
+        let before = m.last_sequence();
+        m.committed(change, guarded);
+        let after = m.last_sequence();
+        if after > before {
+            self.target.send_replace(after);
+        }
+        self.changes.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Replaces the model with what the store holds, keeping the contact times this replica
+    /// knows better (it may be the one talking to the suppliers).
+    async fn reload(&self, m: &mut Model) -> Result<(), ApiError> {
+        let stored = self
+            .store
+            .load()
+            .await
+            .map_err(store_error("reloading the state"))?;
+        let mut fresh =
+            Model::from_store(stored).map_err(|e| ApiError::internal("reloading the state", e))?;
+        fresh.keep_contact(m);
+        *m = fresh;
+        self.target.send_replace(m.last_sequence());
+        self.changes.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Before an API write on a shared store: catch up if another replica wrote.
+    pub(crate) async fn catch_up(&self, m: &mut Model) -> Result<(), ApiError> {
+        if !self.store.shared() {
+            return Ok(());
+        }
+        let (version, _) = self
+            .store
+            .head()
+            .await
+            .map_err(store_error("reading the store version"))?;
+        if version != m.store_version() {
+            self.reload(m).await?;
+        }
+        Ok(())
+    }
+
+    /// Follows writes made through other replicas (and by this one's delivery leader): reloads
+    /// when the store's change count moved.
+    pub async fn follow_store(&self) {
+        match self.store.head().await {
+            Ok((_, changes)) => {
+                let mut m = self.lock().await;
+                if changes != m.store_changes()
+                    && let Err(e) = self.reload(&mut m).await
+                {
+                    tracing::warn!(error = %e, "could not reload the state");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot read the store version"),
+        }
+    }
+
+    /// Returns the stored response of a retried request, or refuses a reused id.
+    pub async fn recall(&self, idem: Option<&Idempotency>) -> Result<Option<Vec<u8>>, ApiError> {
+        let Some(idem) = idem else { return Ok(None) };
+        match self.store.recall_request(&idem.request_id).await.map_err(store_error("reading a request id"))? {
+            Some(r) if r.fingerprint == idem.fingerprint => Ok(Some(r.response)),
+            Some(_) => Err(ApiError::new(
+                tonic::Code::InvalidArgument,
+                "REQUEST_ID_REUSED",
+                format!(
+                    "request_id {} was already used for a different request; use a new UUID for a new request",
+                    idem.request_id
+                ),
+            )
+            .with_violation("request_id", "already used for a different request")
+            .with_metadata("request_id", idem.request_id.clone())),
+            None => Ok(None),
+        }
+    }
+
+    /// Gives `cmd` the next sequence and pending deliveries to every configured supplier.
+    fn dispatch(&self, m: &Model, cmd: &mut Cmd, change: &mut Change, at: SystemTime) {
+        let sequence = m.last_sequence() + 1;
+        cmd.domain.sequence = sequence;
+        cmd.state = CommandState::Dispatched;
+        cmd.pb.sequence = i64::try_from(sequence).unwrap_or(i64::MAX);
+        cmd.pb.state = pb::command::State::Dispatched.into();
+        cmd.pb.sequence_time = Some(wire::timestamp(at));
+        for s in &self.suppliers {
+            change.deliveries.push((
+                (sequence, s.id.clone()),
+                pb::Delivery {
+                    supplier: format!("suppliers/{}", s.id),
+                    state: pb::delivery::State::Pending.into(),
+                    ..Default::default()
+                },
+            ));
+        }
+        info!(sequence, command = %cmd.domain.id, action = cmd.domain.action.name(), feature = %cmd.domain.feature, "command dispatched");
+    }
+
+    /// Defines a feature: a sequenced CreateFeature command, dispatched at once.
+    pub async fn create_feature(
+        &self,
+        requester: &str,
+        def: FeatureDef,
+        reason: String,
+        idem: Option<Idempotency>,
+        audit: AuditDraft,
+    ) -> Result<pb::Feature, ApiError> {
+        let mut m = self.lock().await;
+        self.catch_up(&mut m).await?;
+        if m.feature(&def.key).is_some() {
+            return Err(ApiError::new(
+                tonic::Code::AlreadyExists,
+                "FEATURE_EXISTS",
+                format!("features/{} already exists", def.key),
+            )
+            .with_metadata("name", format!("features/{}", def.key)));
+        }
+        m.refuse_if_diverged()?;
+        let at = now();
+        let mut cmd = self.new_command(
+            requester,
+            def.key.clone(),
+            Action::CreateFeature(def.clone()),
+            reason,
+            at,
+            0,
+        );
+        let mut change = Change::default();
+        self.dispatch(&m, &mut cmd, &mut change, at);
+        let mut feature = wire::feature_pb(&def);
+        feature.creator = requester.to_owned();
+        feature.create_time = Some(wire::timestamp(at));
+        feature.sequence = cmd.pb.sequence;
+        change.commands.push(cmd);
+        change.features.push((def, feature.clone()));
+        let request = idem.map(|i| RequestRecord {
+            request_id: i.request_id,
+            fingerprint: i.fingerprint,
+            response: feature.encode_to_vec(),
+        });
+        self.commit(&mut m, change, request, Some(audit)).await?;
+        Ok(feature)
+    }
+
+    fn new_command(
+        &self,
+        requester: &str,
+        feature: FeatureKey,
+        action: Action,
+        reason: String,
+        at: SystemTime,
+        approvals_required: u32,
+    ) -> Cmd {
+        let id = CommandId::parse(&uuid::Uuid::new_v4().hyphenated().to_string())
+            .expect("a hyphenated UUID is a valid command id");
+        let domain = Command {
+            id,
+            sequence: 0,
+            feature,
+            action,
+            reason,
+            requester: requester.to_owned(),
+            issued_at: at,
+            approved_by: vec![],
+        };
+        let mut pb = wire::command_pb(&domain);
+        pb.sequence = 0;
+        pb.state = pb::command::State::PendingApproval.into();
+        pb.approvals_required = i32::try_from(approvals_required).unwrap_or(i32::MAX);
+        pb.create_time = Some(wire::timestamp(at));
+        Cmd {
+            pb,
+            domain,
+            state: CommandState::Pending,
+        }
+    }
+
+    /// Issues a halt (dispatched at once), or a resume or go-live (pending approval). With
+    /// `dry_run`, only the impact is worked out and nothing is saved.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn issue(
+        &self,
+        requester: &str,
+        feature: FeatureKey,
+        action: Action,
+        reason: String,
+        dry_run: bool,
+        idem: Option<Idempotency>,
+        audit: AuditDraft,
+    ) -> Result<pb::Command, ApiError> {
+        let mut m = self.lock().await;
+        self.catch_up(&mut m).await?;
+        let (def, _) = m
+            .feature(&feature)
+            .ok_or_else(|| ApiError::not_found("FEATURE_NOT_FOUND", format!("features/{feature}")))?;
+        let approvals = if action.turns_on() {
+            def.approvals_required
+        } else {
+            0
+        };
+        if let Action::Resume { halts } = &action {
+            for (i, h) in halts.iter().enumerate() {
+                let field = format!("halts[{i}]");
+                let c = m.find(h).ok_or_else(|| {
+                    ApiError::not_found("HALT_NOT_FOUND", format!("commands/{h}"))
+                        .with_violation(&field, "no such command")
+                })?;
+                if !matches!(c.domain.action, Action::Halt { .. }) || c.domain.feature != feature {
+                    return Err(ApiError::invalid_field(
+                        field,
+                        format!("commands/{h} is not a halt of features/{feature}"),
+                    ));
+                }
+                if c.state != CommandState::Dispatched {
+                    return Err(ApiError::invalid_field(
+                        field,
+                        format!("commands/{h} was never dispatched"),
+                    ));
+                }
+                if let Some(by) = m.lifted_by(h) {
+                    return Err(ApiError::failed_precondition(
+                        "HALT_ALREADY_LIFTED",
+                        format!("commands/{h} was already lifted by commands/{by}"),
+                    )
+                    .with_metadata("halt", format!("commands/{h}")));
+                }
+            }
+        }
+        let at = now();
+        let mut cmd = self.new_command(requester, feature, action, reason, at, approvals);
+        cmd.pb.impact = Some(crate::impact::impact_of(&self.estate, &m, &cmd.domain.action));
+        if dry_run {
+            cmd.pb.name = String::new();
+            cmd.pb.state = pb::command::State::DryRun.into();
+            return Ok(cmd.pb);
+        }
+        let mut change = Change::default();
+        if approvals == 0 {
+            m.refuse_if_diverged()?;
+            self.dispatch(&m, &mut cmd, &mut change, at);
+        }
+        let view = {
+            let mut v = cmd.pb.clone();
+            v.deliveries = change.deliveries.iter().map(|(_, d)| d.clone()).collect();
+            v
+        };
+        change.commands.push(cmd);
+        let request = idem.map(|i| RequestRecord {
+            request_id: i.request_id,
+            fingerprint: i.fingerprint,
+            response: view.encode_to_vec(),
+        });
+        self.commit(&mut m, change, request, Some(audit)).await?;
+        Ok(view)
+    }
+
+    /// Approves a pending command; the last approval needed dispatches it.
+    pub async fn approve(
+        &self,
+        approver: &str,
+        id: &CommandId,
+        comment: String,
+        idem: Option<Idempotency>,
+        audit: AuditDraft,
+    ) -> Result<pb::Command, ApiError> {
+        let mut m = self.lock().await;
+        self.catch_up(&mut m).await?;
+        let mut cmd = m.command(id)?.clone();
+        if cmd.state != CommandState::Pending {
+            return Err(ApiError::failed_precondition(
+                "NOT_PENDING",
+                format!("commands/{id} is not waiting for approval ({:?})", cmd.pb.state()),
+            ));
+        }
+        if cmd.domain.requester == approver {
+            return Err(ApiError::permission_denied(
+                "SELF_APPROVAL",
+                format!("commands/{id} was requested by {approver}; a different approver must approve it"),
+            ));
+        }
+        if cmd.pb.approvals.iter().any(|a| a.approver == approver) {
+            return Err(ApiError::failed_precondition(
+                "ALREADY_APPROVED",
+                format!("{approver} has already approved commands/{id}; another approver is needed"),
+            ));
+        }
+        let at = now();
+        cmd.pb.approvals.push(pb::command::Approval {
+            approver: approver.to_owned(),
+            approve_time: Some(wire::timestamp(at)),
+            comment,
+        });
+        cmd.domain.approved_by.push(approver.to_owned());
+        let mut change = Change::default();
+        if cmd.pb.approvals.len() >= usize::try_from(cmd.pb.approvals_required).unwrap_or(1) {
+            m.refuse_if_diverged()?;
+            cmd.pb.approve_time = Some(wire::timestamp(at));
+            self.dispatch(&m, &mut cmd, &mut change, at);
+        }
+        let mut view = cmd.pb.clone();
+        view.deliveries = change.deliveries.iter().map(|(_, d)| d.clone()).collect();
+        change.commands.push(cmd);
+        let request = idem.map(|i| RequestRecord {
+            request_id: i.request_id,
+            fingerprint: i.fingerprint,
+            response: view.encode_to_vec(),
+        });
+        self.commit(&mut m, change, request, Some(audit)).await?;
+        Ok(view)
+    }
+
+    /// Withdraws a command still waiting for approval.
+    pub async fn cancel(
+        &self,
+        who: &str,
+        id: &CommandId,
+        idem: Option<Idempotency>,
+        audit: AuditDraft,
+    ) -> Result<pb::Command, ApiError> {
+        let mut m = self.lock().await;
+        self.catch_up(&mut m).await?;
+        let mut cmd = m.command(id)?.clone();
+        if cmd.state != CommandState::Pending {
+            return Err(ApiError::failed_precondition(
+                "NOT_PENDING",
+                format!(
+                    "commands/{id} is not waiting for approval, so it cannot be cancelled; issue a halt instead"
+                ),
+            ));
+        }
+        cmd.state = CommandState::Cancelled;
+        cmd.pb.state = pb::command::State::Cancelled.into();
+        cmd.pb.cancelled_by = who.to_owned();
+        cmd.pb.cancel_time = Some(wire::timestamp(now()));
+        let view = cmd.pb.clone();
+        let change = Change {
+            commands: vec![cmd],
+            ..Change::default()
+        };
+        let request = idem.map(|i| RequestRecord {
+            request_id: i.request_id,
+            fingerprint: i.fingerprint,
+            response: view.encode_to_vec(),
+        });
+        self.commit(&mut m, change, request, Some(audit)).await?;
+        Ok(view)
+    }
+
+    /// Appends the audit event of a refused call (already marked refused), logging rather than
+    /// failing if the store cannot take it: the caller is answered either way.
+    pub async fn record_refusal(&self, audit: AuditDraft) {
+        if let Err(e) = self.store.append_audit(audit).await {
+            tracing::error!(error = %e, "could not record a refused call in the audit log");
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Which practices at which suppliers a command covers, from the national estate: pure.
+
+use std::collections::BTreeMap;
+
+use rollout_core::{Action, Estate, PracticeStatus, Scope, SupplierId};
+use rollout_proto::v1 as pb;
+
+use crate::model::Model;
+
+/// Which practices at which suppliers the scopes cover, from the national estate.
+pub fn impact(estate: &Estate, scopes: &[&Scope]) -> pb::Impact {
+    let mut per: BTreeMap<&SupplierId, i32> = BTreeMap::new();
+    let mut total = 0;
+    for p in estate.practices() {
+        if p.status == PracticeStatus::Active && scopes.iter().any(|s| s.covers(p)) {
+            total += 1;
+            *per.entry(&p.supplier).or_default() += 1;
+        }
+    }
+    let mut unknown: Vec<String> = scopes
+        .iter()
+        .filter_map(|s| match s {
+            Scope::Practices(set) => Some(
+                set.iter()
+                    .filter(|o| estate.get(o).is_none())
+                    .map(ToString::to_string),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    unknown.sort();
+    unknown.dedup();
+    pb::Impact {
+        practices: total,
+        suppliers: per
+            .into_iter()
+            .map(|(s, n)| pb::impact::SupplierImpact {
+                supplier: format!("suppliers/{s}"),
+                practices: n,
+            })
+            .collect(),
+        unknown_practices: unknown,
+    }
+}
+
+/// The impact of a command's action.
+pub fn impact_of(estate: &Estate, m: &Model, action: &Action) -> pb::Impact {
+    match action {
+        Action::Halt { scope } | Action::GoLive { scope, .. } => impact(estate, &[scope]),
+        Action::Resume { halts } => {
+            let scopes: Vec<&Scope> = halts
+                .iter()
+                .filter_map(|h| match m.find(h).map(|c| &c.domain.action) {
+                    Some(Action::Halt { scope }) => Some(scope),
+                    _ => None,
+                })
+                .collect();
+            impact(estate, &scopes)
+        }
+        Action::CreateFeature(_) => pb::Impact::default(),
+    }
+}
