@@ -11,7 +11,7 @@ use tonic::Code;
 
 use crate::{
     cli::ctl,
-    stack::{SUPPLIERS, Stack, delivered, feature_live, halt, national},
+    stack::{SUPPLIERS, Stack, delivered, feature_live, halt, national, suppliers_until},
     support::{FEATURE, assert_refused, pg_database, practice_feature},
 };
 
@@ -46,27 +46,10 @@ async fn answers(stack: &Stack) -> Vec<(S, R, i64)> {
 
 /// Polls ListSuppliers until every supplier is in `state`.
 async fn every_supplier(stack: &Stack, state: Sync, within: Duration) -> Vec<pb::Supplier> {
-    let end = tokio::time::Instant::now() + within;
-    loop {
-        let list = stack
-            .client("viewer")
-            .list_suppliers(pb::ListSuppliersRequest::default())
-            .await
-            .expect("list suppliers")
-            .into_inner();
-        if list.suppliers.iter().all(|s| s.state() == state) {
-            return list.suppliers;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "not every supplier is {state:?} within {within:?}: {:?}",
-            list.suppliers
-                .iter()
-                .map(|s| (s.name.as_str(), s.state(), s.divergence.as_str()))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    suppliers_until(stack, within, &format!("every supplier {state:?}"), |list| {
+        list.iter().all(|s| s.state() == state)
+    })
+    .await
 }
 
 async fn restored_coordinator_lifts_nothing_and_recovers(postgres: Option<crate::support::PgDb>) {

@@ -10,7 +10,7 @@ use tonic::transport::Channel;
 
 use crate::{
     cli::ctl,
-    stack::{SUPPLIERS, Stack, feature_live, national},
+    stack::{SUPPLIERS, Stack, feature_live, national, suppliers_until},
     support::{FEATURE, practice_feature},
 };
 
@@ -122,29 +122,12 @@ async fn long_history(stack: &Stack) -> (i64, String) {
     (suppliers.suppliers[0].target_sequence.max(last), in_force)
 }
 
-/// Polls until every supplier has applied `target`.
+/// Polls until every supplier has applied `target`, as the coordinator sees it.
 async fn converged(stack: &Stack, target: i64, within: Duration) {
-    let end = tokio::time::Instant::now() + within;
-    loop {
-        let list = stack
-            .client("viewer")
-            .list_suppliers(pb::ListSuppliersRequest::default())
-            .await
-            .expect("suppliers")
-            .into_inner();
-        if list.suppliers.iter().all(|s| s.applied_sequence == target) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "not converged on {target} within {within:?}: {:?}",
-            list.suppliers
-                .iter()
-                .map(|s| (s.name.as_str(), s.applied_sequence, s.last_error.as_str()))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    suppliers_until(stack, within, &format!("converged on {target}"), |list| {
+        list.iter().all(|s| s.applied_sequence == target)
+    })
+    .await;
 }
 
 /// Polls a supplier's own answer until it has applied `target`.

@@ -287,6 +287,43 @@ pub async fn feature_live(stack: &Stack) {
     delivered(stack, &live.name).await;
 }
 
+/// Polls ListSuppliers until `done` holds for the list, and returns it; fails after `within`,
+/// saying what it waited for and where each supplier stood.
+pub async fn suppliers_until(
+    stack: &Stack,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&[pb::Supplier]) -> bool,
+) -> Vec<pb::Supplier> {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        let list = stack
+            .client("viewer")
+            .list_suppliers(pb::ListSuppliersRequest::default())
+            .await
+            .expect("list suppliers")
+            .into_inner()
+            .suppliers;
+        if done(&list) {
+            return list;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "not {what} within {within:?}: {:?}",
+            list.iter()
+                .map(|s| (
+                    s.name.as_str(),
+                    s.state(),
+                    s.applied_sequence,
+                    s.divergence.as_str(),
+                    s.last_error.as_str()
+                ))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The national scope on the wire.
 pub fn national() -> pb::Scope {
     pb::Scope {

@@ -75,3 +75,14 @@ pub struct Idempotency {
     /// The request's fingerprint.
     pub fingerprint: Vec<u8>,
 }
+
+impl Idempotency {
+    /// The record that answers a retry of this request with `response`.
+    pub fn record(self, response: &impl Message) -> RequestRecord {
+        RequestRecord {
+            request_id: self.request_id,
+            fingerprint: self.fingerprint,
+            response: response.encode_to_vec(),
+        }
+    }
+}

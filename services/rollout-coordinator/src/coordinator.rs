@@ -9,7 +9,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use prost::Message;
 use rollout_core::{
     Action, Command, CommandId, Estate, FeatureDef, FeatureKey, SupplierId,
     audit::{AuditDraft, now},
@@ -274,11 +273,7 @@ impl Core {
         feature.sequence = cmd.pb.sequence;
         change.commands.push(cmd);
         change.features.push((def, feature.clone()));
-        let request = idem.map(|i| RequestRecord {
-            request_id: i.request_id,
-            fingerprint: i.fingerprint,
-            response: feature.encode_to_vec(),
-        });
+        let request = idem.map(|i| i.record(&feature));
         self.commit(&mut m, change, request, Some(audit)).await?;
         Ok(feature)
     }
@@ -386,11 +381,7 @@ impl Core {
             v
         };
         change.commands.push(cmd);
-        let request = idem.map(|i| RequestRecord {
-            request_id: i.request_id,
-            fingerprint: i.fingerprint,
-            response: view.encode_to_vec(),
-        });
+        let request = idem.map(|i| i.record(&view));
         self.commit(&mut m, change, request, Some(audit)).await?;
         Ok(view)
     }
@@ -441,11 +432,7 @@ impl Core {
         let mut view = cmd.pb.clone();
         view.deliveries = change.deliveries.iter().map(|(_, d)| d.clone()).collect();
         change.commands.push(cmd);
-        let request = idem.map(|i| RequestRecord {
-            request_id: i.request_id,
-            fingerprint: i.fingerprint,
-            response: view.encode_to_vec(),
-        });
+        let request = idem.map(|i| i.record(&view));
         self.commit(&mut m, change, request, Some(audit)).await?;
         Ok(view)
     }
@@ -478,11 +465,7 @@ impl Core {
             commands: vec![cmd],
             ..Change::default()
         };
-        let request = idem.map(|i| RequestRecord {
-            request_id: i.request_id,
-            fingerprint: i.fingerprint,
-            response: view.encode_to_vec(),
-        });
+        let request = idem.map(|i| i.record(&view));
         self.commit(&mut m, change, request, Some(audit)).await?;
         Ok(view)
     }

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use rollout_core::{Action, HistoryHash, SupplierId, audit::AuditDraft};
 use rollout_net::{ApiError, wire};
 use rollout_proto::v1::{self as pb, control_service_client::ControlServiceClient};
-use rollout_store::{RequestRecord, coordinator::CommandState};
+use rollout_store::coordinator::CommandState;
 use tonic::transport::Channel;
 use tracing::info;
 
@@ -320,11 +320,7 @@ impl Core {
             }
         }
         change.suppliers.push((supplier.clone(), status));
-        let request = idem.map(|i| RequestRecord {
-            request_id: i.request_id,
-            fingerprint: i.fingerprint,
-            response: prost::Message::encode_to_vec(&response),
-        });
+        let request = idem.map(|i| i.record(&response));
         self.commit(m, change, request, Some(audit)).await?;
         info!(
             supplier = %supplier,
