@@ -2,6 +2,7 @@
 //! certificates made at test time, real processes where the test is about processes.
 
 mod cli;
+mod compaction;
 mod coordinator;
 mod deploy;
 mod devstack;
