@@ -12,7 +12,7 @@ use tokio::{
     process::{Child, ChildStdout, Command},
 };
 
-use crate::{supplier::grpcurl, support::binary};
+use crate::support::{binary, grpcurl::grpcurl};
 
 /// A port base whose 15 ports are all free now.
 fn free_base() -> u16 {

@@ -303,10 +303,10 @@ async fn a_coordinator_killed_between_accepting_and_delivering_loses_nothing() {
 
 #[tokio::test]
 async fn reads_under_load_while_commands_are_applied_see_no_errors() {
-    let (_tmp, files, server) = crate::supplier::emis().await;
-    let mut control = crate::supplier::control(&files, &server);
-    crate::supplier::apply(&mut control, crate::support::define(1, None)).await;
-    crate::supplier::apply(
+    let (_tmp, files, server) = crate::support::supplier::emis().await;
+    let mut control = crate::support::supplier::control(&files, &server);
+    crate::support::supplier::apply(&mut control, crate::support::define(1, None)).await;
+    crate::support::supplier::apply(
         &mut control,
         crate::support::go_live(2, "golive-1", rollout_core::Scope::National, None),
     )
@@ -314,14 +314,14 @@ async fn reads_under_load_while_commands_are_applied_see_no_errors() {
     // Four readers on their own connections, 1,500 reads each, while 60 commands are applied.
     let readers: Vec<_> = (0..4)
         .map(|r| {
-            let mut client = crate::supplier::toggle(&files, "backend-emis", &server);
+            let mut client = crate::support::supplier::toggle(&files, "backend-emis", &server);
             tokio::spawn(async move {
                 let (mut ok, mut errors) = (0u32, Vec::new());
                 for i in 0..1_500 {
                     let ods = if (i + r) % 2 == 0 {
-                        crate::supplier::EMIS_A
+                        crate::support::supplier::EMIS_A
                     } else {
-                        crate::supplier::EMIS_B
+                        crate::support::supplier::EMIS_B
                     };
                     match client
                         .get_practice_feature(pb::GetPracticeFeatureRequest {
@@ -339,16 +339,16 @@ async fn reads_under_load_while_commands_are_applied_see_no_errors() {
         .collect();
     for seq in 3..63 {
         let scope = crate::support::practices(&[if seq % 2 == 0 {
-            crate::supplier::EMIS_A
+            crate::support::supplier::EMIS_A
         } else {
-            crate::supplier::EMIS_B
+            crate::support::supplier::EMIS_B
         }]);
         let command = if seq % 3 == 0 {
             crate::support::go_live(seq, &format!("g{seq}"), scope, None)
         } else {
             crate::support::halt(seq, &format!("h{seq}"), scope)
         };
-        crate::supplier::apply(&mut control, command).await;
+        crate::support::supplier::apply(&mut control, command).await;
     }
     let mut total = 0;
     for r in readers {

@@ -19,9 +19,9 @@ use tonic_types::StatusExt;
 
 use crate::{
     stack::{Stack, feature_live},
-    supplier::{EMIS_ALL, apply, control, emis, toggle},
     support::{
         assert_refused, binary, channel_as, define, feature_name, halt, practice_feature, reference_files,
+        supplier::{EMIS_ALL, apply, control, emis, toggle},
     },
 };
 

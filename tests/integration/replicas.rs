@@ -5,9 +5,9 @@ use std::time::Duration;
 use rollout_core::Scope;
 use rollout_proto::v1::{self as pb, practice_feature::Reason as R, practice_feature::State as S};
 
-use crate::{
+use crate::support::{
+    define, feature_name, go_live, halt, pg_database, practices,
     supplier::{EMIS_A, EMIS_B, apply, control, get, supplier_files, toggle},
-    support::{define, feature_name, go_live, halt, pg_database, practices},
 };
 
 #[tokio::test]

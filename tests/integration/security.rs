@@ -80,7 +80,7 @@ impl World {
         match self.server {
             Server::Supplier(_) => ToggleServiceClient::new(channel)
                 .get_practice_feature(pb::GetPracticeFeatureRequest {
-                    name: practice_feature(crate::supplier::EMIS_A),
+                    name: practice_feature(crate::support::supplier::EMIS_A),
                 })
                 .await
                 .map(|_| ()),
@@ -205,6 +205,7 @@ async fn world(kind: Kind) -> World {
 }
 
 /// Asserts the handshake was refused, naming the TLS alert.
+#[track_caller]
 fn assert_handshake_refused(result: Result<(), tonic::Status>, alert: &str, what: &str) {
     let status = result.expect_err(what);
     let text = format!("{status:?}");

@@ -12,9 +12,9 @@ use rollout_core::{Estate, PracticeStatus, Scope, Source, SupplierId};
 use rollout_proto::v1::{self as pb, coordinator_service_client::CoordinatorServiceClient};
 use tonic::transport::Channel;
 
-use crate::{
+use crate::support::{
+    FEATURE, Running, channel_as, reference_files,
     supplier::{SupplierFiles, supplier_files},
-    support::{FEATURE, Running, channel_as, reference_files},
 };
 
 /// The suppliers of the stack.

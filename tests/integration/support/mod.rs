@@ -1,4 +1,9 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: servers started and stopped, mutual TLS clients,
+//! command builders, throwaway PostgreSQL databases; `supplier` is a supplier under test and
+//! `grpcurl` runs the real grpcurl.
+
+pub mod grpcurl;
+pub mod supplier;
 
 use std::{
     future::Future,
@@ -17,6 +22,7 @@ use tonic_types::StatusExt;
 
 /// The path of a workspace binary built next to this test binary. The README's test command
 /// builds the binaries before the tests run.
+#[track_caller]
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(Path::parent).expect("target directory");
@@ -30,6 +36,7 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// Runs the real `rolloutctl pki init --dir DIR` and returns DIR.
+#[track_caller]
 pub fn pki_init(parent: &Path) -> PathBuf {
     let dir = parent.join("pki");
     let out = Command::new(binary("rolloutctl"))
@@ -67,6 +74,7 @@ pub fn reason(status: &Status) -> String {
 }
 
 /// Asserts a status's code and ErrorInfo reason.
+#[track_caller]
 pub fn assert_refused(status: &Status, code: Code, reason_: &str, what: &str) {
     assert_eq!(
         (status.code(), reason(status).as_str()),

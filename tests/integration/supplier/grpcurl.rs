@@ -1,0 +1,55 @@
+//! The supplier through the real grpcurl: reflection lists the services, and an answer comes
+//! back explained.
+
+use rollout_core::Scope;
+
+use crate::support::{
+    define, go_live,
+    grpcurl::run_grpcurl,
+    practice_feature,
+    supplier::{EMIS_A, apply, control, emis},
+};
+
+#[tokio::test]
+async fn grpcurl_lists_the_services_and_gets_an_explained_answer() {
+    let (_tmp, files, server) = emis().await;
+    let mut control = control(&files, &server);
+    apply(&mut control, define(1, None)).await;
+    apply(&mut control, go_live(2, "golive-1", Scope::National, None)).await;
+    let (pki, addr) = (files.pki.clone(), server.addr);
+    let (list, answer) = tokio::task::spawn_blocking(move || {
+        let list = run_grpcurl(&pki, "backend-emis", addr, &[], &["list"]);
+        let request = format!("{{\"name\": \"{}\"}}", practice_feature(EMIS_A));
+        let answer = run_grpcurl(
+            &pki,
+            "backend-emis",
+            addr,
+            &["-d", &request],
+            &["nhs.gprollout.v1.ToggleService/GetPracticeFeature"],
+        );
+        (list, answer)
+    })
+    .await
+    .expect("grpcurl");
+    for service in [
+        "nhs.gprollout.v1.ToggleService",
+        "nhs.gprollout.v1.PracticeSettingsService",
+        "nhs.gprollout.v1.ControlService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            list.lines().any(|l| l.trim() == service),
+            "{service} missing from:\n{list}"
+        );
+    }
+    for expected in [
+        "\"state\": \"STATE_ENABLED\"",
+        "\"reason\": \"REASON_LIVE\"",
+        "\"deciding\": true",
+        "\"command\": \"commands/golive-1\"",
+        "enabled: live by command golive-1",
+    ] {
+        assert!(answer.contains(expected), "{expected} missing from:\n{answer}");
+    }
+    server.stop().await;
+}
