@@ -7,7 +7,7 @@ use rollout_proto::v1::{self as pb, practice_feature::Reason as R, practice_feat
 use rollout_store::supplier::{SqlSupplierStore, SupplierStore};
 
 use crate::{
-    supplier::{EMIS_A, EMIS_B, apply, control, emis, get, toggle},
+    support::supplier::{EMIS_A, EMIS_B, apply, control, emis, get, toggle},
     support::{define, go_live, halt, history_of, practices, resume},
 };
 
@@ -94,7 +94,7 @@ async fn a_store_from_before_compaction_is_replayed_once_and_answers_as_before()
         answer(&get(&mut backend, EMIS_B).await),
     );
     assert_eq!(after, before, "the replayed store answers as before");
-    let sync_state = crate::supplier::control(&files, &server)
+    let sync_state = crate::support::supplier::control(&files, &server)
         .get_sync_state(pb::GetSyncStateRequest::default())
         .await
         .expect("sync state")
