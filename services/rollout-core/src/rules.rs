@@ -308,18 +308,23 @@ impl FeatureRules {
         self.rules.insert(rule.sequence, rule);
     }
 
-    /// Retires the rule at `sequence`: it leaves the book and the index, scope and all.
-    fn retire(&mut self, sequence: u64) -> Option<Rule> {
-        let rule = self.rules.remove(&sequence)?;
-        for key in ScopeKey::of(rule.scope()) {
+    /// Retires the rules at `sequences`: they leave the book and the index, scope and all. Each
+    /// index bucket they were filed under is filtered once, however many of them it held (a
+    /// resume lifting a hundred practice-list halts touches each practice's bucket once).
+    fn retire(&mut self, sequences: &[u64]) -> Vec<Rule> {
+        let retired: Vec<Rule> = sequences.iter().filter_map(|s| self.rules.remove(s)).collect();
+        let gone: std::collections::HashSet<u64> = retired.iter().map(|r| r.sequence).collect();
+        let keys: std::collections::HashSet<ScopeKey> =
+            retired.iter().flat_map(|r| ScopeKey::of(r.scope())).collect();
+        for key in keys {
             if let Entry::Occupied(mut bucket) = self.index.entry(key) {
-                bucket.get_mut().retain(|s| *s != sequence);
+                bucket.get_mut().retain(|s| !gone.contains(s));
                 if bucket.get().is_empty() {
                     bucket.remove();
                 }
             }
         }
-        Some(rule)
+        retired
     }
 
     /// Calls `f` with every rule in force whose scope covers the practice. Looks at six index
@@ -549,17 +554,19 @@ impl RuleBook {
                 }
             }
             Action::Resume { .. } => {
-                for sequence in self.lifts(cmd) {
-                    if let Some(retired) = self
-                        .features
-                        .get_mut(&cmd.feature)
-                        .and_then(|f| f.retire(sequence))
-                    {
+                let lifted = self.lifts(cmd);
+                if let Some(f) = self.features.get_mut(&cmd.feature) {
+                    for retired in f.retire(&lifted) {
                         self.held.remove(&retired.command);
                     }
                 }
             }
         }
+    }
+
+    /// The sequence at which the book holds the command `id` (a definition or a rule in force).
+    pub fn held_at(&self, id: &CommandId) -> Option<u64> {
+        self.held.get(id).map(|(_, sequence)| *sequence)
     }
 
     /// The halt with this command id, if the book holds one.

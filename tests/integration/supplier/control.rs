@@ -157,6 +157,52 @@ async fn apply_command_is_ordered_idempotent_and_a_snapshot_resyncs_but_never_go
         "a refused snapshot lifts nothing"
     );
 
+    // Nor can a snapshot at the applied sequence rewrite what was applied here: the same
+    // sequence and history, but without the halt and the go-live in force.
+    let emptied = control
+        .replace_rules(tokio_stream::iter(snapshot(
+            4,
+            at4,
+            (4, at4),
+            vec![define(1, None)],
+        )))
+        .await
+        .expect_err("a snapshot that drops rules applied here");
+    assert_refused(
+        &emptied,
+        Code::FailedPrecondition,
+        "HISTORY_DIVERGED",
+        "emptying snapshot",
+    );
+    let foreign = control
+        .replace_rules(tokio_stream::iter(snapshot(
+            4,
+            at4,
+            (4, at4),
+            vec![
+                define(1, None),
+                go_live(2, "golive-1", Scope::National, None),
+                halt(3, "halt-1", practices(&[EMIS_A])),
+                halt(4, "halt-never-applied", Scope::National),
+            ],
+        )))
+        .await
+        .expect_err("a snapshot that adds a rule at an applied sequence");
+    assert_refused(
+        &foreign,
+        Code::FailedPrecondition,
+        "HISTORY_DIVERGED",
+        "foreign snapshot",
+    );
+    assert_eq!(
+        (
+            state_of(&get(&mut backend, EMIS_A).await),
+            state_of(&get(&mut backend, EMIS_B).await)
+        ),
+        ((S::Disabled, R::Halted), (S::Enabled, R::Live)),
+        "refused snapshots change nothing"
+    );
+
     // A command that does not continue the applied history is refused.
     let wrong = control
         .apply_command(pb::ApplyCommandRequest {

@@ -201,6 +201,32 @@ impl Engine {
                 .map_err(|e| ApiError::invalid_field(format!("commands[{i}]"), e))?;
         }
         book.mark_synchronised(header.sequence);
+        // What this supplier applied itself stands: a snapshot may add commands after
+        // `applied`, and retire halts (a resume after `applied` may lift them), nothing else.
+        let in_force_here = current.book.effective_commands();
+        for (sequence, id) in commands.iter().map(|(_, c)| (c.sequence, &c.id)) {
+            if sequence <= applied && !in_force_here.iter().any(|(s, i)| *s == sequence && i == id) {
+                return Err(diverged(
+                    format!(
+                        "the snapshot holds command {id} at sequence {sequence}, which is not in force here at that sequence"
+                    ),
+                    applied,
+                    header.sequence,
+                ));
+            }
+        }
+        for (sequence, id) in &in_force_here {
+            let lifted_later = header.sequence > applied && current.book.halt(id).is_some();
+            if book.held_at(id).is_none() && !lifted_later {
+                return Err(diverged(
+                    format!(
+                        "the snapshot drops command {id} (sequence {sequence}), which is in force here and which nothing after sequence {applied} could retire"
+                    ),
+                    applied,
+                    header.sequence,
+                ));
+            }
+        }
         if let Some(freeze) = &self.freeze {
             let unjudged_go_live = commands
                 .iter()
