@@ -190,6 +190,18 @@ async fn restored_coordinator_lifts_nothing_and_recovers(postgres: Option<crate:
 
     let synced = every_supplier(&stack, Sync::Synced, Duration::from_secs(30)).await;
     assert!(synced.iter().all(|s| s.target_sequence == last), "{synced:?}");
+    // Every supplier's delivery of every recovered command settles (the others answer from
+    // their own records), so watching one to the end completes.
+    for h in [&later[0], later.last().expect("halts")] {
+        let settled = delivered(&stack, &h.name).await;
+        assert!(
+            settled
+                .deliveries
+                .iter()
+                .all(|d| d.state() == pb::delivery::State::Applied),
+            "{settled:?}"
+        );
+    }
     assert_eq!(answers(&stack).await, before, "every halt intact after recovery");
     let recovered = stack
         .client("viewer")

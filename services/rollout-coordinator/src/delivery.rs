@@ -134,6 +134,9 @@ async fn sync(
                 return Ok(None);
             }
             let applied = u64::try_from(state.applied_sequence).unwrap_or(0);
+            if applied > check.acked {
+                settle(core, supplier, client, check.acked, applied).await?;
+            }
             if applied < check.acked || target.saturating_sub(applied) > SNAPSHOT_AFTER {
                 if applied < check.acked {
                     warn!(
@@ -185,6 +188,54 @@ async fn sync(
         }
     }
     Ok(Some(applied))
+}
+
+/// Records, from the supplier's own records (ListAppliedCommands), the outcomes of commands it
+/// applied after `acked` up to `applied` whose answers the coordinator never recorded: an
+/// acknowledgement lost on the way back, or commands recovered into the log from another
+/// supplier. Its history has been checked first, so these are the log's own commands.
+async fn settle(
+    core: &Core,
+    supplier: &SupplierId,
+    client: &mut ControlServiceClient<Channel>,
+    acked: u64,
+    applied: u64,
+) -> Result<(), String> {
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_applied_commands(call(pb::ListAppliedCommandsRequest {
+                after_sequence: i64::try_from(acked).unwrap_or(i64::MAX),
+                page_size: 500,
+                page_token,
+            }))
+            .await
+            .map_err(|s| describe(&s))?
+            .into_inner();
+        let outcomes: Vec<_> = page
+            .commands
+            .iter()
+            .filter_map(|c| {
+                let sequence = u64::try_from(c.command.as_ref()?.sequence).ok()?;
+                let rejection = (!c.rejection_reason.is_empty()).then(|| c.rejection_reason.clone());
+                (sequence > acked && sequence <= applied).then_some((sequence, rejection, c.apply_time))
+            })
+            .collect();
+        let reached = outcomes.last().map_or(acked, |(s, ..)| *s);
+        let last_page = page.next_page_token.is_empty() || reached >= applied;
+        core.record_applied(supplier, outcomes, if last_page { applied } else { reached })
+            .await
+            .map_err(|e| e.to_string())?;
+        if last_page {
+            info!(
+                from = acked,
+                to = applied,
+                "recorded outcomes the supplier applied but had not acknowledged"
+            );
+            return Ok(());
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// Sends a snapshot of the effective state in chunks and records the outcomes it stands for.

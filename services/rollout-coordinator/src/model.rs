@@ -136,7 +136,24 @@ impl Model {
         for s in &stored.suppliers {
             let pb: pb::Supplier = decode("supplier", &s.key, &s.body)?;
             if let Ok(id) = SupplierId::parse(&s.key) {
-                let acked = u64::try_from(pb.applied_sequence).unwrap_or(0);
+                // Acknowledged is what has an outcome recorded, up to the first delivery still
+                // pending: the applied sequence a supplier reported may be past it (answers
+                // lost, or commands recovered from another supplier), and delivery settles
+                // the difference from the supplier's records.
+                let reported = u64::try_from(pb.applied_sequence).unwrap_or(0);
+                let first_pending = m
+                    .deliveries
+                    .iter()
+                    .find(|(_, per)| {
+                        per.get(&id)
+                            .is_some_and(|d| d.state() == pb::delivery::State::Pending)
+                    })
+                    .map(|(sequence, _)| *sequence);
+                // Nor past the log's end: a supplier ahead of the log (DIVERGED) has
+                // acknowledged nothing beyond it.
+                let acked = first_pending
+                    .map_or(reported, |p| reported.min(p - 1))
+                    .min(m.last_sequence());
                 m.suppliers.insert(
                     id,
                     SupplierStatus {

@@ -855,7 +855,7 @@ pub async fn run(conn: &Connection, op: Op) -> Outcome {
                             });
                         let extra = if !s.divergence.is_empty() {
                             format!(
-                                "{} (run: rolloutctl recover --from {} --dry-run)",
+                                "{} (see: rolloutctl recover --from {} --reason \"...\" --dry-run)",
                                 s.divergence,
                                 short(&s.name)
                             )
