@@ -416,6 +416,28 @@ async fn bad_input_is_refused_with_the_right_code_and_changes_nothing() {
             reason: "INVALID_FIELD",
             mutating: true,
         },
+        Row {
+            what: "snapshot chunk over 1 MiB",
+            status: refused(
+                control.replace_rules(tokio_stream::iter(vec![pb::ReplaceRulesRequest {
+                    header: snapshot(2, HistoryHash::EMPTY, (0, HistoryHash::EMPTY), vec![])[0]
+                        .header
+                        .clone(),
+                    commands: (0..16)
+                        .map(|i| {
+                            let codes: Vec<String> = (0..10_000).map(|n| format!("B{n:05}")).collect();
+                            let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
+                            halt(2 + i, &format!("big-{i}"), crate::support::practices(&codes))
+                        })
+                        .collect(),
+                    last: true,
+                }])),
+            )
+            .await,
+            code: Code::ResourceExhausted,
+            reason: "SNAPSHOT_CHUNK_TOO_LARGE",
+            mutating: true,
+        },
     ];
     let mut oversize = halt(3, "halt-huge", Scope::National);
     oversize.action = Some(pb::command::Action::Halt(pb::command::Halt {

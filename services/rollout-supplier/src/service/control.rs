@@ -7,9 +7,24 @@ use super::*;
 use crate::engine::SnapshotHeader;
 
 const CONTROL: &str = "/nhs.gprollout.v1.ControlService";
-/// Most chunks one snapshot may take (at 1 MiB each, a snapshot of 1 GiB): past that the
-/// transfer is refused rather than buffered for ever.
+/// Most chunks one snapshot may take (at most 1 MiB each, a snapshot of 1 GiB): past that
+/// the transfer is refused rather than buffered for ever.
 const MAX_SNAPSHOT_CHUNKS: usize = 1_024;
+
+/// Most bytes one snapshot chunk may take (1 MiB, as the contract says): with
+/// [`MAX_SNAPSHOT_CHUNKS`], a transfer buffers at most 1 GiB before it is applied.
+const MAX_CHUNK_BYTES: usize = 1024 * 1024;
+
+fn too_large(received: usize) -> ApiError {
+    ApiError::resource_exhausted(
+        "SNAPSHOT_CHUNK_TOO_LARGE",
+        format!(
+            "snapshot chunk {} is over {MAX_CHUNK_BYTES} bytes; send chunks of at most 1 MiB. Nothing was changed",
+            received + 1
+        ),
+    )
+    .with_metadata("limit_bytes", MAX_CHUNK_BYTES.to_string())
+}
 
 fn history_hash(field: &str, bytes: &[u8]) -> Result<HistoryHash, ApiError> {
     HistoryHash::from_slice(bytes).ok_or_else(|| ApiError::invalid_field(field, "must be 32 bytes (SHA-256)"))
@@ -126,13 +141,18 @@ impl ControlService for Handlers {
             let mut received = 0;
             let mut last = false;
             while let Some(chunk) = chunks.next().await {
-                let chunk = chunk.map_err(|s| {
-                    ApiError::new(
+                let chunk = chunk.map_err(|s| match s.code() {
+                    // tonic's decoder refuses a chunk over the message limit.
+                    tonic::Code::OutOfRange => too_large(received),
+                    _ => ApiError::new(
                         tonic::Code::Aborted,
                         "SNAPSHOT_INTERRUPTED",
                         format!("the snapshot transfer broke off after {received} chunks ({}); nothing was changed", s.message()),
-                    )
+                    ),
                 })?;
+                if chunk.encoded_len() > MAX_CHUNK_BYTES {
+                    return Err(too_large(received));
+                }
                 received += 1;
                 if received > MAX_SNAPSHOT_CHUNKS {
                     return Err(ApiError::new(
