@@ -216,7 +216,15 @@ impl Core {
     }
 
     /// Gives `cmd` the next sequence and pending deliveries to every configured supplier.
-    fn dispatch(&self, m: &Model, cmd: &mut Cmd, change: &mut Change, at: SystemTime) {
+    /// Refused while a supplier holds commands the log does not (the sequence would clash).
+    fn dispatch(
+        &self,
+        m: &Model,
+        cmd: &mut Cmd,
+        change: &mut Change,
+        at: SystemTime,
+    ) -> Result<(), ApiError> {
+        m.refuse_if_diverged()?;
         let sequence = m.last_sequence() + 1;
         cmd.domain.sequence = sequence;
         cmd.state = CommandState::Dispatched;
@@ -234,6 +242,7 @@ impl Core {
             ));
         }
         info!(sequence, command = %cmd.domain.id, action = cmd.domain.action.name(), feature = %cmd.domain.feature, "command dispatched");
+        Ok(())
     }
 
     /// Defines a feature: a sequenced CreateFeature command, dispatched at once.
@@ -255,7 +264,6 @@ impl Core {
             )
             .with_metadata("name", format!("features/{}", def.key)));
         }
-        m.refuse_if_diverged()?;
         let at = now();
         let mut cmd = self.new_command(
             requester,
@@ -266,7 +274,7 @@ impl Core {
             0,
         );
         let mut change = Change::default();
-        self.dispatch(&m, &mut cmd, &mut change, at);
+        self.dispatch(&m, &mut cmd, &mut change, at)?;
         let mut feature = wire::feature_pb(&def);
         feature.creator = requester.to_owned();
         feature.create_time = Some(wire::timestamp(at));
@@ -372,8 +380,7 @@ impl Core {
         }
         let mut change = Change::default();
         if approvals == 0 {
-            m.refuse_if_diverged()?;
-            self.dispatch(&m, &mut cmd, &mut change, at);
+            self.dispatch(&m, &mut cmd, &mut change, at)?;
         }
         let view = {
             let mut v = cmd.pb.clone();
@@ -425,9 +432,8 @@ impl Core {
         cmd.domain.approved_by.push(approver.to_owned());
         let mut change = Change::default();
         if cmd.pb.approvals.len() >= usize::try_from(cmd.pb.approvals_required).unwrap_or(1) {
-            m.refuse_if_diverged()?;
             cmd.pb.approve_time = Some(wire::timestamp(at));
-            self.dispatch(&m, &mut cmd, &mut change, at);
+            self.dispatch(&m, &mut cmd, &mut change, at)?;
         }
         let mut view = cmd.pb.clone();
         view.deliveries = change.deliveries.iter().map(|(_, d)| d.clone()).collect();
