@@ -1378,24 +1378,17 @@ fn long_history(shape: Shape, estate: &Estate) -> Vec<Step> {
         .map(|(_, p)| p.ods)
         .collect();
     let held: std::collections::HashSet<OdsCode> = estate.practices().map(|p| p.ods).collect();
-    let regions: Vec<_> = active
-        .iter()
-        .map(|p| p.region)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let icbs: Vec<_> = active
-        .iter()
-        .map(|p| p.icb)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let sub_icbs: Vec<_> = active
-        .iter()
-        .map(|p| p.sub_icb)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    fn distinct<T: Ord>(practices: &[&Practice], code: impl Fn(&Practice) -> T) -> Vec<T> {
+        practices
+            .iter()
+            .map(|p| code(p))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+    let regions = distinct(&active, |p| p.region);
+    let icbs = distinct(&active, |p| p.icb);
+    let sub_icbs = distinct(&active, |p| p.sub_icb);
     let mut rng = fastrand::Rng::with_seed(2_000);
     let total = shape.commands.saturating_sub(2);
     let mut steps = Vec::with_capacity(total);

@@ -382,15 +382,7 @@ impl Core {
         if approvals == 0 {
             self.dispatch(&m, &mut cmd, &mut change, at)?;
         }
-        let view = {
-            let mut v = cmd.pb.clone();
-            v.deliveries = change.deliveries.iter().map(|(_, d)| d.clone()).collect();
-            v
-        };
-        change.commands.push(cmd);
-        let request = idem.map(|i| i.record(&view));
-        self.commit(&mut m, change, request, Some(audit)).await?;
-        Ok(view)
+        self.commit_command(&mut m, cmd, change, idem, audit).await
     }
 
     /// Approves a pending command; the last approval needed dispatches it.
@@ -435,11 +427,24 @@ impl Core {
             cmd.pb.approve_time = Some(wire::timestamp(at));
             self.dispatch(&m, &mut cmd, &mut change, at)?;
         }
+        self.commit_command(&mut m, cmd, change, idem, audit).await
+    }
+
+    /// Commits `cmd` with `change` (its deliveries, if it was dispatched), its idempotency
+    /// record and audit event; answers the command's view with those deliveries.
+    async fn commit_command(
+        &self,
+        m: &mut Model,
+        cmd: Cmd,
+        mut change: Change,
+        idem: Option<Idempotency>,
+        audit: AuditDraft,
+    ) -> Result<pb::Command, ApiError> {
         let mut view = cmd.pb.clone();
         view.deliveries = change.deliveries.iter().map(|(_, d)| d.clone()).collect();
         change.commands.push(cmd);
         let request = idem.map(|i| i.record(&view));
-        self.commit(&mut m, change, request, Some(audit)).await?;
+        self.commit(m, change, request, Some(audit)).await?;
         Ok(view)
     }
 
