@@ -76,6 +76,19 @@ pub enum Applicable<'a> {
 }
 
 impl Applicable<'_> {
+    /// Whether `self` and `other` are the same rule of the same book (not merely equal ones):
+    /// a comparison of two addresses, where `==` would compare whole scopes.
+    pub fn is(&self, other: &Applicable<'_>) -> bool {
+        use Applicable as A;
+        match (self, other) {
+            (A::GoLive(a), A::GoLive(b)) | (A::Scheduled(a), A::Scheduled(b)) | (A::Halt(a), A::Halt(b)) => {
+                std::ptr::eq(*a, *b)
+            }
+            (A::OptOut(a), A::OptOut(b)) => std::ptr::eq(*a, *b),
+            _ => false,
+        }
+    }
+
     /// Sequence order for display; an opt-out sorts first.
     pub fn sequence(&self) -> u64 {
         match self {
@@ -175,10 +188,18 @@ pub fn evaluate<'a>(
     };
     let mut omitted = 0;
     if explain {
-        // The deciding rule first, then the newest: what an operator asks about first.
-        rules.sort_by_key(|a| (Some(*a) != deciding, std::cmp::Reverse(a.sequence())));
+        // The deciding rule first, then the newest: what an operator asks about first. Only
+        // the rules listed are sorted: on a long history a practice can be under hundreds.
+        let order = |a: &Applicable<'_>| {
+            let first = deciding.is_some_and(|d| d.is(a));
+            (!first, std::cmp::Reverse(a.sequence()))
+        };
         omitted = rules.len().saturating_sub(MAX_EXPLAINED_RULES);
-        rules.truncate(MAX_EXPLAINED_RULES);
+        if omitted > 0 {
+            rules.select_nth_unstable_by_key(MAX_EXPLAINED_RULES - 1, order);
+            rules.truncate(MAX_EXPLAINED_RULES);
+        }
+        rules.sort_unstable_by_key(order);
     }
     Evaluation {
         state,

@@ -9,6 +9,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, hash_map::Entry},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -276,10 +277,12 @@ pub struct FeatureRules {
     pub def: FeatureDef,
     /// The CreateFeature command that defined it: (sequence, command id).
     pub defined_by: (u64, CommandId),
-    /// Every go-live and active halt, by sequence.
-    rules: BTreeMap<u64, Rule>,
-    /// Sequences in `rules` by the scope key that files them, each list in sequence order.
-    index: FastMap<ScopeKey, Vec<u64>>,
+    /// Every go-live and active halt, by sequence. Shared with the index, and between the
+    /// copies of the book a write makes, so neither copies a rule's scope.
+    rules: BTreeMap<u64, Arc<Rule>>,
+    /// The rules in `rules` by the scope key that files them, each list in sequence order: a
+    /// read follows them without a lookup by sequence.
+    index: FastMap<ScopeKey, Vec<Arc<Rule>>>,
 }
 
 /// A hash map for the lookups on the read path (keys come from the rule book and the estate):
@@ -298,12 +301,13 @@ impl FeatureRules {
 
     /// Every rule in force (go-lives and active halts), in sequence order.
     pub fn rules(&self) -> impl ExactSizeIterator<Item = &Rule> {
-        self.rules.values()
+        self.rules.values().map(|r| &**r)
     }
 
     fn push(&mut self, rule: Rule) {
+        let rule = Arc::new(rule);
         for key in ScopeKey::of(rule.scope()) {
-            self.index.entry(key).or_default().push(rule.sequence);
+            self.index.entry(key).or_default().push(Arc::clone(&rule));
         }
         self.rules.insert(rule.sequence, rule);
     }
@@ -311,14 +315,14 @@ impl FeatureRules {
     /// Retires the rules at `sequences`: they leave the book and the index, scope and all. Each
     /// index bucket they were filed under is filtered once, however many of them it held (a
     /// resume lifting a hundred practice-list halts touches each practice's bucket once).
-    fn retire(&mut self, sequences: &[u64]) -> Vec<Rule> {
-        let retired: Vec<Rule> = sequences.iter().filter_map(|s| self.rules.remove(s)).collect();
+    fn retire(&mut self, sequences: &[u64]) -> Vec<Arc<Rule>> {
+        let retired: Vec<Arc<Rule>> = sequences.iter().filter_map(|s| self.rules.remove(s)).collect();
         let gone: std::collections::HashSet<u64> = retired.iter().map(|r| r.sequence).collect();
         let keys: std::collections::HashSet<ScopeKey> =
             retired.iter().flat_map(|r| ScopeKey::of(r.scope())).collect();
         for key in keys {
             if let Entry::Occupied(mut bucket) = self.index.entry(key) {
-                bucket.get_mut().retain(|s| !gone.contains(s));
+                bucket.get_mut().retain(|r| !gone.contains(&r.sequence));
                 if bucket.get().is_empty() {
                     bucket.remove();
                 }
@@ -340,10 +344,8 @@ impl FeatureRules {
         ];
         for key in &keys {
             if let Some(list) = self.index.get(key) {
-                for sequence in list {
-                    if let Some(rule) = self.rules.get(sequence) {
-                        f(rule);
-                    }
+                for rule in list {
+                    f(rule);
                 }
             }
         }
@@ -576,6 +578,7 @@ impl RuleBook {
             .get(feature)?
             .rules
             .get(sequence)
+            .map(|r| &**r)
             .filter(|r| matches!(r.kind, RuleKind::Halt { .. }))
     }
 }

@@ -510,7 +510,7 @@ fn rule_pb(r: &Rule, status: pb::rule::Status) -> pb::Rule {
         kind: kind.into(),
         status: status.into(),
         deciding: false,
-        command: format!("commands/{}", r.command),
+        command: ["commands/", r.command.as_str()].concat(),
         sequence: i64::try_from(r.sequence).unwrap_or(i64::MAX),
         scope: Some(scope_summary_pb(r.scope())),
         issued_by: r.issued_by.clone(),
@@ -559,7 +559,7 @@ pub fn evaluation_pb(name: String, e: &Evaluation<'_>) -> pb::PracticeFeature {
             .iter()
             .map(|a| {
                 let mut rule = applicable_pb(a);
-                rule.deciding = e.deciding.as_ref() == Some(a);
+                rule.deciding = e.deciding.is_some_and(|d| d.is(a));
                 rule
             })
             .collect(),
