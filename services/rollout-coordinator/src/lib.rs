@@ -10,11 +10,17 @@
 mod change;
 mod coordinator;
 mod delivery;
+mod history;
 mod impact;
+mod in_force;
 mod model;
 mod recovery;
 mod service;
+mod snapshot;
 mod sync;
+#[cfg(test)]
+mod tests;
+mod upgrade;
 
 use std::{
     collections::BTreeMap,
