@@ -13,6 +13,8 @@ mod delivery;
 mod history;
 mod impact;
 mod in_force;
+#[cfg(test)]
+mod measure;
 mod model;
 mod recovery;
 mod service;
