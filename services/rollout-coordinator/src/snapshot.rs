@@ -189,21 +189,7 @@ impl Core {
                     continue;
                 }
                 if !lifters.contains_key(&resume.feature) {
-                    let mut own = Vec::new();
-                    for r in store
-                        .commands_between(
-                            1,
-                            sequence,
-                            Some(CommandAction::Resume),
-                            Some(resume.feature.as_str()),
-                        )
-                        .await
-                        .map_err(read_error)?
-                    {
-                        if r.sequence.is_some_and(|s| !rejected.contains(&s)) {
-                            own.push(cmd_of(&r).map_err(read_error)?.domain);
-                        }
-                    }
+                    let own = self.resumes_applied(&resume.feature, sequence, rejected).await?;
                     lifters.insert(resume.feature.clone(), own);
                 }
                 let lifted = lifters[&resume.feature].iter().any(|r| {
@@ -215,6 +201,27 @@ impl Core {
             }
         }
         Ok(out)
+    }
+
+    /// The resumes of `feature` up to `sequence` that a supplier with these rejections applied.
+    async fn resumes_applied(
+        &self,
+        feature: &FeatureKey,
+        sequence: u64,
+        rejected: &BTreeSet<u64>,
+    ) -> Result<Vec<Command>, String> {
+        let mut applied = Vec::new();
+        for r in self
+            .store()
+            .commands_between(1, sequence, Some(CommandAction::Resume), Some(feature.as_str()))
+            .await
+            .map_err(read_error)?
+        {
+            if r.sequence.is_some_and(|s| !rejected.contains(&s)) {
+                applied.push(cmd_of(&r).map_err(read_error)?.domain);
+            }
+        }
+        Ok(applied)
     }
 }
 
