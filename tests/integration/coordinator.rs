@@ -650,6 +650,75 @@ async fn a_coordinator_restart_loses_nothing() {
     stack.stop().await;
 }
 
+/// Makes the coordinator's SQLite store one written before migration 3: its columns and
+/// indexes gone, the migration not yet applied.
+async fn before_migration_3(db: &std::path::Path) {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("connect");
+    for sql in [
+        "DROP INDEX commands_issue_order",
+        "DROP INDEX commands_feature_order",
+        "DROP INDEX commands_state_order",
+        "DROP INDEX commands_in_force",
+        "DROP INDEX commands_action",
+        "DROP INDEX deliveries_state",
+        "ALTER TABLE commands DROP COLUMN feature",
+        "ALTER TABLE commands DROP COLUMN action",
+        "ALTER TABLE commands DROP COLUMN effective",
+        "ALTER TABLE deliveries DROP COLUMN state",
+        "DELETE FROM _sqlx_migrations WHERE version = 3",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    }
+    conn.close().await.ok();
+}
+
+#[tokio::test]
+async fn a_coordinator_store_from_before_migration_3_is_filled_in_at_start_and_answers_as_before() {
+    let mut stack = Stack::start(None).await;
+    feature_live(&stack).await;
+    let lifted = halt(&stack, national()).await;
+    let kept = halt(&stack, national()).await;
+    delivered(&stack, &kept.name).await;
+    let r = resume(&stack, &lifted.name).await;
+    delivered(&stack, &approved(&stack, &r.name).await.name).await;
+    let before = everything(&stack).await;
+    stack.stop_coordinator().await;
+    before_migration_3(&stack.coordinator_db).await;
+    stack.start_coordinator().await;
+    let after = everything(&stack).await;
+    assert_eq!(after, before, "the upgraded store answers as before");
+    // What is in force was worked out again: the lifted halt cannot be lifted twice, the other
+    // can be lifted.
+    let again = stack
+        .client("alice")
+        .resume_feature(pb::ResumeFeatureRequest {
+            name: feature_name(),
+            halts: vec![lifted.name.clone()],
+            reason: "again".into(),
+            request_id: String::new(),
+            dry_run: false,
+        })
+        .await
+        .expect_err("already lifted");
+    assert_refused(
+        &again,
+        Code::FailedPrecondition,
+        "HALT_ALREADY_LIFTED",
+        "lifted twice",
+    );
+    assert!(again.message().contains(&r.name), "{}", again.message());
+    let r = resume(&stack, &kept.name).await;
+    delivered(&stack, &approved(&stack, &r.name).await.name).await;
+    assert_eq!(
+        answer(&stack, "microtest", &stack.practice_of("microtest")).await,
+        (S::Enabled, R::Live)
+    );
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn idempotent_retries_and_refused_calls() {
     let stack = Stack::start(None).await;
