@@ -1,6 +1,7 @@
 //! What the coordinator records of each supplier's synchronisation, and what its delivery task
 //! reads: heartbeats (with the history check that finds a DIVERGED supplier), attempts,
-//! acknowledgements, the command at a sequence, and a snapshot of the effective state.
+//! acknowledgements (of settled sequences checked against the store), and the command at a
+//! sequence. The snapshot of the effective state is in `snapshot.rs`.
 
 use std::time::SystemTime;
 
