@@ -2,11 +2,13 @@
 //! event and idempotency record) and then applies to the model.
 
 use prost::Message;
-use rollout_core::{FeatureDef, SupplierId, audit::AuditDraft};
+use rollout_core::{Action, CommandId, FeatureDef, SupplierId, audit::AuditDraft};
 use rollout_proto::v1 as pb;
 use rollout_store::{
     RequestRecord,
-    coordinator::{CommandRow, DeliveryRow, Record, Write, created_at},
+    coordinator::{
+        CommandAction, CommandRow, CommandState, DeliveryRow, DeliveryState, Record, Write, created_at,
+    },
 };
 
 use crate::model::{Cmd, SupplierStatus};
@@ -21,8 +23,14 @@ pub struct Change {
 }
 
 impl Change {
-    /// The store write of the change.
-    pub fn write(&self, request: Option<RequestRecord>, audit: Option<AuditDraft>) -> Write {
+    /// The store write of the change; `retired` are the halts its resumes lift
+    /// ([`crate::model::Model::retirements`]).
+    pub fn write(
+        &self,
+        retired: &[CommandId],
+        request: Option<RequestRecord>,
+        audit: Option<AuditDraft>,
+    ) -> Write {
         Write {
             features: self
                 .features
@@ -40,6 +48,11 @@ impl Change {
                     sequence: (c.domain.sequence > 0).then_some(c.domain.sequence),
                     state: c.state,
                     created_at: created_at(c.domain.issued_at),
+                    feature: c.domain.feature.to_string(),
+                    action: action_of(&c.domain.action),
+                    effective: c.state == CommandState::Dispatched
+                        && c.domain.sequence > 0
+                        && !matches!(c.domain.action, Action::Resume { .. }),
                     body: c.pb.encode_to_vec(),
                 })
                 .collect(),
@@ -49,6 +62,7 @@ impl Change {
                 .map(|((seq, sup), d)| DeliveryRow {
                     sequence: *seq,
                     supplier: sup.to_string(),
+                    state: delivery_state(d),
                     body: d.encode_to_vec(),
                 })
                 .collect(),
@@ -60,10 +74,30 @@ impl Change {
                     body: s.pb.encode_to_vec(),
                 })
                 .collect(),
+            retired: retired.iter().map(ToString::to_string).collect(),
             request,
             audit,
             expected_version: None,
         }
+    }
+}
+
+/// What a command does, as the store files it.
+pub fn action_of(action: &Action) -> CommandAction {
+    match action {
+        Action::CreateFeature(_) => CommandAction::CreateFeature,
+        Action::Halt { .. } => CommandAction::Halt,
+        Action::GoLive { .. } => CommandAction::GoLive,
+        Action::Resume { .. } => CommandAction::Resume,
+    }
+}
+
+/// Where a delivery stands, as the store files it (an unspecified state is pending).
+pub fn delivery_state(d: &pb::Delivery) -> DeliveryState {
+    match d.state() {
+        pb::delivery::State::Applied => DeliveryState::Applied,
+        pb::delivery::State::Rejected => DeliveryState::Rejected,
+        pb::delivery::State::Pending | pb::delivery::State::Unspecified => DeliveryState::Pending,
     }
 }
 

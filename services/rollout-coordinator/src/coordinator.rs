@@ -74,11 +74,14 @@ impl Core {
         suppliers: Vec<SupplierEndpoint>,
         stale_after: Duration,
     ) -> Result<Arc<Core>, LoadError> {
+        crate::upgrade::fill_legacy_rows(store.as_ref()).await?;
         let stored = store.load().await?;
         let m = Model::from_store(stored)?;
         let last = m.last_sequence();
         info!(
-            commands = m.commands_newest_first().count(),
+            in_force = m.in_force().len(),
+            pending = m.pending_count(),
+            unsettled_sequences = m.unsettled_count(),
             last_sequence = last,
             "coordinator state rebuilt from the store"
         );
@@ -118,7 +121,8 @@ impl Core {
     ) -> Result<(), ApiError> {
         // API writes (audited) must not race another replica's; delivery records commute.
         let guarded = audit.is_some();
-        let mut write = change.write(request, audit);
+        let retired = m.retirements(&change);
+        let mut write = change.write(&retired, request, audit);
         write.expected_version = guarded.then_some(m.store_version());
         if let Err(e) = self.store.write(write).await {
             return Err(match e {
@@ -344,30 +348,7 @@ impl Core {
         };
         if let Action::Resume { halts } = &action {
             for (i, h) in halts.iter().enumerate() {
-                let field = format!("halts[{i}]");
-                let c = m.find(h).ok_or_else(|| {
-                    ApiError::not_found("HALT_NOT_FOUND", format!("commands/{h}"))
-                        .with_violation(&field, "no such command")
-                })?;
-                if !matches!(c.domain.action, Action::Halt { .. }) || c.domain.feature != feature {
-                    return Err(ApiError::invalid_field(
-                        field,
-                        format!("commands/{h} is not a halt of features/{feature}"),
-                    ));
-                }
-                if c.state != CommandState::Dispatched {
-                    return Err(ApiError::invalid_field(
-                        field,
-                        format!("commands/{h} was never dispatched"),
-                    ));
-                }
-                if let Some(by) = m.lifted_by(h) {
-                    return Err(ApiError::failed_precondition(
-                        "HALT_ALREADY_LIFTED",
-                        format!("commands/{h} was already lifted by commands/{by}"),
-                    )
-                    .with_metadata("halt", format!("commands/{h}")));
-                }
+                self.check_liftable(&m, &feature, i, h).await?;
             }
         }
         let at = now();
@@ -396,13 +377,13 @@ impl Core {
     ) -> Result<pb::Command, ApiError> {
         let mut m = self.lock().await;
         self.catch_up(&mut m).await?;
-        let mut cmd = m.command(id)?.clone();
-        if cmd.state != CommandState::Pending {
+        let Some(mut cmd) = m.pending(id).cloned() else {
+            let state = self.stored_state(id).await?;
             return Err(ApiError::failed_precondition(
                 "NOT_PENDING",
-                format!("commands/{id} is not waiting for approval ({:?})", cmd.pb.state()),
+                format!("commands/{id} is not waiting for approval ({state:?})"),
             ));
-        }
+        };
         if cmd.domain.requester == approver {
             return Err(ApiError::permission_denied(
                 "SELF_APPROVAL",
@@ -458,15 +439,15 @@ impl Core {
     ) -> Result<pb::Command, ApiError> {
         let mut m = self.lock().await;
         self.catch_up(&mut m).await?;
-        let mut cmd = m.command(id)?.clone();
-        if cmd.state != CommandState::Pending {
+        let Some(mut cmd) = m.pending(id).cloned() else {
+            self.stored_state(id).await?;
             return Err(ApiError::failed_precondition(
                 "NOT_PENDING",
                 format!(
                     "commands/{id} is not waiting for approval, so it cannot be cancelled; issue a halt instead"
                 ),
             ));
-        }
+        };
         cmd.state = CommandState::Cancelled;
         cmd.pb.state = pb::command::State::Cancelled.into();
         cmd.pb.cancelled_by = who.to_owned();

@@ -44,14 +44,14 @@ pub fn impact(estate: &Estate, scopes: &[&Scope]) -> pb::Impact {
     }
 }
 
-/// The impact of a command's action.
+/// The impact of a command's action (a resume's from the halts it names that are in force).
 pub fn impact_of(estate: &Estate, m: &Model, action: &Action) -> pb::Impact {
     match action {
         Action::Halt { scope } | Action::GoLive { scope, .. } => impact(estate, &[scope]),
         Action::Resume { halts } => {
             let scopes: Vec<&Scope> = halts
                 .iter()
-                .filter_map(|h| match m.find(h).map(|c| &c.domain.action) {
+                .filter_map(|h| match m.in_force().get(h).map(|c| &c.action) {
                     Some(Action::Halt { scope }) => Some(scope),
                     _ => None,
                 })

@@ -4,17 +4,26 @@
 //!
 //! - [`Args`] / [`Config`]: typed configuration; the suppliers come from a TOML file.
 //! - [`serve`]: runs the service on an already-bound listener until a shutdown future resolves.
-//! - `core`: the model and its write path; `delivery`: the per-supplier tasks; `service`: the
-//!   gRPC handlers.
+//! - `coordinator`: the write path over the model (`model`, which holds the state, not the
+//!   history); `history`: the log read from the store; `snapshot`: a supplier's effective
+//!   state; `delivery`: the per-supplier tasks; `service`: the gRPC handlers.
 
 mod change;
 mod coordinator;
 mod delivery;
+mod history;
 mod impact;
+mod in_force;
+#[cfg(test)]
+mod measure;
 mod model;
 mod recovery;
 mod service;
+mod snapshot;
 mod sync;
+#[cfg(test)]
+mod tests;
+mod upgrade;
 
 use std::{
     collections::BTreeMap,

@@ -1,10 +1,15 @@
-//! The coordinator's in-memory model: features, commands (pending, dispatched, cancelled), the
-//! global sequence with its history hashes, deliveries per sequence and supplier, and what each
-//! supplier has acknowledged. Its fields are private: [`crate::coordinator::Core`] lends it to
-//! readers in a closure, and changes it only by applying a [`Change`] it has committed.
+//! The coordinator's in-memory model: what grows with the state, never with the history.
+//! Features; the commands waiting for approval; the commands in force ([`InForce`]); the
+//! history hash at every sequence (32 bytes a sequence); the deliveries not yet settled (every
+//! delivery of every sequence from the lowest one still pending at some supplier); the
+//! sequences each supplier rejected; and what each supplier has acknowledged. Everything else
+//! (retired and cancelled commands, settled deliveries) is read from the store when asked
+//! (`history.rs`). Its fields are private: [`crate::coordinator::Core`] lends it to readers in
+//! a closure, and changes it only by applying a [`Change`] it has committed.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
     time::SystemTime,
 };
 
@@ -12,9 +17,10 @@ use prost::Message;
 use rollout_core::{Action, Command, CommandId, FeatureDef, FeatureKey, HistoryHash, SupplierId};
 use rollout_net::{ApiError, wire};
 use rollout_proto::v1 as pb;
-use rollout_store::coordinator::CommandState;
+use rollout_store::coordinator::{CommandRow, CommandState};
 
 use crate::change::Change;
+pub use crate::in_force::InForce;
 
 /// A start-up failure rebuilding the model.
 #[derive(Debug, thiserror::Error)]
@@ -34,11 +40,32 @@ pub enum LoadError {
     },
 }
 
-fn decode<M: Message + Default>(what: &'static str, key: &str, body: &[u8]) -> Result<M, LoadError> {
+pub(crate) fn decode<M: Message + Default>(
+    what: &'static str,
+    key: &str,
+    body: &[u8],
+) -> Result<M, LoadError> {
     M::decode(body).map_err(|e| LoadError::Record {
         what,
         key: key.to_owned(),
         problem: e.to_string(),
+    })
+}
+
+/// A stored command row as the coordinator holds a command: its API view (without
+/// deliveries) and its domain form (sequence 0 until dispatched).
+pub fn cmd_of(row: &CommandRow) -> Result<Cmd, LoadError> {
+    let pb: pb::Command = decode("command", &row.id, &row.body)?;
+    let mut domain = wire::command_unsequenced("command", &pb).map_err(|e| LoadError::Record {
+        what: "command",
+        key: row.id.clone(),
+        problem: e.to_string(),
+    })?;
+    domain.sequence = row.sequence.unwrap_or(0);
+    Ok(Cmd {
+        pb,
+        domain,
+        state: row.state,
     })
 }
 
@@ -65,19 +92,23 @@ pub struct SupplierStatus {
     pub last_contact: Option<SystemTime>,
 }
 
+type Deliveries = BTreeMap<SupplierId, pb::Delivery>;
+
 /// The in-memory model.
 #[derive(Debug, Default)]
 pub struct Model {
     /// Feature definitions with their API view.
     features: BTreeMap<FeatureKey, (FeatureDef, pb::Feature)>,
-    /// Commands by id.
-    commands: HashMap<CommandId, Cmd>,
-    /// Command ids in issue order.
-    order: Vec<CommandId>,
-    /// Dispatched command ids by sequence.
-    by_sequence: BTreeMap<u64, CommandId>,
-    /// Deliveries by sequence, then supplier.
-    deliveries: BTreeMap<u64, BTreeMap<SupplierId, pb::Delivery>>,
+    /// Commands waiting for approval, by id.
+    pending: HashMap<CommandId, Cmd>,
+    /// The dispatched commands in force.
+    in_force: InForce,
+    /// Deliveries of the sequences from `settled_below` on, by sequence, then supplier.
+    deliveries: BTreeMap<u64, Deliveries>,
+    /// Every sequence below this one has no pending delivery (its deliveries are in the store).
+    settled_below: u64,
+    /// The sequences each supplier rejected.
+    rejected: BTreeMap<SupplierId, BTreeSet<u64>>,
     /// Supplier status.
     suppliers: BTreeMap<SupplierId, SupplierStatus>,
     /// The stored version the model reflects (compare-and-set by API writes).
@@ -88,110 +119,172 @@ pub struct Model {
     hashes: Vec<HistoryHash>,
 }
 
+fn supplier_id(key: &str) -> Option<SupplierId> {
+    SupplierId::parse(key).ok()
+}
+
 impl Model {
-    /// The model of what the store holds.
+    /// The model of what the store holds. Decodes the features, the pending commands, the
+    /// commands in force and the unsettled deliveries; of the rest of the log only the
+    /// (sequence, id) pairs, for the history hashes.
     pub fn from_store(stored: rollout_store::coordinator::CoordinatorState) -> Result<Model, LoadError> {
         let mut m = Model::default();
         for f in &stored.features {
             let pb: pb::Feature = decode("feature", &f.key, &f.body)?;
-            let key = FeatureKey::parse(&f.key).map_err(|e| LoadError::Record {
+            let problem = |e: String| LoadError::Record {
                 what: "feature",
                 key: f.key.clone(),
-                problem: e.to_string(),
-            })?;
-            let def = wire::feature_def("feature", key.clone(), &pb).map_err(|e| LoadError::Record {
-                what: "feature",
-                key: f.key.clone(),
-                problem: e.to_string(),
-            })?;
+                problem: e,
+            };
+            let key = FeatureKey::parse(&f.key).map_err(|e| problem(e.to_string()))?;
+            let def = wire::feature_def("feature", key.clone(), &pb).map_err(|e| problem(e.to_string()))?;
             m.features.insert(key, (def, pb));
         }
-        for c in &stored.commands {
-            let pb: pb::Command = decode("command", &c.id, &c.body)?;
-            let mut domain = wire::command_unsequenced("command", &pb).map_err(|e| LoadError::Record {
-                what: "command",
-                key: c.id.clone(),
-                problem: e.to_string(),
-            })?;
-            domain.sequence = c.sequence.unwrap_or(0);
-            if let Some(s) = c.sequence {
-                m.by_sequence.insert(s, domain.id.clone());
+        for row in &stored.pending {
+            let c = cmd_of(row)?;
+            m.pending.insert(c.domain.id.clone(), c);
+        }
+        for row in &stored.effective {
+            m.in_force.apply(Arc::new(cmd_of(row)?.domain));
+        }
+        m.hashes.push(HistoryHash::EMPTY);
+        for (sequence, id) in &stored.log {
+            let (Some(last), Ok(id)) = (m.hashes.last().copied(), CommandId::parse(id)) else {
+                break;
+            };
+            if *sequence != m.hashes.len() as u64 {
+                // Sequences are gap-free; a gap would be a corrupt log, and the hashes stop.
+                break;
             }
-            m.order.push(domain.id.clone());
-            m.commands.insert(
-                domain.id.clone(),
-                Cmd {
-                    pb,
-                    domain,
-                    state: c.state,
-                },
-            );
+            m.hashes.push(last.next(*sequence, &id));
         }
         for d in &stored.deliveries {
             let pb: pb::Delivery = decode("delivery", &d.supplier, &d.body)?;
-            if let Ok(id) = SupplierId::parse(&d.supplier) {
+            if let Some(id) = supplier_id(&d.supplier) {
                 m.deliveries.entry(d.sequence).or_default().insert(id, pb);
             }
         }
+        for (sequence, supplier) in &stored.rejected {
+            if let Some(id) = supplier_id(supplier) {
+                m.rejected.entry(id).or_default().insert(*sequence);
+            }
+        }
+        m.settle();
         for s in &stored.suppliers {
             let pb: pb::Supplier = decode("supplier", &s.key, &s.body)?;
-            if let Ok(id) = SupplierId::parse(&s.key) {
-                // Acknowledged is what has an outcome recorded, up to the first delivery still
-                // pending: the applied sequence a supplier reported may be past it (answers
-                // lost, or commands recovered from another supplier), and delivery settles
-                // the difference from the supplier's records.
-                let reported = u64::try_from(pb.applied_sequence).unwrap_or(0);
-                let first_pending = m
-                    .deliveries
-                    .iter()
-                    .find(|(_, per)| {
-                        per.get(&id)
-                            .is_some_and(|d| d.state() == pb::delivery::State::Pending)
-                    })
-                    .map(|(sequence, _)| *sequence);
-                // Nor past the log's end: a supplier ahead of the log (DIVERGED) has
-                // acknowledged nothing beyond it.
-                let acked = first_pending
-                    .map_or(reported, |p| reported.min(p - 1))
-                    .min(m.last_sequence());
-                m.suppliers.insert(
-                    id,
-                    SupplierStatus {
-                        pb,
-                        acked,
-                        last_contact: None,
-                    },
-                );
+            if let Some(id) = supplier_id(&s.key) {
+                let acked = m.acked_at_load(&id, &pb);
+                let status = SupplierStatus {
+                    pb,
+                    acked,
+                    last_contact: None,
+                };
+                m.suppliers.insert(id, status);
             }
         }
         m.store_version = stored.version;
         m.store_changes = stored.changes;
-        m.extend_hashes();
         Ok(m)
     }
 
-    /// Applies a committed change, and extends the history hashes over any new sequence.
+    /// Acknowledged is what has an outcome recorded, up to the first delivery still pending:
+    /// the applied sequence a supplier reported may be past it (answers lost, or commands
+    /// recovered from another supplier), and delivery settles the difference from the
+    /// supplier's records. Nor past the log's end: a supplier ahead of the log (DIVERGED) has
+    /// acknowledged nothing beyond it.
+    fn acked_at_load(&self, id: &SupplierId, pb: &pb::Supplier) -> u64 {
+        let reported = u64::try_from(pb.applied_sequence).unwrap_or(0);
+        let first_pending = self
+            .deliveries
+            .iter()
+            .find(|(_, per)| per.get(id).is_some_and(is_pending))
+            .map(|(sequence, _)| *sequence);
+        first_pending
+            .map_or(reported, |p| reported.min(p - 1))
+            .min(self.last_sequence())
+    }
+
+    /// Applies a committed change: pending commands kept, dispatched ones filed in force (a
+    /// resume retiring the halts it lifts) and hashed, deliveries kept while unsettled.
     pub fn apply(&mut self, change: Change) {
         let m = self;
         for (def, f) in change.features {
             m.features.insert(def.key.clone(), (def, f));
         }
         for c in change.commands {
-            if c.domain.sequence > 0 {
-                m.by_sequence.insert(c.domain.sequence, c.domain.id.clone());
+            if c.state == CommandState::Pending {
+                m.pending.insert(c.domain.id.clone(), c);
+                continue;
             }
-            if !m.commands.contains_key(&c.domain.id) {
-                m.order.push(c.domain.id.clone());
+            m.pending.remove(&c.domain.id);
+            let sequence = c.domain.sequence;
+            if c.state == CommandState::Dispatched && sequence > 0 {
+                if let Some(last) = m.hashes.last().copied()
+                    && sequence == m.hashes.len() as u64
+                {
+                    m.hashes.push(last.next(sequence, &c.domain.id));
+                }
+                m.in_force.apply(Arc::new(c.domain));
             }
-            m.commands.insert(c.domain.id.clone(), c);
         }
-        for ((seq, supplier), d) in change.deliveries {
-            m.deliveries.entry(seq).or_default().insert(supplier, d);
+        for ((sequence, supplier), d) in change.deliveries {
+            if d.state() == pb::delivery::State::Rejected {
+                m.rejected.entry(supplier.clone()).or_default().insert(sequence);
+            }
+            if sequence >= m.settled_below {
+                m.deliveries.entry(sequence).or_default().insert(supplier, d);
+            }
         }
         for (id, s) in change.suppliers {
             m.suppliers.insert(id, s);
         }
-        m.extend_hashes();
+        m.settle();
+    }
+
+    /// Drops the deliveries of the lowest sequences once none of them is pending.
+    fn settle(&mut self) {
+        while let Some(entry) = self.deliveries.first_entry() {
+            if entry.get().values().any(is_pending) {
+                break;
+            }
+            entry.remove();
+        }
+        self.settled_below = self
+            .deliveries
+            .first_key_value()
+            .map_or(self.last_sequence() + 1, |(s, _)| *s);
+    }
+
+    /// The command ids a change's dispatched resumes lift (halts in force, or dispatched
+    /// earlier in the same change, of the resume's own feature): the store marks them no longer
+    /// effective in the same write.
+    pub fn retirements(&self, change: &Change) -> Vec<CommandId> {
+        let mut halts: HashMap<&CommandId, &FeatureKey> = HashMap::new();
+        let mut retired = Vec::new();
+        for c in &change.commands {
+            if c.state != CommandState::Dispatched || c.domain.sequence == 0 {
+                continue;
+            }
+            match &c.domain.action {
+                Action::Halt { .. } => {
+                    halts.insert(&c.domain.id, &c.domain.feature);
+                }
+                Action::Resume { .. } => {
+                    for h in self.in_force.lifts(&c.domain) {
+                        retired.push(h);
+                    }
+                    if let Action::Resume { halts: named } = &c.domain.action {
+                        for h in named {
+                            if halts.get(h) == Some(&&c.domain.feature) && !retired.contains(h) {
+                                retired.push(h.clone());
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        retired
     }
 
     /// Applies a change just committed; an API write (`guarded`) also moved the stored version.
@@ -237,36 +330,24 @@ impl Model {
         self.features.values().map(|(_, f)| f)
     }
 
-    /// The command with this id, if there is one.
-    pub fn find(&self, id: &CommandId) -> Option<&Cmd> {
-        self.commands.get(id)
+    /// The command waiting for approval with this id, if there is one.
+    pub fn pending(&self, id: &CommandId) -> Option<&Cmd> {
+        self.pending.get(id)
     }
 
-    /// Every command, newest first (issue order).
-    pub fn commands_newest_first(&self) -> impl Iterator<Item = &Cmd> {
-        self.order.iter().rev().filter_map(|id| self.commands.get(id))
+    /// How many commands wait for approval.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
     }
 
-    /// The dispatched command at `sequence`.
-    pub fn at_sequence(&self, sequence: u64) -> Option<&Cmd> {
-        self.commands.get(self.by_sequence.get(&sequence)?)
-    }
-
-    /// Every dispatched command, in sequence order: the log.
-    pub fn log(&self) -> impl Iterator<Item = &Cmd> {
-        self.by_sequence.values().filter_map(|id| self.commands.get(id))
+    /// The dispatched commands in force.
+    pub fn in_force(&self) -> &InForce {
+        &self.in_force
     }
 
     /// The sequences `supplier` rejected.
-    pub fn rejected_by(&self, supplier: &SupplierId) -> HashSet<u64> {
-        self.deliveries
-            .iter()
-            .filter(|(_, per)| {
-                per.get(supplier)
-                    .is_some_and(|d| d.state() == pb::delivery::State::Rejected)
-            })
-            .map(|(sequence, _)| *sequence)
-            .collect()
+    pub fn rejected_by(&self, supplier: &SupplierId) -> BTreeSet<u64> {
+        self.rejected.get(supplier).cloned().unwrap_or_default()
     }
 
     /// What the coordinator knows of `supplier`.
@@ -274,18 +355,31 @@ impl Model {
         self.suppliers.get(id)
     }
 
-    /// The delivery of `sequence` to `supplier`.
+    /// Whether every delivery of `sequence` is settled (then they are read from the store).
+    pub fn settled(&self, sequence: u64) -> bool {
+        sequence < self.settled_below
+    }
+
+    /// How many sequences have their deliveries held in memory (the unsettled ones).
+    pub fn unsettled_count(&self) -> usize {
+        self.deliveries.len()
+    }
+
+    /// The deliveries of an unsettled `sequence`, by supplier.
+    pub fn deliveries_at(&self, sequence: u64) -> Option<&Deliveries> {
+        self.deliveries.get(&sequence)
+    }
+
+    /// The delivery of an unsettled `sequence` to `supplier`.
     pub fn delivery(&self, sequence: u64, supplier: &SupplierId) -> Option<&pb::Delivery> {
         self.deliveries.get(&sequence)?.get(supplier)
     }
 
-    /// The history hash at every sequence of the log, from 0.
-    pub fn hashes(&self) -> &[HistoryHash] {
-        &self.hashes
-    }
-
     /// Counts a delivery attempt (in memory: attempts are not persisted).
     pub fn note_attempt(&mut self, supplier: &SupplierId, sequence: u64, at: SystemTime) {
+        if self.settled(sequence) {
+            return;
+        }
         let d = self
             .deliveries
             .entry(sequence)
@@ -318,24 +412,6 @@ impl Model {
         self.hashes.get(usize::try_from(sequence).ok()?).copied()
     }
 
-    /// Extends `hashes` over sequences dispatched since it was last extended.
-    fn extend_hashes(&mut self) {
-        if self.hashes.is_empty() {
-            self.hashes.push(HistoryHash::EMPTY);
-        }
-        let from = self.hashes.len() as u64;
-        for (sequence, id) in self.by_sequence.range(from..) {
-            let Some(last) = self.hashes.last().copied() else {
-                break;
-            };
-            if *sequence != self.hashes.len() as u64 {
-                // Sequences are gap-free; a gap would be a corrupt log, and the hashes stop.
-                break;
-            }
-            self.hashes.push(last.next(*sequence, id));
-        }
-    }
-
     /// The first supplier the coordinator found diverged from its log, if any.
     pub fn diverged(&self) -> Option<(&SupplierId, &str)> {
         self.suppliers
@@ -361,31 +437,10 @@ impl Model {
 
     /// The last dispatched sequence.
     pub fn last_sequence(&self) -> u64 {
-        self.by_sequence.keys().next_back().copied().unwrap_or(0)
+        self.hashes.len().saturating_sub(1) as u64
     }
+}
 
-    /// The command, or NOT_FOUND.
-    pub fn command(&self, id: &CommandId) -> Result<&Cmd, ApiError> {
-        self.commands
-            .get(id)
-            .ok_or_else(|| ApiError::not_found("COMMAND_NOT_FOUND", format!("commands/{id}")))
-    }
-
-    /// The API view of a command, with its deliveries.
-    pub fn command_view(&self, cmd: &Cmd) -> pb::Command {
-        let mut view = cmd.pb.clone();
-        if let Some(d) = self.deliveries.get(&cmd.domain.sequence) {
-            view.deliveries = d.values().cloned().collect();
-        }
-        view
-    }
-
-    /// Whether a halt has been lifted by a dispatched resume.
-    pub fn lifted_by(&self, halt: &CommandId) -> Option<&CommandId> {
-        self.by_sequence.values().find(|id| {
-            self.commands
-                .get(*id)
-                .is_some_and(|c| matches!(&c.domain.action, Action::Resume { halts } if halts.contains(halt)))
-        })
-    }
+fn is_pending(d: &pb::Delivery) -> bool {
+    d.state() == pb::delivery::State::Pending
 }

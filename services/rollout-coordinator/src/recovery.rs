@@ -202,13 +202,14 @@ impl Core {
             }
             // A command this log holds as pending may have been approved and dispatched in
             // the history it lost; one it holds as dispatched cannot come back.
-            if let Some(existing) = m.find(&domain.id)
-                && existing.state != CommandState::Pending
+            if m.pending(&domain.id).is_none()
+                && let Some(existing) = self.stored_command_state(&domain.id).await?
+                && existing != CommandState::Pending
             {
                 return Err(diverged(
                     format!(
-                        "command {} at sequence {} is already in this log ({:?}): the histories differ",
-                        domain.id, domain.sequence, existing.state
+                        "command {} at sequence {} is already in this log ({existing:?}): the histories differ",
+                        domain.id, domain.sequence
                     ),
                     &supplier,
                 ));

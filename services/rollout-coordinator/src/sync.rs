@@ -1,32 +1,16 @@
 //! What the coordinator records of each supplier's synchronisation, and what its delivery task
 //! reads: heartbeats (with the history check that finds a DIVERGED supplier), attempts,
-//! acknowledgements, the command at a sequence, and a snapshot of the effective state.
+//! acknowledgements (of settled sequences checked against the store), and the command at a
+//! sequence. The snapshot of the effective state is in `snapshot.rs`.
 
-use std::{collections::HashMap, time::SystemTime};
+use std::time::SystemTime;
 
-use prost::Message;
-use rollout_core::{Command, HistoryHash, RuleBook, SupplierId, audit::now};
+use rollout_core::{HistoryHash, SupplierId, audit::now};
 use rollout_net::{ApiError, wire};
 use rollout_proto::v1 as pb;
 use tracing::info;
 
 use crate::coordinator::{Change, Core, Model, SupplierEndpoint};
-
-/// Most command bytes in one snapshot chunk: with the chunk's own framing, under the 1 MiB a
-/// ReplaceRules chunk may take.
-const SNAPSHOT_CHUNK_BYTES: usize = 1_000_000;
-
-/// A snapshot of the effective state for one supplier, in chunks.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// What the snapshot is and what it was built against.
-    pub header: pb::replace_rules_request::Header,
-    /// The effective commands, at most [`SNAPSHOT_CHUNK_BYTES`] a chunk, in sequence order
-    /// (one chunk, perhaps empty, at the least).
-    pub chunks: Vec<Vec<pb::Command>>,
-    /// The sequences the supplier rejected (their deliveries stay REJECTED).
-    pub rejected: std::collections::HashSet<u64>,
-}
 
 /// What a GetSyncState answer told the coordinator.
 #[derive(Debug, Clone, Copy)]
@@ -41,92 +25,32 @@ pub struct SyncCheck {
 impl Core {
     /// The wire form of the dispatched command at `sequence`, as suppliers receive it, with
     /// the history hash before it.
+    /// A command in force comes from the model, any other from the store.
     pub async fn sequenced(&self, sequence: u64) -> Option<(pb::Command, HistoryHash)> {
-        self.read(|m| {
-            let previous = m.history_hash(sequence - 1)?;
-            m.at_sequence(sequence)
-                .map(|c| (wire::command_pb(&c.domain), previous))
-        })
-        .await
-    }
-
-    /// A snapshot of the effective state for `supplier`, whose applied sequence is `applied`:
-    /// the log replayed into a rule book with the commands this supplier rejected skipped, so
-    /// that the halts a rejected resume named stay in force there. It reaches as far as the
-    /// supplier can take without judging anything: to the target, or, while the supplier
-    /// declares a change freeze, to just before the first go-live or resume it has not yet
-    /// judged (those go one by one, so that it can reject them). `None` if that is no
-    /// further than `applied`. The replay runs outside the model's lock.
-    pub async fn snapshot(
-        &self,
-        supplier: &SupplierId,
-        applied: u64,
-        frozen: bool,
-    ) -> Result<Option<Snapshot>, String> {
-        let (log, rejected, judged, hashes) = self
+        let (previous, held) = self
             .read(|m| {
-                let log: Vec<Command> = m.log().map(|c| c.domain.clone()).collect();
-                let acked = m.supplier(supplier).map_or(0, |s| s.acked);
-                (
-                    log,
-                    m.rejected_by(supplier),
-                    applied.max(acked),
-                    m.hashes().to_vec(),
-                )
+                let previous = m.history_hash(sequence.checked_sub(1)?)?;
+                m.history_hash(sequence)?;
+                Some((previous, m.in_force().at(sequence).cloned()))
             })
-            .await;
-        let target = log.last().map_or(0, |c| c.sequence);
-        let sequence = if frozen {
-            log.iter()
-                .find(|c| c.sequence > judged && c.action.turns_on())
-                .map_or(target, |c| c.sequence - 1)
-        } else {
-            target
-        };
-        if sequence <= applied {
-            return Ok(None);
+            .await?;
+        if let Some(c) = held {
+            return Some((wire::command_pb(&c), previous));
         }
-        let hash_at = |s: u64| {
-            usize::try_from(s)
-                .ok()
-                .and_then(|i| hashes.get(i).copied())
-                .ok_or_else(|| format!("the log has no history hash at sequence {s}"))
-        };
-        let mut book = RuleBook::new();
-        for c in log.iter().take_while(|c| c.sequence <= sequence) {
-            let replayed = if rejected.contains(&c.sequence) {
-                book.skip(c)
-            } else {
-                book.apply(c, None).map(|_| ())
-            };
-            replayed.map_err(|e| format!("the log does not replay at sequence {}: {e}", c.sequence))?;
-        }
-        let by_sequence: HashMap<u64, &Command> = log.iter().map(|c| (c.sequence, c)).collect();
-        let mut chunks: Vec<Vec<pb::Command>> = vec![Vec::new()];
-        let mut bytes = 0;
-        for (s, _) in book.effective_commands() {
-            let Some(c) = by_sequence.get(&s) else { continue };
-            let command = wire::command_pb(c);
-            let len = command.encoded_len();
-            if bytes + len > SNAPSHOT_CHUNK_BYTES && chunks.last().is_some_and(|c| !c.is_empty()) {
-                chunks.push(Vec::new());
-                bytes = 0;
+        let row = match self.store().command_at(sequence).await {
+            Ok(row) => row?,
+            Err(error) => {
+                tracing::warn!(%error, sequence, "cannot read the command at a sequence");
+                return None;
             }
-            bytes += len;
-            if let Some(chunk) = chunks.last_mut() {
-                chunk.push(command);
+        };
+        match crate::model::cmd_of(&row) {
+            Ok(c) => Some((wire::command_pb(&c.domain), previous)),
+            Err(error) => {
+                tracing::warn!(%error, sequence, "cannot read the command at a sequence");
+                None
             }
         }
-        Ok(Some(Snapshot {
-            header: pb::replace_rules_request::Header {
-                sequence: i64::try_from(sequence).unwrap_or(i64::MAX),
-                history_hash: hash_at(sequence)?.as_bytes().to_vec(),
-                base_sequence: i64::try_from(applied).unwrap_or(i64::MAX),
-                base_history_hash: hash_at(applied)?.as_bytes().to_vec(),
-            },
-            chunks,
-            rejected,
-        }))
     }
 
     /// Records a GetSyncState answer (a heartbeat) and checks the supplier's history against
@@ -225,14 +149,26 @@ impl Core {
         let acknowledged = Some(wire::timestamp(now()));
         let mut change = Change::default();
         let mut status = m.supplier(supplier).cloned().unwrap_or_default();
+        // Deliveries of settled sequences are in the store only: read them at once.
+        let settled: Vec<u64> = outcomes
+            .iter()
+            .map(|(s, ..)| *s)
+            .filter(|s| m.settled(*s))
+            .collect();
+        let mut stored = match (settled.iter().min(), settled.iter().max()) {
+            (Some(lo), Some(hi)) => self.stored_deliveries_to(supplier, *lo, *hi).await?,
+            _ => Default::default(),
+        };
         for (sequence, rejection, apply_time) in outcomes {
-            let mut d = m
-                .delivery(sequence, supplier)
-                .cloned()
-                .unwrap_or_else(|| pb::Delivery {
-                    supplier: format!("suppliers/{supplier}"),
-                    ..Default::default()
-                });
+            let held = if m.settled(sequence) {
+                stored.remove(&sequence)
+            } else {
+                m.delivery(sequence, supplier).cloned()
+            };
+            let mut d = held.unwrap_or_else(|| pb::Delivery {
+                supplier: format!("suppliers/{supplier}"),
+                ..Default::default()
+            });
             if d.state() != pb::delivery::State::Pending && d.state() != pb::delivery::State::Unspecified {
                 continue;
             }
@@ -247,9 +183,9 @@ impl Core {
             d.acknowledge_time = acknowledged;
             d.last_error = String::new();
             if rejection.is_some()
-                && let Some(c) = m.at_sequence(sequence)
+                && let Some(id) = self.command_id_at(&m, sequence).await?
             {
-                let name = format!("commands/{}", c.domain.id);
+                let name = format!("commands/{id}");
                 if !status.pb.conflicts.contains(&name) {
                     status.pb.conflicts.push(name);
                 }

@@ -7,9 +7,11 @@
 
 use async_trait::async_trait;
 use rollout_core::audit::{AuditDraft, AuditEvent, micros};
-use sqlx::{AnyPool, Row};
+use sqlx::AnyPool;
 
 use crate::{Backend, MigrationSql, RequestRecord, StoreError, common, open, signed, unsigned};
+
+mod sql;
 
 /// Where a command stands, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +25,7 @@ pub enum CommandState {
 }
 
 impl CommandState {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CommandState::Pending => "pending",
             CommandState::Dispatched => "dispatched",
@@ -31,12 +33,76 @@ impl CommandState {
         }
     }
 
-    fn parse(s: &str) -> Result<Self, StoreError> {
+    pub(crate) fn parse(s: &str) -> Result<Self, StoreError> {
         Ok(match s {
             "pending" => CommandState::Pending,
             "dispatched" => CommandState::Dispatched,
             "cancelled" => CommandState::Cancelled,
             other => return Err(StoreError::Corrupt(format!("unknown command state {other:?}"))),
+        })
+    }
+}
+
+/// What a command does, as stored (so that the log can be searched without decoding bodies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CommandAction {
+    /// Defines a feature.
+    CreateFeature,
+    /// Halts a feature in a scope.
+    Halt,
+    /// Turns a feature on in a scope.
+    GoLive,
+    /// Lifts named halts.
+    Resume,
+}
+
+impl CommandAction {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CommandAction::CreateFeature => "create_feature",
+            CommandAction::Halt => "halt",
+            CommandAction::GoLive => "go_live",
+            CommandAction::Resume => "resume",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "create_feature" => CommandAction::CreateFeature,
+            "halt" => CommandAction::Halt,
+            "go_live" => CommandAction::GoLive,
+            "resume" => CommandAction::Resume,
+            other => return Err(StoreError::Corrupt(format!("unknown command action {other:?}"))),
+        })
+    }
+}
+
+/// Where one delivery stands, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryState {
+    /// Not yet acknowledged by the supplier.
+    Pending,
+    /// Applied by the supplier.
+    Applied,
+    /// Rejected by the supplier (its change freeze).
+    Rejected,
+}
+
+impl DeliveryState {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Applied => "applied",
+            DeliveryState::Rejected => "rejected",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "pending" => DeliveryState::Pending,
+            "applied" => DeliveryState::Applied,
+            "rejected" => DeliveryState::Rejected,
+            other => return Err(StoreError::Corrupt(format!("unknown delivery state {other:?}"))),
         })
     }
 }
@@ -52,6 +118,13 @@ pub struct CommandRow {
     pub state: CommandState,
     /// When it was issued (microseconds since the epoch), for ordering.
     pub created_at: i64,
+    /// The feature it acts on (the one it defines, for a definition).
+    pub feature: String,
+    /// What it does.
+    pub action: CommandAction,
+    /// Whether it is in force in the log: a dispatched definition, go-live, or halt no
+    /// dispatched resume has lifted ([`Write::retired`] clears it).
+    pub effective: bool,
     /// The encoded record.
     pub body: Vec<u8>,
 }
@@ -63,6 +136,8 @@ pub struct DeliveryRow {
     pub sequence: u64,
     /// The supplier.
     pub supplier: String,
+    /// Where it stands.
+    pub state: DeliveryState,
     /// The encoded record.
     pub body: Vec<u8>,
 }
@@ -76,21 +151,65 @@ pub struct Record {
     pub body: Vec<u8>,
 }
 
-/// Everything the coordinator serves from.
+/// What the coordinator starts from: the state, not the history. Its size follows the
+/// features, the commands pending or in force and the deliveries not yet settled; the log
+/// itself contributes only its (sequence, id) pairs, for the history hashes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CoordinatorState {
-    /// Feature definitions.
+    /// Feature definitions, by key.
     pub features: Vec<Record>,
-    /// Commands, in issue order.
-    pub commands: Vec<CommandRow>,
-    /// Deliveries.
+    /// Commands waiting for approval, in issue order.
+    pub pending: Vec<CommandRow>,
+    /// Commands in force (`effective`), in sequence order.
+    pub effective: Vec<CommandRow>,
+    /// Every dispatched sequence with its command id, in sequence order.
+    pub log: Vec<(u64, String)>,
+    /// Deliveries not yet settled: every delivery of every sequence from the lowest that still
+    /// has a pending delivery (none if nothing is pending), by sequence then supplier.
     pub deliveries: Vec<DeliveryRow>,
+    /// Every rejected delivery, as (sequence, supplier), by sequence.
+    pub rejected: Vec<(u64, String)>,
     /// Supplier status.
     pub suppliers: Vec<Record>,
     /// The stored version (see [`Write::expected_version`]).
     pub version: u64,
     /// How many writes of any kind the store has taken.
     pub changes: u64,
+}
+
+/// Which commands [`CoordinatorStore::list_commands`] reads, newest first (issue order:
+/// creation time, then id, both descending).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandQuery {
+    /// Only commands of this feature.
+    pub feature: Option<String>,
+    /// Only commands in this state.
+    pub state: Option<CommandState>,
+    /// Only commands issued before this one: its (created_at, id).
+    pub before: Option<(i64, String)>,
+    /// At most this many rows.
+    pub limit: u32,
+}
+
+/// Rows written before migration 3 (their feature, action, effective mark or delivery state
+/// unknown), for the coordinator to fill once at its first start after the upgrade.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LegacyRows {
+    /// Every command (not only the unmarked ones: whether a halt is in force depends on the
+    /// whole log), in sequence order with the undispatched last. Their feature, action and
+    /// effective fields are placeholders until filled.
+    pub commands: Vec<CommandRow>,
+    /// The deliveries without a state (their state field is a placeholder), with bodies.
+    pub deliveries: Vec<DeliveryRow>,
+}
+
+/// What [`CoordinatorStore::upgrade`] fills in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Upgrade {
+    /// Per command id: feature, action, effective.
+    pub commands: Vec<(String, String, CommandAction, bool)>,
+    /// Per delivery (sequence, supplier): state.
+    pub deliveries: Vec<(u64, String, DeliveryState)>,
 }
 
 /// One atomic write: upserts of each kind, an idempotency record, the audit event.
@@ -106,6 +225,8 @@ pub struct Write {
     pub suppliers: Vec<Record>,
     /// The request's idempotency record.
     pub request: Option<RequestRecord>,
+    /// Command ids whose rules a resume in this write lifts: no longer effective.
+    pub retired: Vec<String>,
     /// The audit event of the call, if it is an audited call.
     pub audit: Option<AuditDraft>,
     /// For a write that must not race another replica's (features, commands): the stored
@@ -117,11 +238,41 @@ pub struct Write {
 /// The coordinator's store.
 #[async_trait]
 pub trait CoordinatorStore: Send + Sync + 'static {
-    /// Reads everything.
+    /// Reads what the coordinator starts from (one consistent snapshot): the state, never
+    /// every command body.
     async fn load(&self) -> Result<CoordinatorState, StoreError>;
     /// Applies a write atomically. A sequence given to two commands is a
     /// [`StoreError::Conflict`] and nothing is written.
     async fn write(&self, write: Write) -> Result<(), StoreError>;
+    /// The command with this id.
+    async fn command(&self, id: &str) -> Result<Option<CommandRow>, StoreError>;
+    /// The dispatched command at `sequence`.
+    async fn command_at(&self, sequence: u64) -> Result<Option<CommandRow>, StoreError>;
+    /// Commands newest first (issue order), filtered and bounded by `query`.
+    async fn list_commands(&self, query: &CommandQuery) -> Result<Vec<CommandRow>, StoreError>;
+    /// Dispatched commands with sequences in `from..=to`, of `action` and `feature` when given,
+    /// in sequence order.
+    async fn commands_between(
+        &self,
+        from: u64,
+        to: u64,
+        action: Option<CommandAction>,
+        feature: Option<&str>,
+    ) -> Result<Vec<CommandRow>, StoreError>;
+    /// The lowest sequence after `after` whose command is a go-live or a resume.
+    async fn first_turning_on(&self, after: u64) -> Result<Option<u64>, StoreError>;
+    /// Deliveries of sequences in `from..=to` (to one supplier, when given), by sequence then
+    /// supplier.
+    async fn deliveries(
+        &self,
+        from: u64,
+        to: u64,
+        supplier: Option<&str>,
+    ) -> Result<Vec<DeliveryRow>, StoreError>;
+    /// The rows written before migration 3, if there are any (empty otherwise): read once.
+    async fn legacy_rows(&self) -> Result<LegacyRows, StoreError>;
+    /// Fills in what [`CoordinatorStore::legacy_rows`] lacked, in one transaction.
+    async fn upgrade(&self, upgrade: Upgrade) -> Result<(), StoreError>;
     /// The idempotency record of a request id.
     async fn recall_request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError>;
     /// Appends an audit event on its own (refused calls).
@@ -146,6 +297,12 @@ const MIGRATIONS: &[MigrationSql] = &[
         "coordinator replica versions",
         include_str!("../migrations/sqlite/coordinator_0002_meta.sql"),
         include_str!("../migrations/postgres/coordinator_0002_meta.sql"),
+    ),
+    (
+        3,
+        "coordinator state that does not grow with history",
+        include_str!("../migrations/sqlite/coordinator_0003_effective.sql"),
+        include_str!("../migrations/postgres/coordinator_0003_effective.sql"),
     ),
 ];
 
@@ -222,158 +379,63 @@ impl Leadership {
     }
 }
 
-fn records(rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<Record>, StoreError> {
-    rows.iter()
-        .map(|r| {
-            Ok(Record {
-                key: r.try_get(0)?,
-                body: r.try_get(1)?,
-            })
-        })
-        .collect()
-}
-
 #[async_trait]
 impl CoordinatorStore for SqlCoordinatorStore {
     async fn load(&self) -> Result<CoordinatorState, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        crate::common::consistent_reads(&mut tx, self.backend).await?;
-        let features = records(
-            sqlx::query("SELECT key, body FROM features ORDER BY key")
-                .fetch_all(&mut *tx)
-                .await?,
-        )?;
-        let suppliers = records(
-            sqlx::query("SELECT id, body FROM suppliers ORDER BY id")
-                .fetch_all(&mut *tx)
-                .await?,
-        )?;
-        let commands =
-            sqlx::query("SELECT id, sequence, state, created_at, body FROM commands ORDER BY created_at, id")
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok(CommandRow {
-                        id: r.try_get("id")?,
-                        sequence: r
-                            .try_get::<Option<i64>, _>("sequence")?
-                            .map(|s| unsigned(s, "sequence"))
-                            .transpose()?,
-                        state: CommandState::parse(&r.try_get::<String, _>("state")?)?,
-                        created_at: r.try_get("created_at")?,
-                        body: r.try_get("body")?,
-                    })
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-        let deliveries =
-            sqlx::query("SELECT sequence, supplier, body FROM deliveries ORDER BY sequence, supplier")
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok(DeliveryRow {
-                        sequence: unsigned(r.try_get("sequence")?, "sequence")?,
-                        supplier: r.try_get("supplier")?,
-                        body: r.try_get("body")?,
-                    })
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT key, value FROM meta WHERE key IN ('version', 'changes')")
-                .fetch_all(&mut *tx)
-                .await?;
-        tx.commit().await?;
-        let get = |k: &str| rows.iter().find(|(key, _)| key == k).map_or(0, |(_, v)| *v);
-        Ok(CoordinatorState {
-            features,
-            commands,
-            deliveries,
-            suppliers,
-            version: unsigned(get("version"), "version")?,
-            changes: unsigned(get("changes"), "changes")?,
-        })
+        sql::load(&self.pool, self.backend).await
     }
 
     async fn write(&self, w: Write) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for f in &w.features {
-            sqlx::query("INSERT INTO features (key, body) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET body = excluded.body")
-                .bind(&f.key)
-                .bind(&f.body)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for c in &w.commands {
-            let sequence = c.sequence.map(|s| signed(s, "sequence")).transpose()?;
-            let result = sqlx::query(
-                "INSERT INTO commands (id, sequence, state, created_at, body) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (id) DO UPDATE SET sequence = excluded.sequence, state = excluded.state, body = excluded.body",
-            )
-            .bind(&c.id)
-            .bind(sequence)
-            .bind(c.state.as_str())
-            .bind(c.created_at)
-            .bind(&c.body)
-            .execute(&mut *tx)
-            .await;
-            if let Err(e) = result {
-                let unique = e.as_database_error().is_some_and(|d| d.is_unique_violation());
-                return Err(if unique {
-                    StoreError::Conflict(format!(
-                        "sequence {sequence:?} is already given to another command"
-                    ))
-                } else {
-                    e.into()
-                });
-            }
-        }
-        for d in &w.deliveries {
-            sqlx::query(
-                "INSERT INTO deliveries (sequence, supplier, body) VALUES ($1, $2, $3)
-                 ON CONFLICT (sequence, supplier) DO UPDATE SET body = excluded.body",
-            )
-            .bind(signed(d.sequence, "sequence")?)
-            .bind(&d.supplier)
-            .bind(&d.body)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for s in &w.suppliers {
-            sqlx::query("INSERT INTO suppliers (id, body) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET body = excluded.body")
-                .bind(&s.key)
-                .bind(&s.body)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(r) = &w.request {
-            common::insert_request(&mut tx, r).await?;
-        }
-        if let Some(audit) = w.audit {
-            common::audit_in(&mut tx, audit).await?;
-        }
-        if let Some(expected) = w.expected_version {
-            let moved = sqlx::query("UPDATE meta SET value = value + 1 WHERE key = 'version' AND value = $1")
-                .bind(signed(expected, "version")?)
-                .execute(&mut *tx)
-                .await?;
-            if moved.rows_affected() != 1 {
-                return Err(StoreError::Conflict(format!(
-                    "the stored state is no longer at version {expected}: another replica changed it"
-                )));
-            }
-        }
-        sqlx::query("UPDATE meta SET value = value + 1 WHERE key = 'changes'")
-            .execute(&mut *tx)
-            .await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(CHANGE_CHANNEL)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        sql::write(&self.pool, self.backend, w).await
+    }
+
+    async fn command(&self, id: &str) -> Result<Option<CommandRow>, StoreError> {
+        sql::command(&self.pool, "id = $1", id.to_owned()).await
+    }
+
+    async fn command_at(&self, sequence: u64) -> Result<Option<CommandRow>, StoreError> {
+        sql::command(&self.pool, "sequence = $1", signed(sequence, "sequence")?).await
+    }
+
+    async fn list_commands(&self, query: &CommandQuery) -> Result<Vec<CommandRow>, StoreError> {
+        sql::list_commands(&self.pool, query).await
+    }
+
+    async fn commands_between(
+        &self,
+        from: u64,
+        to: u64,
+        action: Option<CommandAction>,
+        feature: Option<&str>,
+    ) -> Result<Vec<CommandRow>, StoreError> {
+        sql::commands_between(&self.pool, from, to, action, feature).await
+    }
+
+    async fn first_turning_on(&self, after: u64) -> Result<Option<u64>, StoreError> {
+        let first: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(sequence) FROM commands WHERE sequence > $1 AND action IN ('go_live', 'resume')",
+        )
+        .bind(signed(after, "sequence")?)
+        .fetch_one(&self.pool)
+        .await?;
+        first.map(|s| unsigned(s, "sequence")).transpose()
+    }
+
+    async fn deliveries(
+        &self,
+        from: u64,
+        to: u64,
+        supplier: Option<&str>,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        sql::deliveries(&self.pool, from, to, supplier).await
+    }
+
+    async fn legacy_rows(&self) -> Result<LegacyRows, StoreError> {
+        sql::legacy_rows(&self.pool).await
+    }
+
+    async fn upgrade(&self, upgrade: Upgrade) -> Result<(), StoreError> {
+        sql::upgrade(&self.pool, upgrade).await
     }
 
     async fn head(&self) -> Result<(u64, u64), StoreError> {

@@ -1,0 +1,326 @@
+//! Reads of the command log from the store: the model holds only what is pending, in force or
+//! unsettled, so GetCommand, ListCommands, WatchCommand, VerifyCommand, the checks on a
+//! resume's halts and the command delivery sends at a sequence read the history here. The
+//! unsettled deliveries (with their in-memory attempt counts) come from the model; settled ones
+//! from the store.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rollout_core::{Action, CommandId, FeatureKey, SupplierId};
+use rollout_net::{ApiError, Page};
+use rollout_proto::v1 as pb;
+use rollout_store::coordinator::{CommandAction, CommandQuery, CommandRow, CommandState};
+
+use crate::{
+    coordinator::{Cmd, Core, Model},
+    model::{cmd_of, decode},
+};
+
+/// Most command rows read from the store at once for a ListCommands page (a row is at most
+/// about 160 KB).
+const LIST_BATCH: usize = 32;
+
+fn store_error(e: rollout_store::StoreError) -> ApiError {
+    ApiError::internal("reading the command log", e)
+}
+
+fn record_error(e: crate::model::LoadError) -> ApiError {
+    ApiError::internal("reading the command log", e)
+}
+
+/// The API state of a stored command state.
+pub fn state_pb(state: CommandState) -> pb::command::State {
+    match state {
+        CommandState::Pending => pb::command::State::PendingApproval,
+        CommandState::Dispatched => pb::command::State::Dispatched,
+        CommandState::Cancelled => pb::command::State::Cancelled,
+    }
+}
+
+/// What ListCommands asks for.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// Only this feature's commands.
+    pub feature: Option<FeatureKey>,
+    /// Only commands in this state.
+    pub state: Option<pb::command::State>,
+    /// Start after this command (newest first).
+    pub after: Option<String>,
+    /// At most this many commands.
+    pub size: usize,
+}
+
+impl Core {
+    /// The stored command row with this id, or NOT_FOUND.
+    async fn stored(&self, id: &CommandId) -> Result<CommandRow, ApiError> {
+        self.store()
+            .command(id.as_str())
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| ApiError::not_found("COMMAND_NOT_FOUND", format!("commands/{id}")))
+    }
+
+    /// The API state of a stored command, or NOT_FOUND.
+    pub(crate) async fn stored_state(&self, id: &CommandId) -> Result<pb::command::State, ApiError> {
+        Ok(state_pb(self.stored(id).await?.state))
+    }
+
+    /// Whether the store holds a command with this id (and where it stands).
+    pub(crate) async fn stored_command_state(
+        &self,
+        id: &CommandId,
+    ) -> Result<Option<CommandState>, ApiError> {
+        Ok(self
+            .store()
+            .command(id.as_str())
+            .await
+            .map_err(store_error)?
+            .map(|r| r.state))
+    }
+
+    /// The command with this id: a pending one from the model, any other from the store.
+    pub async fn find_command(&self, id: &CommandId) -> Result<Cmd, ApiError> {
+        if let Some(c) = self.read(|m| m.pending(id).cloned()).await {
+            return Ok(c);
+        }
+        cmd_of(&self.stored(id).await?).map_err(record_error)
+    }
+
+    /// The API view of a command with its deliveries, or NOT_FOUND.
+    pub async fn command_view(&self, id: &CommandId) -> Result<pb::Command, ApiError> {
+        let cmd = self.find_command(id).await?;
+        let mut view = cmd.pb;
+        if cmd.state == CommandState::Dispatched {
+            view.deliveries = self.deliveries_view(cmd.domain.sequence).await?;
+        }
+        Ok(view)
+    }
+
+    /// The deliveries of `sequence`, by supplier: from the model while unsettled (with the
+    /// attempts it counts), else from the store.
+    pub async fn deliveries_view(&self, sequence: u64) -> Result<Vec<pb::Delivery>, ApiError> {
+        let held = self
+            .read(|m| {
+                (!m.settled(sequence))
+                    .then(|| m.deliveries_at(sequence).map(|d| d.values().cloned().collect()))
+            })
+            .await;
+        match held {
+            Some(d) => Ok(d.unwrap_or_default()),
+            None => Ok(self
+                .stored_deliveries(sequence, sequence)
+                .await?
+                .remove(&sequence)
+                .unwrap_or_default()),
+        }
+    }
+
+    /// The stored deliveries of `from..=to`, by sequence, each list by supplier.
+    async fn stored_deliveries(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<BTreeMap<u64, Vec<pb::Delivery>>, ApiError> {
+        let mut out: BTreeMap<u64, Vec<pb::Delivery>> = BTreeMap::new();
+        for row in self
+            .store()
+            .deliveries(from, to, None)
+            .await
+            .map_err(store_error)?
+        {
+            let d: pb::Delivery = decode("delivery", &row.supplier, &row.body).map_err(record_error)?;
+            out.entry(row.sequence).or_default().push(d);
+        }
+        Ok(out)
+    }
+
+    /// One ListCommands page, newest first, bounded by `query.size` and the page byte budget.
+    /// Rows are read from the store a few at a time, so a page costs what it holds.
+    pub async fn list_commands(&self, query: &ListQuery) -> Result<Page<pb::Command>, ApiError> {
+        let mut page = Page::new(query.size);
+        let state = match query.state {
+            None => None,
+            Some(pb::command::State::PendingApproval) => Some(CommandState::Pending),
+            Some(pb::command::State::Dispatched) => Some(CommandState::Dispatched),
+            Some(pb::command::State::Cancelled) => Some(CommandState::Cancelled),
+            // Dry runs are never stored.
+            Some(_) => return Ok(page),
+        };
+        let before = match &query.after {
+            None => None,
+            Some(after) => match self.store().command(after).await.map_err(store_error)? {
+                Some(row) => Some((row.created_at, row.id)),
+                None => return Ok(page),
+            },
+        };
+        let mut q = CommandQuery {
+            feature: query.feature.as_ref().map(ToString::to_string),
+            state,
+            before,
+            limit: u32::try_from(query.size.clamp(1, LIST_BATCH)).unwrap_or(1),
+        };
+        loop {
+            let rows = self.store().list_commands(&q).await.map_err(store_error)?;
+            let Some(last) = rows.last() else {
+                return Ok(page);
+            };
+            q.before = Some((last.created_at, last.id.clone()));
+            let exhausted = rows.len() < q.limit as usize;
+            for view in self.views(&rows).await? {
+                if !page.push(view) {
+                    return Ok(page);
+                }
+            }
+            if exhausted {
+                return Ok(page);
+            }
+        }
+    }
+
+    /// The API views of stored rows with their deliveries (one store read for the settled
+    /// ones).
+    async fn views(&self, rows: &[CommandRow]) -> Result<Vec<pb::Command>, ApiError> {
+        let sequences: BTreeSet<u64> = rows.iter().filter_map(|r| r.sequence).collect();
+        let (mut held, settled): (BTreeMap<u64, Vec<pb::Delivery>>, Vec<u64>) = self
+            .read(|m| {
+                let mut held = BTreeMap::new();
+                let mut settled = Vec::new();
+                for s in &sequences {
+                    if m.settled(*s) {
+                        settled.push(*s);
+                    } else if let Some(d) = m.deliveries_at(*s) {
+                        held.insert(*s, d.values().cloned().collect());
+                    }
+                }
+                (held, settled)
+            })
+            .await;
+        if let (Some(lo), Some(hi)) = (settled.first(), settled.last()) {
+            let stored = self.stored_deliveries(*lo, *hi).await?;
+            held.extend(stored.into_iter().filter(|(s, _)| settled.contains(s)));
+        }
+        rows.iter()
+            .map(|row| {
+                let mut view: pb::Command = decode("command", &row.id, &row.body).map_err(record_error)?;
+                if let Some(s) = row.sequence {
+                    view.deliveries = held.get(&s).cloned().unwrap_or_default();
+                }
+                Ok(view)
+            })
+            .collect()
+    }
+
+    /// Checks that halt `h`, named at `halts[i]` by a resume of `feature`, can be lifted: a
+    /// halt of that feature in force. The model answers for a halt in force; the store says
+    /// why any other cannot be (unknown, not such a halt, never dispatched, already lifted).
+    pub(crate) async fn check_liftable(
+        &self,
+        m: &Model,
+        feature: &FeatureKey,
+        i: usize,
+        h: &CommandId,
+    ) -> Result<(), ApiError> {
+        let field = format!("halts[{i}]");
+        let not_a_halt = || {
+            ApiError::invalid_field(
+                field.clone(),
+                format!("commands/{h} is not a halt of features/{feature}"),
+            )
+        };
+        if let Some(c) = m.in_force().get(h) {
+            return if matches!(c.action, Action::Halt { .. }) && c.feature == *feature {
+                Ok(())
+            } else {
+                Err(not_a_halt())
+            };
+        }
+        let row = match self.store().command(h.as_str()).await.map_err(store_error)? {
+            Some(row) => row,
+            None => {
+                return Err(ApiError::not_found("HALT_NOT_FOUND", format!("commands/{h}"))
+                    .with_violation(&field, "no such command"));
+            }
+        };
+        if row.action != CommandAction::Halt || row.feature != feature.as_str() {
+            return Err(not_a_halt());
+        }
+        if row.state != CommandState::Dispatched {
+            return Err(ApiError::invalid_field(
+                field,
+                format!("commands/{h} was never dispatched"),
+            ));
+        }
+        let by = self
+            .lifted_by(row.sequence.unwrap_or(0), feature, h, m.last_sequence())
+            .await?;
+        Err(ApiError::failed_precondition(
+            "HALT_ALREADY_LIFTED",
+            format!(
+                "commands/{h} was already lifted by commands/{}",
+                by.map_or_else(|| "?".to_owned(), |c| c.to_string())
+            ),
+        )
+        .with_metadata("halt", format!("commands/{h}")))
+    }
+
+    /// The dispatched resume of `feature` after `after` and up to `last` that names halt `h`.
+    async fn lifted_by(
+        &self,
+        after: u64,
+        feature: &FeatureKey,
+        h: &CommandId,
+        last: u64,
+    ) -> Result<Option<CommandId>, ApiError> {
+        let resumes = self
+            .store()
+            .commands_between(
+                after + 1,
+                last,
+                Some(CommandAction::Resume),
+                Some(feature.as_str()),
+            )
+            .await
+            .map_err(store_error)?;
+        for row in &resumes {
+            let c = cmd_of(row).map_err(record_error)?;
+            if matches!(&c.domain.action, Action::Resume { halts } if halts.contains(h)) {
+                return Ok(Some(c.domain.id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The id of the dispatched command at `sequence`: from the model if it is in force, else
+    /// from the store.
+    pub(crate) async fn command_id_at(
+        &self,
+        m: &Model,
+        sequence: u64,
+    ) -> Result<Option<CommandId>, ApiError> {
+        if let Some(c) = m.in_force().at(sequence) {
+            return Ok(Some(c.id.clone()));
+        }
+        let row = self.store().command_at(sequence).await.map_err(store_error)?;
+        Ok(row.and_then(|r| CommandId::parse(&r.id).ok()))
+    }
+
+    /// The stored deliveries to `supplier` of `from..=to`, by sequence.
+    pub(crate) async fn stored_deliveries_to(
+        &self,
+        supplier: &SupplierId,
+        from: u64,
+        to: u64,
+    ) -> Result<BTreeMap<u64, pb::Delivery>, ApiError> {
+        let mut out = BTreeMap::new();
+        for row in self
+            .store()
+            .deliveries(from, to, Some(supplier.as_str()))
+            .await
+            .map_err(store_error)?
+        {
+            let d: pb::Delivery = decode("delivery", &row.supplier, &row.body).map_err(record_error)?;
+            out.insert(row.sequence, d);
+        }
+        Ok(out)
+    }
+}

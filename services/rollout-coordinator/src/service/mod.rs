@@ -1,0 +1,424 @@
+//! The CoordinatorService handlers: the writes here, the reads in `read.rs`, VerifyCommand and
+//! GetPracticeStatus in `verify.rs`.
+
+use std::{collections::BTreeMap, pin::Pin, sync::Arc};
+
+use prost::Message;
+use rollout_core::{
+    Action, SupplierId,
+    audit::{AuditDraft, AuditOutcome},
+};
+use rollout_net::{ApiError, Caller, MessageLimits, wire};
+use rollout_proto::v1::{
+    self as pb, coordinator_service_server::CoordinatorService, toggle_service_client::ToggleServiceClient,
+};
+use tonic::{Request, Response, Status, transport::Channel};
+use tracing::{Span, instrument};
+
+use crate::{
+    coordinator::{Core, Idempotency, Model},
+    recovery::{self, Recovery},
+};
+
+mod read;
+mod verify;
+
+/// The WatchCommand stream.
+pub(super) type WatchStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchCommandResponse, Status>> + Send>>;
+
+const SERVICE: &str = "/nhs.gprollout.v1.CoordinatorService";
+
+/// The coordinator's handlers.
+#[derive(Debug, Clone)]
+pub struct Handlers {
+    core: Arc<Core>,
+    /// A channel to each supplier, as the coordinator.
+    channels: Arc<BTreeMap<SupplierId, Channel>>,
+}
+
+impl Handlers {
+    /// Handlers over `core`, reaching suppliers through `channels`.
+    pub fn new(core: Arc<Core>, channels: BTreeMap<SupplierId, Channel>) -> Self {
+        Handlers {
+            core,
+            channels: Arc::new(channels),
+        }
+    }
+
+    /// Runs a mutating call, recording a refusal in the audit log.
+    async fn audited<T>(
+        &self,
+        draft: AuditDraft,
+        call: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<Response<T>, Status> {
+        rollout_net::audited(draft, call, |refused| self.core.record_refusal(refused)).await
+    }
+
+    /// A halt, resume or go-live: validates (the action last, after the feature name),
+    /// honours `request_id`, and audits a refusal. A dry run is neither saved nor audited.
+    #[allow(clippy::too_many_arguments)]
+    async fn issue(
+        &self,
+        who: Result<String, ApiError>,
+        audit: AuditDraft,
+        name: &str,
+        reason: &str,
+        dry_run: bool,
+        idem: Result<Option<Idempotency>, ApiError>,
+        action: impl FnOnce() -> Result<Action, ApiError>,
+    ) -> Result<Response<pb::Command>, Status> {
+        let call = async {
+            let who = who?;
+            let key = wire::feature_name("name", name)?;
+            Span::current().record("feature", key.as_str());
+            let action = action()?;
+            let reason = wire::text("reason", reason)?;
+            let idem = idem?;
+            if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
+                return decode(&bytes);
+            }
+            self.core
+                .issue(&who, key, action, reason, dry_run, idem, audit.clone())
+                .await
+        };
+        if dry_run {
+            return Ok(Response::new(call.await?));
+        }
+        self.audited(audit.clone(), call).await
+    }
+
+    fn toggle(&self, supplier: &SupplierId) -> Result<ToggleServiceClient<Channel>, ApiError> {
+        self.channels
+            .get(supplier)
+            .cloned()
+            .map(|c| ToggleServiceClient::new(c).with_message_limits())
+            .ok_or_else(|| ApiError::not_found("SUPPLIER_NOT_FOUND", format!("suppliers/{supplier}")))
+    }
+}
+
+fn identity<T>(req: &Request<T>) -> Result<String, ApiError> {
+    Caller::of(req).map(|c| c.identity.to_string())
+}
+
+fn draft<T>(req: &Request<T>, method: &str, target: &str, request_id: &str, reason: &str) -> AuditDraft {
+    AuditDraft {
+        identity: identity(req).unwrap_or_else(|_| "-".into()),
+        action: format!("{SERVICE}/{method}"),
+        target: target.chars().take(200).collect(),
+        outcome: AuditOutcome::Accepted,
+        reason: reason.chars().take(1_000).collect(),
+        request_id: request_id.chars().take(64).collect(),
+    }
+}
+
+/// The idempotency key of a request, with the fingerprint of the request without its id.
+fn idempotency(method: &str, request_id: &str, body: &impl Message) -> Result<Option<Idempotency>, ApiError> {
+    Ok(
+        wire::request_id("request_id", request_id)?.map(|request_id| Idempotency {
+            request_id,
+            fingerprint: wire::request_fingerprint(method, body),
+        }),
+    )
+}
+
+fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ApiError> {
+    M::decode(bytes).map_err(|e| ApiError::internal("decoding a stored response", e))
+}
+
+#[tonic::async_trait]
+impl CoordinatorService for Handlers {
+    #[instrument(skip_all, fields(feature))]
+    async fn create_feature(
+        &self,
+        req: Request<pb::CreateFeatureRequest>,
+    ) -> Result<Response<pb::Feature>, Status> {
+        let r = req.get_ref();
+        let audit = draft(
+            &req,
+            "CreateFeature",
+            &format!("features/{}", r.feature_id),
+            &r.request_id,
+            &r.reason,
+        );
+        self.audited(audit.clone(), async {
+            let who = identity(&req)?;
+            let key = rollout_core::FeatureKey::parse(&r.feature_id)
+                .map_err(|e| ApiError::invalid_field("feature_id", e))?;
+            Span::current().record("feature", key.as_str());
+            let f = r
+                .feature
+                .as_ref()
+                .ok_or_else(|| ApiError::invalid_field("feature", "is required"))?;
+            let def = wire::feature_def("feature", key, f)?;
+            let reason = wire::text("reason", &r.reason)?;
+            let idem = idempotency(
+                "CreateFeature",
+                &r.request_id,
+                &pb::CreateFeatureRequest {
+                    request_id: String::new(),
+                    ..r.clone()
+                },
+            )?;
+            if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
+                return decode(&bytes);
+            }
+            self.core
+                .create_feature(&who, def, reason, idem, audit.clone())
+                .await
+        })
+        .await
+    }
+
+    async fn get_feature(
+        &self,
+        req: Request<pb::GetFeatureRequest>,
+    ) -> Result<Response<pb::Feature>, Status> {
+        read::get_feature(self, req).await
+    }
+
+    async fn list_features(
+        &self,
+        req: Request<pb::ListFeaturesRequest>,
+    ) -> Result<Response<pb::ListFeaturesResponse>, Status> {
+        read::list_features(self, req).await
+    }
+
+    #[instrument(skip_all, fields(feature))]
+    async fn halt_feature(
+        &self,
+        req: Request<pb::HaltFeatureRequest>,
+    ) -> Result<Response<pb::Command>, Status> {
+        let r = req.get_ref();
+        let audit = draft(&req, "HaltFeature", &r.name, &r.request_id, &r.reason);
+        let idem = idempotency(
+            "HaltFeature",
+            &r.request_id,
+            &pb::HaltFeatureRequest {
+                request_id: String::new(),
+                ..r.clone()
+            },
+        );
+        self.issue(identity(&req), audit, &r.name, &r.reason, r.dry_run, idem, || {
+            Ok(Action::Halt {
+                scope: wire::scope("scope", r.scope.as_ref())?,
+            })
+        })
+        .await
+    }
+
+    #[instrument(skip_all, fields(feature))]
+    async fn resume_feature(
+        &self,
+        req: Request<pb::ResumeFeatureRequest>,
+    ) -> Result<Response<pb::Command>, Status> {
+        let r = req.get_ref();
+        let audit = draft(&req, "ResumeFeature", &r.name, &r.request_id, &r.reason);
+        let idem = idempotency(
+            "ResumeFeature",
+            &r.request_id,
+            &pb::ResumeFeatureRequest {
+                request_id: String::new(),
+                ..r.clone()
+            },
+        );
+        self.issue(identity(&req), audit, &r.name, &r.reason, r.dry_run, idem, || {
+            if r.halts.is_empty() {
+                return Err(ApiError::invalid_field("halts", "name at least one halt to lift"));
+            }
+            let halts = r
+                .halts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| wire::command_name(&format!("halts[{i}]"), h))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Action::Resume { halts })
+        })
+        .await
+    }
+
+    #[instrument(skip_all, fields(feature))]
+    async fn schedule_go_live(
+        &self,
+        req: Request<pb::ScheduleGoLiveRequest>,
+    ) -> Result<Response<pb::Command>, Status> {
+        let r = req.get_ref();
+        let audit = draft(&req, "ScheduleGoLive", &r.name, &r.request_id, &r.reason);
+        let idem = idempotency(
+            "ScheduleGoLive",
+            &r.request_id,
+            &pb::ScheduleGoLiveRequest {
+                request_id: String::new(),
+                ..r.clone()
+            },
+        );
+        self.issue(identity(&req), audit, &r.name, &r.reason, r.dry_run, idem, || {
+            Ok(Action::GoLive {
+                scope: wire::scope("scope", r.scope.as_ref())?,
+                effective_at: r
+                    .effective_time
+                    .as_ref()
+                    .map(|t| wire::time("effective_time", t))
+                    .transpose()?,
+            })
+        })
+        .await
+    }
+
+    #[instrument(skip_all, fields(command))]
+    async fn approve_command(
+        &self,
+        req: Request<pb::ApproveCommandRequest>,
+    ) -> Result<Response<pb::Command>, Status> {
+        let r = req.get_ref();
+        let audit = draft(&req, "ApproveCommand", &r.name, &r.request_id, &r.comment);
+        self.audited(audit.clone(), async {
+            let who = identity(&req)?;
+            let id = wire::command_name("name", &r.name)?;
+            Span::current().record("command", id.as_str());
+            if r.comment.chars().count() > rollout_core::rules::MAX_REASON_CHARS {
+                return Err(ApiError::invalid_field(
+                    "comment",
+                    "is longer than 1000 characters",
+                ));
+            }
+            let idem = idempotency(
+                "ApproveCommand",
+                &r.request_id,
+                &pb::ApproveCommandRequest {
+                    request_id: String::new(),
+                    ..r.clone()
+                },
+            )?;
+            if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
+                return decode(&bytes);
+            }
+            self.core
+                .approve(&who, &id, r.comment.trim().to_owned(), idem, audit.clone())
+                .await
+        })
+        .await
+    }
+
+    #[instrument(skip_all, fields(command))]
+    async fn cancel_command(
+        &self,
+        req: Request<pb::CancelCommandRequest>,
+    ) -> Result<Response<pb::Command>, Status> {
+        let r = req.get_ref();
+        let audit = draft(&req, "CancelCommand", &r.name, &r.request_id, &r.reason);
+        self.audited(audit.clone(), async {
+            let who = identity(&req)?;
+            let id = wire::command_name("name", &r.name)?;
+            Span::current().record("command", id.as_str());
+            wire::text("reason", &r.reason)?;
+            let idem = idempotency(
+                "CancelCommand",
+                &r.request_id,
+                &pb::CancelCommandRequest {
+                    request_id: String::new(),
+                    ..r.clone()
+                },
+            )?;
+            if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
+                return decode(&bytes);
+            }
+            self.core.cancel(&who, &id, idem, audit.clone()).await
+        })
+        .await
+    }
+
+    async fn get_command(
+        &self,
+        req: Request<pb::GetCommandRequest>,
+    ) -> Result<Response<pb::Command>, Status> {
+        read::get_command(self, req).await
+    }
+
+    async fn list_commands(
+        &self,
+        req: Request<pb::ListCommandsRequest>,
+    ) -> Result<Response<pb::ListCommandsResponse>, Status> {
+        read::list_commands(self, req).await
+    }
+
+    type WatchCommandStream = WatchStream;
+
+    async fn watch_command(
+        &self,
+        req: Request<pb::WatchCommandRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        read::watch_command(self, req).await
+    }
+
+    async fn list_suppliers(
+        &self,
+        req: Request<pb::ListSuppliersRequest>,
+    ) -> Result<Response<pb::ListSuppliersResponse>, Status> {
+        read::list_suppliers(self, req).await
+    }
+
+    async fn get_supplier(
+        &self,
+        req: Request<pb::GetSupplierRequest>,
+    ) -> Result<Response<pb::Supplier>, Status> {
+        read::get_supplier(self, req).await
+    }
+
+    async fn verify_command(
+        &self,
+        req: Request<pb::VerifyCommandRequest>,
+    ) -> Result<Response<pb::VerifyCommandResponse>, Status> {
+        verify::verify_command(self, req).await
+    }
+
+    async fn get_practice_status(
+        &self,
+        req: Request<pb::GetPracticeStatusRequest>,
+    ) -> Result<Response<pb::PracticeFeature>, Status> {
+        verify::get_practice_status(self, req).await
+    }
+
+    async fn list_audit_events(
+        &self,
+        req: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        read::list_audit_events(self, req).await
+    }
+
+    #[instrument(skip_all, fields(supplier))]
+    async fn recover_commands(
+        &self,
+        req: Request<pb::RecoverCommandsRequest>,
+    ) -> Result<Response<pb::RecoverCommandsResponse>, Status> {
+        let r = req.get_ref();
+        let audit = draft(&req, "RecoverCommands", &r.supplier, &r.request_id, &r.reason);
+        let call = async {
+            identity(&req)?;
+            let supplier = wire::supplier_name("supplier", &r.supplier)?;
+            Span::current().record("supplier", supplier.as_str());
+            wire::text("reason", &r.reason)?;
+            let idem = idempotency("RecoverCommands", &r.request_id, r)?;
+            if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
+                return decode(&bytes);
+            }
+            let channel =
+                self.channels.get(&supplier).cloned().ok_or_else(|| {
+                    ApiError::not_found("SUPPLIER_NOT_FOUND", format!("suppliers/{supplier}"))
+                })?;
+            let after = self.core.read(Model::last_sequence).await;
+            let held = recovery::read_held(&supplier, channel, after).await?;
+            let recovery = Recovery {
+                supplier,
+                held,
+                dry_run: r.dry_run,
+                idem,
+            };
+            self.core.recover(recovery, audit.clone()).await
+        };
+        if r.dry_run {
+            return Ok(Response::new(call.await?));
+        }
+        self.audited(audit.clone(), call).await
+    }
+}

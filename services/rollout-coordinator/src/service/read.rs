@@ -1,0 +1,245 @@
+//! The CoordinatorService reads: features, commands (from the store, with the model's
+//! unsettled deliveries), suppliers and the audit log.
+
+use rollout_net::{ApiError, Page, wire};
+use rollout_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{Handlers, WatchStream};
+use crate::history::ListQuery;
+
+/// Whether a watched command has nothing more to report: cancelled, or answered by every
+/// supplier.
+fn watch_complete(view: &pb::Command) -> bool {
+    match view.state() {
+        pb::command::State::Cancelled => true,
+        pb::command::State::Dispatched => {
+            !view.deliveries.is_empty()
+                && view
+                    .deliveries
+                    .iter()
+                    .all(|d| d.state() != pb::delivery::State::Pending)
+        }
+        _ => false,
+    }
+}
+
+pub(super) async fn get_feature(
+    h: &Handlers,
+    req: Request<pb::GetFeatureRequest>,
+) -> Result<Response<pb::Feature>, Status> {
+    let key = wire::feature_name("name", &req.get_ref().name)?;
+    let feature = h.core.read(|m| m.feature(&key).map(|(_, f)| f.clone())).await;
+    let f = feature.ok_or_else(|| ApiError::not_found("FEATURE_NOT_FOUND", format!("features/{key}")))?;
+    Ok(Response::new(f))
+}
+
+pub(super) async fn list_features(
+    h: &Handlers,
+    req: Request<pb::ListFeaturesRequest>,
+) -> Result<Response<pb::ListFeaturesResponse>, Status> {
+    let r = req.get_ref();
+    let size = wire::page_size("page_size", r.page_size, 100, 1_000)?;
+    let after = wire::page_token_after("page_token", &r.page_token, "features")?;
+    let (features, next_page_token) = h
+        .core
+        .read(|m| {
+            Page::new(size)
+                .fill(
+                    m.features()
+                        .filter(|f| after.as_deref().is_none_or(|a| f.name.as_str() > a))
+                        .cloned(),
+                )
+                .finish(|f| wire::page_token("features", &f.name))
+        })
+        .await;
+    Ok(Response::new(pb::ListFeaturesResponse {
+        features,
+        next_page_token,
+    }))
+}
+
+pub(super) async fn get_command(
+    h: &Handlers,
+    req: Request<pb::GetCommandRequest>,
+) -> Result<Response<pb::Command>, Status> {
+    let id = wire::command_name("name", &req.get_ref().name)?;
+    Ok(Response::new(h.core.command_view(&id).await?))
+}
+
+pub(super) async fn list_commands(
+    h: &Handlers,
+    req: Request<pb::ListCommandsRequest>,
+) -> Result<Response<pb::ListCommandsResponse>, Status> {
+    let r = req.get_ref();
+    let feature = (!r.feature.is_empty())
+        .then(|| wire::feature_name("feature", &r.feature))
+        .transpose()?;
+    let state = match pb::command::State::try_from(r.state) {
+        Ok(pb::command::State::Unspecified) => None,
+        Ok(s) => Some(s),
+        Err(_) => {
+            return Err(
+                ApiError::invalid_field("state", format!("{} is not a command state", r.state)).into(),
+            );
+        }
+    };
+    let size = wire::page_size("page_size", r.page_size, 50, 500)?;
+    let query = format!("{}|{}", r.feature, r.state);
+    let after = wire::page_token_after("page_token", &r.page_token, &query)?;
+    // Newest first, starting after the token's command, read from the store. A command
+    // carries its whole scope (up to 10,000 practice codes, about 80 KB) and its impact the
+    // codes the estate does not know (as much again), so a page is bounded by bytes as well as
+    // by count.
+    let page = h
+        .core
+        .list_commands(&ListQuery {
+            feature,
+            state,
+            after,
+            size,
+        })
+        .await?;
+    let (commands, next_page_token) =
+        page.finish(|c| wire::page_token(&query, c.name.strip_prefix("commands/").unwrap_or(&c.name)));
+    Ok(Response::new(pb::ListCommandsResponse {
+        commands,
+        next_page_token,
+    }))
+}
+
+pub(super) async fn watch_command(
+    h: &Handlers,
+    req: Request<pb::WatchCommandRequest>,
+) -> Result<Response<WatchStream>, Status> {
+    let id = wire::command_name("name", &req.get_ref().name)?;
+    let first = h.core.command_view(&id).await?;
+    let (tx, rx) = mpsc::channel(16);
+    let core = h.core.clone();
+    tokio::spawn(async move {
+        let mut changes = core.changes.subscribe();
+        let mut last: Option<pb::Command> = None;
+        let mut next = Some(first);
+        loop {
+            let view = match next.take() {
+                Some(view) => Ok(view),
+                // Once dispatched, only the deliveries change: the command is not read again.
+                None => match &last {
+                    Some(prev) if prev.state() == pb::command::State::Dispatched => {
+                        let sequence = u64::try_from(prev.sequence).unwrap_or(0);
+                        core.deliveries_view(sequence)
+                            .await
+                            .map(|deliveries| pb::Command {
+                                deliveries,
+                                ..prev.clone()
+                            })
+                    }
+                    _ => core.command_view(&id).await,
+                },
+            };
+            let view = match view {
+                Ok(view) => view,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            let complete = watch_complete(&view);
+            if last.as_ref() != Some(&view) {
+                last = Some(view.clone());
+                if tx
+                    .send(Ok(pb::WatchCommandResponse {
+                        command: Some(view),
+                        complete,
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if complete {
+                return;
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+}
+
+pub(super) async fn list_suppliers(
+    h: &Handlers,
+    req: Request<pb::ListSuppliersRequest>,
+) -> Result<Response<pb::ListSuppliersResponse>, Status> {
+    let r = req.get_ref();
+    let size = wire::page_size("page_size", r.page_size, 100, 100)?;
+    let after = wire::page_token_after("page_token", &r.page_token, "suppliers")?;
+    let mut configured: Vec<_> = h
+        .core
+        .suppliers
+        .iter()
+        .filter(|s| after.as_deref().is_none_or(|a| s.id.as_str() > a))
+        .collect();
+    configured.sort_by(|a, b| a.id.cmp(&b.id));
+    let (suppliers, next_page_token) = h
+        .core
+        .read(|m| {
+            Page::new(size)
+                .fill(configured.into_iter().map(|s| h.core.supplier_view(m, s)))
+                .finish(|s| {
+                    wire::page_token("suppliers", s.name.strip_prefix("suppliers/").unwrap_or(&s.name))
+                })
+        })
+        .await;
+    Ok(Response::new(pb::ListSuppliersResponse {
+        suppliers,
+        next_page_token,
+    }))
+}
+
+pub(super) async fn get_supplier(
+    h: &Handlers,
+    req: Request<pb::GetSupplierRequest>,
+) -> Result<Response<pb::Supplier>, Status> {
+    let id = wire::supplier_name("name", &req.get_ref().name)?;
+    let s = h
+        .core
+        .suppliers
+        .iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| ApiError::not_found("SUPPLIER_NOT_FOUND", format!("suppliers/{id}")))?;
+    Ok(Response::new(h.core.read(|m| h.core.supplier_view(m, s)).await))
+}
+
+pub(super) async fn list_audit_events(
+    h: &Handlers,
+    req: Request<pb::ListAuditEventsRequest>,
+) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+    let r = req.get_ref();
+    let size = wire::page_size("page_size", r.page_size, 100, 1_000)?;
+    let after = match wire::page_token_after("page_token", &r.page_token, "audit")? {
+        Some(t) => t
+            .parse::<u64>()
+            .map_err(|_| ApiError::invalid_field("page_token", "is not a page token this server gave"))?,
+        None => u64::try_from(r.after_sequence)
+            .map_err(|_| ApiError::invalid_field("after_sequence", "must not be negative"))?,
+    };
+    let events = h
+        .core
+        .store()
+        .list_audit(after, u32::try_from(size + 1).unwrap_or(u32::MAX))
+        .await
+        .map_err(|e| ApiError::internal("reading the audit log", e))?;
+    let (events, next_page_token) = Page::new(size)
+        .fill(events.iter().map(wire::audit_pb))
+        .finish(|e| wire::page_token("audit", &e.sequence.to_string()));
+    Ok(Response::new(pb::ListAuditEventsResponse {
+        events,
+        next_page_token,
+    }))
+}
