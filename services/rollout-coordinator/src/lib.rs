@@ -14,6 +14,7 @@ mod impact;
 mod model;
 mod recovery;
 mod service;
+mod state_watch;
 mod sync;
 
 use std::{
