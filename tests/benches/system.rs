@@ -1947,7 +1947,7 @@ async fn long_history_part(dir: &Path, pki: &Path, s: &Sizes, pin: &Pinning) {
             if i == 1 { "   (target <= 2 s)" } else { "" }
         );
         println!(
-            "          from its restart: answering on an empty store {}; the coordinator noticed (at its next heartbeat, every {} s) {}; ReplaceRules called {}; snapshot committed {}",
+            "          from its restart: answering on an empty store {}; the coordinator noticed (its state watch ended at the stop, so it retried at once with backoff rather than wait for its heartbeat, every {} s) {}; ReplaceRules called {}; snapshot committed {}",
             list(&phase(|r| r.started)),
             HEARTBEAT.as_secs(),
             list(&phase(|r| r.noticed)),

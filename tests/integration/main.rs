@@ -13,6 +13,7 @@ mod limits;
 mod mtls;
 mod proxy;
 mod replicas;
+mod resync;
 mod security;
 mod stack;
 mod store;

@@ -40,6 +40,8 @@ pub struct Stack {
     pub estate: Estate,
     /// Where the coordinator reaches a supplier, when not directly (a proxy).
     pub via: BTreeMap<&'static str, SocketAddr>,
+    /// The coordinator's heartbeat (200 ms unless a test sets it before starting it).
+    pub heartbeat: Duration,
 }
 
 fn coordinator_policy(dir: &Path) -> PathBuf {
@@ -100,6 +102,7 @@ impl Stack {
             coordinator_addr: "127.0.0.1:0".parse().expect("addr"),
             estate,
             via: BTreeMap::new(),
+            heartbeat: Duration::from_millis(200),
         }
     }
 
@@ -148,8 +151,8 @@ impl Stack {
                 .clone()
                 .unwrap_or_else(|| format!("sqlite://{}", self.coordinator_db.display())),
             estate: (practices, map),
-            heartbeat: Duration::from_millis(200),
-            stale_after: Duration::from_secs(5),
+            heartbeat: self.heartbeat,
+            stale_after: Duration::from_secs(5).max(self.heartbeat * 2),
         }
     }
 

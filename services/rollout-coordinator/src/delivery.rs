@@ -2,7 +2,10 @@
 //! supplier's history against the log), ordered ApplyCommand, a snapshot resync (ReplaceRules,
 //! in chunks) when the supplier has lost state or is far behind, and retries with exponential
 //! backoff and full jitter. A slow or dead supplier only ever delays its own task. A supplier
-//! that holds commands the log does not is never sent anything but heartbeats.
+//! that holds commands the log does not is never sent anything but heartbeats. Between syncs the
+//! task holds the supplier's WatchSyncState stream open ([`StateWatch`]), so that a supplier
+//! that restarts (perhaps on an empty store) is synchronised as soon as it is back, not at the
+//! next heartbeat.
 
 use std::{
     sync::Arc,
@@ -16,10 +19,13 @@ use tokio::sync::watch;
 use tonic::{Code, transport::Channel};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::coordinator::Core;
+use crate::{coordinator::Core, state_watch::StateWatch};
 
-/// The first retry delay; it doubles on each failure up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// The first retry delay; it doubles on each failure up to [`MAX_BACKOFF`]. Short, so that a
+/// supplier found gone (its state watch ended) and back within about 100 ms is reached within
+/// tens of milliseconds of its return; the doubling soon spaces out attempts at one that stays
+/// down.
+const MIN_BACKOFF: Duration = Duration::from_millis(20);
 /// The longest retry delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Deadline for one call to a supplier.
@@ -31,24 +37,38 @@ const SNAPSHOT_AFTER: u64 = 64;
 /// Exponential backoff with full jitter: a delay drawn uniformly from zero to the current cap,
 /// so that many coordinators (or many suppliers coming back) do not retry in lockstep.
 #[derive(Debug)]
-struct Backoff {
+pub(crate) struct Backoff {
     cap: Duration,
 }
 
 impl Backoff {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Backoff { cap: MIN_BACKOFF }
     }
 
-    fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let delay = self.cap.mul_f64(fastrand::f64()).max(Duration::from_millis(10));
         self.cap = (self.cap * 2).min(MAX_BACKOFF);
         delay
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.cap = MIN_BACKOFF;
     }
+}
+
+/// What delivery knows of its supplier after a sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Known {
+    /// In step with the log, at this applied sequence.
+    Applied(u64),
+    /// Diverged from the log (nothing is sent to it): what it reported.
+    Diverged {
+        /// Its applied sequence.
+        applied: i64,
+        /// Its history hash there.
+        history_hash: Vec<u8>,
+    },
 }
 
 /// Runs until `stop` turns true.
@@ -64,24 +84,33 @@ pub async fn run(
         let mut client = ControlServiceClient::new(channel).with_message_limits();
         let mut target = core.target.subscribe();
         let mut backoff = Backoff::new();
+        let mut watch = StateWatch::new();
         // The supplier's applied sequence as last learned; `None` means ask it first.
         let mut known: Option<u64> = None;
         loop {
             match sync(&core, &supplier, &mut client, known).await {
-                Ok(applied) => {
-                    // A diverged supplier (`None`) is asked again at every heartbeat: its
-                    // answer is the contact its fail-closed features need, and it is how the
-                    // coordinator sees that a recovery has brought the histories together.
-                    known = applied;
+                Ok(now) => {
+                    // A diverged supplier is asked again at every heartbeat: its answer is the
+                    // contact its fail-closed features need, and it is how the coordinator sees
+                    // that a recovery has brought the histories together.
+                    known = match now {
+                        Known::Applied(applied) => Some(applied),
+                        Known::Diverged { .. } => None,
+                    };
                     backoff.reset();
                     tokio::select! {
                         _ = tokio::time::sleep(heartbeat) => known = None,
                         _ = target.changed() => {}
+                        why = watch.changed(&mut client, &now) => {
+                            info!(reason = %why, "the supplier may have changed: synchronising now");
+                            known = None;
+                        }
                         _ = stop.wait_for(|s| *s) => return,
                     }
                 }
                 Err(error) => {
                     known = None;
+                    watch.supplier_lost();
                     let delay = backoff.next();
                     warn!(%error, retry_in = ?delay, "supplier not reached");
                     core.record_error(&supplier, &error).await;
@@ -108,13 +137,13 @@ fn call<T>(msg: T) -> tonic::Request<T> {
 /// GetSyncState, which is also the heartbeat, and checks the supplier's history against the
 /// log. A supplier that lost state, or is far behind, gets a snapshot first; the rest go one
 /// command at a time, each carrying the history hash before it. Returns the supplier's applied
-/// sequence, or `None` for a supplier that has diverged from the log (nothing is sent to it).
+/// sequence, or what it reported if it has diverged from the log (nothing is sent to it).
 async fn sync(
     core: &Core,
     supplier: &SupplierId,
     client: &mut ControlServiceClient<Channel>,
     known: Option<u64>,
-) -> Result<Option<u64>, String> {
+) -> Result<Known, String> {
     let target = *core.target.borrow();
     let mut applied = match known {
         Some(a) => a,
@@ -131,7 +160,10 @@ async fn sync(
                 .await
                 .map_err(|e| e.to_string())?;
             if check.diverged {
-                return Ok(None);
+                return Ok(Known::Diverged {
+                    applied: state.applied_sequence,
+                    history_hash: state.history_hash,
+                });
             }
             let applied = u64::try_from(state.applied_sequence).unwrap_or(0);
             if applied > check.acked {
@@ -187,7 +219,7 @@ async fn sync(
             Err(status) => return Err(describe(&status)),
         }
     }
-    Ok(Some(applied))
+    Ok(Known::Applied(applied))
 }
 
 /// Records, from the supplier's own records (ListAppliedCommands), the outcomes of commands it
@@ -297,7 +329,7 @@ async fn replace(
 
 /// The status with its chain of causes (a refused handshake says why, not just "transport
 /// error").
-fn describe(status: &tonic::Status) -> String {
+pub(crate) fn describe(status: &tonic::Status) -> String {
     let mut text = format!("{:?}: {}", status.code(), status.message());
     let mut source = std::error::Error::source(status);
     while let Some(e) = source {

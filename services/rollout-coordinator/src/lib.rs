@@ -20,6 +20,7 @@ mod model;
 mod recovery;
 mod service;
 mod snapshot;
+mod state_watch;
 mod sync;
 #[cfg(test)]
 mod tests;

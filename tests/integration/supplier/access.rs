@@ -35,6 +35,14 @@ async fn each_role_is_enforced_and_refusals_are_audited() {
                 .expect_err("refused"),
         },
         Row {
+            what: "backend cannot watch the sync state",
+            reason: "ROLE_REQUIRED",
+            status: ControlServiceClient::new(channel_as(&files.pki, "backend-emis", server.addr))
+                .watch_sync_state(pb::WatchSyncStateRequest {})
+                .await
+                .expect_err("refused"),
+        },
+        Row {
             what: "a practice admin cannot read toggles",
             reason: "ROLE_REQUIRED",
             status: toggle(&files, "practice-admin-emis", &server)

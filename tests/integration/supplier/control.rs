@@ -329,3 +329,62 @@ async fn a_fail_closed_feature_turns_off_when_control_goes_stale_and_back_on_at_
     assert_eq!(back.practice_features[0].state(), S::Enabled);
     server.stop().await;
 }
+
+/// The next message of a WatchSyncState stream, within 10 s.
+async fn next_state(stream: &mut tonic::Streaming<pb::SyncState>) -> pb::SyncState {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a state within 10 s")
+        .expect("the stream is open")
+        .expect("a state, not the end")
+}
+
+#[tokio::test]
+async fn watch_sync_state_sends_the_state_then_each_change_and_ends_on_shutdown() {
+    let (_tmp, files, server) = emis().await;
+    let mut control = control(&files, &server);
+    let mut stream = control
+        .watch_sync_state(pb::WatchSyncStateRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = next_state(&mut stream).await;
+    assert_eq!(
+        (
+            first.supplier.as_str(),
+            first.applied_sequence,
+            first.history_hash.clone()
+        ),
+        ("suppliers/emis", 0, vec![0; 32]),
+        "the state at once"
+    );
+
+    // Each command applied is one message, with the history hash at its sequence.
+    let define = define(1, None);
+    apply(&mut control, define.clone()).await;
+    let second = next_state(&mut stream).await;
+    assert_eq!(
+        (second.applied_sequence, second.history_hash),
+        (1, history_of(&[&define]).as_bytes().to_vec())
+    );
+    // A repeat changes nothing and sends nothing: the next message is the next command's.
+    apply(&mut control, define.clone()).await;
+    let halt = halt(2, "halt-1", Scope::National);
+    apply(&mut control, halt.clone()).await;
+    let third = next_state(&mut stream).await;
+    assert_eq!(
+        (third.applied_sequence, third.history_hash),
+        (2, history_of(&[&define, &halt]).as_bytes().to_vec())
+    );
+
+    // Stopping the supplier ends the stream, saying why.
+    let stopped = tokio::spawn(server.stop());
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the stream ends within 10 s of the shutdown");
+    match end {
+        Err(status) => assert_refused(&status, Code::Unavailable, "SHUTTING_DOWN", "shutdown"),
+        Ok(other) => panic!("expected UNAVAILABLE at shutdown, got {other:?}"),
+    }
+    stopped.await.expect("server stopped");
+}

@@ -36,7 +36,7 @@ use rollout_store::{
         Withdrawal,
     },
 };
-use tokio::sync::{Mutex, MutexGuard, Notify, broadcast};
+use tokio::sync::{Mutex, MutexGuard, Notify, broadcast, watch};
 use tracing::{info, warn};
 
 use crate::fanout::{self, Hub};
@@ -59,6 +59,9 @@ pub struct Engine {
     /// When the last contact was written to the store.
     persisted_contact: AtomicI64,
     hub: std::sync::Mutex<Hub>,
+    /// The applied sequence and history hash being served, for WatchSyncState: a watch
+    /// channel holds only the latest, so a slow reader never makes a queue.
+    sync_point: watch::Sender<(u64, HistoryHash)>,
     /// Wakes the clock task (a write or a heartbeat may move the next time boundary).
     pub clock: Notify,
     /// This supplier.
@@ -211,6 +214,7 @@ impl Engine {
             last_contact: AtomicI64::new(last_contact),
             persisted_contact: AtomicI64::new(last_contact),
             hub: std::sync::Mutex::new(Hub::new(serving.version)),
+            sync_point: watch::Sender::new((serving.book.applied_sequence(), serving.head)),
             clock: Notify::new(),
             supplier,
             freeze,
@@ -384,12 +388,23 @@ impl Engine {
         next.answers = Arc::new(next.compute_answers(&ctx));
         let batches = fanout::batches(previous, &next, cause);
         let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+        let point = (next.book.applied_sequence(), next.head);
         self.state.store(Arc::new(next));
         for batch in batches {
             hub.send(batch);
         }
         drop(hub);
+        // Told after the swap, so a reader woken by it reads (at least) this state.
+        self.sync_point
+            .send_if_modified(|p| std::mem::replace(p, point) != point);
         self.clock.notify_one();
+    }
+
+    /// Follows the applied sequence and history hash being served: the receiver's current
+    /// value is the latest, and `changed()` wakes on each change (never for a write that
+    /// leaves both alone, such as an opt-out).
+    pub fn watch_sync_point(&self) -> watch::Receiver<(u64, HistoryHash)> {
+        self.sync_point.subscribe()
     }
 
     /// Subscribes a watcher: resumes after `start_version` if the changes since are held,

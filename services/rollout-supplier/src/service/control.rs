@@ -34,6 +34,80 @@ fn sequence(field: &str, value: i64) -> Result<u64, ApiError> {
     u64::try_from(value).map_err(|_| ApiError::invalid_field(field, "must not be negative"))
 }
 
+impl Handlers {
+    /// The supplier's synchronisation state in `s`: applied sequence, history hash, freeze and
+    /// counts per feature (one pass over the answers).
+    fn sync_state(&self, s: &Serving) -> pb::SyncState {
+        let mut counts: Vec<pb::FeatureCounts> = s
+            .answers
+            .iter()
+            .map(|(feature, answers)| {
+                let mut c = pb::FeatureCounts {
+                    feature: format!("features/{feature}"),
+                    practices: i32::try_from(answers.len()).unwrap_or(i32::MAX),
+                    ..Default::default()
+                };
+                for (_, state, reason) in answers {
+                    let slot = match (state, reason) {
+                        (State::Enabled, _) => &mut c.enabled,
+                        (State::Unknown, _) => &mut c.unknown,
+                        (_, Reason::Halted) => &mut c.halted,
+                        (_, Reason::OptedOut) => &mut c.opted_out,
+                        (_, Reason::NotLive | Reason::Scheduled) => &mut c.not_live,
+                        _ => &mut c.other_disabled,
+                    };
+                    *slot += 1;
+                }
+                c
+            })
+            .collect();
+        counts.sort_by(|a, b| a.feature.cmp(&b.feature));
+        pb::SyncState {
+            supplier: format!("suppliers/{}", self.engine.supplier),
+            applied_sequence: version_i64(s.book.applied_sequence()),
+            last_apply_time: s.last_apply_time.map(wire::timestamp),
+            frozen: self.engine.freeze.is_some(),
+            freeze_reason: self.engine.freeze.clone().unwrap_or_default(),
+            feature_counts: counts,
+            version: version_i64(s.version),
+            read_time: Some(wire::timestamp(SystemTime::now())),
+            history_hash: s.head.as_bytes().to_vec(),
+        }
+    }
+}
+
+/// The task behind one WatchSyncState stream: the current state, then the state after each
+/// change of the applied sequence or history hash, until the reader goes away or the server
+/// shuts down (which ends the stream with UNAVAILABLE `SHUTTING_DOWN`).
+async fn watch_sync_state(h: Handlers, tx: mpsc::Sender<Result<pb::SyncState, Status>>) {
+    let mut changes = h.engine.watch_sync_point();
+    let mut shutdown = h.shutdown.clone();
+    let mut sent = None;
+    loop {
+        changes.borrow_and_update();
+        let s = h.engine.current();
+        let point = (s.book.applied_sequence(), s.head);
+        if sent != Some(point) {
+            tokio::select! {
+                delivered = tx.send(Ok(h.sync_state(&s))) => if delivered.is_err() { return },
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+            sent = Some(point);
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { break },
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = tx.closed() => return,
+        }
+    }
+    let status = ApiError::unavailable(
+        "SHUTTING_DOWN",
+        "the supplier is shutting down; ask GetSyncState once it is back",
+    );
+    // A reader that has not taken the last state sees the stream end without the status.
+    let _ = tx.try_send(Err(status.into()));
+}
+
 #[tonic::async_trait]
 impl ControlService for Handlers {
     #[instrument(skip_all, fields(sequence, command))]
@@ -86,42 +160,22 @@ impl ControlService for Handlers {
         _req: Request<pb::GetSyncStateRequest>,
     ) -> Result<Response<pb::SyncState>, Status> {
         self.engine.heartbeat();
-        let s = self.engine.current();
-        let mut counts: Vec<pb::FeatureCounts> = s
-            .answers
-            .iter()
-            .map(|(feature, answers)| {
-                let mut c = pb::FeatureCounts {
-                    feature: format!("features/{feature}"),
-                    practices: i32::try_from(answers.len()).unwrap_or(i32::MAX),
-                    ..Default::default()
-                };
-                for (_, state, reason) in answers {
-                    let slot = match (state, reason) {
-                        (State::Enabled, _) => &mut c.enabled,
-                        (State::Unknown, _) => &mut c.unknown,
-                        (_, Reason::Halted) => &mut c.halted,
-                        (_, Reason::OptedOut) => &mut c.opted_out,
-                        (_, Reason::NotLive | Reason::Scheduled) => &mut c.not_live,
-                        _ => &mut c.other_disabled,
-                    };
-                    *slot += 1;
-                }
-                c
-            })
-            .collect();
-        counts.sort_by(|a, b| a.feature.cmp(&b.feature));
-        Ok(Response::new(pb::SyncState {
-            supplier: format!("suppliers/{}", self.engine.supplier),
-            applied_sequence: version_i64(s.book.applied_sequence()),
-            last_apply_time: s.last_apply_time.map(wire::timestamp),
-            frozen: self.engine.freeze.is_some(),
-            freeze_reason: self.engine.freeze.clone().unwrap_or_default(),
-            feature_counts: counts,
-            version: version_i64(s.version),
-            read_time: Some(wire::timestamp(SystemTime::now())),
-            history_hash: s.head.as_bytes().to_vec(),
-        }))
+        Ok(Response::new(self.sync_state(&self.engine.current())))
+    }
+
+    type WatchSyncStateStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SyncState, Status>> + Send>>;
+
+    async fn watch_sync_state(
+        &self,
+        _req: Request<pb::WatchSyncStateRequest>,
+    ) -> Result<Response<Self::WatchSyncStateStream>, Status> {
+        // Not a heartbeat: only the calls that do something are the coordinator's contact.
+        // One message waits for the reader at most; changes in between coalesce in the engine's
+        // watch channel, so a slow reader holds nothing but the latest state.
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(watch_sync_state(self.clone(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     #[instrument(skip_all, fields(sequence))]
