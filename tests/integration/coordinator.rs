@@ -16,6 +16,7 @@ async fn answer(stack: &Stack, supplier: &str, ods: &str) -> (S, R) {
         .backend(supplier)
         .get_practice_feature(pb::GetPracticeFeatureRequest {
             name: practice_feature(ods),
+            explain: true,
         })
         .await
         .expect("answer")

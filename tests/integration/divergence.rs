@@ -35,6 +35,7 @@ async fn answers(stack: &Stack) -> Vec<(S, R, i64)> {
             .backend(s)
             .get_practice_feature(pb::GetPracticeFeatureRequest {
                 name: practice_feature(&stack.practice_of(s)),
+                explain: true,
             })
             .await
             .expect("answer")

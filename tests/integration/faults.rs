@@ -173,6 +173,7 @@ async fn a_supplier_killed_twenty_times_in_a_burst_of_100_commands_loses_nothing
         let p = backend
             .get_practice_feature(pb::GetPracticeFeatureRequest {
                 name: practice_feature(ods),
+                explain: true,
             })
             .await
             .expect("answer")
@@ -290,6 +291,7 @@ async fn a_coordinator_killed_between_accepting_and_delivering_loses_nothing() {
             .backend(id)
             .get_practice_feature(pb::GetPracticeFeatureRequest {
                 name: practice_feature(&stack.practice_of(id)),
+                explain: true,
             })
             .await
             .expect("answer")
@@ -326,6 +328,7 @@ async fn reads_under_load_while_commands_are_applied_see_no_errors() {
                     match client
                         .get_practice_feature(pb::GetPracticeFeatureRequest {
                             name: practice_feature(ods),
+                            explain: true,
                         })
                         .await
                     {
@@ -390,6 +393,7 @@ async fn a_supplier_whose_store_was_wiped_gets_everything_back() {
         .backend("cegedim")
         .get_practice_feature(pb::GetPracticeFeatureRequest {
             name: practice_feature(&stack.practice_of("cegedim")),
+            explain: true,
         })
         .await
         .expect("answer")

@@ -139,6 +139,7 @@ async fn applied_at(stack: &Stack, supplier: &str, target: i64, within: Duration
             .backend(supplier)
             .get_practice_feature(pb::GetPracticeFeatureRequest {
                 name: practice_feature(&ods),
+                explain: true,
             })
             .await
             .map(|a| a.into_inner().applied_sequence);
@@ -194,6 +195,7 @@ async fn explained(stack: &Stack, supplier: &str) -> Vec<pb::PracticeFeature> {
         let mut answer = backend
             .get_practice_feature(pb::GetPracticeFeatureRequest {
                 name: practice_feature(p.ods.as_str()),
+                explain: true,
             })
             .await
             .expect("answer")

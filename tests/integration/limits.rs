@@ -176,6 +176,7 @@ async fn a_request_over_the_limit_is_refused_with_a_reason_by_every_service() {
         .backend("emis")
         .get_practice_feature(pb::GetPracticeFeatureRequest {
             name: practice_feature(&stack.practice_of("emis")),
+            explain: true,
         })
         .await
         .expect("the supplier still serves");

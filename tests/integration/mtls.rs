@@ -135,6 +135,7 @@ async fn start(pki: &Path) -> Server {
 fn get(name: &str) -> pb::GetPracticeFeatureRequest {
     pb::GetPracticeFeatureRequest {
         name: name.to_owned(),
+        explain: true,
     }
 }
 

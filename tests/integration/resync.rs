@@ -31,7 +31,10 @@ async fn emis_answers(stack: &Stack, want: (S, R), sequence: i64, within: Durati
     loop {
         let got = stack
             .backend("emis")
-            .get_practice_feature(pb::GetPracticeFeatureRequest { name: name.clone() })
+            .get_practice_feature(pb::GetPracticeFeatureRequest {
+                name: name.clone(),
+                explain: false,
+            })
             .await
             .map(|r| {
                 let r = r.into_inner();

@@ -81,6 +81,7 @@ impl World {
             Server::Supplier(_) => ToggleServiceClient::new(channel)
                 .get_practice_feature(pb::GetPracticeFeatureRequest {
                     name: practice_feature(crate::support::supplier::EMIS_A),
+                    explain: true,
                 })
                 .await
                 .map(|_| ()),

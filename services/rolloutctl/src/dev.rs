@@ -364,7 +364,7 @@ fn tour(layout: &Layout) {
          # reflection and an explained answer at EMIS, as its backend\n\
          grpcurl -cacert {p}/ca.pem -cert {p}/backend-emis.pem -key {p}/backend-emis-key.pem localhost:{e} list\n\
          grpcurl -cacert {p}/ca.pem -cert {p}/backend-emis.pem -key {p}/backend-emis-key.pem \\\n  \
-         -d '{{\"name\": \"practices/L56296/features/{FEATURE}\"}}' localhost:{e} nhs.gprollout.v1.ToggleService/GetPracticeFeature\n\n\
+         -d '{{\"name\": \"practices/L56296/features/{FEATURE}\", \"explain\": true}}' localhost:{e} nhs.gprollout.v1.ToggleService/GetPracticeFeature\n\n\
          # the operator's view\n\
          rolloutctl --coordinator localhost:{c} --pki-dir {p} --as viewer status\n\
          rolloutctl --coordinator localhost:{c} --pki-dir {p} --as viewer commands list\n\

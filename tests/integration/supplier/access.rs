@@ -48,6 +48,7 @@ async fn each_role_is_enforced_and_refusals_are_audited() {
             status: toggle(&files, "practice-admin-emis", &server)
                 .get_practice_feature(pb::GetPracticeFeatureRequest {
                     name: practice_feature(EMIS_A),
+                    explain: true,
                 })
                 .await
                 .expect_err("refused"),
@@ -74,6 +75,7 @@ async fn each_role_is_enforced_and_refusals_are_audited() {
             status: toggle(&files, "backend-tpp", &server)
                 .get_practice_feature(pb::GetPracticeFeatureRequest {
                     name: practice_feature(EMIS_A),
+                    explain: true,
                 })
                 .await
                 .expect_err("refused"),

@@ -71,6 +71,24 @@ async fn answers_are_explained_and_follow_the_commands() {
         (S::Enabled, R::Live),
         "another ICB"
     );
+    // A backend's plain call: the same state, reason and sentence, without the rules.
+    let plain = backend
+        .get_practice_feature(pb::GetPracticeFeatureRequest {
+            name: practice_feature(EMIS_A),
+            explain: false,
+        })
+        .await
+        .expect("plain get")
+        .into_inner();
+    assert_eq!(state_of(&plain), state_of(&halted));
+    assert_eq!(plain.explanation, halted.explanation);
+    assert!(
+        plain.explanation.contains("halt-qn7"),
+        "the sentence names the deciding command: {}",
+        plain.explanation
+    );
+    assert!(plain.rules.is_empty(), "no rules unless asked: {:?}", plain.rules);
+    assert_eq!(plain.omitted_rules, 0);
 
     // Batch get, in request order.
     let batch = backend

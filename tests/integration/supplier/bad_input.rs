@@ -68,7 +68,10 @@ async fn bad_input_is_refused_with_the_right_code_and_changes_nothing() {
         .into_inner();
     let before_answer = get(&mut t, EMIS_A).await;
 
-    let get_req = |name: &str| pb::GetPracticeFeatureRequest { name: name.into() };
+    let get_req = |name: &str| pb::GetPracticeFeatureRequest {
+        name: name.into(),
+        explain: true,
+    };
     let list = |f: fn(&mut pb::ListPracticeFeaturesRequest)| {
         let mut r = pb::ListPracticeFeaturesRequest {
             feature: feature_name(),

@@ -19,7 +19,10 @@ async fn grpcurl_lists_the_services_and_gets_an_explained_answer() {
     let (pki, addr) = (files.pki.clone(), server.addr);
     let (list, answer) = tokio::task::spawn_blocking(move || {
         let list = run_grpcurl(&pki, "backend-emis", addr, &[], &["list"]);
-        let request = format!("{{\"name\": \"{}\"}}", practice_feature(EMIS_A));
+        let request = format!(
+            "{{\"name\": \"{}\", \"explain\": true}}",
+            practice_feature(EMIS_A)
+        );
         let answer = run_grpcurl(
             &pki,
             "backend-emis",

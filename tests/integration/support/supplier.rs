@@ -160,6 +160,7 @@ pub async fn apply(c: &mut ControlServiceClient<Channel>, command: pb::Command) 
 pub async fn get(t: &mut ToggleServiceClient<Channel>, ods: &str) -> pb::PracticeFeature {
     t.get_practice_feature(pb::GetPracticeFeatureRequest {
         name: practice_feature(ods),
+        explain: true,
     })
     .await
     .expect("get practice feature")

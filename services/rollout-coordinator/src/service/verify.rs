@@ -162,6 +162,7 @@ pub(super) async fn get_practice_status(
     let mut client = h.toggle(&practice.supplier)?;
     let mut call = Request::new(pb::GetPracticeFeatureRequest {
         name: wire::practice_feature_resource(&ods, &key),
+        explain: true,
     });
     call.set_timeout(std::time::Duration::from_secs(10));
     match client.get_practice_feature(call).await {

@@ -21,7 +21,7 @@ impl ToggleService for Handlers {
         let s = self.engine.current();
         let p = practice(&s, ods, &self.engine.supplier)?;
         let ctx = self.engine.context(&s);
-        Ok(Response::new(answer(&s, p, &key, &ctx, true)?))
+        Ok(Response::new(answer(&s, p, &key, &ctx, req.get_ref().explain)?))
     }
 
     #[instrument(skip_all, fields(count))]
