@@ -210,8 +210,30 @@ pub fn evaluate<'a>(
     }
 }
 
+/// The most characters of a command's or an opt-out's reason (or an opt-out's source) that an
+/// answer quotes, in its sentence and in its rules; a longer one is cut, ending with "…". A
+/// reason may be up to [`crate::rules::MAX_REASON_CHARS`] characters: quoted whole in every
+/// rule of every answer it would make answers tens of KB. The whole reason stays in the
+/// coordinator's GetCommand.
+pub const QUOTED_REASON_CHARS: usize = 120;
+
+/// `text` cut to [`QUOTED_REASON_CHARS`] characters (the last of them "…") if longer.
+pub fn quoted(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(QUOTED_REASON_CHARS) {
+        None => text.into(),
+        Some(_) => {
+            let end = text
+                .char_indices()
+                .nth(QUOTED_REASON_CHARS - 1)
+                .map_or(text.len(), |(i, _)| i);
+            format!("{}…", &text[..end]).into()
+        }
+    }
+}
+
 impl Evaluation<'_> {
-    /// One sentence for people: the state, the reason and the deciding rule.
+    /// One sentence for people: the state, the reason and the deciding rule (reasons quoted up
+    /// to [`QUOTED_REASON_CHARS`] characters).
     pub fn explain(&self) -> String {
         let rule = |r: &Rule| {
             format!(
@@ -220,7 +242,7 @@ impl Evaluation<'_> {
                 r.sequence,
                 r.scope().describe(),
                 r.issued_by,
-                r.reason
+                quoted(&r.reason)
             )
         };
         match (self.reason, self.deciding) {
@@ -230,7 +252,9 @@ impl Evaluation<'_> {
             (Reason::PracticeNotActive, _) => "disabled: the practice is not active in ODS".to_owned(),
             (Reason::OptedOut, Some(Applicable::OptOut(o))) => format!(
                 "disabled: the practice opted out ({:?}, source {:?}, recorded by {})",
-                o.reason, o.source, o.recorded_by
+                quoted(&o.reason),
+                quoted(&o.source),
+                o.recorded_by
             ),
             (Reason::ControlStale, _) => {
                 "disabled: fail-closed feature and the coordinator has not been heard from within its control TTL"

@@ -13,7 +13,10 @@ pub mod rules;
 pub mod scope;
 
 pub use estate::{Estate, EstateError, Source};
-pub use eval::{Applicable, Context, Evaluation, MAX_EXPLAINED_RULES, Reason, State, evaluate};
+pub use eval::{
+    Applicable, Context, Evaluation, MAX_EXPLAINED_RULES, QUOTED_REASON_CHARS, Reason, State, evaluate,
+    quoted,
+};
 pub use history::HistoryHash;
 pub use id::{CommandId, FeatureKey, IcbCode, IdError, IdKind, OdsCode, RegionCode, SubIcbCode, SupplierId};
 pub use rules::{

@@ -1,4 +1,4 @@
-//! Rule tables and property tests for the domain rules of DESIGN.md.
+//! Rule tables and property tests for the domain rules (README.md, "The rules").
 
 use std::time::{Duration, SystemTime};
 
@@ -1270,4 +1270,16 @@ proptest! {
         let _ = load(&bytes, SUPPLIERS);
         let _ = load(EPRACCUR, &bytes);
     }
+}
+
+#[test]
+fn answers_quote_at_most_120_characters_of_a_reason() {
+    use crate::{QUOTED_REASON_CHARS, quoted};
+    assert_eq!(quoted("letter of 2022-12-20"), "letter of 2022-12-20");
+    let exact = "é".repeat(QUOTED_REASON_CHARS);
+    assert_eq!(quoted(&exact), exact.as_str(), "exactly the limit is kept whole");
+    let long = "é".repeat(1_000);
+    let cut = quoted(&long);
+    assert_eq!(cut.chars().count(), QUOTED_REASON_CHARS);
+    assert!(cut.ends_with('…') && cut.starts_with("éé"), "{cut}");
 }

@@ -515,7 +515,7 @@ fn rule_pb(r: &Rule, status: pb::rule::Status) -> pb::Rule {
         scope: Some(scope_summary_pb(r.scope())),
         issued_by: r.issued_by.clone(),
         issue_time: Some(timestamp(r.issued_at)),
-        reason: r.reason.clone(),
+        reason: rollout_core::quoted(&r.reason).into_owned(),
         effective_time,
         lifted_by: String::new(),
         source: String::new(),
@@ -529,8 +529,8 @@ fn opt_out_rule_pb(o: &OptOut) -> pb::Rule {
         status: pb::rule::Status::Active.into(),
         issued_by: o.recorded_by.clone(),
         issue_time: Some(timestamp(o.recorded_at)),
-        reason: o.reason.clone(),
-        source: o.source.clone(),
+        reason: rollout_core::quoted(&o.reason).into_owned(),
+        source: rollout_core::quoted(&o.source).into_owned(),
         ..Default::default()
     }
 }
@@ -691,5 +691,23 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn an_answer_quotes_at_most_120_characters_of_a_reason() {
+        let reason = "é".repeat(MAX_REASON_CHARS);
+        let o = OptOut {
+            practice: OdsCode::parse("A81001").expect("ods"),
+            feature: FeatureKey::parse("prospective-record-access").expect("key"),
+            reason: reason.clone(),
+            source: reason.clone(),
+            recorded_by: "practice-admin".into(),
+            recorded_at: SystemTime::UNIX_EPOCH,
+        };
+        let rule = applicable_pb(&Applicable::OptOut(&o));
+        for (field, text) in [("reason", &rule.reason), ("source", &rule.source)] {
+            assert_eq!(text.chars().count(), rollout_core::QUOTED_REASON_CHARS, "{field}");
+            assert!(text.ends_with('…'), "{field}: {text}");
+        }
     }
 }
