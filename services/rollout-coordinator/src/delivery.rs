@@ -298,8 +298,14 @@ async fn replace(
             last: i + 1 == count,
         })
         .collect();
+    // One deadline for the whole stream and the supplier's install: the usual one, and a
+    // second more for each chunk of up to 1 MB (a supplier takes at most 1,024), so that a
+    // large state on a slow link is not cut off, and rebuilt, on every attempt.
+    let per_chunk = Duration::from_secs(u64::try_from(count.min(1_024)).unwrap_or(1_024));
+    let mut request = tonic::Request::new(tokio_stream::iter(requests));
+    request.set_timeout(CALL_TIMEOUT + per_chunk);
     let resp = client
-        .replace_rules(call(tokio_stream::iter(requests)))
+        .replace_rules(request)
         .await
         .map_err(|s| describe(&s))?
         .into_inner();

@@ -11,7 +11,7 @@
 use std::time::SystemTime;
 
 use rollout_core::{Action, HistoryHash, SupplierId, audit::AuditDraft};
-use rollout_net::{ApiError, wire};
+use rollout_net::{ApiError, MessageLimits, wire};
 use rollout_proto::v1::{self as pb, control_service_client::ControlServiceClient};
 use rollout_store::coordinator::CommandState;
 use tonic::transport::Channel;
@@ -61,7 +61,7 @@ fn call<T>(msg: T) -> tonic::Request<T> {
 /// Reads from `supplier` its applied sequence, history hash, and the commands it holds after
 /// `after`, page by page.
 pub async fn read_held(supplier: &SupplierId, channel: Channel, after: u64) -> Result<Held, ApiError> {
-    let mut client = ControlServiceClient::new(channel);
+    let mut client = ControlServiceClient::new(channel).with_message_limits();
     let state = client
         .get_sync_state(call(pb::GetSyncStateRequest::default()))
         .await

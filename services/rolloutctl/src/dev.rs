@@ -2,7 +2,7 @@
 //! on loopback, each on its own SQLite file, with the development PKI, the synthetic national
 //! estate, and a national go-live then halt run through the coordinator, until Ctrl-C.
 //!
-//! Ports (DESIGN.md "Local stack conventions"): coordinator on N, suppliers emis, tpp, cegedim,
+//! Ports (README.md, "What runs"): coordinator on N, suppliers emis, tpp, cegedim,
 //! microtest on N+1..N+4, plaintext health on N+10 (coordinator) and N+11..N+14.
 
 use std::{

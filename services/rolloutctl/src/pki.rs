@@ -1,5 +1,5 @@
 //! The development PKI: a CA and the certificate of every identity a local stack needs, with
-//! the file names and SPIFFE URI SANs of DESIGN.md "Local stack conventions".
+//! the file names and SPIFFE URI SANs of the local stack (README.md, "What runs").
 //!
 //! For development and tests only: production certificates come from the organisation's own
 //! PKI. Keys are ECDSA P-256 in PKCS#8 PEM, written with mode 0600.
