@@ -195,9 +195,11 @@ impl Core {
                 (held, settled)
             })
             .await;
-        if let (Some(lo), Some(hi)) = (settled.first(), settled.last()) {
-            let stored = self.stored_deliveries(*lo, *hi).await?;
-            held.extend(stored.into_iter().filter(|(s, _)| settled.contains(s)));
+        // One read per run of consecutive sequences: a filtered page (one feature's commands,
+        // say) may hold sequences far apart, and reading every delivery between its first and
+        // last would grow with the history, not with the page.
+        for (lo, hi) in runs(&settled) {
+            held.extend(self.stored_deliveries(lo, hi).await?);
         }
         rows.iter()
             .map(|row| {
@@ -322,5 +324,32 @@ impl Core {
             out.insert(row.sequence, d);
         }
         Ok(out)
+    }
+}
+
+/// The runs of consecutive numbers in `sorted` (ascending), as (first, last) pairs.
+fn runs(sorted: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &s in sorted {
+        match out.last_mut() {
+            Some((_, last)) if *last + 1 == s => *last = s,
+            _ => out.push((s, s)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod runs_tests {
+    use super::runs;
+
+    #[test]
+    fn a_page_of_scattered_sequences_reads_one_run_each() {
+        assert_eq!(runs(&[]), vec![]);
+        assert_eq!(runs(&[7]), vec![(7, 7)]);
+        assert_eq!(
+            runs(&[3, 4, 5, 9, 10, 2_000]),
+            vec![(3, 5), (9, 10), (2_000, 2_000)]
+        );
     }
 }
