@@ -100,6 +100,18 @@ async fn a_supplier_restarted_on_an_empty_store_is_resynchronised_before_any_hea
         "{:?}",
         list.suppliers
     );
+    // And its view shows the state after the snapshot (every practice halted), not the empty
+    // store's counts it reported on noticing; no heartbeat has come since.
+    let emis = list
+        .suppliers
+        .iter()
+        .find(|s| s.name == "suppliers/emis")
+        .expect("emis listed");
+    let counts = emis.feature_counts.first().expect("the feature's counts");
+    assert!(
+        counts.halted > 0 && counts.unknown == 0 && counts.enabled == 0,
+        "emis's counts after the resync: {counts:?}"
+    );
     stack.stop().await;
 }
 

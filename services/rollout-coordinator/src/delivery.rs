@@ -178,7 +178,22 @@ async fn sync(
                         "supplier has lost state it acknowledged; resynchronising with a snapshot"
                     );
                 }
-                replace(core, supplier, client, applied, state.frozen).await?
+                let replaced = replace(core, supplier, client, applied, state.frozen).await?;
+                if replaced != applied {
+                    // The counts it reported were of the state the snapshot replaced: ask
+                    // again, so that the supplier view is right now, not at the next heartbeat.
+                    let fresh = client
+                        .get_sync_state(call(pb::GetSyncStateRequest {
+                            target_sequence: i64::try_from(target).unwrap_or(i64::MAX),
+                        }))
+                        .await
+                        .map_err(|s| describe(&s))?
+                        .into_inner();
+                    core.record_sync(supplier, &fresh)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                replaced
             } else {
                 applied
             }
