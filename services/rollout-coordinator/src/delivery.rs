@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tonic::{Code, transport::Channel};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::{coordinator::Core, state_watch::StateWatch};
+use crate::{coordinator::Core, state_watch::StateWatch, sync::SyncCheck};
 
 /// The first retry delay; it doubles on each failure up to [`MAX_BACKOFF`]. Short, so that a
 /// supplier found gone (its state watch ended) and back within about 100 ms is reached within
@@ -148,17 +148,7 @@ async fn sync(
     let mut applied = match known {
         Some(a) => a,
         None => {
-            let state = client
-                .get_sync_state(call(pb::GetSyncStateRequest {
-                    target_sequence: i64::try_from(target).unwrap_or(i64::MAX),
-                }))
-                .await
-                .map_err(|s| describe(&s))?
-                .into_inner();
-            let check = core
-                .record_sync(supplier, &state)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (state, check) = heartbeat(core, supplier, client, target).await?;
             if check.diverged {
                 return Ok(Known::Diverged {
                     applied: state.applied_sequence,
@@ -182,16 +172,7 @@ async fn sync(
                 if replaced != applied {
                     // The counts it reported were of the state the snapshot replaced: ask
                     // again, so that the supplier view is right now, not at the next heartbeat.
-                    let fresh = client
-                        .get_sync_state(call(pb::GetSyncStateRequest {
-                            target_sequence: i64::try_from(target).unwrap_or(i64::MAX),
-                        }))
-                        .await
-                        .map_err(|s| describe(&s))?
-                        .into_inner();
-                    core.record_sync(supplier, &fresh)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    heartbeat(core, supplier, client, target).await?;
                 }
                 replaced
             } else {
@@ -235,6 +216,29 @@ async fn sync(
         }
     }
     Ok(Known::Applied(applied))
+}
+
+/// Asks the supplier's state (GetSyncState, which is also the heartbeat: it carries the
+/// coordinator's `target` sequence) and records it, with the check of its history against the
+/// log.
+async fn heartbeat(
+    core: &Core,
+    supplier: &SupplierId,
+    client: &mut ControlServiceClient<Channel>,
+    target: u64,
+) -> Result<(pb::SyncState, SyncCheck), String> {
+    let state = client
+        .get_sync_state(call(pb::GetSyncStateRequest {
+            target_sequence: i64::try_from(target).unwrap_or(i64::MAX),
+        }))
+        .await
+        .map_err(|s| describe(&s))?
+        .into_inner();
+    let check = core
+        .record_sync(supplier, &state)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((state, check))
 }
 
 /// Records, from the supplier's own records (ListAppliedCommands), the outcomes of commands it
