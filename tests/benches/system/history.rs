@@ -19,8 +19,8 @@ pub(crate) async fn long_history_part(dir: &Path, pki: &Path, s: &Sizes, pin: &P
     let long = history_commands(&steps);
     let in_force = InForce::of(&long);
     let targets_at = [young.len() as i64, long.len() as i64];
-    let (names, requests) = emis_requests(false);
-    let (_, explained) = emis_requests(true);
+    let names = emis_names();
+    let (requests, explained) = (encoded_requests(&names, false), encoded_requests(&names, true));
     let probe = names[0]
         .strip_prefix("practices/")
         .and_then(|n| n.split('/').next())

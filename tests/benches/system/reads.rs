@@ -53,17 +53,19 @@ impl Reads {
     }
 }
 
-/// The names of every active EMIS practice's answer, and the same as encoded requests
-/// (GetPracticeFeatureRequest and the echo's payload have the same single field).
-/// Every active EMIS practice's name, and its encoded GetPracticeFeatureRequest (plain, as a
-/// backend asks, or with `explain`).
-pub(crate) fn emis_requests(explain: bool) -> (Vec<String>, Arc<Vec<prost::bytes::Bytes>>) {
+/// The names of every active EMIS practice's answer.
+pub(crate) fn emis_names() -> Vec<String> {
     let estate = rollout_store::reference::read_estate(&data().0, &data().1).expect("estate");
-    let names: Vec<String> = estate
+    estate
         .practices()
         .filter(|p| p.supplier.as_str() == "emis" && p.status == PracticeStatus::Active)
         .map(|p| format!("practices/{}/features/{FEATURE}", p.ods))
-        .collect();
+        .collect()
+}
+
+/// Each name's encoded GetPracticeFeatureRequest, plain (as a backend asks) or with `explain`.
+/// A plain request and the echo's payload have the same single field.
+pub(crate) fn encoded_requests(names: &[String], explain: bool) -> Arc<Vec<prost::bytes::Bytes>> {
     let requests = names
         .iter()
         .map(|name| {
@@ -74,7 +76,7 @@ pub(crate) fn emis_requests(explain: bool) -> (Vec<String>, Arc<Vec<prost::bytes
             prost::Message::encode_to_vec(&request).into()
         })
         .collect();
-    (names, Arc::new(requests))
+    Arc::new(requests)
 }
 
 /// The encoded size of the answer (plain or explained) to each name, sorted.
@@ -198,7 +200,8 @@ pub(crate) async fn read_rounds(pki: &Path, s: &Sizes, pin: &Pinning, targets: &
 pub(crate) async fn read_throughput(dir: &Path, pki: &Path, s: &Sizes, pin: &Pinning) {
     let (supplier, addr) = supplier_process(dir, pki, pin, "info").await;
     let (echo_child, echo_addr) = echo_process(pki, pin).await;
-    let (names, requests) = emis_requests(false);
+    let names = emis_names();
+    let requests = encoded_requests(&names, false);
     let answer = ToggleServiceClient::new(channel(pki, "backend-emis", addr))
         .get_practice_feature(pb::GetPracticeFeatureRequest {
             name: names[0].clone(),
