@@ -169,6 +169,21 @@ impl ControlService for OlderSupplier {
     ) -> Result<Response<pb::ListAppliedCommandsResponse>, Status> {
         Err(Status::unavailable("not in this test"))
     }
+
+    async fn list_opt_out_changes(
+        &self,
+        _: Request<pb::ListOptOutChangesRequest>,
+    ) -> Result<Response<pb::ListOptOutChangesResponse>, Status> {
+        // Older than the national opt-out register.
+        Err(Status::unimplemented("unknown method ListOptOutChanges"))
+    }
+
+    async fn import_opt_outs(
+        &self,
+        _: Request<pb::ImportOptOutsRequest>,
+    ) -> Result<Response<pb::ImportOptOutsResponse>, Status> {
+        Err(Status::unimplemented("unknown method ImportOptOuts"))
+    }
 }
 
 #[tokio::test]

@@ -128,6 +128,20 @@ fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ApiError> {
 
 #[tonic::async_trait]
 impl CoordinatorService for Handlers {
+    async fn redeliver_command(
+        &self,
+        _req: Request<pb::RedeliverCommandRequest>,
+    ) -> Result<Response<pb::Command>, Status> {
+        Err(ApiError::new(tonic::Code::Unimplemented, "NOT_YET", "not yet built").into())
+    }
+
+    async fn list_opt_outs(
+        &self,
+        _req: Request<pb::ListOptOutsRequest>,
+    ) -> Result<Response<pb::ListOptOutsResponse>, Status> {
+        Err(ApiError::new(tonic::Code::Unimplemented, "NOT_YET", "not yet built").into())
+    }
+
     #[instrument(skip_all, fields(feature))]
     async fn create_feature(
         &self,

@@ -72,6 +72,7 @@ impl Handlers {
             version: version_i64(s.version),
             read_time: Some(wire::timestamp(SystemTime::now())),
             history_hash: s.head.as_bytes().to_vec(),
+            ..Default::default()
         }
     }
 }
@@ -110,6 +111,20 @@ async fn watch_sync_state(h: Handlers, tx: mpsc::Sender<Result<pb::SyncState, St
 
 #[tonic::async_trait]
 impl ControlService for Handlers {
+    async fn list_opt_out_changes(
+        &self,
+        _req: Request<pb::ListOptOutChangesRequest>,
+    ) -> Result<Response<pb::ListOptOutChangesResponse>, Status> {
+        Err(ApiError::new(tonic::Code::Unimplemented, "NOT_YET", "not yet built").into())
+    }
+
+    async fn import_opt_outs(
+        &self,
+        _req: Request<pb::ImportOptOutsRequest>,
+    ) -> Result<Response<pb::ImportOptOutsResponse>, Status> {
+        Err(ApiError::new(tonic::Code::Unimplemented, "NOT_YET", "not yet built").into())
+    }
+
     #[instrument(skip_all, fields(sequence, command))]
     async fn apply_command(
         &self,

@@ -140,6 +140,7 @@ fn opt_out_pb(r: &OptOutRecord) -> pb::PracticeOptOut {
         withdrawn_by: w.map(|w| w.by.clone()).unwrap_or_default(),
         withdraw_time: w.map(|w| wire::timestamp(w.at)),
         withdraw_reason: w.map(|w| w.reason.clone()).unwrap_or_default(),
+        ..Default::default()
     }
 }
 
