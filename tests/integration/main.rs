@@ -11,6 +11,7 @@ mod faults;
 mod history;
 mod limits;
 mod mtls;
+mod preview;
 mod proxy;
 mod replicas;
 mod resync;

@@ -354,16 +354,21 @@ impl Core {
         let at = now();
         let mut cmd = self.new_command(requester, feature, action, reason, at, approvals);
         cmd.pb.impact = Some(crate::impact::impact_of(&self.estate, &m, &cmd.domain.action));
-        if dry_run {
+        let domain = cmd.domain.clone();
+        let mut view = if dry_run {
             cmd.pb.name = String::new();
             cmd.pb.state = pb::command::State::DryRun.into();
-            return Ok(cmd.pb);
-        }
-        let mut change = Change::default();
-        if approvals == 0 {
-            self.dispatch(&m, &mut cmd, &mut change, at)?;
-        }
-        self.commit_command(&mut m, cmd, change, idem, audit).await
+            cmd.pb
+        } else {
+            let mut change = Change::default();
+            if approvals == 0 {
+                self.dispatch(&m, &mut cmd, &mut change, at)?;
+            }
+            self.commit_command(&mut m, cmd, change, idem, audit).await?
+        };
+        drop(m);
+        self.annotate(&mut view, &domain).await?;
+        Ok(view)
     }
 
     /// Approves a pending command; the last approval needed dispatches it.
@@ -408,7 +413,11 @@ impl Core {
             cmd.pb.approve_time = Some(wire::timestamp(at));
             self.dispatch(&m, &mut cmd, &mut change, at)?;
         }
-        self.commit_command(&mut m, cmd, change, idem, audit).await
+        let domain = cmd.domain.clone();
+        let mut view = self.commit_command(&mut m, cmd, change, idem, audit).await?;
+        drop(m);
+        self.annotate(&mut view, &domain).await?;
+        Ok(view)
     }
 
     /// Commits `cmd` with `change` (its deliveries, if it was dispatched), its idempotency

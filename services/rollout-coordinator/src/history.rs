@@ -88,7 +88,11 @@ impl Core {
 
     /// The API view of a command with its deliveries, or NOT_FOUND.
     pub async fn command_view(&self, id: &CommandId) -> Result<pb::Command, ApiError> {
-        let cmd = self.find_command(id).await?;
+        self.view_of(self.find_command(id).await?).await
+    }
+
+    /// The API view of `cmd` with its deliveries.
+    pub(crate) async fn view_of(&self, cmd: Cmd) -> Result<pb::Command, ApiError> {
         let mut view = cmd.pb;
         if cmd.state == CommandState::Dispatched {
             view.deliveries = self.deliveries_view(cmd.domain.sequence).await?;

@@ -17,6 +17,7 @@ mod in_force;
 #[cfg(test)]
 mod measure;
 mod model;
+mod preview;
 mod recovery;
 mod service;
 mod snapshot;

@@ -49,8 +49,6 @@ pub struct Snapshot {
 struct Base {
     /// The log's end when taken.
     last: u64,
-    /// The hashes at the snapshot's sequence and at the supplier's applied sequence.
-    hashes: Option<([u8; 32], [u8; 32])>,
     /// The commands in force up to the snapshot's sequence that the supplier did not reject.
     kept: BTreeMap<u64, Arc<Command>>,
     /// Every id in force at the log's end.
@@ -93,38 +91,19 @@ impl Core {
         if sequence <= applied {
             return Ok(None);
         }
-        let base = self
+        let hashes = self
             .read(|m| {
-                let hashes = m
-                    .history_hash(sequence)
+                m.history_hash(sequence)
                     .zip(m.history_hash(applied))
-                    .map(|(a, b)| (*a.as_bytes(), *b.as_bytes()));
-                Base {
-                    last: m.last_sequence(),
-                    hashes,
-                    kept: m
-                        .in_force()
-                        .iter()
-                        .take_while(|c| c.sequence <= sequence)
-                        .filter(|c| !rejected.contains(&c.sequence))
-                        .map(|c| (c.sequence, c.clone()))
-                        .collect(),
-                    in_force: m.in_force().iter().map(|c| c.id.clone()).collect(),
-                }
+                    .map(|(a, b)| (*a.as_bytes(), *b.as_bytes()))
             })
             .await;
-        let Some((hash, base_hash)) = base.hashes else {
+        let Some((hash, base_hash)) = hashes else {
             return Err(format!(
                 "the log has no history hash at sequence {sequence} or {applied}"
             ));
         };
-        let mut kept = base.kept;
-        for halt in self
-            .put_back(sequence, &rejected, &base.in_force, base.last)
-            .await?
-        {
-            kept.insert(halt.sequence, Arc::new(halt));
-        }
+        let kept = self.effective_at(sequence, &rejected).await?;
         Ok(Some(Snapshot {
             header: pb::replace_rules_request::Header {
                 sequence: i64::try_from(sequence).unwrap_or(i64::MAX),
@@ -135,6 +114,37 @@ impl Core {
             chunks: chunks(kept.values().map(|c| wire::command_pb(c))),
             rejected: rejected.into_iter().collect(),
         }))
+    }
+
+    /// The commands in force at a supplier with these rejections as of `sequence`, by
+    /// sequence: what a replay of the log up to `sequence` with `rejected` skipped would hold
+    /// (feature definitions, go-lives, halts). Built from the commands in force (module docs).
+    pub(crate) async fn effective_at(
+        &self,
+        sequence: u64,
+        rejected: &BTreeSet<u64>,
+    ) -> Result<BTreeMap<u64, Arc<Command>>, String> {
+        let base = self
+            .read(|m| Base {
+                last: m.last_sequence(),
+                kept: m
+                    .in_force()
+                    .iter()
+                    .take_while(|c| c.sequence <= sequence)
+                    .filter(|c| !rejected.contains(&c.sequence))
+                    .map(|c| (c.sequence, c.clone()))
+                    .collect(),
+                in_force: m.in_force().iter().map(|c| c.id.clone()).collect(),
+            })
+            .await;
+        let mut kept = base.kept;
+        for halt in self
+            .put_back(sequence, rejected, &base.in_force, base.last)
+            .await?
+        {
+            kept.insert(halt.sequence, Arc::new(halt));
+        }
+        Ok(kept)
     }
 
     /// The halts lifted in the log but still in force for a supplier at `sequence`: named by a

@@ -66,7 +66,7 @@ pub(super) async fn get_command(
     req: Request<pb::GetCommandRequest>,
 ) -> Result<Response<pb::Command>, Status> {
     let id = wire::command_name("name", &req.get_ref().name)?;
-    Ok(Response::new(h.core.command_view(&id).await?))
+    Ok(Response::new(h.core.annotated_view(&id).await?))
 }
 
 pub(super) async fn list_commands(
