@@ -2,6 +2,7 @@
 
 use std::process::Output;
 
+use rollout_proto::v1 as pb;
 use serde_json::Value;
 
 use crate::{
@@ -258,4 +259,58 @@ async fn rolloutctl_without_a_certificate_says_what_to_do() {
         "{}",
         text(&out)
     );
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_early_ends_rolloutctl_quietly_with_success() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let stack = Stack::start(None).await;
+    let created = ctl(
+        &stack,
+        "alice",
+        &[
+            "feature",
+            "create",
+            FEATURE,
+            "--fail-mode",
+            "static",
+            "--reason",
+            "x",
+        ],
+    )
+    .await;
+    assert!(created.status.success(), "{}", text(&created));
+    // A halt of 10,000 practices: its JSON is far more than a pipe holds, so rolloutctl is
+    // still writing when the reader goes.
+    let codes: Vec<String> = (0..10_000).map(|i| format!("Y{i:05}")).collect();
+    let scope = pb::Scope {
+        target: Some(pb::scope::Target::Practices(pb::scope::PracticeList {
+            practices: codes,
+        })),
+    };
+    let halt = crate::stack::halt(&stack, scope).await;
+
+    // As `rolloutctl ... | head -1`: read one line, then close the pipe.
+    let mut child = tokio::process::Command::new(binary("rolloutctl"))
+        .arg("--coordinator")
+        .arg(format!("localhost:{}", stack.coordinator_addr.port()))
+        .arg("--pki-dir")
+        .arg(&stack.pki)
+        .args([
+            "--as", "viewer", "--output", "json", "commands", "show", &halt.name,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run rolloutctl");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next_line().await.expect("read").expect("a first line");
+    assert_eq!(first, "{");
+    drop(lines);
+    let out = child.wait_with_output().await.expect("rolloutctl ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    stack.stop().await;
 }

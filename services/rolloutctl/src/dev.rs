@@ -7,7 +7,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{ExitCode, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -15,7 +15,8 @@ use rollout_proto::v1 as pb;
 use tokio::process::{Child, Command};
 
 use crate::{
-    ops::{CliError, Connection, Output},
+    client::{CliError, Connection},
+    cmd::{Exit, Outcome},
     pki,
 };
 
@@ -241,7 +242,6 @@ fn connection(layout: &Layout, who: &str) -> Connection {
         ca: None,
         cert: None,
         key: None,
-        output: Output::Table,
     }
 }
 
@@ -375,7 +375,7 @@ fn tour(layout: &Layout) {
 }
 
 /// Runs the stack until Ctrl-C (SIGINT) or SIGTERM.
-pub async fn up(layout: Layout) -> Result<ExitCode, CliError> {
+pub async fn up(layout: Layout) -> Outcome {
     // Take SIGINT and SIGTERM before starting anything: a Ctrl-C during start-up must stop the
     // children too, not kill this process and leave them running.
     use tokio::signal::unix::{SignalKind, signal};
@@ -488,7 +488,7 @@ pub async fn up(layout: Layout) -> Result<ExitCode, CliError> {
         eprintln!("error: {e}");
         println!("stopping:");
         stop_all(&mut procs).await;
-        return Ok(ExitCode::FAILURE);
+        return Ok(Exit::Error);
     }
 
     // Run until interrupted, or until a process dies.
@@ -503,9 +503,9 @@ pub async fn up(layout: Layout) -> Result<ExitCode, CliError> {
         }
     };
     let code = tokio::select! {
-        _ = interrupt.recv() => { println!("\ninterrupted: stopping"); ExitCode::SUCCESS }
-        _ = term.recv() => { println!("terminated: stopping"); ExitCode::SUCCESS }
-        why = died => { eprintln!("error: {why}: see its log in {}/logs", layout.dir.display()); ExitCode::FAILURE }
+        _ = interrupt.recv() => { println!("\ninterrupted: stopping"); Exit::Success }
+        _ = term.recv() => { println!("terminated: stopping"); Exit::Success }
+        why = died => { eprintln!("error: {why}: see its log in {}/logs", layout.dir.display()); Exit::Error }
     };
     stop_all(&mut procs).await;
     println!(

@@ -1,11 +1,17 @@
 //! `rolloutctl`, the GP Rollout Control operator CLI, as a library so that tests drive the same
 //! code the binary runs.
 //!
-//! - [`ops`]: the operator commands against the coordinator (features, halt, resume, go-live,
-//!   approve, cancel, commands, watch, status, verify, practice, audit).
+//! - [`cmd`]: the command line ([`cmd::Cli`]), one module per command, and the exit status
+//!   ([`cmd::Exit`]).
+//! - [`client`]: the connection to the coordinator, its failures explained, List answers read
+//!   to the end.
+//! - [`render`]: what the commands print: one [`render::Printer`] for the output format and a
+//!   [`render::View`] per answer.
 //! - [`dev`]: `rolloutctl dev up`, the local stack.
 //! - [`pki`]: the development PKI.
 
+pub mod client;
+pub mod cmd;
 pub mod dev;
-pub mod ops;
 pub mod pki;
+pub mod render;

@@ -1,0 +1,208 @@
+//! Views of commands: one command whole, a list of them, a halt's verification, a recovery, and
+//! a watch's progress.
+
+use std::io::{self, Write};
+
+use rollout_proto::v1 as pb;
+
+use super::{View, scope_summary, short, when};
+
+/// What a command does: `halt`, `resume`, `go-live` or `create-feature`.
+fn action(c: &pb::Command) -> &'static str {
+    use pb::command::Action;
+    match &c.action {
+        Some(Action::Halt(_)) => "halt",
+        Some(Action::Resume(_)) => "resume",
+        Some(Action::GoLive(_)) => "go-live",
+        Some(Action::CreateFeature(_)) => "create-feature",
+        None => "-",
+    }
+}
+
+fn state(c: &pb::Command) -> &'static str {
+    c.state().as_str_name().trim_start_matches("STATE_")
+}
+
+/// A delivery's state without its prefix: `APPLIED`.
+fn delivery_state(d: &pb::Delivery) -> &'static str {
+    d.state().as_str_name().trim_start_matches("STATE_")
+}
+
+/// A command as `show`, `halt` and the other writes print it: what it does, where it stands,
+/// its impact, approvals and deliveries.
+impl View for pb::Command {
+    fn table(&self, w: &mut dyn Write) -> io::Result<()> {
+        writeln!(w, "command   {}", short(&self.name))?;
+        writeln!(w, "action    {} {}", action(self), short(&self.feature))?;
+        writeln!(w, "state     {}", state(self))?;
+        writeln!(w, "sequence  {}", self.sequence)?;
+        writeln!(w, "requester {}", self.requester)?;
+        writeln!(w, "reason    {}", self.reason)?;
+        if let Some(i) = &self.impact {
+            let per: Vec<String> = i
+                .suppliers
+                .iter()
+                .map(|s| format!("{} {}", short(&s.supplier), s.practices))
+                .collect();
+            writeln!(w, "impact    {} practices ({})", i.practices, per.join(", "))?;
+        }
+        for a in &self.approvals {
+            writeln!(w, "approved  by {} at {}", a.approver, when(&a.approve_time))?;
+        }
+        if self.state() == pb::command::State::PendingApproval {
+            writeln!(
+                w,
+                "waiting   for {} approval(s) by a different approver",
+                self.approvals_required - self.approvals.len() as i32
+            )?;
+        }
+        for d in &self.deliveries {
+            writeln!(
+                w,
+                "delivery  {:<10} {:<8} applied {} acknowledged {}{}",
+                short(&d.supplier),
+                delivery_state(d),
+                when(&d.apply_time),
+                when(&d.acknowledge_time),
+                if d.rejection_reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" rejected: {}", d.rejection_reason)
+                }
+            )?;
+        }
+        Ok(())
+    }
+
+    fn names(&self) -> Vec<String> {
+        vec![self.name.clone()]
+    }
+}
+
+impl View for pb::ListCommandsResponse {
+    fn table(&self, w: &mut dyn Write) -> io::Result<()> {
+        writeln!(
+            w,
+            "{:<36} {:>4} {:<16} {:<28} {:<18} REQUESTER",
+            "COMMAND", "SEQ", "STATE", "FEATURE", "ACTION"
+        )?;
+        for c in &self.commands {
+            writeln!(
+                w,
+                "{:<36} {:>4} {:<16} {:<28} {:<18} {}",
+                short(&c.name),
+                c.sequence,
+                state(c),
+                short(&c.feature),
+                action(c),
+                c.requester
+            )?;
+        }
+        Ok(())
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.commands.iter().map(|c| c.name.clone()).collect()
+    }
+}
+
+impl View for pb::VerifyCommandResponse {
+    fn table(&self, w: &mut dyn Write) -> io::Result<()> {
+        writeln!(
+            w,
+            "{} {}",
+            short(&self.command),
+            if self.verified {
+                "VERIFIED: no practice in scope is enabled"
+            } else {
+                "NOT VERIFIED"
+            }
+        )?;
+        for s in &self.suppliers {
+            writeln!(
+                w,
+                "  {:<10} in scope {:>5}  still enabled {:>5}{}",
+                short(&s.supplier),
+                s.checked_count,
+                s.enabled_count,
+                if s.error.is_empty() {
+                    String::new()
+                } else {
+                    format!("  error: {}", s.error)
+                }
+            )?;
+        }
+        Ok(())
+    }
+
+    fn names(&self) -> Vec<String> {
+        vec![self.command.clone()]
+    }
+}
+
+impl View for pb::RecoverCommandsResponse {
+    fn table(&self, w: &mut dyn Write) -> io::Result<()> {
+        writeln!(
+            w,
+            "{} {} commands from {}: the log goes from sequence {} to {}",
+            if self.dry_run {
+                "would recover"
+            } else {
+                "recovered"
+            },
+            self.command_count,
+            short(&self.supplier),
+            self.from_sequence,
+            self.to_sequence
+        )?;
+        writeln!(
+            w,
+            "{:>8} {:<14} {:<36} {:<22} {:<10} REASON",
+            "SEQUENCE", "ACTION", "COMMAND", "SCOPE", "OUTCOME"
+        )?;
+        for c in &self.commands {
+            writeln!(
+                w,
+                "{:>8} {:<14} {:<36} {:<22} {:<10} {}",
+                c.sequence,
+                c.action,
+                short(&c.name),
+                scope_summary(&c.scope),
+                if c.rejected { "rejected" } else { "applied" },
+                c.reason
+            )?;
+        }
+        let unlisted = usize::try_from(self.command_count)
+            .unwrap_or(0)
+            .saturating_sub(self.commands.len());
+        if unlisted > 0 {
+            writeln!(w, "... {unlisted} more not listed")?;
+        }
+        if self.dry_run {
+            writeln!(
+                w,
+                "nothing was changed; run again without --dry-run to recover them"
+            )?;
+        }
+        Ok(())
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.commands.iter().map(|c| c.name.clone()).collect()
+    }
+}
+
+/// A watch's line for a supplier that has answered: `emis       APPLIED`, with the reason of a
+/// rejection.
+pub fn answered(d: &pb::Delivery) -> String {
+    format!(
+        "{:<10} {}{}",
+        short(&d.supplier),
+        delivery_state(d),
+        if d.rejection_reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", d.rejection_reason)
+        }
+    )
+}
