@@ -180,6 +180,18 @@ async fn the_operator_workflow_through_rolloutctl() {
         &["resume", FEATURE, "--halt", &halt_id, "--reason", "consulted"],
     )
     .await;
+    // The approver's view: the halt it lifts, with its scope, and what would turn on where.
+    let shown = ctl(&stack, "bob", &["commands", "show", &id(&resume)]).await;
+    let shown = text(&shown);
+    assert!(
+        shown.contains(&format!("lifts     {halt_id}")) && shown.contains(": national; by "),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("preview   ") && shown.contains(" practices would turn on, "),
+        "{shown}"
+    );
+    assert!(shown.contains("emis"), "{shown}");
     let cancelled = ctl_json(&stack, "bob", &["cancel", &id(&resume), "--reason", "not yet"]).await;
     assert_eq!(cancelled["state"], "STATE_CANCELLED");
 

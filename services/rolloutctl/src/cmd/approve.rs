@@ -1,9 +1,12 @@
-//! `rolloutctl approve`: approves a pending command.
+//! `rolloutctl approve`: approves a pending command, after showing what it will change.
+
+use std::io::{BufRead, IsTerminal, Write};
 
 use clap::Args;
 use rollout_proto::v1 as pb;
 
 use super::{Ctx, Outcome, RequestId, command_name};
+use crate::{client::usage, render::Output};
 
 /// `approve`.
 #[derive(Debug, Args)]
@@ -13,6 +16,11 @@ pub struct Approve {
     /// A comment kept with the approval.
     #[arg(long, default_value = "")]
     comment: String,
+    /// Approve without asking. Without it, at a terminal, the command is shown (scope, halts
+    /// lifted, effective time, the preview of its effect per supplier) and approval needs
+    /// `yes` typed; with standard input not a terminal, nothing is asked.
+    #[arg(long)]
+    yes: bool,
     #[command(flatten)]
     request_id: RequestId,
 }
@@ -20,10 +28,22 @@ pub struct Approve {
 impl Approve {
     /// Approves; the last approval needed dispatches the command.
     pub async fn run(self, ctx: &mut Ctx) -> Outcome {
+        let name = command_name(&self.command);
+        if !self.yes && ctx.out.output() == Output::Table && std::io::stdin().is_terminal() {
+            let shown = ctx
+                .client
+                .get_command(pb::GetCommandRequest { name: name.clone() })
+                .await?
+                .into_inner();
+            ctx.out.print(&shown)?;
+            if !confirmed(&name)? {
+                return Err(usage(format!("{name} was not approved: nothing was sent")));
+            }
+        }
         let cmd = ctx
             .client
             .approve_command(pb::ApproveCommandRequest {
-                name: command_name(&self.command),
+                name,
                 comment: self.comment,
                 request_id: self.request_id.into(),
             })
@@ -31,4 +51,14 @@ impl Approve {
             .into_inner();
         ctx.print(&cmd)
     }
+}
+
+/// Asks on standard error whether to approve `name`; only `yes` approves.
+fn confirmed(name: &str) -> std::io::Result<bool> {
+    let mut err = std::io::stderr();
+    write!(err, "Approve {name}? Type yes to approve: ")?;
+    err.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim() == "yes")
 }

@@ -28,6 +28,105 @@ fn delivery_state(d: &pb::Delivery) -> &'static str {
     d.state().as_str_name().trim_start_matches("STATE_")
 }
 
+/// A scope as the operator wrote it: `national`, `icb QN7`, `practices A81001, A81002 (2)`.
+fn scope(s: &Option<pb::Scope>) -> String {
+    use pb::scope::Target;
+    match s.as_ref().and_then(|s| s.target.as_ref()) {
+        Some(Target::National(_)) | None => "national".to_owned(),
+        Some(Target::Supplier(v)) => format!("supplier {v}"),
+        Some(Target::Region(v)) => format!("region {v}"),
+        Some(Target::Icb(v)) => format!("icb {v}"),
+        Some(Target::SubIcb(v)) => format!("sub-icb {v}"),
+        Some(Target::Practices(list)) => {
+            let shown: Vec<&str> = list.practices.iter().take(5).map(String::as_str).collect();
+            let more = if list.practices.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            };
+            format!("practices {}{more} ({})", shown.join(", "), list.practices.len())
+        }
+    }
+}
+
+/// The lines an approver reads first: the scope, the halts a resume lifts, a go-live's
+/// effective time, and whom a redelivery is for.
+fn what_it_does(c: &pb::Command, w: &mut dyn Write) -> io::Result<()> {
+    use pb::command::Action;
+    match &c.action {
+        Some(Action::Halt(h)) => writeln!(w, "scope     {}", scope(&h.scope))?,
+        Some(Action::GoLive(g)) => {
+            writeln!(w, "scope     {}", scope(&g.scope))?;
+            let at = match g.effective_time {
+                Some(_) => when(&g.effective_time),
+                None => "as soon as approved and delivered".to_owned(),
+            };
+            writeln!(w, "effective {at}")?;
+        }
+        _ => {}
+    }
+    for h in &c.lifted_halts {
+        writeln!(
+            w,
+            "lifts     {} (sequence {}): {}; by {} at {}: {}",
+            short(&h.command),
+            h.sequence,
+            scope_summary(&h.scope),
+            h.requester,
+            when(&h.create_time),
+            h.reason
+        )?;
+    }
+    if !c.supplier.is_empty() {
+        writeln!(
+            w,
+            "for       {} only (a redelivery of {})",
+            short(&c.supplier),
+            short(&c.redelivery_of)
+        )?;
+    }
+    Ok(())
+}
+
+/// What the command would change at each supplier, as its preview says.
+fn preview(p: &pb::Preview, w: &mut dyn Write) -> io::Result<()> {
+    writeln!(
+        w,
+        "preview   {} practices would turn on, {} stay off (judged at {})",
+        p.turn_on,
+        p.stay_off,
+        when(&p.evaluate_time)
+    )?;
+    for s in &p.suppliers {
+        let off = [
+            (s.stay_off_halted, "another halt"),
+            (s.stay_off_opted_out, "opted out"),
+            (s.stay_off_not_live, "not live"),
+            (s.stay_off_not_active, "not active"),
+            (s.stay_off_scheduled, "scheduled later"),
+        ];
+        let why: Vec<String> = off
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, why)| format!("{n} {why}"))
+            .collect();
+        writeln!(
+            w,
+            "          {:<10} {} in scope: {} turn on, {} already on{}",
+            short(&s.supplier),
+            s.practices,
+            s.turn_on,
+            s.already_on,
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!("; stay off: {}", why.join(", "))
+            }
+        )?;
+    }
+    Ok(())
+}
+
 /// A command as `show`, `halt` and the other writes print it: what it does, where it stands,
 /// its impact, approvals and deliveries.
 impl View for pb::Command {
@@ -38,6 +137,7 @@ impl View for pb::Command {
         writeln!(w, "sequence  {}", self.sequence)?;
         writeln!(w, "requester {}", self.requester)?;
         writeln!(w, "reason    {}", self.reason)?;
+        what_it_does(self, w)?;
         if let Some(i) = &self.impact {
             let per: Vec<String> = i
                 .suppliers
@@ -64,12 +164,19 @@ impl View for pb::Command {
                 delivery_state(d),
                 when(&d.apply_time),
                 when(&d.acknowledge_time),
-                if d.rejection_reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(" rejected: {}", d.rejection_reason)
+                match (d.rejection_reason.is_empty(), d.resolved_by.is_empty()) {
+                    (true, _) => String::new(),
+                    (false, true) => format!(" rejected: {} (unresolved)", d.rejection_reason),
+                    (false, false) => format!(
+                        " rejected: {} (resolved by {})",
+                        d.rejection_reason,
+                        short(&d.resolved_by)
+                    ),
                 }
             )?;
+        }
+        if let Some(p) = &self.preview {
+            preview(p, w)?;
         }
         Ok(())
     }
