@@ -177,6 +177,7 @@ paged!(
     pb::ListCommandsResponse => commands,
     pb::ListSuppliersResponse => suppliers,
     pb::ListAuditEventsResponse => events,
+    pb::ListOptOutsResponse => opt_outs,
 );
 
 /// The pages of a List joined into one answer, up to `most` items: `ask(client, page_token,

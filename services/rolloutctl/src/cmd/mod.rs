@@ -15,9 +15,11 @@ pub mod dev;
 pub mod feature;
 pub mod go_live;
 pub mod halt;
+pub mod opt_outs;
 pub mod pki;
 pub mod practice;
 pub mod recover;
+pub mod redeliver;
 pub mod resume;
 pub mod status;
 pub mod verify;
@@ -124,6 +126,13 @@ pub enum Op {
     /// (after the coordinator was restored from an older backup). Run with --dry-run first to
     /// see what would be recovered.
     Recover(recover::Recover),
+    /// Deliver a command a supplier rejected (during its change freeze) again, to that
+    /// supplier alone, once the freeze has ended: a new command that waits for approval as the
+    /// original did.
+    Redeliver(redeliver::Redeliver),
+    /// The national opt-out register: every practice's opt-out as its supplier reported it,
+    /// with counts per supplier and feature.
+    OptOuts(opt_outs::OptOuts),
 }
 
 /// What an operator command runs with.
@@ -184,6 +193,8 @@ impl Op {
             Op::Practice(c) => c.run(ctx).await,
             Op::Audit(c) => c.run(ctx).await,
             Op::Recover(c) => c.run(ctx).await,
+            Op::Redeliver(c) => c.run(ctx).await,
+            Op::OptOuts(c) => c.run(ctx).await,
         };
         outcome.map_err(|e| e.explained(&connection.coordinator))
     }

@@ -62,7 +62,19 @@ impl View for pb::ListSuppliersResponse {
             } else if s.conflicts.is_empty() {
                 s.last_error.clone()
             } else {
-                s.conflicts.join(" ")
+                format!(
+                    "unresolved: {} (once its freeze has ended: rolloutctl redeliver COMMAND --to {} --reason \"...\")",
+                    s.conflicts.iter().map(|c| short(c)).collect::<Vec<_>>().join(" "),
+                    short(&s.name)
+                )
+            };
+            let extra = if s.held_practices > 0 {
+                format!(
+                    "{} practices held until the opt-out register answers; {extra}",
+                    s.held_practices
+                )
+            } else {
+                extra
             };
             writeln!(
                 w,
@@ -144,5 +156,59 @@ impl View for pb::ListAuditEventsResponse {
 
     fn names(&self) -> Vec<String> {
         self.events.iter().map(|e| e.sequence.to_string()).collect()
+    }
+}
+
+/// The register: counts per supplier and feature, then one line per opt-out.
+impl View for pb::ListOptOutsResponse {
+    fn table(&self, w: &mut dyn Write) -> io::Result<()> {
+        writeln!(
+            w,
+            "{:<10} {:<28} {:>9} {:>9}",
+            "SUPPLIER", "FEATURE", "OPTED-OUT", "WITHDRAWN"
+        )?;
+        for c in &self.counts {
+            writeln!(
+                w,
+                "{:<10} {:<28} {:>9} {:>9}",
+                short(&c.supplier),
+                short(&c.feature),
+                c.opted_out,
+                c.withdrawn
+            )?;
+        }
+        writeln!(w)?;
+        writeln!(
+            w,
+            "{:<8} {:<28} {:<10} {:<11} {:<25} {:<12} REASON",
+            "PRACTICE", "FEATURE", "SUPPLIER", "STATE", "RECORDED", "ORIGIN"
+        )?;
+        for o in &self.opt_outs {
+            let mut parts = o.name.split('/');
+            let (ods, feature) = (parts.nth(1).unwrap_or_default(), parts.nth(1).unwrap_or_default());
+            let origin = match o.origin() {
+                pb::practice_opt_out::Origin::Restored => "restored".to_owned(),
+                pb::practice_opt_out::Origin::Transferred => {
+                    format!("from {}", short(&o.origin_supplier))
+                }
+                _ => "recorded".to_owned(),
+            };
+            writeln!(
+                w,
+                "{:<8} {:<28} {:<10} {:<11} {:<25} {:<12} {}",
+                ods,
+                feature,
+                short(&o.supplier),
+                if o.withdrawn { "withdrawn" } else { "opted out" },
+                when(&o.create_time),
+                origin,
+                o.reason
+            )?;
+        }
+        Ok(())
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.opt_outs.iter().map(|o| o.name.clone()).collect()
     }
 }
