@@ -12,6 +12,7 @@ mod history;
 mod limits;
 mod mtls;
 mod proxy;
+mod register;
 mod replicas;
 mod resync;
 mod security;
