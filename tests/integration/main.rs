@@ -13,6 +13,7 @@ mod limits;
 mod mtls;
 mod preview;
 mod proxy;
+mod register;
 mod replicas;
 mod resync;
 mod security;

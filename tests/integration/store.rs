@@ -13,12 +13,14 @@ use rollout_store::{
         CommandAction, CommandQuery, CommandRow, CommandState, CoordinatorStore, DeliveryRow, DeliveryState,
         LegacyRows, Record, SqlCoordinatorStore, Upgrade, Write,
     },
-    supplier::{OptOutRecord, SqlSupplierStore, StoredCommand, SupplierStore, SyncPoint, Withdrawal},
+    supplier::{OptOutRecord, Origin, SqlSupplierStore, StoredCommand, SupplierStore, SyncPoint, Withdrawal},
 };
 
 use crate::support::pg_database;
 
-fn audit(action: &str) -> AuditDraft {
+mod register;
+
+pub(crate) fn audit(action: &str) -> AuditDraft {
     AuditDraft {
         identity: "spiffe://gprollout.test/coordinator".into(),
         action: action.into(),
@@ -29,7 +31,7 @@ fn audit(action: &str) -> AuditDraft {
     }
 }
 
-fn at(secs: u64) -> SystemTime {
+pub(crate) fn at(secs: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
 }
 
@@ -61,7 +63,7 @@ fn sync(sequence: u64) -> SyncPoint {
     }
 }
 
-fn practices() -> Vec<Practice> {
+pub(crate) fn practices() -> Vec<Practice> {
     let (p, m) = crate::support::reference_files();
     rollout_store::reference::read_estate(&p, &m)
         .expect("estate")
@@ -131,14 +133,14 @@ async fn supplier_suite(url: &str) {
 
     let mut estate = practices();
     let change = store
-        .import_estate(&estate, 5, audit("import"))
+        .import_estate(&estate, &[], 5, audit("import"))
         .await
         .expect("import");
     assert_eq!((change.added, change.updated, change.removed), (50, 0, 0));
     estate[0].name = "RENAMED PRACTICE".into();
     let gone = estate.pop().expect("a practice");
     let change = store
-        .import_estate(&estate, 6, audit("import"))
+        .import_estate(&estate, &[], 6, audit("import"))
         .await
         .expect("re-import");
     assert_eq!((change.added, change.updated, change.removed), (0, 1, 1));
@@ -154,6 +156,8 @@ async fn supplier_suite(url: &str) {
         },
         updated_at: at(10),
         withdrawal: None,
+        change: 1,
+        origin: Origin::Recorded,
     };
     let request = RequestRecord {
         request_id: "6b2f1c1e-7c38-4c5e-9d6a-0f6e8f1f2a3b".into(),
@@ -171,6 +175,7 @@ async fn supplier_suite(url: &str) {
             at: at(20),
             reason: "reviewed".into(),
         }),
+        change: 2,
         ..opt.clone()
     };
     store
@@ -548,7 +553,7 @@ async fn legacy_upgrade(url: &str) {
     store.close().await;
 }
 
-fn sqlite_url(dir: &tempfile::TempDir, name: &str) -> String {
+pub(crate) fn sqlite_url(dir: &tempfile::TempDir, name: &str) -> String {
     format!("sqlite://{}", dir.path().join(name).display())
 }
 

@@ -5,7 +5,8 @@
 //! that holds commands the log does not is never sent anything but heartbeats. Between syncs the
 //! task holds the supplier's WatchSyncState stream open ([`StateWatch`]), so that a supplier
 //! that restarts (perhaps on an empty store) is synchronised as soon as it is back, not at the
-//! next heartbeat.
+//! next heartbeat. After every heartbeat, before anything else is sent, the national opt-out
+//! register is brought up to date with the supplier ([`RegisterLink`]).
 
 use std::{
     sync::Arc,
@@ -19,7 +20,7 @@ use tokio::sync::watch;
 use tonic::{Code, transport::Channel};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::{coordinator::Core, state_watch::StateWatch, sync::SyncCheck};
+use crate::{coordinator::Core, register::RegisterLink, state_watch::StateWatch, sync::SyncCheck};
 
 /// The first retry delay; it doubles on each failure up to [`MAX_BACKOFF`]. Short, so that a
 /// supplier found gone (its state watch ended) and back within about 100 ms is reached within
@@ -85,10 +86,11 @@ pub async fn run(
         let mut target = core.target.subscribe();
         let mut backoff = Backoff::new();
         let mut watch = StateWatch::new();
+        let mut register = RegisterLink::default();
         // The supplier's applied sequence as last learned; `None` means ask it first.
         let mut known: Option<u64> = None;
         loop {
-            match sync(&core, &supplier, &mut client, known).await {
+            match sync(&core, &supplier, &mut client, &mut register, known).await {
                 Ok(now) => {
                     // A diverged supplier is asked again at every heartbeat: its answer is the
                     // contact its fail-closed features need, and it is how the coordinator sees
@@ -101,7 +103,7 @@ pub async fn run(
                     tokio::select! {
                         _ = tokio::time::sleep(heartbeat) => known = None,
                         _ = target.changed() => {}
-                        why = watch.changed(&mut client, &now) => {
+                        why = watch.changed(&mut client, &now, &register) => {
                             info!(reason = %why, "the supplier may have changed: synchronising now");
                             known = None;
                         }
@@ -111,6 +113,7 @@ pub async fn run(
                 Err(error) => {
                     known = None;
                     watch.supplier_lost();
+                    register.supplier_lost();
                     let delay = backoff.next();
                     warn!(%error, retry_in = ?delay, "supplier not reached");
                     core.record_error(&supplier, &error).await;
@@ -126,7 +129,8 @@ pub async fn run(
     .await
 }
 
-fn call<T>(msg: T) -> tonic::Request<T> {
+/// A request with the deadline of one call to a supplier.
+pub(crate) fn call<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.set_timeout(CALL_TIMEOUT);
     req
@@ -134,14 +138,16 @@ fn call<T>(msg: T) -> tonic::Request<T> {
 
 /// Brings the supplier up to the current target. With `known`, trusts it as the supplier's
 /// applied sequence (a wrong guess is answered FAILED_PRECONDITION); otherwise asks
-/// GetSyncState, which is also the heartbeat, and checks the supplier's history against the
-/// log. A supplier that lost state, or is far behind, gets a snapshot first; the rest go one
-/// command at a time, each carrying the history hash before it. Returns the supplier's applied
-/// sequence, or what it reported if it has diverged from the log (nothing is sent to it).
+/// GetSyncState, which is also the heartbeat, checks the supplier's history against the log,
+/// and brings the opt-out register up to date with it. A supplier that lost state, or is far
+/// behind, gets a snapshot first; the rest go one command at a time, each carrying the history
+/// hash before it. Returns the supplier's applied sequence, or what it reported if it has
+/// diverged from the log (nothing is sent to it, opt-outs included).
 async fn sync(
     core: &Core,
     supplier: &SupplierId,
     client: &mut ControlServiceClient<Channel>,
+    register: &mut RegisterLink,
     known: Option<u64>,
 ) -> Result<Known, String> {
     let target = *core.target.borrow();
@@ -156,6 +162,7 @@ async fn sync(
                 });
             }
             let applied = u64::try_from(state.applied_sequence).unwrap_or(0);
+            keep_register(core, supplier, client, register, &state).await?;
             if applied > check.acked {
                 settle(core, supplier, client, check.acked, applied).await?;
             }
@@ -216,6 +223,33 @@ async fn sync(
         }
     }
     Ok(Known::Applied(applied))
+}
+
+/// Brings the opt-out register up to date with the supplier that reported `state`, before
+/// anything else is sent to it. A failure is logged and shown in the supplier view, and
+/// delivery goes on, except when the supplier holds no rule (applied sequence 0: every practice
+/// off) and its own opt-outs, owed back after it lost its store, could not be restored: then
+/// nothing is sent until they are, since a rule back before its opt-outs could switch an
+/// opted-out practice on.
+async fn keep_register(
+    core: &Core,
+    supplier: &SupplierId,
+    client: &mut ControlServiceClient<Channel>,
+    register: &mut RegisterLink,
+    state: &pb::SyncState,
+) -> Result<(), String> {
+    let Err(error) = register.sync(core, supplier, client, state).await else {
+        return Ok(());
+    };
+    if error.restore_owed && state.applied_sequence == 0 {
+        return Err(format!(
+            "opt-out register: {error}; no rule is sent until its opt-outs are back"
+        ));
+    }
+    warn!(%error, "opt-out register not brought up to date with the supplier; delivering commands all the same");
+    core.record_error(supplier, &format!("opt-out register: {error}"))
+        .await;
+    Ok(())
 }
 
 /// Asks the supplier's state (GetSyncState, which is also the heartbeat: it carries the

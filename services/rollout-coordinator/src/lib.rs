@@ -6,7 +6,8 @@
 //! - [`serve`]: runs the service on an already-bound listener until a shutdown future resolves.
 //! - `coordinator`: the write path over the model (`model`, which holds the state, not the
 //!   history); `history`: the log read from the store; `snapshot`: a supplier's effective
-//!   state; `delivery`: the per-supplier tasks; `service`: the gRPC handlers.
+//!   state; `delivery`: the per-supplier tasks; `register`: the national opt-out register kept
+//!   by them; `service`: the gRPC handlers.
 
 mod change;
 mod coordinator;
@@ -19,6 +20,7 @@ mod measure;
 mod model;
 mod preview;
 mod recovery;
+mod register;
 mod service;
 mod snapshot;
 mod state_watch;
@@ -270,6 +272,10 @@ pub fn access_table() -> AccessTable {
         .allow(
             "/nhs.gprollout.v1.CoordinatorService/RecoverCommands",
             Access::AnyOf(OPERATOR),
+        )
+        .allow(
+            "/nhs.gprollout.v1.CoordinatorService/ListOptOuts",
+            Access::AnyOf(READ),
         )
 }
 

@@ -12,7 +12,10 @@ use rollout_proto::v1::{self as pb, control_service_client::ControlServiceClient
 use tonic::{Code, Streaming, transport::Channel};
 use tracing::info;
 
-use crate::delivery::{Backoff, Known, describe};
+use crate::{
+    delivery::{Backoff, Known, describe},
+    register::RegisterLink,
+};
 
 /// A stream that lasted at least this long ended for a reason of the supplier's (it stopped),
 /// so the delay before acting on the next end starts again from none.
@@ -53,13 +56,15 @@ impl StateWatch {
     }
 
     /// Waits until the supplier needs a sync and says why: its stream ended or broke, could not
-    /// be opened, or reported a state other than `known`. Never returns while nothing changes,
-    /// nor for a supplier without the method. Cancel-safe: delivery drops it at a heartbeat or
-    /// a new command, and the stream stays open for the next wait.
+    /// be opened, or reported a state other than `known`, or news for the opt-out `register`
+    /// (changes it has not read, practices held). Never returns while nothing changes, nor for
+    /// a supplier without the method. Cancel-safe: delivery drops it at a heartbeat or a new
+    /// command, and the stream stays open for the next wait.
     pub(crate) async fn changed(
         &mut self,
         client: &mut ControlServiceClient<Channel>,
         known: &Known,
+        register: &RegisterLink,
     ) -> String {
         loop {
             if self.unsupported {
@@ -93,7 +98,7 @@ impl StateWatch {
             let ended = match open.stream.message().await {
                 Ok(Some(state)) => {
                     let first = std::mem::replace(&mut open.first, false);
-                    match moved(&state, known, first) {
+                    match moved(&state, known, first).or_else(|| register.news(&state)) {
                         Some(why) => return why,
                         None => continue,
                     }

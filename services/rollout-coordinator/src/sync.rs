@@ -101,14 +101,17 @@ impl Core {
                 .last_contact_time
                 .and_then(|t| SystemTime::try_from(t).ok())
                 .is_none_or(|t| t.elapsed().is_ok_and(|e| e > self.stale_after / 4));
+        let held = i32::try_from(state.held_practices.len()).unwrap_or(i32::MAX);
         let durable_change = s.pb.applied_sequence != state.applied_sequence
             || s.pb.frozen != state.frozen
+            || s.pb.held_practices != held
             || s.pb.divergence != divergence
             || !s.pb.last_error.is_empty()
             || contact_due;
         let diverged = !divergence.is_empty();
         s.pb.applied_sequence = state.applied_sequence;
         s.pb.frozen = state.frozen;
+        s.pb.held_practices = held;
         s.pb.divergence = divergence;
         s.pb.feature_counts = state.feature_counts.clone();
         s.pb.last_error = String::new();

@@ -3,14 +3,16 @@
 //! The order of precedence (the first that holds decides):
 //! 1. the supplier has never synchronised: UNKNOWN;
 //! 2. the practice is not active: DISABLED;
-//! 3. the practice has opted out: DISABLED (no command overrides it);
-//! 4. the feature fails closed and control is stale: DISABLED;
-//! 5. an active (unlifted) halt covers the practice: DISABLED;
-//! 6. a go-live covers it and has taken effect: ENABLED;
-//! 7. a go-live covers it but has not taken effect: DISABLED (scheduled);
-//! 8. otherwise: DISABLED (not live).
+//! 3. the practice joined this supplier from another and is held until the coordinator has
+//!    sent the national opt-out register's records for it: DISABLED (awaiting the check);
+//! 4. the practice has opted out: DISABLED (no command overrides it);
+//! 5. the feature fails closed and control is stale: DISABLED;
+//! 6. an active (unlifted) halt covers the practice: DISABLED;
+//! 7. a go-live covers it and has taken effect: ENABLED;
+//! 8. a go-live covers it but has not taken effect: DISABLED (scheduled);
+//! 9. otherwise: DISABLED (not live).
 //!
-//! Nothing ever fails open: every path to ENABLED passes all of 1 to 5.
+//! Nothing ever fails open: every path to ENABLED passes all of 1 to 6.
 
 use std::time::SystemTime;
 
@@ -37,6 +39,9 @@ pub enum Reason {
     NeverSynchronised,
     /// The practice is closed, dormant or proposed.
     PracticeNotActive,
+    /// The practice joined this supplier from another and is held off until the coordinator
+    /// has sent any opt-out the national register holds for it.
+    AwaitingOptOutCheck,
     /// The practice opted out.
     OptedOut,
     /// FAIL_CLOSED feature with no contact within the control TTL.
@@ -118,11 +123,26 @@ pub struct Evaluation<'a> {
 /// number of rules in force (the rest are counted in [`Evaluation::omitted`]).
 pub const MAX_EXPLAINED_RULES: usize = 16;
 
-/// Evaluates `feature` for `practice`. With `explain`, every applicable rule is listed too;
-/// without, nothing is allocated.
+/// Evaluates `feature` for `practice`, a practice not held (see [`evaluate_held`]). With
+/// `explain`, every applicable rule is listed too; without, nothing is allocated.
 pub fn evaluate<'a>(
     feature: &'a FeatureRules,
     practice: &Practice,
+    opt_out: Option<&'a OptOut>,
+    ctx: &Context,
+    explain: bool,
+) -> Evaluation<'a> {
+    evaluate_held(feature, practice, false, opt_out, ctx, explain)
+}
+
+/// Evaluates `feature` for `practice` at a supplier that may hold it: `held` is true while the
+/// practice, having joined the supplier from another, waits for the national opt-out
+/// register's records (DISABLED, [`Reason::AwaitingOptOutCheck`], whatever the rules). With
+/// `explain`, every applicable rule is listed too; without, nothing is allocated.
+pub fn evaluate_held<'a>(
+    feature: &'a FeatureRules,
+    practice: &Practice,
+    held: bool,
     opt_out: Option<&'a OptOut>,
     ctx: &Context,
     explain: bool,
@@ -173,6 +193,8 @@ pub fn evaluate<'a>(
         (S::Unknown, R::NeverSynchronised, None)
     } else if practice.status != PracticeStatus::Active {
         (S::Disabled, R::PracticeNotActive, None)
+    } else if held {
+        (S::Disabled, R::AwaitingOptOutCheck, None)
     } else if let Some(o) = opt_out {
         (S::Disabled, R::OptedOut, Some(Applicable::OptOut(o)))
     } else if stale {
@@ -250,6 +272,10 @@ impl Evaluation<'_> {
                 "unknown: this supplier has never synchronised with the coordinator; treat as off".to_owned()
             }
             (Reason::PracticeNotActive, _) => "disabled: the practice is not active in ODS".to_owned(),
+            (Reason::AwaitingOptOutCheck, _) => {
+                "disabled: the practice joined this supplier from another and stays off until the coordinator has sent any opt-out the national register holds for it"
+                    .to_owned()
+            }
             (Reason::OptedOut, Some(Applicable::OptOut(o))) => format!(
                 "disabled: the practice opted out ({:?}, source {:?}, recorded by {})",
                 quoted(&o.reason),

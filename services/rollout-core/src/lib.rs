@@ -9,13 +9,14 @@ pub mod estate;
 pub mod eval;
 pub mod history;
 pub mod id;
+pub mod register;
 pub mod rules;
 pub mod scope;
 
 pub use estate::{Estate, EstateError, Source};
 pub use eval::{
     Applicable, Context, Evaluation, MAX_EXPLAINED_RULES, QUOTED_REASON_CHARS, Reason, State, evaluate,
-    quoted,
+    evaluate_held, quoted,
 };
 pub use history::HistoryHash;
 pub use id::{CommandId, FeatureKey, IcbCode, IdError, IdKind, OdsCode, RegionCode, SubIcbCode, SupplierId};

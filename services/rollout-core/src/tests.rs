@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use crate::{
     Action, ApplyError, Command, CommandId, Context, Estate, FailMode, FeatureDef, FeatureKey, IcbCode,
     OdsCode, OptOut, Outcome, Practice, PracticeStatus, Reason, RegionCode, RuleBook, Scope, Source, State,
-    SubIcbCode, SupplierId, evaluate,
+    SubIcbCode, SupplierId, evaluate, evaluate_held,
 };
 
 const FEATURE: &str = "prospective-record-access";
@@ -153,6 +153,8 @@ struct Row {
     /// Moves the practice after the rules were made (new ICB, supplier...).
     moved: Option<fn(&mut Practice)>,
     opted_out: bool,
+    /// The practice joined the supplier from another and awaits the opt-out check.
+    held: bool,
     /// Seconds after T0 at which to evaluate.
     now: u64,
     /// Seconds after T0 of the last contact; `None` for never.
@@ -172,6 +174,7 @@ const fn row(
         practice,
         moved: None,
         opted_out: false,
+        held: false,
         now: 100,
         contact: Some(100),
         expect,
@@ -195,7 +198,7 @@ fn check(rows: &[Row]) {
         let key = FeatureKey::parse(FEATURE).expect("key");
         let got = match book.feature(&key) {
             Some(f) => {
-                let e = evaluate(f, &p, opt.as_ref(), &ctx, true);
+                let e = evaluate_held(f, &p, r.held, opt.as_ref(), &ctx, true);
                 let deciding = e.deciding.map(|d| match d {
                     crate::Applicable::OptOut(_) => "opt-out".to_owned(),
                     crate::Applicable::GoLive(r)
@@ -540,6 +543,54 @@ fn rule_table() {
                 (S::Disabled, R::OptedOut, Some("opt-out")),
             )
         },
+        // A practice that joined from another supplier waits for the national register's
+        // opt-outs: after never-synchronised and not-active, before the opt-out.
+        Row {
+            held: true,
+            ..row(
+                "held practice is off under a go-live",
+                LIVE,
+                "A81001",
+                (S::Disabled, R::AwaitingOptOutCheck, None),
+            )
+        },
+        Row {
+            held: true,
+            opted_out: true,
+            ..row(
+                "held beats opt-out in the reason",
+                LIVE,
+                "A81001",
+                (S::Disabled, R::AwaitingOptOutCheck, None),
+            )
+        },
+        Row {
+            held: true,
+            ..row(
+                "held beats a halt in the reason",
+                &[Define, GoLive("g1", "national", 0), Halt("h1", "national")],
+                "A81001",
+                (S::Disabled, R::AwaitingOptOutCheck, None),
+            )
+        },
+        Row {
+            held: true,
+            ..row(
+                "closed beats held in the reason",
+                LIVE,
+                "C83001",
+                (S::Disabled, R::PracticeNotActive, None),
+            )
+        },
+        Row {
+            held: true,
+            ..row(
+                "never synchronised beats held",
+                &[],
+                "A81001",
+                (S::Unknown, R::NeverSynchronised, None),
+            )
+        },
         // Practice status.
         row(
             "closed practice is off",
@@ -715,6 +766,27 @@ fn explanation_lists_rules_in_force_deciding_first_and_retires_lifted_halts() {
         (quiet.state, quiet.reason, quiet.deciding),
         (e.state, e.reason, e.deciding)
     );
+}
+
+#[test]
+fn a_held_practice_says_plainly_that_it_waits_for_the_register() {
+    let book = book(LIVE);
+    let f = book
+        .feature(&FeatureKey::parse(FEATURE).expect("key"))
+        .expect("feature");
+    let opt = opt_out("A81001");
+    let e = evaluate_held(f, &fixture("A81001"), true, Some(&opt), &ctx(100), true);
+    assert_eq!(
+        (e.state, e.reason, e.deciding),
+        (S::Disabled, R::AwaitingOptOutCheck, None)
+    );
+    assert_eq!(
+        e.explain(),
+        "disabled: the practice joined this supplier from another and stays off until the \
+         coordinator has sent any opt-out the national register holds for it"
+    );
+    // The rules that apply are still listed for whoever asks why.
+    assert_eq!(e.rules.len(), 2, "the opt-out and the go-live: {:?}", e.rules);
 }
 
 #[test]
@@ -1212,8 +1284,9 @@ proptest! {
         steps in arb_steps(), practices in prop::collection::vec(arb_practice(), 1..8), now in 0u64..400,
         stale_by in 61u64..10_000,
     ) {
-        // A fail-closed feature with stale control, a never-synchronised book, and inactive
-        // practices are never ENABLED, whatever the rules.
+        // A fail-closed feature with stale control, a never-synchronised book, inactive
+        // practices and held practices (awaiting the national register's opt-outs) are never
+        // ENABLED, whatever the rules.
         let book = book_with(DefineClosed(60), &steps);
         let f = book.feature(&key()).expect("feature");
         let stale = Context { now: at(now + stale_by), synchronised: true, last_contact: Some(at(now)) };
@@ -1223,6 +1296,20 @@ proptest! {
             prop_assert_eq!(evaluate(f, p, None, &never, false).state, State::Unknown);
             if p.status != PracticeStatus::Active {
                 prop_assert_eq!(evaluate(f, p, None, &ctx(now), false).state, State::Disabled);
+            }
+            let held = evaluate_held(f, p, true, None, &ctx(now), true);
+            prop_assert_ne!(held.state, State::Enabled);
+            if p.status == PracticeStatus::Active {
+                prop_assert_eq!(held.reason, Reason::AwaitingOptOutCheck);
+            }
+        }
+        // The same with a fail-static feature, whose rules alone may switch practices on.
+        let book = book_from(&steps);
+        let f = book.feature(&key()).expect("feature");
+        for p in &practices {
+            let opt = opt_out(p.ods.as_str());
+            for opted in [None, Some(&opt)] {
+                prop_assert_ne!(evaluate_held(f, p, true, opted, &ctx(now), false).state, State::Enabled);
             }
         }
     }

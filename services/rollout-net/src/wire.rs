@@ -492,6 +492,7 @@ pub fn reason_pb(r: Reason) -> pb::practice_feature::Reason {
     match r {
         Reason::NeverSynchronised => R::NeverSynchronised,
         Reason::PracticeNotActive => R::PracticeNotActive,
+        Reason::AwaitingOptOutCheck => R::AwaitingOptOutCheck,
         Reason::OptedOut => R::OptedOut,
         Reason::ControlStale => R::ControlStale,
         Reason::Halted => R::Halted,

@@ -3,7 +3,9 @@
 //! Features, commands, deliveries and supplier status are stored as the service's encoded
 //! records beside the columns that identify and order them; every write is one transaction
 //! with its audit event and idempotency record. A command's global sequence is unique in the
-//! table, so two writers can never give one sequence to two commands.
+//! table, so two writers can never give one sequence to two commands. The national opt-out
+//! register (`register.rs`) is kept beside the rest: it is not part of the state the
+//! coordinator starts from, and is read when asked.
 
 use async_trait::async_trait;
 use rollout_core::audit::{AuditDraft, AuditEvent, micros};
@@ -11,7 +13,10 @@ use sqlx::AnyPool;
 
 use crate::{Backend, MigrationSql, RequestRecord, StoreError, common, open, signed, unsigned};
 
+mod register;
 mod sql;
+
+pub use register::{OptOutCursor, RegisterCount, RegisterEntry, RegisterQuery};
 
 /// Where a command stands, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,6 +288,47 @@ pub trait CoordinatorStore: Send + Sync + 'static {
     async fn head(&self) -> Result<(u64, u64), StoreError>;
     /// Whether other processes may write to the same store (PostgreSQL).
     fn shared(&self) -> bool;
+
+    /// How far the opt-out register has read each supplier, by supplier.
+    async fn opt_out_cursors(&self) -> Result<Vec<(String, OptOutCursor)>, StoreError>;
+    /// Merges a page of a supplier's opt-out changes into the register and moves its cursor to
+    /// `cursor`, in one transaction: each entry replaces the row of its practice and feature
+    /// only if there is none or an older one (by update time), and its audit event is appended
+    /// only if it did. Returns how many entries changed the register.
+    async fn merge_opt_outs(
+        &self,
+        supplier: &str,
+        cursor: &OptOutCursor,
+        entries: Vec<(RegisterEntry, AuditDraft)>,
+    ) -> Result<usize, StoreError>;
+    /// Sets a supplier's cursor (after its records were sent back to a new store), with the
+    /// audit event of the restore.
+    async fn reset_opt_out_cursor(
+        &self,
+        supplier: &str,
+        cursor: &OptOutCursor,
+        audit: AuditDraft,
+    ) -> Result<(), StoreError>;
+    /// The opt-outs in force (not withdrawn) of `practices` held by any supplier but `except`,
+    /// by practice then feature: what follows a practice that joined `except`.
+    async fn opt_outs_of_practices(
+        &self,
+        practices: &[String],
+        except: &str,
+    ) -> Result<Vec<RegisterEntry>, StoreError>;
+    /// Records opt-outs transferred with their practices: each row still at the entry's update
+    /// time takes the entry's supplier and body (a row replaced since by a later copy is left),
+    /// with `audit`, in one transaction.
+    async fn transfer_opt_outs(
+        &self,
+        entries: Vec<RegisterEntry>,
+        audit: Vec<AuditDraft>,
+    ) -> Result<(), StoreError>;
+    /// Register rows matching `query`, in (practice, feature) order.
+    async fn list_register(&self, query: &RegisterQuery) -> Result<Vec<RegisterEntry>, StoreError>;
+    /// Opt-outs in force and withdrawn per supplier and feature over every row matching the
+    /// query's feature, supplier and practice, by supplier then feature.
+    async fn count_register(&self, query: &RegisterQuery) -> Result<Vec<RegisterCount>, StoreError>;
 }
 
 const MIGRATIONS: &[MigrationSql] = &[
@@ -303,6 +349,12 @@ const MIGRATIONS: &[MigrationSql] = &[
         "coordinator state that does not grow with history",
         include_str!("../migrations/sqlite/coordinator_0003_effective.sql"),
         include_str!("../migrations/postgres/coordinator_0003_effective.sql"),
+    ),
+    (
+        4,
+        "coordinator national opt-out register",
+        include_str!("../migrations/sqlite/coordinator_0004_opt_out_register.sql"),
+        include_str!("../migrations/postgres/coordinator_0004_opt_out_register.sql"),
     ),
 ];
 
@@ -464,6 +516,52 @@ impl CoordinatorStore for SqlCoordinatorStore {
 
     async fn list_audit(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
         common::list_audit(&self.pool, after, limit).await
+    }
+
+    async fn opt_out_cursors(&self) -> Result<Vec<(String, OptOutCursor)>, StoreError> {
+        register::cursors(&self.pool).await
+    }
+
+    async fn merge_opt_outs(
+        &self,
+        supplier: &str,
+        cursor: &OptOutCursor,
+        entries: Vec<(RegisterEntry, AuditDraft)>,
+    ) -> Result<usize, StoreError> {
+        register::merge(&self.pool, supplier, cursor, entries).await
+    }
+
+    async fn reset_opt_out_cursor(
+        &self,
+        supplier: &str,
+        cursor: &OptOutCursor,
+        audit: AuditDraft,
+    ) -> Result<(), StoreError> {
+        register::reset_cursor(&self.pool, supplier, cursor, audit).await
+    }
+
+    async fn opt_outs_of_practices(
+        &self,
+        practices: &[String],
+        except: &str,
+    ) -> Result<Vec<RegisterEntry>, StoreError> {
+        register::of_practices(&self.pool, practices, except).await
+    }
+
+    async fn transfer_opt_outs(
+        &self,
+        entries: Vec<RegisterEntry>,
+        audit: Vec<AuditDraft>,
+    ) -> Result<(), StoreError> {
+        register::transfer(&self.pool, entries, audit).await
+    }
+
+    async fn list_register(&self, query: &RegisterQuery) -> Result<Vec<RegisterEntry>, StoreError> {
+        register::list(&self.pool, query).await
+    }
+
+    async fn count_register(&self, query: &RegisterQuery) -> Result<Vec<RegisterCount>, StoreError> {
+        register::count(&self.pool, query).await
     }
 }
 

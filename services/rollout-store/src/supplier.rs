@@ -3,13 +3,18 @@
 //! Every mutating method takes the audit event of the call and writes it in the same
 //! transaction as the change, so a change is never recorded without its audit entry, nor the
 //! other way round. Every change also stores the new state version, which watch streams resume
-//! from.
+//! from. Opt-out rows carry the change number of their last write, for the coordinator's
+//! national register (`opt_outs.rs`).
+
+mod estate;
+mod opt_outs;
 
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use opt_outs::opt_out_columns;
 use rollout_core::{
-    IcbCode, OdsCode, Practice, PracticeStatus, RegionCode, SubIcbCode, SupplierId,
+    OdsCode, Practice, SupplierId,
     audit::{AuditDraft, AuditEvent, from_micros, micros},
 };
 use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
@@ -57,6 +62,23 @@ pub struct OptOutRecord {
     pub updated_at: SystemTime,
     /// Its withdrawal, if withdrawn.
     pub withdrawal: Option<Withdrawal>,
+    /// The change number of the row's last write (1, 2, ... per store; the writer gives the
+    /// store's latest plus one).
+    pub change: u64,
+    /// How the record came to be at this supplier.
+    pub origin: Origin,
+}
+
+/// How an opt-out record came to be at a supplier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Set or withdrawn here, on the practice's instruction.
+    Recorded,
+    /// Put back from the national register after this supplier lost its store; the supplier
+    /// the register had it from.
+    Restored(SupplierId),
+    /// Came from the national register with a practice that joined from this supplier.
+    Transferred(SupplierId),
 }
 
 /// The withdrawal of an opt-out.
@@ -87,6 +109,12 @@ pub struct SupplierState {
     pub version: u64,
     /// When the coordinator was last heard from.
     pub last_contact: Option<SystemTime>,
+    /// The store's random identity (made once, when it was first opened).
+    pub store_id: String,
+    /// The latest opt-out change number (0 before the first).
+    pub opt_out_change: u64,
+    /// The practices held until the national register has answered for them.
+    pub held: Vec<OdsCode>,
 }
 
 /// How an estate import changed the stored practices.
@@ -140,7 +168,8 @@ pub trait SupplierStore: Send + Sync + 'static {
     /// Stored commands with a sequence above `after`, in order, at most `limit`.
     async fn list_commands(&self, after: u64, limit: u32) -> Result<Vec<StoredCommand>, StoreError>;
 
-    /// Stores an opt-out (new, updated or withdrawn), with the call's idempotency record.
+    /// Stores an opt-out (new, updated or withdrawn) at its change number (which becomes the
+    /// store's latest), with the call's idempotency record.
     async fn put_opt_out(
         &self,
         record: &OptOutRecord,
@@ -149,10 +178,28 @@ pub trait SupplierStore: Send + Sync + 'static {
         audit: AuditDraft,
     ) -> Result<(), StoreError>;
 
-    /// Makes the stored estate exactly `practices`: adds, updates, removes.
+    /// Installs records from the national register, each at its change number (the last
+    /// becomes the store's latest), with `audit` (one event per record installed, and any for
+    /// the releases), and lets go of the held practices `released`. All or nothing.
+    async fn import_opt_outs(
+        &self,
+        records: &[OptOutRecord],
+        released: &[OdsCode],
+        version: u64,
+        audit: Vec<AuditDraft>,
+    ) -> Result<(), StoreError>;
+
+    /// Opt-out rows (withdrawn ones too) whose change number is above `after`, in change
+    /// order, at most `limit`.
+    async fn opt_out_changes(&self, after: u64, limit: u32) -> Result<Vec<OptOutRecord>, StoreError>;
+
+    /// Makes the stored estate exactly `practices` (adds, updates, removes), holds the
+    /// practices in `hold` (new to the supplier), and lets go of held practices no longer in
+    /// the estate.
     async fn import_estate(
         &self,
         practices: &[Practice],
+        hold: &[OdsCode],
         version: u64,
         audit: AuditDraft,
     ) -> Result<EstateChange, StoreError>;
@@ -189,6 +236,12 @@ const MIGRATIONS: &[MigrationSql] = &[
         "supplier compaction",
         include_str!("../migrations/sqlite/supplier_0002_compaction.sql"),
         include_str!("../migrations/postgres/supplier_0002_compaction.sql"),
+    ),
+    (
+        3,
+        "supplier opt-out register",
+        include_str!("../migrations/sqlite/supplier_0003_opt_out_register.sql"),
+        include_str!("../migrations/postgres/supplier_0003_opt_out_register.sql"),
     ),
 ];
 
@@ -261,6 +314,7 @@ impl SqlSupplierStore {
     /// and brings its schema up to date.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let (pool, backend) = open(url, MIGRATIONS).await?;
+        opt_outs::ensure_store_id(&pool).await?;
         Ok(SqlSupplierStore {
             pool,
             backend,
@@ -375,57 +429,6 @@ async fn write_sync(tx: &mut Transaction<'_, Any>, sync: &SyncPoint) -> Result<(
     Ok(())
 }
 
-fn status_code(s: PracticeStatus) -> &'static str {
-    match s {
-        PracticeStatus::Active => "A",
-        PracticeStatus::Closed => "C",
-        PracticeStatus::Dormant => "D",
-        PracticeStatus::Proposed => "P",
-    }
-}
-
-fn practice_row(row: &AnyRow) -> Result<Practice, StoreError> {
-    let text = |c: &str| row.try_get::<String, _>(c);
-    let bad = |e: rollout_core::IdError| StoreError::Corrupt(e.to_string());
-    Ok(Practice {
-        ods: OdsCode::parse(&text("ods")?).map_err(bad)?,
-        name: text("name")?,
-        region: RegionCode::parse_region(&text("region")?).map_err(bad)?,
-        icb: IcbCode::parse(&text("icb")?).map_err(bad)?,
-        sub_icb: SubIcbCode::parse(&text("sub_icb")?).map_err(bad)?,
-        supplier: SupplierId::parse(&text("supplier")?).map_err(bad)?,
-        status: PracticeStatus::from_code(&text("status")?)
-            .ok_or_else(|| StoreError::Corrupt("unknown practice status".into()))?,
-    })
-}
-
-fn opt_out_row(row: &AnyRow) -> Result<OptOutRecord, StoreError> {
-    let bad = |e: rollout_core::IdError| StoreError::Corrupt(e.to_string());
-    let withdrawn_by: Option<String> = row.try_get("withdrawn_by")?;
-    let withdrawal = match withdrawn_by {
-        Some(by) => Some(Withdrawal {
-            by,
-            at: from_micros(row.try_get::<Option<i64>, _>("withdrawn_at")?.unwrap_or_default()),
-            reason: row
-                .try_get::<Option<String>, _>("withdraw_reason")?
-                .unwrap_or_default(),
-        }),
-        None => None,
-    };
-    Ok(OptOutRecord {
-        opt_out: rollout_core::OptOut {
-            practice: OdsCode::parse(&row.try_get::<String, _>("ods")?).map_err(bad)?,
-            feature: rollout_core::FeatureKey::parse(&row.try_get::<String, _>("feature")?).map_err(bad)?,
-            reason: row.try_get("reason")?,
-            source: row.try_get("source")?,
-            recorded_by: row.try_get("recorded_by")?,
-            recorded_at: from_micros(row.try_get("created_at")?),
-        },
-        updated_at: from_micros(row.try_get("updated_at")?),
-        withdrawal,
-    })
-}
-
 #[async_trait]
 impl SupplierStore for SqlSupplierStore {
     async fn load(&self) -> Result<SupplierState, StoreError> {
@@ -455,14 +458,21 @@ impl SupplierStore for SqlSupplierStore {
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(practice_row)
+        .map(estate::practice_row)
         .collect::<Result<Vec<_>, _>>()?;
-        let opt_outs = sqlx::query("SELECT * FROM opt_outs ORDER BY ods, feature")
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(opt_out_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let opt_outs = sqlx::query(concat!(
+            "SELECT ",
+            opt_out_columns!(),
+            " FROM opt_outs ORDER BY ods, feature"
+        ))
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(opt_outs::opt_out_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let store_id = opt_outs::store_id(&mut tx).await?;
+        let opt_out_change = opt_outs::latest_change(&mut tx).await?;
+        let held = opt_outs::held(&mut tx).await?;
         let meta = |key: &'static str| {
             sqlx::query_scalar::<_, i64>("SELECT value FROM meta WHERE key = $1").bind(key)
         };
@@ -479,6 +489,9 @@ impl SupplierStore for SqlSupplierStore {
             opt_outs,
             version: unsigned(version, "version")?,
             last_contact,
+            store_id,
+            opt_out_change,
+            held,
         })
     }
 
@@ -605,30 +618,7 @@ impl SupplierStore for SqlSupplierStore {
         audit: AuditDraft,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let o = &record.opt_out;
-        let w = record.withdrawal.as_ref();
-        sqlx::query(
-            "INSERT INTO opt_outs (ods, feature, reason, source, recorded_by, created_at, updated_at,
-                                   withdrawn_by, withdrawn_at, withdraw_reason)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (ods, feature) DO UPDATE SET
-                reason = excluded.reason, source = excluded.source, recorded_by = excluded.recorded_by,
-                created_at = excluded.created_at, updated_at = excluded.updated_at,
-                withdrawn_by = excluded.withdrawn_by, withdrawn_at = excluded.withdrawn_at,
-                withdraw_reason = excluded.withdraw_reason",
-        )
-        .bind(o.practice.as_str())
-        .bind(o.feature.as_str())
-        .bind(&o.reason)
-        .bind(&o.source)
-        .bind(&o.recorded_by)
-        .bind(micros(o.recorded_at))
-        .bind(micros(record.updated_at))
-        .bind(w.map(|w| w.by.as_str()))
-        .bind(w.map(|w| micros(w.at)))
-        .bind(w.map(|w| w.reason.as_str()))
-        .execute(&mut *tx)
-        .await?;
+        opt_outs::write_opt_out(&mut tx, record).await?;
         if let Some(r) = request {
             common::insert_request(&mut tx, &r).await?;
         }
@@ -638,53 +628,43 @@ impl SupplierStore for SqlSupplierStore {
         Ok(())
     }
 
+    async fn import_opt_outs(
+        &self,
+        records: &[OptOutRecord],
+        released: &[OdsCode],
+        version: u64,
+        audit: Vec<AuditDraft>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for record in records {
+            opt_outs::write_opt_out(&mut tx, record).await?;
+        }
+        for ods in released {
+            opt_outs::release(&mut tx, ods).await?;
+        }
+        self.bump_version(&mut tx, version).await?;
+        for draft in audit {
+            common::audit_in(&mut tx, draft).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn opt_out_changes(&self, after: u64, limit: u32) -> Result<Vec<OptOutRecord>, StoreError> {
+        opt_outs::changes_after(&self.pool, after, limit).await
+    }
+
     async fn import_estate(
         &self,
         practices: &[Practice],
+        hold: &[OdsCode],
         version: u64,
         audit: AuditDraft,
     ) -> Result<EstateChange, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let existing = sqlx::query("SELECT ods, name, region, icb, sub_icb, supplier, status FROM practices")
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| practice_row(r).map(|p| (p.ods, p)))
-            .collect::<Result<std::collections::HashMap<_, _>, _>>()?;
-        let mut change = EstateChange::default();
-        let now = micros(SystemTime::now());
-        for p in practices {
-            match existing.get(&p.ods) {
-                Some(old) if old == p => continue,
-                Some(_) => change.updated += 1,
-                None => change.added += 1,
-            }
-            sqlx::query(
-                "INSERT INTO practices (ods, name, region, icb, sub_icb, supplier, status, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (ods) DO UPDATE SET name = excluded.name, region = excluded.region,
-                    icb = excluded.icb, sub_icb = excluded.sub_icb, supplier = excluded.supplier,
-                    status = excluded.status, updated_at = excluded.updated_at",
-            )
-            .bind(p.ods.as_str())
-            .bind(&p.name)
-            .bind(p.region.as_str())
-            .bind(p.icb.as_str())
-            .bind(p.sub_icb.as_str())
-            .bind(p.supplier.as_str())
-            .bind(status_code(p.status))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let change = estate::import(&mut tx, practices).await?;
         let keep: std::collections::HashSet<OdsCode> = practices.iter().map(|p| p.ods).collect();
-        for ods in existing.keys().filter(|k| !keep.contains(k)) {
-            sqlx::query("DELETE FROM practices WHERE ods = $1")
-                .bind(ods.as_str())
-                .execute(&mut *tx)
-                .await?;
-            change.removed += 1;
-        }
+        opt_outs::hold(&mut tx, hold, &keep).await?;
         self.bump_version(&mut tx, version).await?;
         common::audit_in(&mut tx, audit).await?;
         tx.commit().await?;

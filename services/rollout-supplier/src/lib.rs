@@ -72,7 +72,9 @@ pub struct Args {
     pub database_url: String,
     /// National GP practice file (epraccur format) to import at start, with --supplier-map.
     /// Only this supplier's practices are kept; re-importing updates attributes and keeps
-    /// opt-outs and history.
+    /// opt-outs and history. Practices new to an estate already imported (moved from another
+    /// supplier) are held off until the coordinator has sent the national opt-out register's
+    /// records for them.
     #[arg(
         long,
         env = "ROLLOUT_PRACTICE_FILE",

@@ -7,14 +7,14 @@
 //! rules in force, not the history.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
     time::SystemTime,
 };
 
 use rollout_core::{
     Context, Estate, Evaluation, FeatureKey, HistoryHash, OdsCode, OptOut, Practice, Reason, RuleBook, State,
-    evaluate,
+    evaluate_held,
 };
 use rollout_store::supplier::OptOutRecord;
 
@@ -34,6 +34,12 @@ pub struct Serving {
     pub estate: Arc<Estate>,
     /// Opt-outs, current and withdrawn.
     pub opt_outs: Arc<BTreeMap<(OdsCode, FeatureKey), OptOutRecord>>,
+    /// The latest opt-out change number (0 before the first): every opt-out write takes the
+    /// next one.
+    pub opt_out_change: u64,
+    /// Practices that joined from another supplier, held off (every feature DISABLED,
+    /// awaiting the opt-out check) until the coordinator has sent the register's records.
+    pub held: Arc<BTreeSet<OdsCode>>,
     /// The watch version: this process's position in its stream of changes. Its high 32 bits
     /// are a random epoch per process, so a watcher that resumes on another replica (or after
     /// a restart) starts with a snapshot instead of trusting another process's numbering.
@@ -44,7 +50,31 @@ pub struct Serving {
     pub answers: Arc<HashMap<FeatureKey, Vec<Answer>>>,
 }
 
+/// What WatchSyncState reports a change of: where the supplier stands in the command sequence
+/// and in its opt-out changes, and whom it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncMark {
+    /// The applied sequence.
+    pub applied: u64,
+    /// The history hash there.
+    pub head: HistoryHash,
+    /// The latest opt-out change number.
+    pub opt_out_change: u64,
+    /// The held practices.
+    pub held: Arc<BTreeSet<OdsCode>>,
+}
+
 impl Serving {
+    /// Where this state stands, for WatchSyncState.
+    pub fn sync_mark(&self) -> SyncMark {
+        SyncMark {
+            applied: self.book.applied_sequence(),
+            head: self.head,
+            opt_out_change: self.opt_out_change,
+            held: self.held.clone(),
+        }
+    }
+
     /// The practice's current opt-out from the feature, if any.
     pub fn opt_out(&self, ods: OdsCode, feature: &FeatureKey) -> Option<&OptOut> {
         self.opt_outs
@@ -65,7 +95,7 @@ impl Serving {
     ) -> Option<Evaluation<'a>> {
         let opt = self.opt_out(p.ods, feature);
         match self.book.feature(feature) {
-            Some(f) => Some(evaluate(f, p, opt, ctx, explain)),
+            Some(f) => Some(evaluate_held(f, p, self.held.contains(&p.ods), opt, ctx, explain)),
             None if !ctx.synchronised => Some(Evaluation {
                 state: State::Unknown,
                 reason: Reason::NeverSynchronised,
@@ -91,7 +121,8 @@ impl Serving {
                     .estate
                     .practices()
                     .map(|p| {
-                        let e = evaluate(f, p, self.opt_out(p.ods, key), ctx, false);
+                        let held = self.held.contains(&p.ods);
+                        let e = evaluate_held(f, p, held, self.opt_out(p.ods, key), ctx, false);
                         (p.ods, e.state, e.reason)
                     })
                     .collect();

@@ -8,6 +8,7 @@ mod bad_input;
 mod control;
 mod grpcurl;
 mod opt_outs;
+mod register;
 mod watch;
 
 use rollout_proto::v1::{self as pb, practice_feature::Reason as R, practice_feature::State as S};

@@ -1,5 +1,6 @@
 //! The CoordinatorService handlers: the writes here, the reads in `read.rs`, VerifyCommand and
-//! GetPracticeStatus in `verify.rs`.
+//! GetPracticeStatus in `verify.rs`, the national opt-out register (ListOptOuts) in
+//! `register.rs`.
 
 use std::{collections::BTreeMap, pin::Pin, sync::Arc};
 
@@ -21,6 +22,7 @@ use crate::{
 };
 
 mod read;
+mod register;
 mod verify;
 
 /// The WatchCommand stream.
@@ -137,9 +139,9 @@ impl CoordinatorService for Handlers {
 
     async fn list_opt_outs(
         &self,
-        _req: Request<pb::ListOptOutsRequest>,
+        req: Request<pb::ListOptOutsRequest>,
     ) -> Result<Response<pb::ListOptOutsResponse>, Status> {
-        Err(ApiError::new(tonic::Code::Unimplemented, "NOT_YET", "not yet built").into())
+        register::list_opt_outs(self, req).await
     }
 
     #[instrument(skip_all, fields(feature))]

@@ -186,7 +186,7 @@ pub(super) async fn list_suppliers(
         .filter(|s| after.as_deref().is_none_or(|a| s.id.as_str() > a))
         .collect();
     configured.sort_by(|a, b| a.id.cmp(&b.id));
-    let (suppliers, next_page_token) = h
+    let (mut suppliers, next_page_token) = h
         .core
         .read(|m| {
             Page::new(size)
@@ -196,6 +196,7 @@ pub(super) async fn list_suppliers(
                 })
         })
         .await;
+    super::register::with_register(h, &mut suppliers).await?;
     Ok(Response::new(pb::ListSuppliersResponse {
         suppliers,
         next_page_token,
@@ -213,7 +214,9 @@ pub(super) async fn get_supplier(
         .iter()
         .find(|s| s.id == id)
         .ok_or_else(|| ApiError::not_found("SUPPLIER_NOT_FOUND", format!("suppliers/{id}")))?;
-    Ok(Response::new(h.core.read(|m| h.core.supplier_view(m, s)).await))
+    let mut view = h.core.read(|m| h.core.supplier_view(m, s)).await;
+    super::register::with_register(h, std::slice::from_mut(&mut view)).await?;
+    Ok(Response::new(view))
 }
 
 pub(super) async fn list_audit_events(

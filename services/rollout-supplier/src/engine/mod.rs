@@ -23,30 +23,28 @@ use std::{
 use arc_swap::ArcSwap;
 use prost::Message;
 use rollout_core::{
-    ApplyError, Command, Context, FailMode, FeatureKey, HistoryHash, OdsCode, Practice, RuleBook, RuleKind,
-    SupplierId,
+    ApplyError, Command, Context, FailMode, HistoryHash, RuleBook, RuleKind, SupplierId,
     audit::{AuditDraft, from_micros, micros},
 };
 use rollout_net::{ApiError, wire};
 use rollout_proto::v1 as pb;
 use rollout_store::{
     StoreError,
-    supplier::{
-        EstateChange, OptOutRecord, RequestRecord, StoredCommand, SupplierState, SupplierStore, SyncPoint,
-        Withdrawal,
-    },
+    supplier::{StoredCommand, SupplierState, SupplierStore, SyncPoint},
 };
 use tokio::sync::{Mutex, MutexGuard, Notify, broadcast, watch};
 use tracing::{info, warn};
 
 use crate::fanout::{self, Hub};
 mod commands;
+mod practices;
 
 pub use commands::SnapshotHeader;
+pub use practices::withdrawn;
 
 pub use crate::{
     fanout::{ChangeBatch, WatchStart},
-    snapshot::{Answer, Serving},
+    snapshot::{Answer, Serving, SyncMark},
 };
 
 /// The supplier's state and its write path.
@@ -59,15 +57,18 @@ pub struct Engine {
     /// When the last contact was written to the store.
     persisted_contact: AtomicI64,
     hub: std::sync::Mutex<Hub>,
-    /// The applied sequence and history hash being served, for WatchSyncState: a watch
-    /// channel holds only the latest, so a slow reader never makes a queue.
-    sync_point: watch::Sender<(u64, HistoryHash)>,
+    /// Where the state being served stands (applied sequence, history hash, opt-out change,
+    /// held practices), for WatchSyncState: a watch channel holds only the latest, so a slow
+    /// reader never makes a queue.
+    sync_point: watch::Sender<SyncMark>,
     /// Wakes the clock task (a write or a heartbeat may move the next time boundary).
     pub clock: Notify,
     /// This supplier.
     pub supplier: SupplierId,
     /// The declared change-freeze reason, if any.
     pub freeze: Option<String>,
+    /// The store's identity (SyncState.store_id): the same for every replica of one store.
+    pub store_id: String,
 }
 
 impl std::fmt::Debug for Engine {
@@ -180,6 +181,8 @@ fn build(stored: SupplierState, version: u64) -> Result<(Serving, Option<Upgrade
                 .map(|r| ((r.opt_out.practice, r.opt_out.feature.clone()), r))
                 .collect(),
         ),
+        opt_out_change: stored.opt_out_change,
+        held: Arc::new(stored.held.into_iter().collect()),
         version,
         store_version: stored.version,
         answers: Arc::default(),
@@ -196,6 +199,7 @@ impl Engine {
         freeze: Option<String>,
     ) -> Result<Arc<Engine>, LoadError> {
         let stored = store.load().await?;
+        let store_id = stored.store_id.clone();
         let last_contact = stored.last_contact.map_or(i64::MIN, micros);
         let epoch = u64::from(fastrand::u32(1..0x7fff_ffff)) << 32;
         let (mut serving, upgrade) = build(stored, epoch + 1)?;
@@ -214,10 +218,11 @@ impl Engine {
             last_contact: AtomicI64::new(last_contact),
             persisted_contact: AtomicI64::new(last_contact),
             hub: std::sync::Mutex::new(Hub::new(serving.version)),
-            sync_point: watch::Sender::new((serving.book.applied_sequence(), serving.head)),
+            sync_point: watch::Sender::new(serving.sync_mark()),
             clock: Notify::new(),
             supplier,
             freeze,
+            store_id,
         };
         serving.answers = Arc::new(serving.compute_answers(&engine.context(&serving)));
         info!(
@@ -388,22 +393,26 @@ impl Engine {
         next.answers = Arc::new(next.compute_answers(&ctx));
         let batches = fanout::batches(previous, &next, cause);
         let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
-        let point = (next.book.applied_sequence(), next.head);
+        let point = next.sync_mark();
         self.state.store(Arc::new(next));
         for batch in batches {
             hub.send(batch);
         }
         drop(hub);
         // Told after the swap, so a reader woken by it reads (at least) this state.
-        self.sync_point
-            .send_if_modified(|p| std::mem::replace(p, point) != point);
+        self.sync_point.send_if_modified(|p| {
+            let changed = *p != point;
+            *p = point;
+            changed
+        });
         self.clock.notify_one();
     }
 
-    /// Follows the applied sequence and history hash being served: the receiver's current
-    /// value is the latest, and `changed()` wakes on each change (never for a write that
-    /// leaves both alone, such as an opt-out).
-    pub fn watch_sync_point(&self) -> watch::Receiver<(u64, HistoryHash)> {
+    /// Follows where the state being served stands ([`SyncMark`]): the receiver's current
+    /// value is the latest, and `changed()` wakes on each change of the applied sequence, the
+    /// history hash, the opt-out change number or the held practices (never for a write that
+    /// leaves them all alone, such as an estate import that holds nobody new).
+    pub fn watch_sync_point(&self) -> watch::Receiver<SyncMark> {
         self.sync_point.subscribe()
     }
 
@@ -472,67 +481,6 @@ impl Engine {
         }
     }
 
-    /// Stores an opt-out change (new, updated or withdrawn). `make` builds the record from the
-    /// existing one (or refuses) under the write lock; `respond` encodes the answer for the
-    /// idempotency record.
-    pub async fn put_opt_out(
-        &self,
-        key: (OdsCode, FeatureKey),
-        make: impl FnOnce(Option<&OptOutRecord>) -> Result<OptOutRecord, ApiError>,
-        request: Option<(String, Vec<u8>)>,
-        respond: impl FnOnce(&OptOutRecord) -> Vec<u8>,
-        audit: AuditDraft,
-    ) -> Result<OptOutRecord, ApiError> {
-        let w = self.begin().await?;
-        let current = &w.current;
-        let record = make(current.opt_outs.get(&key))?;
-        let request = request.map(|(request_id, fingerprint)| RequestRecord {
-            request_id,
-            fingerprint,
-            response: respond(&record),
-        });
-        let mut opt_outs = (*current.opt_outs).clone();
-        opt_outs.insert(key.clone(), record.clone());
-        let next = Serving {
-            opt_outs: Arc::new(opt_outs),
-            ..(**current).clone()
-        };
-        let what = if record.withdrawal.is_some() {
-            "withdrawn"
-        } else {
-            "recorded"
-        };
-        let version = current.store_version + 1;
-        let write = self.store.put_opt_out(&record, version, request, audit);
-        self.commit(&w, write, next, &format!("opt-out {what}"), "storing an opt-out")
-            .await?;
-        info!(practice = %key.0, feature = %key.1, "opt-out {what}");
-        Ok(record)
-    }
-
-    /// Makes the estate exactly `practices` (this supplier's only), keeping opt-outs and
-    /// history.
-    pub async fn import_estate(
-        &self,
-        practices: Vec<Practice>,
-        audit: AuditDraft,
-    ) -> Result<EstateChange, ApiError> {
-        let w = self.begin().await?;
-        let current = &w.current;
-        if current.estate.practices().eq(practices.iter()) {
-            // Nothing to change (another replica, or an earlier start, imported the same files).
-            return Ok(EstateChange::default());
-        }
-        let version = current.store_version + 1;
-        let write = self.store.import_estate(&practices, version, audit);
-        let next = Serving {
-            estate: Arc::new(practices.iter().cloned().collect()),
-            ..(**current).clone()
-        };
-        self.commit(&w, write, next, "estate imported", "importing the estate")
-            .await
-    }
-
     /// Appends the audit event of a refused call (already marked refused), logging rather than
     /// failing if the store cannot take it: the caller is answered either way.
     pub async fn record_refusal(&self, audit: AuditDraft) {
@@ -544,19 +492,5 @@ impl Engine {
     /// The store, for reading the audit log and the command log.
     pub fn store(&self) -> &Arc<dyn SupplierStore> {
         &self.store
-    }
-}
-
-/// An opt-out record as withdrawn now.
-pub fn withdrawn(existing: &OptOutRecord, by: &str, reason: String) -> OptOutRecord {
-    let now = rollout_core::audit::now();
-    OptOutRecord {
-        updated_at: now,
-        withdrawal: Some(Withdrawal {
-            by: by.to_owned(),
-            at: now,
-            reason,
-        }),
-        ..existing.clone()
     }
 }

@@ -6,7 +6,7 @@ use tokio_stream::StreamExt;
 use super::*;
 use crate::engine::SnapshotHeader;
 
-const CONTROL: &str = "/nhs.gprollout.v1.ControlService";
+pub(super) const CONTROL: &str = "/nhs.gprollout.v1.ControlService";
 /// Most chunks one snapshot may take (at most 1 MiB each, a snapshot of 1 GiB): past that
 /// the transfer is refused rather than buffered for ever.
 const MAX_SNAPSHOT_CHUNKS: usize = 1_024;
@@ -30,13 +30,15 @@ fn history_hash(field: &str, bytes: &[u8]) -> Result<HistoryHash, ApiError> {
     HistoryHash::from_slice(bytes).ok_or_else(|| ApiError::invalid_field(field, "must be 32 bytes (SHA-256)"))
 }
 
-fn sequence(field: &str, value: i64) -> Result<u64, ApiError> {
+pub(super) fn sequence(field: &str, value: i64) -> Result<u64, ApiError> {
     u64::try_from(value).map_err(|_| ApiError::invalid_field(field, "must not be negative"))
 }
 
 impl Handlers {
-    /// The supplier's synchronisation state in `s`: applied sequence, history hash, freeze and
-    /// counts per feature (one pass over the answers).
+    /// The supplier's synchronisation state in `s`: applied sequence, history hash, freeze,
+    /// counts per feature (one pass over the answers; a held practice counts as other
+    /// disabled), and for the national opt-out register the store's identity, the latest
+    /// opt-out change and the held practices.
     fn sync_state(&self, s: &Serving) -> pb::SyncState {
         let mut counts: Vec<pb::FeatureCounts> = s
             .answers
@@ -72,14 +74,17 @@ impl Handlers {
             version: version_i64(s.version),
             read_time: Some(wire::timestamp(SystemTime::now())),
             history_hash: s.head.as_bytes().to_vec(),
-            ..Default::default()
+            store_id: self.engine.store_id.clone(),
+            opt_out_change: version_i64(s.opt_out_change),
+            held_practices: s.held.iter().map(ToString::to_string).collect(),
         }
     }
 }
 
 /// The task behind one WatchSyncState stream: the current state, then the state after each
-/// change of the applied sequence or history hash, until the reader goes away or the server
-/// shuts down (which ends the stream with UNAVAILABLE `SHUTTING_DOWN`).
+/// change of the applied sequence, history hash, latest opt-out change or held practices, until
+/// the reader goes away or the server shuts down (which ends the stream with UNAVAILABLE
+/// `SHUTTING_DOWN`).
 async fn watch_sync_state(h: Handlers, tx: mpsc::Sender<Result<pb::SyncState, Status>>) {
     let mut changes = h.engine.watch_sync_point();
     let mut shutdown = h.shutdown.clone();
@@ -87,8 +92,8 @@ async fn watch_sync_state(h: Handlers, tx: mpsc::Sender<Result<pb::SyncState, St
     loop {
         changes.borrow_and_update();
         let s = h.engine.current();
-        let point = (s.book.applied_sequence(), s.head);
-        if sent != Some(point) {
+        let point = s.sync_mark();
+        if sent.as_ref() != Some(&point) {
             tokio::select! {
                 delivered = tx.send(Ok(h.sync_state(&s))) => if delivered.is_err() { return },
                 _ = shutdown.wait_for(|stop| *stop) => break,
@@ -113,16 +118,20 @@ async fn watch_sync_state(h: Handlers, tx: mpsc::Sender<Result<pb::SyncState, St
 impl ControlService for Handlers {
     async fn list_opt_out_changes(
         &self,
-        _req: Request<pb::ListOptOutChangesRequest>,
+        req: Request<pb::ListOptOutChangesRequest>,
     ) -> Result<Response<pb::ListOptOutChangesResponse>, Status> {
-        Err(ApiError::new(tonic::Code::Unimplemented, "NOT_YET", "not yet built").into())
+        self.opt_out_changes(req.get_ref())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
+    #[instrument(skip_all, fields(records, released))]
     async fn import_opt_outs(
         &self,
-        _req: Request<pb::ImportOptOutsRequest>,
+        req: Request<pb::ImportOptOutsRequest>,
     ) -> Result<Response<pb::ImportOptOutsResponse>, Status> {
-        Err(ApiError::new(tonic::Code::Unimplemented, "NOT_YET", "not yet built").into())
+        self.import(req).await
     }
 
     #[instrument(skip_all, fields(sequence, command))]

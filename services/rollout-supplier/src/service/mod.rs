@@ -1,9 +1,10 @@
 //! The gRPC handlers of the supplier, one file per service: [`toggle`] (ToggleService, with
 //! the watch task in [`watcher`]), [`settings`] (PracticeSettingsService) and [`control`]
-//! (ControlService). They validate with `rollout_net::wire`, call the [`Engine`], and answer
-//! with `ApiError`s.
+//! (ControlService, with the national opt-out register's two methods in [`register`]). They
+//! validate with `rollout_net::wire`, call the [`Engine`], and answer with `ApiError`s.
 
 mod control;
+mod register;
 mod settings;
 mod toggle;
 mod watcher;
@@ -20,7 +21,7 @@ use rollout_proto::v1::{
     self as pb, control_service_server::ControlService,
     practice_settings_service_server::PracticeSettingsService, toggle_service_server::ToggleService,
 };
-use rollout_store::supplier::OptOutRecord;
+use rollout_store::supplier::{OptOutRecord, Origin};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -140,7 +141,18 @@ fn opt_out_pb(r: &OptOutRecord) -> pb::PracticeOptOut {
         withdrawn_by: w.map(|w| w.by.clone()).unwrap_or_default(),
         withdraw_time: w.map(|w| wire::timestamp(w.at)),
         withdraw_reason: w.map(|w| w.reason.clone()).unwrap_or_default(),
-        ..Default::default()
+        origin: match r.origin {
+            Origin::Recorded => pb::practice_opt_out::Origin::Recorded,
+            Origin::Restored(_) => pb::practice_opt_out::Origin::Restored,
+            Origin::Transferred(_) => pb::practice_opt_out::Origin::Transferred,
+        }
+        .into(),
+        origin_supplier: match &r.origin {
+            Origin::Recorded => String::new(),
+            Origin::Restored(s) | Origin::Transferred(s) => format!("suppliers/{s}"),
+        },
+        change: version_i64(r.change),
+        supplier: String::new(),
     }
 }
 

@@ -1,5 +1,7 @@
 //! PracticeSettingsService: practice opt-outs.
 
+use rollout_store::supplier::Origin;
+
 use super::*;
 
 #[tonic::async_trait]
@@ -63,6 +65,9 @@ impl PracticeSettingsService for Handlers {
                             },
                             updated_at: now,
                             withdrawal: None,
+                            // Numbered and marked recorded by the engine.
+                            change: 0,
+                            origin: Origin::Recorded,
                         })
                     },
                     request_id.map(|id| (id, print)),
