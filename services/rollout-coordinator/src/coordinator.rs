@@ -310,6 +310,8 @@ impl Core {
             requester: requester.to_owned(),
             issued_at: at,
             approved_by: vec![],
+            redelivery_of: None,
+            supplier: None,
         };
         let mut pb = wire::command_pb(&domain);
         pb.sequence = 0;

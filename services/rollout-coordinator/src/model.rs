@@ -273,7 +273,9 @@ impl Model {
                     for h in self.in_force.lifts(&c.domain) {
                         retired.push(h);
                     }
-                    if let Action::Resume { halts: named } = &c.domain.action {
+                    if let Action::Resume { halts: named } = &c.domain.action
+                        && c.domain.supplier.is_none()
+                    {
                         for h in named {
                             if halts.get(h) == Some(&&c.domain.feature) && !retired.contains(h) {
                                 retired.push(h.clone());

@@ -214,8 +214,8 @@ impl Harness {
     }
 }
 
-/// The snapshot as it was built before: the whole log replayed into a rule book with the
-/// supplier's rejections skipped.
+/// The snapshot as it was built before: the whole log replayed into the supplier's rule book
+/// with its rejections skipped.
 async fn replayed(h: &Harness, to: &SupplierId, applied: u64, frozen: bool) -> Option<Snapshot> {
     let (last, rejected, acked) = h
         .core
@@ -242,7 +242,8 @@ async fn replayed(h: &Harness, to: &SupplierId, applied: u64, frozen: bool) -> O
     if sequence <= applied {
         return None;
     }
-    let mut book = RuleBook::new();
+    // The supplier's own book: a command addressed to another supplier is a no-op in it.
+    let mut book = RuleBook::for_supplier(to.clone());
     for c in log.iter().take_while(|c| c.sequence <= sequence) {
         if rejected.contains(&c.sequence) {
             book.skip(c).expect("skip");
