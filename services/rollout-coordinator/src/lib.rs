@@ -9,6 +9,7 @@
 //!   state; `delivery`: the per-supplier tasks; `service`: the gRPC handlers.
 
 mod change;
+mod conflicts;
 mod coordinator;
 mod delivery;
 mod history;
@@ -18,6 +19,8 @@ mod in_force;
 mod measure;
 mod model;
 mod recovery;
+mod redeliver;
+mod rejections;
 mod service;
 mod snapshot;
 mod state_watch;
@@ -70,7 +73,7 @@ pub struct Args {
     #[arg(long, env = "ROLLOUT_SUPPLIER_CA", value_name = "PEM")]
     pub supplier_ca: Option<PathBuf>,
     /// Role policy (TOML). Roles used here: operator (create features, halt, resume, go-live,
-    /// cancel), approver (approve, cancel), auditor (audit log), viewer (read).
+    /// redeliver, cancel), approver (approve, cancel), auditor (audit log), viewer (read).
     #[arg(long, env = "ROLLOUT_POLICY", value_name = "TOML")]
     pub policy: PathBuf,
     /// The suppliers (TOML): `[[supplier]]` tables with `id`, `endpoint` (host:port) and
@@ -268,6 +271,10 @@ pub fn access_table() -> AccessTable {
         )
         .allow(
             "/nhs.gprollout.v1.CoordinatorService/RecoverCommands",
+            Access::AnyOf(OPERATOR),
+        )
+        .allow(
+            "/nhs.gprollout.v1.CoordinatorService/RedeliverCommand",
             Access::AnyOf(OPERATOR),
         )
 }
