@@ -3,6 +3,7 @@
 
 mod cli;
 mod compaction;
+mod conflicts;
 mod coordinator;
 mod deploy;
 mod devstack;

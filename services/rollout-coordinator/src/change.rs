@@ -11,7 +11,10 @@ use rollout_store::{
     },
 };
 
-use crate::model::{Cmd, SupplierStatus};
+use crate::{
+    model::{Cmd, SupplierStatus},
+    rejections::Filed,
+};
 
 /// A change to commit then apply.
 #[derive(Debug, Default)]
@@ -20,6 +23,9 @@ pub struct Change {
     pub commands: Vec<Cmd>,
     pub deliveries: Vec<((u64, SupplierId), pb::Delivery)>,
     pub suppliers: Vec<(SupplierId, SupplierStatus)>,
+    /// Rejections to file in the model (not stored: the REJECTED deliveries are, and the
+    /// model files them again from those at start).
+    pub rejections: Vec<Filed>,
 }
 
 impl Change {

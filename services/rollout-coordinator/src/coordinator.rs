@@ -76,7 +76,8 @@ impl Core {
     ) -> Result<Arc<Core>, LoadError> {
         crate::upgrade::fill_legacy_rows(store.as_ref()).await?;
         let stored = store.load().await?;
-        let m = Model::from_store(stored)?;
+        let mut m = Model::from_store(stored)?;
+        crate::rejections::file_all(store.as_ref(), &mut m).await?;
         let last = m.last_sequence();
         info!(
             in_force = m.in_force().len(),
@@ -161,7 +162,11 @@ impl Core {
             .map_err(store_error("reloading the state"))?;
         let mut fresh =
             Model::from_store(stored).map_err(|e| ApiError::internal("reloading the state", e))?;
+        // What this replica knows better first, so that the rejections are judged against it.
         fresh.keep_contact(m);
+        crate::rejections::file_all(self.store.as_ref(), &mut fresh)
+            .await
+            .map_err(|e| ApiError::internal("reloading the state", e))?;
         *m = fresh;
         self.target.send_replace(m.last_sequence());
         self.changes.send_modify(|n| *n += 1);
@@ -290,7 +295,9 @@ impl Core {
         Ok(feature)
     }
 
-    fn new_command(
+    /// A new command waiting for approval (`approvals_required` of 0: to be dispatched at
+    /// once), with a fresh id, issued at `at`.
+    pub(crate) fn new_command(
         &self,
         requester: &str,
         feature: FeatureKey,
@@ -310,6 +317,8 @@ impl Core {
             requester: requester.to_owned(),
             issued_at: at,
             approved_by: vec![],
+            redelivery_of: None,
+            supplier: None,
         };
         let mut pb = wire::command_pb(&domain);
         pb.sequence = 0;
@@ -422,7 +431,7 @@ impl Core {
 
     /// Commits `cmd` with `change` (its deliveries, if it was dispatched), its idempotency
     /// record and audit event; answers the command's view with those deliveries.
-    async fn commit_command(
+    pub(crate) async fn commit_command(
         &self,
         m: &mut Model,
         cmd: Cmd,

@@ -101,21 +101,32 @@ impl Core {
     }
 
     /// The deliveries of `sequence`, by supplier: from the model while unsettled (with the
-    /// attempts it counts), else from the store.
+    /// attempts it counts), else from the store; a REJECTED one names what resolved it, if
+    /// anything has.
     pub async fn deliveries_view(&self, sequence: u64) -> Result<Vec<pb::Delivery>, ApiError> {
         let held = self
             .read(|m| {
-                (!m.settled(sequence))
-                    .then(|| m.deliveries_at(sequence).map(|d| d.values().cloned().collect()))
+                (!m.settled(sequence)).then(|| {
+                    let mut d: Vec<pb::Delivery> = m
+                        .deliveries_at(sequence)
+                        .map(|d| d.values().cloned().collect())
+                        .unwrap_or_default();
+                    m.mark_resolved(sequence, &mut d);
+                    d
+                })
             })
             .await;
         match held {
-            Some(d) => Ok(d.unwrap_or_default()),
-            None => Ok(self
-                .stored_deliveries(sequence, sequence)
-                .await?
-                .remove(&sequence)
-                .unwrap_or_default()),
+            Some(d) => Ok(d),
+            None => {
+                let mut d = self
+                    .stored_deliveries(sequence, sequence)
+                    .await?
+                    .remove(&sequence)
+                    .unwrap_or_default();
+                self.read(|m| m.mark_resolved(sequence, &mut d)).await;
+                Ok(d)
+            }
         }
     }
 
@@ -205,6 +216,12 @@ impl Core {
         for (lo, hi) in runs(&settled) {
             held.extend(self.stored_deliveries(lo, hi).await?);
         }
+        self.read(|m| {
+            for (s, d) in &mut held {
+                m.mark_resolved(*s, d);
+            }
+        })
+        .await;
         rows.iter()
             .map(|row| {
                 let mut view: pb::Command = decode("command", &row.id, &row.body).map_err(record_error)?;
@@ -259,24 +276,18 @@ impl Core {
         let by = self
             .lifted_by(row.sequence.unwrap_or(0), feature, h, m.last_sequence())
             .await?;
-        Err(ApiError::failed_precondition(
-            "HALT_ALREADY_LIFTED",
-            format!(
-                "commands/{h} was already lifted by commands/{}",
-                by.map_or_else(|| "?".to_owned(), |c| c.to_string())
-            ),
-        )
-        .with_metadata("halt", format!("commands/{h}")))
+        Err(already_lifted(m, h, by))
     }
 
-    /// The dispatched resume of `feature` after `after` and up to `last` that names halt `h`.
+    /// The dispatched resume of `feature` after `after` and up to `last` that names halt `h`
+    /// and lifted it in the log (addressed to every supplier), with its sequence.
     async fn lifted_by(
         &self,
         after: u64,
         feature: &FeatureKey,
         h: &CommandId,
         last: u64,
-    ) -> Result<Option<CommandId>, ApiError> {
+    ) -> Result<Option<(CommandId, u64)>, ApiError> {
         let resumes = self
             .store()
             .commands_between(
@@ -289,25 +300,13 @@ impl Core {
             .map_err(store_error)?;
         for row in &resumes {
             let c = cmd_of(row).map_err(record_error)?;
-            if matches!(&c.domain.action, Action::Resume { halts } if halts.contains(h)) {
-                return Ok(Some(c.domain.id));
+            if c.domain.supplier.is_none()
+                && matches!(&c.domain.action, Action::Resume { halts } if halts.contains(h))
+            {
+                return Ok(Some((c.domain.id, c.domain.sequence)));
             }
         }
         Ok(None)
-    }
-
-    /// The id of the dispatched command at `sequence`: from the model if it is in force, else
-    /// from the store.
-    pub(crate) async fn command_id_at(
-        &self,
-        m: &Model,
-        sequence: u64,
-    ) -> Result<Option<CommandId>, ApiError> {
-        if let Some(c) = m.in_force().at(sequence) {
-            return Ok(Some(c.id.clone()));
-        }
-        let row = self.store().command_at(sequence).await.map_err(store_error)?;
-        Ok(row.and_then(|r| CommandId::parse(&r.id).ok()))
     }
 
     /// The stored deliveries to `supplier` of `from..=to`, by sequence.
@@ -329,6 +328,41 @@ impl Core {
         }
         Ok(out)
     }
+}
+
+/// FAILED_PRECONDITION `HALT_ALREADY_LIFTED` for halt `h`, lifted in the log by `by` (resume,
+/// sequence). Where a supplier rejected that resume and the rejection is unresolved, the halt
+/// is still in force there: the message names those suppliers and how to redeliver it.
+fn already_lifted(m: &Model, h: &CommandId, by: Option<(CommandId, u64)>) -> ApiError {
+    let Some((resume, sequence)) = by else {
+        return ApiError::failed_precondition(
+            "HALT_ALREADY_LIFTED",
+            format!("commands/{h} was already lifted"),
+        )
+        .with_metadata("halt", format!("commands/{h}"));
+    };
+    let rejected: Vec<String> = m
+        .unresolved_at(sequence)
+        .into_iter()
+        .map(|s| format!("suppliers/{s}"))
+        .collect();
+    let mut message = format!("commands/{h} was already lifted by commands/{resume}");
+    if !rejected.is_empty() {
+        let first = rejected[0].trim_start_matches("suppliers/");
+        message.push_str(&format!(
+            ", but {} rejected commands/{resume} (a change freeze), so the halt is still in force there; \
+             once the freeze ends, ask for it to be delivered again to each of them \
+             (RedeliverCommand: rolloutctl redeliver {resume} --supplier {first})",
+            rejected.join(" and "),
+        ));
+    }
+    let mut e = ApiError::failed_precondition("HALT_ALREADY_LIFTED", message)
+        .with_metadata("halt", format!("commands/{h}"))
+        .with_metadata("lifted_by", format!("commands/{resume}"));
+    if !rejected.is_empty() {
+        e = e.with_metadata("rejected_by", rejected.join(","));
+    }
+    e
 }
 
 /// The runs of consecutive numbers in `sorted` (ascending), as (first, last) pairs.

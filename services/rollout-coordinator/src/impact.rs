@@ -61,3 +61,14 @@ pub fn impact_of(estate: &Estate, m: &Model, action: &Action) -> pb::Impact {
         Action::CreateFeature(_) => pb::Impact::default(),
     }
 }
+
+/// The impact of a command addressed to `supplier` alone (a redelivery): `scopes` counted over
+/// that supplier's practices only. Listed codes the estate does not know are reported as for
+/// any command (the estate cannot say whose they are).
+pub fn impact_at(estate: &Estate, scopes: &[&Scope], supplier: &SupplierId) -> pb::Impact {
+    let mut all = impact(estate, scopes);
+    let name = format!("suppliers/{supplier}");
+    all.suppliers.retain(|s| s.supplier == name);
+    all.practices = all.suppliers.iter().map(|s| s.practices).sum();
+    all
+}

@@ -13,6 +13,11 @@ use rollout_core::{Action, Command, CommandId};
 /// halts of its own feature that are in force, and is not kept itself), without the book's
 /// scope index, which only evaluation needs. Scopes are shared (`Arc`), so a snapshot's copy
 /// costs pointers.
+///
+/// Commands addressed to one supplier (redeliveries) are the log's too: a go-live is filed
+/// like any other (a snapshot keeps it for its supplier alone), and a resume lifts nothing
+/// here: the halts it names were lifted in the log by the resume it repeats, and the
+/// supplier's snapshot accounts for it (`snapshot.rs`).
 #[derive(Debug, Clone, Default)]
 pub struct InForce {
     by_sequence: BTreeMap<u64, Arc<Command>>,
@@ -40,11 +45,14 @@ impl InForce {
     }
 
     /// The halts in force a resume would lift: the ones it names of its own feature (none for
-    /// any other command).
+    /// any other command, nor for a resume addressed to one supplier).
     pub fn lifts(&self, cmd: &Command) -> Vec<CommandId> {
         let Action::Resume { halts } = &cmd.action else {
             return Vec::new();
         };
+        if cmd.supplier.is_some() {
+            return Vec::new();
+        }
         halts
             .iter()
             .filter(|h| {

@@ -10,6 +10,7 @@
 //!   by them; `service`: the gRPC handlers.
 
 mod change;
+mod conflicts;
 mod coordinator;
 mod delivery;
 mod history;
@@ -20,7 +21,9 @@ mod measure;
 mod model;
 mod preview;
 mod recovery;
+mod redeliver;
 mod register;
+mod rejections;
 mod service;
 mod snapshot;
 mod state_watch;
@@ -73,7 +76,7 @@ pub struct Args {
     #[arg(long, env = "ROLLOUT_SUPPLIER_CA", value_name = "PEM")]
     pub supplier_ca: Option<PathBuf>,
     /// Role policy (TOML). Roles used here: operator (create features, halt, resume, go-live,
-    /// cancel), approver (approve, cancel), auditor (audit log), viewer (read).
+    /// redeliver, cancel), approver (approve, cancel), auditor (audit log), viewer (read).
     #[arg(long, env = "ROLLOUT_POLICY", value_name = "TOML")]
     pub policy: PathBuf,
     /// The suppliers (TOML): `[[supplier]]` tables with `id`, `endpoint` (host:port) and
@@ -276,6 +279,10 @@ pub fn access_table() -> AccessTable {
         .allow(
             "/nhs.gprollout.v1.CoordinatorService/ListOptOuts",
             Access::AnyOf(READ),
+        )
+        .allow(
+            "/nhs.gprollout.v1.CoordinatorService/RedeliverCommand",
+            Access::AnyOf(OPERATOR),
         )
 }
 

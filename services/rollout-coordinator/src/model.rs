@@ -2,7 +2,8 @@
 //! Features; the commands waiting for approval; the commands in force ([`InForce`]); the
 //! history hash at every sequence (32 bytes a sequence); the deliveries not yet settled (every
 //! delivery of every sequence from the lowest one still pending at some supplier); the
-//! sequences each supplier rejected; and what each supplier has acknowledged. Everything else
+//! sequences each supplier rejected, and whether each rejection is resolved there
+//! ([`Conflicts`]); and what each supplier has acknowledged. Everything else
 //! (retired and cancelled commands, settled deliveries) is read from the store when asked
 //! (`history.rs`). Its fields are private: [`crate::coordinator::Core`] lends it to readers in
 //! a closure, and changes it only by applying a [`Change`] it has committed.
@@ -18,9 +19,14 @@ use rollout_core::{Action, Command, CommandId, FeatureDef, FeatureKey, HistoryHa
 use rollout_net::{ApiError, wire};
 use rollout_proto::v1 as pb;
 use rollout_store::coordinator::{CommandRow, CommandState};
+use tracing::info;
 
-use crate::change::Change;
 pub use crate::in_force::InForce;
+use crate::{
+    change::Change,
+    conflicts::{Conflicts, Rejection},
+    rejections::Filed,
+};
 
 /// A start-up failure rebuilding the model.
 #[derive(Debug, thiserror::Error)]
@@ -83,9 +89,11 @@ pub struct Cmd {
 /// What the coordinator knows of a supplier.
 #[derive(Debug, Clone, Default)]
 pub struct SupplierStatus {
-    /// The persisted part of the API view: applied sequence, last error, counts, conflicts,
-    /// freeze. `endpoint`, `state` and `target_sequence` are filled when read.
+    /// The persisted part of the API view: applied sequence, last error, counts, freeze.
+    /// `endpoint`, `state`, `target_sequence` and `conflicts` are filled when read.
     pub pb: pb::Supplier,
+    /// The freeze reason it last reported (not persisted: the next heartbeat brings it back).
+    pub freeze_reason: String,
     /// The highest sequence the supplier has acknowledged to us.
     pub acked: u64,
     /// When it last answered (not persisted: it is fresh within a heartbeat after a restart).
@@ -107,8 +115,10 @@ pub struct Model {
     deliveries: BTreeMap<u64, Deliveries>,
     /// Every sequence below this one has no pending delivery (its deliveries are in the store).
     settled_below: u64,
-    /// The sequences each supplier rejected.
+    /// The sequences each supplier rejected (every one: snapshots skip them).
     rejected: BTreeMap<SupplierId, BTreeSet<u64>>,
+    /// Each supplier's rejections, resolved or not.
+    conflicts: Conflicts,
     /// Supplier status.
     suppliers: BTreeMap<SupplierId, SupplierStatus>,
     /// The stored version the model reflects (compare-and-set by API writes).
@@ -171,13 +181,16 @@ impl Model {
         }
         m.settle();
         for s in &stored.suppliers {
-            let pb: pb::Supplier = decode("supplier", &s.key, &s.body)?;
+            let mut pb: pb::Supplier = decode("supplier", &s.key, &s.body)?;
+            // Conflicts are computed from the rejections, never read back (a store written
+            // before they were kept a list that only grew).
+            pb.conflicts.clear();
             if let Some(id) = supplier_id(&s.key) {
                 let acked = m.acked_at_load(&id, &pb);
                 let status = SupplierStatus {
                     pb,
                     acked,
-                    last_contact: None,
+                    ..SupplierStatus::default()
                 };
                 m.suppliers.insert(id, status);
             }
@@ -205,11 +218,16 @@ impl Model {
     }
 
     /// Applies a committed change: pending commands kept, dispatched ones filed in force (a
-    /// resume retiring the halts it lifts) and hashed, deliveries kept while unsettled.
+    /// resume retiring the halts it lifts) and hashed and offered to the unresolved
+    /// rejections, deliveries kept while unsettled, rejections filed, and every supplier's
+    /// rejections judged against what it has now acknowledged.
     pub fn apply(&mut self, change: Change) {
         let m = self;
         for (def, f) in change.features {
             m.features.insert(def.key.clone(), (def, f));
+        }
+        for (supplier, sequence, rejection) in change.rejections {
+            m.conflicts.insert(supplier, sequence, rejection);
         }
         for c in change.commands {
             if c.state == CommandState::Pending {
@@ -224,6 +242,7 @@ impl Model {
                 {
                     m.hashes.push(last.next(sequence, &c.domain.id));
                 }
+                m.conflicts.offer(&c.domain);
                 m.in_force.apply(Arc::new(c.domain));
             }
         }
@@ -239,6 +258,78 @@ impl Model {
             m.suppliers.insert(id, s);
         }
         m.settle();
+        m.judge();
+    }
+
+    /// Judges every supplier's unresolved rejections against what it has acknowledged.
+    fn judge(&mut self) {
+        let suppliers: Vec<SupplierId> = self.conflicts.suppliers().cloned().collect();
+        let none = BTreeSet::new();
+        for s in suppliers {
+            let acked = self.suppliers.get(&s).map_or(0, |st| st.acked);
+            let rejected = self.rejected.get(&s).unwrap_or(&none);
+            for sequence in self.conflicts.judge(&s, acked, rejected) {
+                let by = self
+                    .conflicts
+                    .get(&s, sequence)
+                    .and_then(|r| r.resolved_by.as_ref());
+                info!(supplier = %s, sequence, resolved_by = ?by.map(ToString::to_string), "a supplier's rejection is resolved");
+            }
+        }
+    }
+
+    /// Every rejection recorded, as (supplier, sequence).
+    pub fn rejections(&self) -> Vec<(SupplierId, u64)> {
+        self.rejected
+            .iter()
+            .flat_map(|(s, set)| set.iter().map(|q| (s.clone(), *q)))
+            .collect()
+    }
+
+    /// Files rejections read at start (see `rejections.rs`) and judges them.
+    pub fn file_rejections(&mut self, filed: Vec<Filed>) {
+        for (supplier, sequence, rejection) in filed {
+            self.conflicts.insert(supplier, sequence, rejection);
+        }
+        self.judge();
+    }
+
+    /// `supplier`'s unresolved rejections (its conflicts), as `commands/{command}` names in
+    /// sequence order.
+    pub fn conflicts_of(&self, supplier: &SupplierId) -> Vec<String> {
+        self.conflicts
+            .open_at(supplier)
+            .map(|(_, id)| format!("commands/{id}"))
+            .collect()
+    }
+
+    /// `supplier`'s rejection of the command at `sequence`, if it rejected it.
+    pub fn rejection(&self, supplier: &SupplierId, sequence: u64) -> Option<&Rejection> {
+        self.conflicts.get(supplier, sequence)
+    }
+
+    /// The suppliers whose rejection of the command at `sequence` is unresolved.
+    pub fn unresolved_at(&self, sequence: u64) -> Vec<&SupplierId> {
+        self.conflicts.unresolved(sequence)
+    }
+
+    /// Fills `resolved_by` on the REJECTED deliveries of the command at `sequence` whose
+    /// rejection is resolved.
+    pub fn mark_resolved(&self, sequence: u64, deliveries: &mut [pb::Delivery]) {
+        for d in deliveries {
+            if d.state() != pb::delivery::State::Rejected {
+                continue;
+            }
+            let by = d
+                .supplier
+                .strip_prefix("suppliers/")
+                .and_then(supplier_id)
+                .and_then(|s| self.conflicts.get(&s, sequence))
+                .and_then(|r| r.resolved_by.as_ref());
+            if let Some(by) = by {
+                d.resolved_by = format!("commands/{by}");
+            }
+        }
     }
 
     /// Drops the deliveries of the lowest sequences once none of them is pending.
@@ -273,7 +364,9 @@ impl Model {
                     for h in self.in_force.lifts(&c.domain) {
                         retired.push(h);
                     }
-                    if let Action::Resume { halts: named } = &c.domain.action {
+                    if let Action::Resume { halts: named } = &c.domain.action
+                        && c.domain.supplier.is_none()
+                    {
                         for h in named {
                             if halts.get(h) == Some(&&c.domain.feature) && !retired.contains(h) {
                                 retired.push(h.clone());
@@ -303,6 +396,9 @@ impl Model {
             if let Some(old) = old.suppliers.get(id) {
                 s.last_contact = s.last_contact.max(old.last_contact);
                 s.acked = s.acked.max(old.acked);
+                if s.freeze_reason.is_empty() {
+                    s.freeze_reason = old.freeze_reason.clone();
+                }
                 if s.pb.last_error.is_empty() {
                     s.pb.last_error = old.pb.last_error.clone();
                 }
@@ -333,6 +429,13 @@ impl Model {
     /// The command waiting for approval with this id, if there is one.
     pub fn pending(&self, id: &CommandId) -> Option<&Cmd> {
         self.pending.get(id)
+    }
+
+    /// A redelivery of `original` to `supplier` waiting for approval, if there is one.
+    pub fn pending_redelivery(&self, original: &CommandId, supplier: &SupplierId) -> Option<&Cmd> {
+        self.pending.values().find(|c| {
+            c.domain.redelivery_of.as_ref() == Some(original) && c.domain.supplier.as_ref() == Some(supplier)
+        })
     }
 
     /// How many commands wait for approval.

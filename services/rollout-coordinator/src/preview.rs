@@ -15,12 +15,14 @@ use std::{
     time::SystemTime,
 };
 
+use prost::Message;
 use rollout_core::{
     Action, Command, CommandId, Context, FeatureKey, OdsCode, OptOut, Practice, Reason, RuleBook, Scope,
     State, SupplierId, evaluate, quoted,
 };
 use rollout_net::{ApiError, wire};
 use rollout_proto::v1 as pb;
+use rollout_store::coordinator::RegisterQuery;
 
 use crate::{coordinator::Core, model::cmd_of};
 
@@ -86,7 +88,7 @@ impl Core {
     }
 
     /// What `cmd` (a resume or go-live) would change at each supplier with practices in its
-    /// scope. See the module docs for how it is judged.
+    /// scope (a redelivery: at the supplier it is addressed to). See the module docs for how it is judged.
     pub(crate) async fn preview(&self, cmd: &Command) -> Result<pb::Preview, ApiError> {
         let now = SystemTime::now();
         let at = match &cmd.action {
@@ -99,7 +101,7 @@ impl Core {
         let scopes = self.scopes_of(cmd).await;
         let mut in_scope: BTreeMap<&SupplierId, Vec<&Practice>> = BTreeMap::new();
         for p in self.estate.practices() {
-            if scopes.iter().any(|s| s.covers(p)) {
+            if cmd.addressed_to(&p.supplier) && scopes.iter().any(|s| s.covers(p)) {
                 in_scope.entry(&p.supplier).or_default().push(p);
             }
         }
@@ -145,10 +147,10 @@ impl Core {
     async fn books(&self, supplier: &SupplierId, cmd: &Command) -> Result<(RuleBook, RuleBook), ApiError> {
         let (last, rejected) = self.read(|m| (m.last_sequence(), m.rejected_by(supplier))).await;
         let effective = self
-            .effective_at(last, &rejected)
+            .effective_at(supplier, last, &rejected)
             .await
             .map_err(|e| ApiError::internal("building a preview", e))?;
-        let mut book = RuleBook::new();
+        let mut book = RuleBook::for_supplier(supplier.clone());
         for c in effective.values().filter(|c| of_feature(c, &cmd.feature)) {
             book.restore(c)
                 .map_err(|e| ApiError::internal("building a preview", e))?;
@@ -164,9 +166,49 @@ impl Core {
         Ok((book, after))
     }
 
-    /// The register's opt-outs in force for `feature`, by practice.
-    async fn opted_out(&self, _feature: &FeatureKey) -> Result<HashMap<OdsCode, OptOut>, ApiError> {
-        Ok(HashMap::new())
+    /// The register's opt-outs in force for `feature`, by practice (at most one per practice
+    /// and feature: the register's size, read in pages).
+    async fn opted_out(&self, feature: &FeatureKey) -> Result<HashMap<OdsCode, OptOut>, ApiError> {
+        const PAGE: u32 = 5_000;
+        let read = |e| ApiError::internal("reading the opt-out register for a preview", e);
+        let mut out = HashMap::new();
+        let mut query = RegisterQuery {
+            feature: Some(feature.to_string()),
+            supplier: None,
+            practice: None,
+            show_withdrawn: false,
+            after: None,
+            limit: PAGE,
+        };
+        loop {
+            let rows = self.store().list_register(&query).await.map_err(read)?;
+            let full = rows.len() == PAGE as usize;
+            query.after = rows.last().map(|r| (r.practice.clone(), r.feature.clone()));
+            for row in rows {
+                let record = pb::PracticeOptOut::decode(row.body.as_slice())
+                    .map_err(|e| ApiError::internal("decoding an opt-out of the register", e))?;
+                let Ok(practice) = OdsCode::parse(&row.practice) else {
+                    continue;
+                };
+                out.insert(
+                    practice,
+                    OptOut {
+                        practice,
+                        feature: feature.clone(),
+                        reason: record.reason,
+                        source: record.source,
+                        recorded_by: record.recorded_by,
+                        recorded_at: record
+                            .create_time
+                            .and_then(|t| SystemTime::try_from(t).ok())
+                            .unwrap_or(SystemTime::UNIX_EPOCH),
+                    },
+                );
+            }
+            if !full {
+                return Ok(out);
+            }
+        }
     }
 }
 

@@ -310,16 +310,16 @@ impl Core {
         status.pb.divergence = String::new();
         status.acked = held.applied;
         status.pb.applied_sequence = i64::try_from(held.applied).unwrap_or(i64::MAX);
-        for c in change
+        let rejected: Vec<(SupplierId, u64)> = change
             .commands
             .iter()
             .filter(|c| rejected_at(&change, c.domain.sequence, &supplier))
-        {
-            let name = format!("commands/{}", c.domain.id);
-            if !status.pb.conflicts.contains(&name) {
-                status.pb.conflicts.push(name);
-            }
-        }
+            .map(|c| (supplier.clone(), c.domain.sequence))
+            .collect();
+        // The recovered commands are not stored yet: the rejected ones are read from the change.
+        change.rejections = crate::rejections::file(self.store().as_ref(), m, &change.commands, &rejected)
+            .await
+            .map_err(|e| ApiError::internal("reading the commands a supplier rejected", e))?;
         change.suppliers.push((supplier.clone(), status));
         let request = idem.map(|i| i.record(&response));
         self.commit(m, change, request, Some(audit)).await?;

@@ -2,19 +2,25 @@
 //! model maintains, not by replaying the log.
 //!
 //! What a supplier holds at sequence `s` is what a replay of the log up to `s` with its own
-//! rejections skipped would hold. The model keeps the log's commands in force at its end
-//! (`InForce`, a replay with nothing skipped). The two differ only in:
+//! rejections skipped would hold; a command addressed to another supplier (a redelivery) is a
+//! no-op there, so it counts exactly as one the supplier rejected: the commands *skipped* for
+//! the supplier are its rejections and the commands addressed elsewhere. The model keeps the
+//! log's commands in force at its end (`InForce`, a replay with nothing skipped, where a
+//! redelivered go-live is filed and a redelivered resume lifts nothing). The two differ only
+//! in:
 //! - commands after `s` (left out), and the halts that resumes after `s` lifted (put back if
 //!   still in force at `s` for this supplier);
-//! - the supplier's rejected go-lives (left out) and the halts its rejected resumes would have
-//!   lifted (put back, unless a resume it did not reject lifted them before `s`).
+//! - the skipped go-lives (left out) and the halts the supplier's rejected resumes would have
+//!   lifted (put back, unless a resume it did not skip lifted them before `s`: perhaps a
+//!   redelivery addressed to it).
 //!
 //! A halt missing from the commands in force was lifted by the first resume of its feature
-//! naming it; for this supplier it is still in force at `s` exactly when every resume of its
-//! feature naming it up to `s` is one the supplier rejected. So only the resumes the supplier
-//! rejected and those after `s` are read from the store (resumes are small), with the halts they
-//! name that are put back; nothing else of the history is read. A test holds the result to the
-//! replay it replaces.
+//! naming it and addressed to every supplier; for this supplier it is still in force at `s`
+//! exactly when no resume of its feature naming it up to `s` is one the supplier applied (did
+//! not skip). So only the resumes the supplier rejected and those after `s` are read from the
+//! store (resumes are small), with the halts they name that are put back, and each put-back
+//! halt's feature's resumes up to `s`; nothing else of the history is read. A test holds the
+//! result to the replay it replaces.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -49,7 +55,7 @@ pub struct Snapshot {
 struct Base {
     /// The log's end when taken.
     last: u64,
-    /// The commands in force up to the snapshot's sequence that the supplier did not reject.
+    /// The commands in force up to the snapshot's sequence that the supplier did not skip.
     kept: BTreeMap<u64, Arc<Command>>,
     /// Every id in force at the log's end.
     in_force: HashSet<CommandId>,
@@ -62,11 +68,12 @@ fn read_error(e: impl std::fmt::Display) -> String {
 impl Core {
     /// A snapshot of the effective state for `supplier`, whose applied sequence is `applied`:
     /// the state a replay of the log with the commands this supplier rejected skipped would
-    /// hold, so that the halts a rejected resume named stay in force there. It reaches as far
-    /// as the supplier can take without judging anything: to the target, or, while the
-    /// supplier declares a change freeze, to just before the first go-live or resume it has not
-    /// yet judged (those go one by one, so that it can reject them). `None` if that is no
-    /// further than `applied`. Built from the commands in force (see the module docs); the
+    /// hold (and those addressed to another supplier: a no-op here), so that the halts a
+    /// rejected resume named stay in force there until it applies one lifting them. It
+    /// reaches as far as the supplier can take without judging anything: to the target, or,
+    /// while the supplier declares a change freeze, to just before the first go-live or resume
+    /// it has not yet judged (those go one by one, so that it can reject them). `None` if that
+    /// is no further than `applied`. Built from the commands in force (see the module docs); the
     /// store reads run outside the model's lock.
     pub async fn snapshot(
         &self,
@@ -103,7 +110,7 @@ impl Core {
                 "the log has no history hash at sequence {sequence} or {applied}"
             ));
         };
-        let kept = self.effective_at(sequence, &rejected).await?;
+        let kept = self.effective_at(supplier, sequence, &rejected).await?;
         Ok(Some(Snapshot {
             header: pb::replace_rules_request::Header {
                 sequence: i64::try_from(sequence).unwrap_or(i64::MAX),
@@ -116,11 +123,13 @@ impl Core {
         }))
     }
 
-    /// The commands in force at a supplier with these rejections as of `sequence`, by
-    /// sequence: what a replay of the log up to `sequence` with `rejected` skipped would hold
-    /// (feature definitions, go-lives, halts). Built from the commands in force (module docs).
+    /// The commands in force at `supplier`, whose skipped sequences are `rejected`, as of
+    /// `sequence`, by sequence: what a replay of the log up to `sequence` with those skipped
+    /// would hold (feature definitions, go-lives, halts). Built from the commands in force
+    /// (module docs).
     pub(crate) async fn effective_at(
         &self,
+        supplier: &SupplierId,
         sequence: u64,
         rejected: &BTreeSet<u64>,
     ) -> Result<BTreeMap<u64, Arc<Command>>, String> {
@@ -131,7 +140,7 @@ impl Core {
                     .in_force()
                     .iter()
                     .take_while(|c| c.sequence <= sequence)
-                    .filter(|c| !rejected.contains(&c.sequence))
+                    .filter(|c| !rejected.contains(&c.sequence) && c.addressed_to(supplier))
                     .map(|c| (c.sequence, c.clone()))
                     .collect(),
                 in_force: m.in_force().iter().map(|c| c.id.clone()).collect(),
@@ -139,7 +148,7 @@ impl Core {
             .await;
         let mut kept = base.kept;
         for halt in self
-            .put_back(sequence, rejected, &base.in_force, base.last)
+            .put_back(supplier, sequence, rejected, &base.in_force, base.last)
             .await?
         {
             kept.insert(halt.sequence, Arc::new(halt));
@@ -147,11 +156,12 @@ impl Core {
         Ok(kept)
     }
 
-    /// The halts lifted in the log but still in force for a supplier at `sequence`: named by a
+    /// The halts lifted in the log but still in force for `supplier` at `sequence`: named by a
     /// resume it rejected (up to `sequence`) or by one after `sequence` (up to `last`), and
-    /// lifted by no resume it did not reject up to `sequence`.
+    /// lifted by no resume it applied up to `sequence`.
     async fn put_back(
         &self,
+        supplier: &SupplierId,
         sequence: u64,
         rejected: &BTreeSet<u64>,
         in_force: &HashSet<CommandId>,
@@ -199,7 +209,9 @@ impl Core {
                     continue;
                 }
                 if !lifters.contains_key(&resume.feature) {
-                    let own = self.resumes_applied(&resume.feature, sequence, rejected).await?;
+                    let own = self
+                        .resumes_applied(supplier, &resume.feature, sequence, rejected)
+                        .await?;
                     lifters.insert(resume.feature.clone(), own);
                 }
                 let lifted = lifters[&resume.feature].iter().any(|r| {
@@ -213,9 +225,11 @@ impl Core {
         Ok(out)
     }
 
-    /// The resumes of `feature` up to `sequence` that a supplier with these rejections applied.
+    /// The resumes of `feature` up to `sequence` that `supplier`, with these rejections,
+    /// applied: not rejected, and addressed to it or to every supplier.
     async fn resumes_applied(
         &self,
+        supplier: &SupplierId,
         feature: &FeatureKey,
         sequence: u64,
         rejected: &BTreeSet<u64>,
@@ -228,7 +242,10 @@ impl Core {
             .map_err(read_error)?
         {
             if r.sequence.is_some_and(|s| !rejected.contains(&s)) {
-                applied.push(cmd_of(&r).map_err(read_error)?.domain);
+                let resume = cmd_of(&r).map_err(read_error)?.domain;
+                if resume.addressed_to(supplier) {
+                    applied.push(resume);
+                }
             }
         }
         Ok(applied)

@@ -112,6 +112,11 @@ impl Core {
         s.pb.applied_sequence = state.applied_sequence;
         s.pb.frozen = state.frozen;
         s.pb.held_practices = held;
+        s.freeze_reason = if state.frozen {
+            state.freeze_reason.chars().take(1_000).collect()
+        } else {
+            String::new()
+        };
         s.pb.divergence = divergence;
         s.pb.feature_counts = state.feature_counts.clone();
         s.pb.last_error = String::new();
@@ -141,7 +146,9 @@ impl Core {
     }
 
     /// Records the supplier's answers for sequences: applied, or rejected with a reason; and its
-    /// applied sequence.
+    /// applied sequence. A rejection is filed as a conflict, and every rejection of this
+    /// supplier's that a command it has now applied resolves is resolved (see
+    /// `conflicts.rs`).
     pub async fn record_applied(
         &self,
         supplier: &SupplierId,
@@ -151,6 +158,7 @@ impl Core {
         let mut m = self.lock().await;
         let acknowledged = Some(wire::timestamp(now()));
         let mut change = Change::default();
+        let mut rejected = Vec::new();
         let mut status = m.supplier(supplier).cloned().unwrap_or_default();
         // Deliveries of settled sequences are in the store only: read them at once.
         let settled: Vec<u64> = outcomes
@@ -185,16 +193,16 @@ impl Core {
             d.apply_time = apply_time;
             d.acknowledge_time = acknowledged;
             d.last_error = String::new();
-            if rejection.is_some()
-                && let Some(id) = self.command_id_at(&m, sequence).await?
-            {
-                let name = format!("commands/{id}");
-                if !status.pb.conflicts.contains(&name) {
-                    status.pb.conflicts.push(name);
-                }
+            if rejection.is_some() {
+                rejected.push((supplier.clone(), sequence));
             }
             change.deliveries.push(((sequence, supplier.clone()), d));
         }
+        // Rejections are filed with what would resolve them; the model judges them (and the
+        // ones filed before) against this supplier's acknowledgement once committed.
+        change.rejections = crate::rejections::file(self.store().as_ref(), &m, &[], &rejected)
+            .await
+            .map_err(|e| ApiError::internal("reading the commands a supplier rejected", e))?;
         status.acked = applied_sequence;
         status.pb.applied_sequence = i64::try_from(applied_sequence).unwrap_or(i64::MAX);
         status.last_contact = Some(SystemTime::now());
@@ -212,6 +220,7 @@ impl Core {
         view.name = format!("suppliers/{}", s.id);
         view.endpoint = s.endpoint.clone();
         view.target_sequence = i64::try_from(target).unwrap_or(i64::MAX);
+        view.conflicts = m.conflicts_of(&s.id);
         let fresh = status
             .last_contact
             .is_some_and(|t| t.elapsed().map_or(true, |e| e <= self.stale_after));

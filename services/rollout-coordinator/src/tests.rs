@@ -184,6 +184,51 @@ impl Harness {
         }
     }
 
+    /// Redelivers (alice asks, bob approves) some of `to`'s conflicts, as `pick` chooses.
+    async fn redeliver(&self, to: &str, mut pick: impl FnMut() -> bool) -> usize {
+        let id = supplier(to);
+        let open = self.core.read(|m| m.conflicts_of(&id)).await;
+        let mut count = 0;
+        for name in open.into_iter().filter(|_| pick()) {
+            let redelivery = crate::redeliver::Redelivery {
+                original: wire::command_name("name", &name).expect("name"),
+                supplier: id.clone(),
+                reason: "the freeze is over".into(),
+                dry_run: false,
+                idem: None,
+            };
+            let c = self
+                .core
+                .redeliver("alice", redelivery, audit())
+                .await
+                .expect("redeliver");
+            self.approve(&wire::command_name("name", &c.name).expect("name"))
+                .await;
+            count += 1;
+        }
+        count
+    }
+
+    /// Every supplier's conflicts and every rejection's resolution, as the model holds them.
+    async fn resolutions(&self) -> Vec<Resolutions> {
+        self.core
+            .read(|m| {
+                [EMIS, TPP]
+                    .iter()
+                    .map(|s| {
+                        let id = supplier(s);
+                        let resolved = m
+                            .rejected_by(&id)
+                            .into_iter()
+                            .map(|q| (q, m.rejection(&id, q).and_then(|r| r.resolved_by.clone())))
+                            .collect();
+                        (id.clone(), m.conflicts_of(&id), resolved)
+                    })
+                    .collect()
+            })
+            .await
+    }
+
     async fn command_at(&self, sequence: u64) -> rollout_core::Command {
         let row = self.store.command_at(sequence).await.expect("read").expect("row");
         cmd_of(&row).expect("decode").domain
@@ -214,8 +259,11 @@ impl Harness {
     }
 }
 
-/// The snapshot as it was built before: the whole log replayed into a rule book with the
-/// supplier's rejections skipped.
+/// A supplier's conflicts, and each of its rejections (by sequence) with what resolved it.
+type Resolutions = (SupplierId, Vec<String>, Vec<(u64, Option<CommandId>)>);
+
+/// The snapshot as it was built before: the whole log replayed into the supplier's rule book
+/// with its rejections skipped.
 async fn replayed(h: &Harness, to: &SupplierId, applied: u64, frozen: bool) -> Option<Snapshot> {
     let (last, rejected, acked) = h
         .core
@@ -242,7 +290,8 @@ async fn replayed(h: &Harness, to: &SupplierId, applied: u64, frozen: bool) -> O
     if sequence <= applied {
         return None;
     }
-    let mut book = RuleBook::new();
+    // The supplier's own book: a command addressed to another supplier is a no-op in it.
+    let mut book = RuleBook::for_supplier(to.clone());
     for c in log.iter().take_while(|c| c.sequence <= sequence) {
         if rejected.contains(&c.sequence) {
             book.skip(c).expect("skip");
@@ -312,12 +361,13 @@ async fn assert_same(h: &Harness, to: &SupplierId, applied: u64, frozen: bool) {
 
 #[tokio::test]
 async fn a_snapshot_from_the_commands_in_force_equals_the_replay_of_the_log() {
-    let h = Harness::new().await;
+    let mut h = Harness::new().await;
     let mut rng = fastrand::Rng::with_seed(7);
     let features = [h.define("feature-one").await, h.define("feature-two").await];
     let mut halts: BTreeMap<usize, Vec<CommandId>> = BTreeMap::new();
     let (emis, tpp) = (supplier(EMIS), supplier(TPP));
     let mut deferred = Vec::new();
+    let mut redelivered = 0;
     for round in 0..8 {
         for _ in 0..10 {
             let f = rng.usize(..features.len());
@@ -360,8 +410,10 @@ async fn a_snapshot_from_the_commands_in_force_equals_the_replay_of_the_log() {
                 }
             }
         }
-        // emis rejects some go-lives and resumes; tpp applies everything; in the last round
-        // emis answers nothing, so its later sequences stay unsettled.
+        // emis rejects some go-lives and resumes (redeliveries too); tpp some in rounds 2 to
+        // 4; in the last round emis answers nothing, so its later sequences stay unsettled.
+        // Some conflicts are redelivered: commands addressed to one supplier, which the other
+        // takes as a no-op, and which the next round's deliveries judge.
         if round < 7 {
             let seed = round as u64;
             h.deliver(EMIS, move |s, a| {
@@ -369,16 +421,41 @@ async fn a_snapshot_from_the_commands_in_force_equals_the_replay_of_the_log() {
             })
             .await;
         }
-        h.deliver(TPP, |_, _| false).await;
+        // tpp rejects a superset of what emis rejects, so that some commands are rejected by
+        // both and then redelivered to one of them only.
+        let (tpp_rejects, seed) = ((2..5).contains(&round), round as u64);
+        h.deliver(TPP, move |s, a| {
+            tpp_rejects && a.turns_on() && (s.wrapping_mul(2_654_435_761) ^ seed) % 5 < 3
+        })
+        .await;
+        if round < 6 {
+            redelivered += h.redeliver(EMIS, || rng.bool()).await;
+            redelivered += h.redeliver(TPP, || rng.bool()).await;
+        }
         let last = h.core.read(|m| m.last_sequence()).await;
         for applied in (0..=last).step_by(3) {
             assert_same(&h, &emis, applied, false).await;
             assert_same(&h, &emis, applied, true).await;
+            assert_same(&h, &tpp, applied, false).await;
             assert_same(&h, &tpp, applied, true).await;
         }
     }
     let rejected = h.core.read(|m| m.rejected_by(&emis).len()).await;
     assert!(rejected > 2, "the history has rejections to skip ({rejected})");
+    assert!(redelivered > 2, "the history has redeliveries ({redelivered})");
+    let before = h.resolutions().await;
+    let resolved = before
+        .iter()
+        .flat_map(|(_, _, q)| q)
+        .filter(|(_, by)| by.is_some())
+        .count();
+    assert!(resolved > 0, "some rejections are resolved: {before:?}");
+    h.restart().await;
+    assert_eq!(
+        h.resolutions().await,
+        before,
+        "conflicts and resolutions are filed again at start"
+    );
 }
 
 #[tokio::test]

@@ -42,6 +42,8 @@ fn book(estate: &Estate, n: usize) -> RuleBook {
         requester: "alice".into(),
         issued_at: SystemTime::UNIX_EPOCH,
         approved_by: vec![],
+        redelivery_of: None,
+        supplier: None,
     };
     book.apply(
         &command(

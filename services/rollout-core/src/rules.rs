@@ -8,15 +8,18 @@
 //! the log.
 
 use std::{
-    collections::{BTreeMap, HashMap, hash_map::Entry},
-    sync::Arc,
+    collections::{HashMap, hash_map::Entry},
     time::{Duration, SystemTime},
 };
 
+pub(crate) use self::index::FastMap;
+pub use self::index::FeatureRules;
 use crate::{
-    id::{CommandId, FeatureKey, IcbCode, OdsCode, RegionCode, SubIcbCode, SupplierId},
-    scope::{Practice, Scope},
+    id::{CommandId, FeatureKey, OdsCode, SupplierId},
+    scope::Scope,
 };
+
+mod index;
 
 /// Shortest control TTL a FAIL_CLOSED feature may declare.
 pub const MIN_CONTROL_TTL: Duration = Duration::from_secs(10);
@@ -139,6 +142,20 @@ pub struct Command {
     pub issued_at: SystemTime,
     /// Who approved it.
     pub approved_by: Vec<String>,
+    /// For a redelivery: the command whose action it repeats (one its supplier rejected).
+    pub redelivery_of: Option<CommandId>,
+    /// The one supplier that acts on the command (a redelivery); `None`, the usual case, for
+    /// every supplier. Every other supplier takes its sequence and changes nothing, so that
+    /// the order and the history stay one for all.
+    pub supplier: Option<SupplierId>,
+}
+
+impl Command {
+    /// Whether `supplier` acts on the command: every supplier acts on one addressed to none,
+    /// only the addressee on one addressed to a supplier.
+    pub fn addressed_to(&self, supplier: &SupplierId) -> bool {
+        self.supplier.as_ref().is_none_or(|s| s == supplier)
+    }
 }
 
 /// A go-live or halt rule held in the rule book.
@@ -243,121 +260,26 @@ pub enum ApplyError {
     /// A resume offered as part of an effective state, which never holds one.
     #[error("command {0} is a resume, which is never part of an effective state")]
     NotEffective(CommandId),
-}
-
-/// Where a scope's rules are filed in the index.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum ScopeKey {
-    National,
-    Supplier(SupplierId),
-    Region(RegionCode),
-    Icb(IcbCode),
-    SubIcb(SubIcbCode),
-    Practice(OdsCode),
-}
-
-impl ScopeKey {
-    /// The index keys a scope is filed under: one, or one per listed practice.
-    fn of(scope: &Scope) -> Vec<ScopeKey> {
-        match scope {
-            Scope::National => vec![ScopeKey::National],
-            Scope::Supplier(s) => vec![ScopeKey::Supplier(s.clone())],
-            Scope::Region(r) => vec![ScopeKey::Region(*r)],
-            Scope::Icb(i) => vec![ScopeKey::Icb(*i)],
-            Scope::SubIcb(s) => vec![ScopeKey::SubIcb(*s)],
-            Scope::Practices(set) => set.iter().map(|p| ScopeKey::Practice(*p)).collect(),
-        }
-    }
-}
-
-/// One feature's definition and its rules in force, indexed by scope.
-#[derive(Debug, Clone)]
-pub struct FeatureRules {
-    /// The definition.
-    pub def: FeatureDef,
-    /// The CreateFeature command that defined it: (sequence, command id).
-    pub defined_by: (u64, CommandId),
-    /// Every go-live and active halt, by sequence. Shared with the index, and between the
-    /// copies of the book a write makes, so neither copies a rule's scope.
-    rules: BTreeMap<u64, Arc<Rule>>,
-    /// The rules in `rules` by the scope key that files them, each list in sequence order: a
-    /// read follows them without a lookup by sequence.
-    index: FastMap<ScopeKey, Vec<Arc<Rule>>>,
-}
-
-/// A hash map for the lookups on the read path (keys come from the rule book and the estate):
-/// foldhash, several times faster than the default SipHash on these short keys.
-pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-impl FeatureRules {
-    fn new(def: FeatureDef, defined_by: (u64, CommandId)) -> Self {
-        FeatureRules {
-            def,
-            defined_by,
-            rules: BTreeMap::new(),
-            index: FastMap::default(),
-        }
-    }
-
-    /// Every rule in force (go-lives and active halts), in sequence order.
-    pub fn rules(&self) -> impl ExactSizeIterator<Item = &Rule> {
-        self.rules.values().map(|r| &**r)
-    }
-
-    fn push(&mut self, rule: Rule) {
-        let rule = Arc::new(rule);
-        for key in ScopeKey::of(rule.scope()) {
-            self.index.entry(key).or_default().push(Arc::clone(&rule));
-        }
-        self.rules.insert(rule.sequence, rule);
-    }
-
-    /// Retires the rules at `sequences`: they leave the book and the index, scope and all. Each
-    /// index bucket they were filed under is filtered once, however many of them it held (a
-    /// resume lifting a hundred practice-list halts touches each practice's bucket once).
-    fn retire(&mut self, sequences: &[u64]) -> Vec<Arc<Rule>> {
-        let retired: Vec<Arc<Rule>> = sequences.iter().filter_map(|s| self.rules.remove(s)).collect();
-        let gone: std::collections::HashSet<u64> = retired.iter().map(|r| r.sequence).collect();
-        let keys: std::collections::HashSet<ScopeKey> =
-            retired.iter().flat_map(|r| ScopeKey::of(r.scope())).collect();
-        for key in keys {
-            if let Entry::Occupied(mut bucket) = self.index.entry(key) {
-                bucket.get_mut().retain(|r| !gone.contains(&r.sequence));
-                if bucket.get().is_empty() {
-                    bucket.remove();
-                }
-            }
-        }
-        retired
-    }
-
-    /// Calls `f` with every rule in force whose scope covers the practice. Looks at six index
-    /// buckets, never at every rule; order is by bucket, not by sequence.
-    pub fn for_each_covering<'a>(&'a self, p: &Practice, mut f: impl FnMut(&'a Rule)) {
-        let keys = [
-            ScopeKey::National,
-            ScopeKey::Supplier(p.supplier.clone()),
-            ScopeKey::Region(p.region),
-            ScopeKey::Icb(p.icb),
-            ScopeKey::SubIcb(p.sub_icb),
-            ScopeKey::Practice(p.ods),
-        ];
-        for key in &keys {
-            if let Some(list) = self.index.get(key) {
-                for rule in list {
-                    f(rule);
-                }
-            }
-        }
-    }
+    /// A command addressed to another supplier offered as part of this book's effective
+    /// state: it never takes effect here.
+    #[error(
+        "command {0} is addressed to another supplier, so it is never part of this supplier's effective state"
+    )]
+    AddressedElsewhere(CommandId),
 }
 
 /// The effective rule set a supplier serves from: every feature definition, every go-live and
 /// every halt still in force, and the applied sequence. It is compacted as it goes (see
 /// [`RuleBook::apply`]), so its size follows the rules in force, never the length of the
 /// command log.
+///
+/// A book belongs to one supplier ([`RuleBook::for_supplier`]) or to none ([`RuleBook::new`]):
+/// a command addressed to one supplier (`Command::supplier`, a redelivery) acts only in that
+/// supplier's book; in any other it is a no-op that still takes its sequence.
 #[derive(Debug, Clone, Default)]
 pub struct RuleBook {
+    /// The supplier whose book this is; `None` acts on no addressed command.
+    supplier: Option<SupplierId>,
     features: FastMap<FeatureKey, FeatureRules>,
     /// Every command the book holds (definitions and rules in force), by id: its feature and
     /// sequence. Resumes find their halts here.
@@ -367,9 +289,28 @@ pub struct RuleBook {
 }
 
 impl RuleBook {
-    /// An empty rule book that has never synchronised.
+    /// An empty rule book that has never synchronised, of no supplier: it acts on every
+    /// command addressed to all and on none addressed to one supplier.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty rule book of `supplier`, which also acts on the commands addressed to it.
+    pub fn for_supplier(supplier: SupplierId) -> Self {
+        RuleBook {
+            supplier: Some(supplier),
+            ..Self::default()
+        }
+    }
+
+    /// The supplier whose book this is.
+    pub fn supplier(&self) -> Option<&SupplierId> {
+        self.supplier.as_ref()
+    }
+
+    /// Whether this book acts on `cmd`: it is addressed to every supplier, or to this book's.
+    pub fn acts_on(&self, cmd: &Command) -> bool {
+        cmd.supplier.is_none() || cmd.supplier == self.supplier
     }
 
     /// The last sequence applied or rejected.
@@ -401,7 +342,7 @@ impl RuleBook {
 
     /// How many rules are in force across every feature (definitions not counted).
     pub fn rule_count(&self) -> usize {
-        self.features.values().map(|f| f.rules.len()).sum()
+        self.features.values().map(|f| f.rules().len()).sum()
     }
 
     /// The commands the book holds, as (sequence, id), in sequence order: each feature's
@@ -451,7 +392,8 @@ impl RuleBook {
 
     /// Applies the next command. `freeze` is the supplier's declared change-freeze reason, if
     /// any: a go-live or resume is then rejected (the sequence still advances); a halt or a
-    /// feature definition never is.
+    /// feature definition never is. A command addressed to another supplier (see
+    /// [`RuleBook::acts_on`]) is applied as a no-op, frozen or not: only the sequence advances.
     ///
     /// Compaction happens here: a resume **retires** the named halts of its own feature that
     /// are in force (they leave the book, scope and all), and is not kept itself; names it
@@ -462,6 +404,7 @@ impl RuleBook {
     pub fn apply(&mut self, cmd: &Command, freeze: Option<&str>) -> Result<Outcome, ApplyError> {
         self.check(cmd)?;
         let outcome = match (freeze, cmd.action.turns_on()) {
+            _ if !self.acts_on(cmd) => Outcome::Applied,
             (Some(reason), true) => Outcome::Rejected(format!("supplier change freeze: {reason}")),
             _ => {
                 self.apply_action(cmd);
@@ -483,7 +426,8 @@ impl RuleBook {
 
     /// Puts back one command of an effective state (a snapshot, or the rules in force a store
     /// holds): a feature definition, a go-live or a halt, in increasing sequence order but not
-    /// necessarily contiguous. A resume is never part of an effective state and is refused.
+    /// necessarily contiguous. A resume is never part of an effective state and is refused, and
+    /// so is a command addressed to another supplier.
     pub fn restore(&mut self, cmd: &Command) -> Result<(), ApplyError> {
         if cmd.sequence <= self.applied_sequence {
             return Err(ApplyError::AlreadyApplied {
@@ -494,6 +438,9 @@ impl RuleBook {
         if matches!(cmd.action, Action::Resume { .. }) {
             return Err(ApplyError::NotEffective(cmd.id.clone()));
         }
+        if !self.acts_on(cmd) {
+            return Err(ApplyError::AddressedElsewhere(cmd.id.clone()));
+        }
         self.check_body(cmd)?;
         self.apply_action(cmd);
         self.applied_sequence = cmd.sequence;
@@ -502,11 +449,15 @@ impl RuleBook {
     }
 
     /// The sequences of the halts in force that a resume would retire (none for any other
-    /// command): the named halts of its own feature.
+    /// command, nor for a resume addressed to another supplier): the named halts of its own
+    /// feature.
     pub fn lifts(&self, cmd: &Command) -> Vec<u64> {
         let Action::Resume { halts } = &cmd.action else {
             return Vec::new();
         };
+        if !self.acts_on(cmd) {
+            return Vec::new();
+        }
         halts
             .iter()
             .filter_map(|h| self.held.get(h))
@@ -515,7 +466,7 @@ impl RuleBook {
                     && self
                         .features
                         .get(feature)
-                        .and_then(|f| f.rules.get(sequence))
+                        .and_then(|f| f.rule_at(*sequence))
                         .is_some_and(|r| matches!(r.kind, RuleKind::Halt { .. }))
             })
             .map(|(_, sequence)| *sequence)
@@ -576,9 +527,7 @@ impl RuleBook {
         let (feature, sequence) = self.held.get(id)?;
         self.features
             .get(feature)?
-            .rules
-            .get(sequence)
-            .map(|r| &**r)
+            .rule_at(*sequence)
             .filter(|r| matches!(r.kind, RuleKind::Halt { .. }))
     }
 }

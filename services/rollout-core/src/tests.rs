@@ -1,5 +1,7 @@
 //! Rule tables and property tests for the domain rules (README.md, "The rules").
 
+mod addressed;
+
 use std::time::{Duration, SystemTime};
 
 use proptest::prelude::*;
@@ -122,6 +124,8 @@ fn command(step: Step, sequence: u64) -> Command {
         requester: "spiffe://gprollout.test/operator/alice".to_owned(),
         issued_at: at(0),
         approved_by: vec![],
+        redelivery_of: None,
+        supplier: None,
     }
 }
 

@@ -413,7 +413,14 @@ pub fn command_unsequenced(field: &str, c: &pb::Command) -> Result<Command, ApiE
             .transpose()?
             .unwrap_or(SystemTime::UNIX_EPOCH),
         approved_by: c.approvals.iter().map(|a| a.approver.clone()).collect(),
+        redelivery_of: optional(&c.redelivery_of, |v| command_name(&sub("redelivery_of"), v))?,
+        supplier: optional(&c.supplier, |v| supplier_name(&sub("supplier"), v))?,
     })
+}
+
+/// An optional name: empty is `None`, anything else must parse.
+fn optional<T>(value: &str, parse: impl FnOnce(&str) -> Result<T, ApiError>) -> Result<Option<T>, ApiError> {
+    (!value.is_empty()).then(|| parse(value)).transpose()
 }
 
 /// A command for the wire (what the coordinator sends): the fields a supplier needs.
@@ -450,6 +457,16 @@ pub fn command_pb(c: &Command) -> pb::Command {
                 ..Default::default()
             })
             .collect(),
+        redelivery_of: c
+            .redelivery_of
+            .as_ref()
+            .map(|id| format!("commands/{id}"))
+            .unwrap_or_default(),
+        supplier: c
+            .supplier
+            .as_ref()
+            .map(|s| format!("suppliers/{s}"))
+            .unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -685,7 +702,31 @@ mod tests {
             requester: "alice".into(),
             issued_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             approved_by: vec!["bob".into()],
+            redelivery_of: None,
+            supplier: None,
         };
+        let redelivery = Command {
+            id: CommandId::parse("c-2").expect("id"),
+            sequence: 8,
+            action: Action::Resume {
+                halts: vec![CommandId::parse("c-1").expect("id")],
+            },
+            redelivery_of: Some(CommandId::parse("c-0").expect("id")),
+            supplier: Some(SupplierId::parse("tpp").expect("supplier")),
+            ..c.clone()
+        };
+        let wire = command_pb(&redelivery);
+        assert_eq!(
+            (wire.redelivery_of.as_str(), wire.supplier.as_str()),
+            ("commands/c-0", "suppliers/tpp")
+        );
+        assert_eq!(command("command", &wire).expect("valid"), redelivery);
+        let bad = pb::Command {
+            supplier: "tpp".into(),
+            ..wire
+        };
+        let refused = command("command", &bad).expect_err("not a supplier name");
+        assert!(refused.to_string().contains("command.supplier"), "{refused}");
         let back = command(
             "command",
             &pb::Command::decode(command_pb(&c).encode_to_vec().as_slice()).expect("decode"),

@@ -128,6 +128,8 @@ pub(crate) fn domain_command(
         reason: reason.into(),
         requester: ALICE.into(),
         issued_at: std::time::SystemTime::now(),
+        redelivery_of: None,
+        supplier: None,
     }
 }
 

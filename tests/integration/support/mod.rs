@@ -177,6 +177,8 @@ pub fn command(sequence: u64, id: &str, action: Action) -> pb::Command {
         requester: "spiffe://gprollout.test/operator/alice".into(),
         issued_at: SystemTime::now(),
         approved_by: vec![],
+        redelivery_of: None,
+        supplier: None,
     })
 }
 

@@ -19,6 +19,7 @@ use tracing::{Span, instrument};
 use crate::{
     coordinator::{Core, Idempotency, Model},
     recovery::{self, Recovery},
+    redeliver::Redelivery,
 };
 
 mod read;
@@ -130,11 +131,45 @@ fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ApiError> {
 
 #[tonic::async_trait]
 impl CoordinatorService for Handlers {
+    #[instrument(skip_all, fields(command, supplier))]
     async fn redeliver_command(
         &self,
-        _req: Request<pb::RedeliverCommandRequest>,
+        req: Request<pb::RedeliverCommandRequest>,
     ) -> Result<Response<pb::Command>, Status> {
-        Err(ApiError::new(tonic::Code::Unimplemented, "NOT_YET", "not yet built").into())
+        let r = req.get_ref();
+        let target = format!("{} {}", r.name, r.supplier);
+        let audit = draft(&req, "RedeliverCommand", &target, &r.request_id, &r.reason);
+        let call = async {
+            let who = identity(&req)?;
+            let original = wire::command_name("name", &r.name)?;
+            Span::current().record("command", original.as_str());
+            let supplier = wire::supplier_name("supplier", &r.supplier)?;
+            Span::current().record("supplier", supplier.as_str());
+            let reason = wire::text("reason", &r.reason)?;
+            let idem = idempotency(
+                "RedeliverCommand",
+                &r.request_id,
+                &pb::RedeliverCommandRequest {
+                    request_id: String::new(),
+                    ..r.clone()
+                },
+            )?;
+            if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
+                return decode(&bytes);
+            }
+            let redelivery = Redelivery {
+                original,
+                supplier,
+                reason,
+                dry_run: r.dry_run,
+                idem,
+            };
+            self.core.redeliver(&who, redelivery, audit.clone()).await
+        };
+        if r.dry_run {
+            return Ok(Response::new(call.await?));
+        }
+        self.audited(audit.clone(), call).await
     }
 
     async fn list_opt_outs(

@@ -69,6 +69,9 @@ impl Engine {
             ));
         }
         let mut book = (*current.book).clone();
+        // A command addressed to another supplier (a redelivery) is a no-op here: it takes its
+        // sequence and its place in the history, and lifts, files and serves nothing.
+        let acts_here = book.acts_on(&cmd);
         let lifts = book.lifts(&cmd);
         let outcome = book
             .apply(&cmd, self.freeze.as_deref())
@@ -86,7 +89,7 @@ impl Engine {
             body,
             rejection: rejection.clone(),
             applied_at: at,
-            effective: rejection.is_none() && !matches!(cmd.action, Action::Resume { .. }),
+            effective: acts_here && rejection.is_none() && !matches!(cmd.action, Action::Resume { .. }),
         };
         let audit = match &rejection {
             Some(r) => AuditDraft {
@@ -109,7 +112,7 @@ impl Engine {
         let cause = format!("commands/{} applied", cmd.id);
         self.commit(&w, write, next, &cause, "storing an applied command")
             .await?;
-        info!(sequence = cmd.sequence, command = %cmd.id, action = cmd.action.name(), rejected = rejection.is_some(), retired = retire.len(), "command applied");
+        info!(sequence = cmd.sequence, command = %cmd.id, action = cmd.action.name(), rejected = rejection.is_some(), retired = retire.len(), addressed_elsewhere = !acts_here, "command applied");
         Ok(Applied {
             id: cmd.id,
             rejection,
@@ -195,7 +198,7 @@ impl Engine {
                 header.sequence,
             ));
         }
-        let mut book = RuleBook::new();
+        let mut book = RuleBook::for_supplier(self.supplier.clone());
         for (i, (_, cmd)) in commands.iter().enumerate() {
             book.restore(cmd)
                 .map_err(|e| ApiError::invalid_field(format!("commands[{i}]"), e))?;
@@ -321,6 +324,12 @@ fn apply_error(e: ApplyError, applied: u64) -> ApiError {
         ApplyError::NotEffective(c) => precondition(
             "NOT_EFFECTIVE",
             format!("command {c} is a resume, which a snapshot never carries"),
+        ),
+        ApplyError::AddressedElsewhere(c) => precondition(
+            "NOT_EFFECTIVE",
+            format!(
+                "command {c} is addressed to another supplier, which a snapshot for this one never carries"
+            ),
         ),
     }
 }

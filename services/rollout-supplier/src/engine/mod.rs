@@ -119,18 +119,23 @@ fn decode(stored: &StoredCommand) -> Result<Command, LoadError> {
 /// its sync point.
 type Upgrade = (Vec<u64>, SyncPoint);
 
-/// The serving state of what the store holds, at watch version `version` (answers not yet
-/// computed). A compacted store gives only the rules in force, which are restored as they are.
+/// The serving state of what the store holds for `supplier`, at watch version `version`
+/// (answers not yet computed). A compacted store gives only the rules in force, which are
+/// restored as they are.
 /// A store written before compaction gives its whole log: it is replayed once, and the marks
 /// to store (the effective sequences and the sync point) are returned with the state.
-fn build(stored: SupplierState, version: u64) -> Result<(Serving, Option<Upgrade>), LoadError> {
+fn build(
+    stored: SupplierState,
+    supplier: &SupplierId,
+    version: u64,
+) -> Result<(Serving, Option<Upgrade>), LoadError> {
     let problem = |sequence: u64| {
         move |e: ApplyError| LoadError::Replay {
             sequence,
             problem: e.to_string(),
         }
     };
-    let mut book = RuleBook::new();
+    let mut book = RuleBook::for_supplier(supplier.clone());
     let mut upgrade = None;
     let (head, last_apply_time) = match &stored.sync {
         Some(sync) => {
@@ -202,7 +207,7 @@ impl Engine {
         let store_id = stored.store_id.clone();
         let last_contact = stored.last_contact.map_or(i64::MIN, micros);
         let epoch = u64::from(fastrand::u32(1..0x7fff_ffff)) << 32;
-        let (mut serving, upgrade) = build(stored, epoch + 1)?;
+        let (mut serving, upgrade) = build(stored, &supplier, epoch + 1)?;
         if let Some((effective, sync)) = upgrade {
             store.mark_compacted(&effective, &sync).await?;
             info!(
@@ -244,8 +249,8 @@ impl Engine {
             .load()
             .await
             .map_err(store_error("reloading the state"))?;
-        let (next, _) =
-            build(stored, current.version + 1).map_err(|e| ApiError::internal("reloading the state", e))?;
+        let (next, _) = build(stored, &self.supplier, current.version + 1)
+            .map_err(|e| ApiError::internal("reloading the state", e))?;
         info!(
             store_version = next.store_version,
             "state reloaded: another replica changed it"
