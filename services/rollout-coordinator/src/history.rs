@@ -352,7 +352,7 @@ fn already_lifted(m: &Model, h: &CommandId, by: Option<(CommandId, u64)>) -> Api
         message.push_str(&format!(
             ", but {} rejected commands/{resume} (a change freeze), so the halt is still in force there; \
              once the freeze ends, ask for it to be delivered again to each of them \
-             (RedeliverCommand: rolloutctl redeliver {resume} --supplier {first})",
+             (RedeliverCommand: rolloutctl redeliver {resume} --to {first} --reason ...)",
             rejected.join(" and "),
         ));
     }
