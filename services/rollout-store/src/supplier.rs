@@ -618,11 +618,13 @@ impl SupplierStore for SqlSupplierStore {
         audit: AuditDraft,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The version first: of two replicas numbering the same change, the second fails
+        // here as a conflict (and reloads), not on the change number's unique index.
+        self.bump_version(&mut tx, version).await?;
         opt_outs::write_opt_out(&mut tx, record).await?;
         if let Some(r) = request {
             common::insert_request(&mut tx, &r).await?;
         }
-        self.bump_version(&mut tx, version).await?;
         common::audit_in(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
@@ -636,13 +638,14 @@ impl SupplierStore for SqlSupplierStore {
         audit: Vec<AuditDraft>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The version first, as in `put_opt_out`.
+        self.bump_version(&mut tx, version).await?;
         for record in records {
             opt_outs::write_opt_out(&mut tx, record).await?;
         }
         for ods in released {
             opt_outs::release(&mut tx, ods).await?;
         }
-        self.bump_version(&mut tx, version).await?;
         for draft in audit {
             common::audit_in(&mut tx, draft).await?;
         }
