@@ -320,6 +320,20 @@ async fn bad_input_is_refused_with_the_right_code_and_changes_nothing() {
             mutating: true,
         },
         Row {
+            what: "withdraw for a practice this supplier does not serve (one that moved away)",
+            status: refused(
+                admin.withdraw_practice_opt_out(pb::WithdrawPracticeOptOutRequest {
+                    name: format!("{}/optOut", practice_feature("Z99999")),
+                    reason: "x".into(),
+                    request_id: String::new(),
+                }),
+            )
+            .await,
+            code: NF,
+            reason: "PRACTICE_NOT_FOUND",
+            mutating: true,
+        },
+        Row {
             what: "withdraw without a reason",
             status: refused(
                 admin.withdraw_practice_opt_out(pb::WithdrawPracticeOptOutRequest {

@@ -113,6 +113,9 @@ impl PracticeSettingsService for Handlers {
                 reason: reason.clone(),
                 ..audit.clone()
             };
+            // Only a practice this supplier serves: a practice that moved to another supplier
+            // took its opt-out with it, and a withdrawal here would override its record there.
+            practice(&self.engine.current(), ods, &self.engine.supplier)?;
             let name = r.name.clone();
             let record = self
                 .engine
