@@ -237,6 +237,28 @@ async fn a_resume_a_frozen_supplier_rejected_is_redelivered_to_it_once_the_freez
     delivered(&stack, &h.name).await;
     restart_supplier(&mut stack, "cegedim", Some(FREEZE)).await;
     let r = resume(&stack, &[&h.name]).await.expect("resume");
+    // The approver is told that cegedim, frozen, would reject it.
+    supplier_until(&stack, "cegedim", "cegedim reported frozen", |s| s.frozen).await;
+    let preview = get(&stack, &r.name)
+        .await
+        .preview
+        .expect("a pending resume's preview");
+    for p in &preview.suppliers {
+        let frozen = p.supplier == "suppliers/cegedim";
+        assert_eq!(p.frozen, frozen, "{p:?}");
+        assert_eq!(
+            p.turn_on == 0,
+            frozen,
+            "only where not frozen does anything turn on: {p:?}"
+        );
+    }
+    assert!(
+        preview
+            .suppliers
+            .iter()
+            .any(|p| p.frozen && p.freeze_reason == FREEZE),
+        "{preview:?}"
+    );
     approve(&stack, "bob", &r.name).await.expect("approve");
     let rejected = delivered(&stack, &r.name).await;
     assert_deliveries(&rejected, "cegedim", "");
@@ -281,6 +303,17 @@ async fn a_resume_a_frozen_supplier_rejected_is_redelivered_to_it_once_the_freez
     assert_eq!((dry.state(), dry.name.as_str()), (pb::command::State::DryRun, ""));
     let impact = dry.impact.clone().expect("impact");
     let expected = stack.expected("cegedim", &Scope::National);
+    // What it lifts, and what it would turn on: cegedim's practices, nothing elsewhere.
+    assert_eq!(dry.lifted_halts.len(), 1, "{dry:?}");
+    assert_eq!(dry.lifted_halts[0].command, h.name);
+    let preview = dry.preview.clone().expect("a dry run's preview");
+    assert_eq!(preview.suppliers.len(), 1, "{preview:?}");
+    assert_eq!(preview.suppliers[0].supplier, "suppliers/cegedim");
+    assert_eq!(
+        preview.turn_on,
+        i32::try_from(expected).expect("count"),
+        "every active cegedim practice turns on: {preview:?}"
+    );
     assert_eq!(
         (impact.practices, impact.suppliers.len()),
         (i32::try_from(expected).expect("count"), 1),

@@ -363,21 +363,22 @@ impl Core {
         let at = now();
         let mut cmd = self.new_command(requester, feature, action, reason, at, approvals);
         cmd.pb.impact = Some(crate::impact::impact_of(&self.estate, &m, &cmd.domain.action));
-        let domain = cmd.domain.clone();
-        let mut view = if dry_run {
+        if dry_run {
+            // A dry run shows the approver's view (lifted halts, preview); a saved command's
+            // answer is what a retry gets back, so it carries only what is stored (GetCommand
+            // adds the rest).
             cmd.pb.name = String::new();
             cmd.pb.state = pb::command::State::DryRun.into();
-            cmd.pb
-        } else {
-            let mut change = Change::default();
-            if approvals == 0 {
-                self.dispatch(&m, &mut cmd, &mut change, at)?;
-            }
-            self.commit_command(&mut m, cmd, change, idem, audit).await?
-        };
-        drop(m);
-        self.annotate(&mut view, &domain).await?;
-        Ok(view)
+            drop(m);
+            let mut view = cmd.pb;
+            self.annotate(&mut view, &cmd.domain).await?;
+            return Ok(view);
+        }
+        let mut change = Change::default();
+        if approvals == 0 {
+            self.dispatch(&m, &mut cmd, &mut change, at)?;
+        }
+        self.commit_command(&mut m, cmd, change, idem, audit).await
     }
 
     /// Approves a pending command; the last approval needed dispatches it.
@@ -422,11 +423,7 @@ impl Core {
             cmd.pb.approve_time = Some(wire::timestamp(at));
             self.dispatch(&m, &mut cmd, &mut change, at)?;
         }
-        let domain = cmd.domain.clone();
-        let mut view = self.commit_command(&mut m, cmd, change, idem, audit).await?;
-        drop(m);
-        self.annotate(&mut view, &domain).await?;
-        Ok(view)
+        self.commit_command(&mut m, cmd, change, idem, audit).await
     }
 
     /// Commits `cmd` with `change` (its deliveries, if it was dispatched), its idempotency

@@ -59,18 +59,8 @@ impl Core {
     async fn lifted_halts(&self, halts: &[CommandId]) -> Result<Vec<pb::command::LiftedHalt>, ApiError> {
         let mut out = Vec::with_capacity(halts.len());
         for id in halts {
-            let held = self.read(|m| m.in_force().get(id).cloned()).await;
-            let halt = match held {
-                Some(c) => c,
-                None => match self.store().command(id.as_str()).await {
-                    Ok(Some(row)) => Arc::new(
-                        cmd_of(&row)
-                            .map_err(|e| ApiError::internal("reading a halt a resume names", e))?
-                            .domain,
-                    ),
-                    Ok(None) => continue,
-                    Err(e) => return Err(ApiError::internal("reading a halt a resume names", e)),
-                },
+            let Some(halt) = self.halt(id).await? else {
+                continue;
             };
             let Action::Halt { scope } = &halt.action else {
                 continue;
@@ -98,7 +88,7 @@ impl Core {
             } => (*t).max(now),
             _ => now,
         };
-        let scopes = self.scopes_of(cmd).await;
+        let scopes = self.scopes_of(cmd).await?;
         let mut in_scope: BTreeMap<&SupplierId, Vec<&Practice>> = BTreeMap::new();
         for p in self.estate.practices() {
             if cmd.addressed_to(&p.supplier) && scopes.iter().any(|s| s.covers(p)) {
@@ -111,8 +101,22 @@ impl Core {
             ..Default::default()
         };
         for (supplier, practices) in in_scope {
-            let (before, after) = self.books(supplier, cmd).await?;
-            let counts = judge(&before, &after, cmd, &practices, &opted_out, now, at);
+            let freeze = self
+                .read(|m| {
+                    m.supplier(supplier)
+                        .filter(|s| s.pb.frozen)
+                        .map(|s| s.freeze_reason.clone())
+                })
+                .await;
+            let (before, mut after) = self.books(supplier, cmd).await?;
+            if freeze.is_some() {
+                // A supplier declaring a change freeze rejects a go-live or resume: nothing
+                // changes there.
+                after = before.clone();
+            }
+            let mut counts = judge(&before, &after, cmd, &practices, &opted_out, now, at);
+            counts.frozen = freeze.is_some();
+            counts.freeze_reason = freeze.unwrap_or_default();
             preview.turn_on += counts.turn_on;
             preview.stay_off += counts.practices - counts.turn_on - counts.already_on;
             preview.suppliers.push(pb::preview::SupplierPreview {
@@ -123,23 +127,39 @@ impl Core {
         Ok(preview)
     }
 
-    /// The scopes a command covers: a go-live's own, or the scopes of the halts a resume names.
-    async fn scopes_of(&self, cmd: &Command) -> Vec<Scope> {
+    /// The scopes a command covers: a go-live's own, or the scopes of the halts a resume names
+    /// (in force, or lifted in the log: a redelivered resume names halts lifted everywhere
+    /// but at the supplier it is for).
+    async fn scopes_of(&self, cmd: &Command) -> Result<Vec<Scope>, ApiError> {
         match &cmd.action {
-            Action::GoLive { scope, .. } | Action::Halt { scope } => vec![scope.clone()],
+            Action::GoLive { scope, .. } | Action::Halt { scope } => Ok(vec![scope.clone()]),
             Action::Resume { halts } => {
-                self.read(|m| {
-                    halts
-                        .iter()
-                        .filter_map(|h| match m.in_force().get(h).map(|c| &c.action) {
-                            Some(Action::Halt { scope }) => Some(scope.clone()),
-                            _ => None,
-                        })
-                        .collect()
-                })
-                .await
+                let mut scopes = Vec::with_capacity(halts.len());
+                for h in halts {
+                    if let Some(halt) = self.halt(h).await?
+                        && let Action::Halt { scope } = &halt.action
+                    {
+                        scopes.push(scope.clone());
+                    }
+                }
+                Ok(scopes)
             }
-            Action::CreateFeature(_) => Vec::new(),
+            Action::CreateFeature(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// The command `id` as the coordinator holds it: in force (the model), else the store.
+    async fn halt(&self, id: &CommandId) -> Result<Option<Arc<Command>>, ApiError> {
+        if let Some(c) = self.read(|m| m.in_force().get(id).cloned()).await {
+            return Ok(Some(c));
+        }
+        let read = |e: String| ApiError::internal("reading a halt a resume names", e);
+        match self.store().command(id.as_str()).await {
+            Ok(Some(row)) => Ok(Some(Arc::new(
+                cmd_of(&row).map_err(|e| read(e.to_string()))?.domain,
+            ))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(read(e.to_string())),
         }
     }
 

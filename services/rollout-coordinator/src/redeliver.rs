@@ -105,9 +105,13 @@ impl Core {
         let scopes: Vec<&Scope> = scopes.iter().collect();
         cmd.pb.impact = Some(crate::impact::impact_at(&self.estate, &scopes, &r.supplier));
         if r.dry_run {
+            // As for any dry run: the approver's view (what it lifts, the preview).
             cmd.pb.name = String::new();
             cmd.pb.state = pb::command::State::DryRun.into();
-            return Ok(cmd.pb);
+            drop(m);
+            let mut view = cmd.pb;
+            self.annotate(&mut view, &cmd.domain).await?;
+            return Ok(view);
         }
         let id = cmd.domain.id.clone();
         let view = self

@@ -19,6 +19,20 @@ pub fn supersedes(incoming: SystemTime, held: Option<SystemTime>) -> bool {
     held.is_none_or(|held| incoming > held)
 }
 
+/// The update time of a new write of a record last updated at `held` (`None`: a first write):
+/// now, or just after `held` if the clock reads earlier (stepped back, or a copy dated ahead
+/// of it), so that the practice's newest word always supersedes its last one.
+pub fn next_update(now: SystemTime, held: Option<SystemTime>) -> SystemTime {
+    match held {
+        Some(held) if held >= now => held + std::time::Duration::from_micros(1),
+        _ => now,
+    }
+}
+
+/// How far ahead of the receiver's clock a copy's update time may be (clocks differ by a few
+/// seconds at most; a copy dated further ahead would outrank the practice's later words).
+pub const MAX_CLOCK_AHEAD: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The practices an estate import brings to a supplier that it did not hold before, which it
 /// holds off until the coordinator has sent the register's records for them. None on the
 /// store's first import (an empty `before`): a new or wiped store holds every practice for the
@@ -36,6 +50,17 @@ pub fn joined<'a>(before: &Estate, after: impl IntoIterator<Item = &'a Practice>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_new_write_always_supersedes_the_last_even_when_the_clock_went_back() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        assert_eq!(next_update(now, None), now);
+        assert_eq!(next_update(now, Some(now - Duration::from_secs(1))), now);
+        for held in [now, now + Duration::from_secs(3_600)] {
+            let next = next_update(now, Some(held));
+            assert!(supersedes(next, Some(held)), "{next:?} after {held:?}");
+        }
+    }
+
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;

@@ -177,8 +177,25 @@ paged!(
     pb::ListCommandsResponse => commands,
     pb::ListSuppliersResponse => suppliers,
     pb::ListAuditEventsResponse => events,
-    pb::ListOptOutsResponse => opt_outs,
 );
+
+/// The register's counts cover every page (the server sends them with each): the first page's
+/// stay.
+impl Paged for pb::ListOptOutsResponse {
+    fn next_page_token(&self) -> &str {
+        &self.next_page_token
+    }
+    fn len(&self) -> usize {
+        self.opt_outs.len()
+    }
+    fn join(&mut self, next: Self) {
+        self.opt_outs.extend(next.opt_outs);
+        self.next_page_token = next.next_page_token;
+        if self.counts.is_empty() {
+            self.counts = next.counts;
+        }
+    }
+}
 
 /// The pages of a List joined into one answer, up to `most` items: `ask(client, page_token,
 /// page_size)` asks for one page of at most `max_page` items. Pages end at the server's byte
@@ -208,5 +225,35 @@ where
         if all.next_page_token().is_empty() || all.len() >= most {
             return Ok(all);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rollout_proto::v1 as pb;
+
+    use super::Paged;
+
+    #[test]
+    fn joined_register_pages_keep_the_counts_the_server_sent() {
+        let count = pb::list_opt_outs_response::Count {
+            supplier: "suppliers/emis".into(),
+            feature: "features/f".into(),
+            opted_out: 3,
+            withdrawn: 1,
+        };
+        let page = |name: &str, token: &str| pb::ListOptOutsResponse {
+            opt_outs: vec![pb::PracticeOptOut {
+                name: name.into(),
+                ..Default::default()
+            }],
+            next_page_token: token.into(),
+            counts: vec![count.clone()],
+        };
+        let mut first = page("a", "t");
+        first.join(page("b", ""));
+        assert_eq!(first.len(), 2);
+        assert_eq!(first.next_page_token(), "");
+        assert_eq!(first.counts, [count]);
     }
 }

@@ -177,6 +177,15 @@ async fn register_records_are_installed_only_where_newer_and_every_write_is_numb
         ),
         ("no reason", bad(|r| r.reason.clear()), "opt_outs[0].reason"),
         (
+            "dated a year ahead (it would outrank the practice's later words)",
+            bad(|r| {
+                r.update_time = Some(rollout_net::wire::timestamp(
+                    SystemTime::now() + Duration::from_secs(365 * 86_400),
+                ));
+            }),
+            "opt_outs[0].update_time",
+        ),
+        (
             "a malformed name",
             bad(|r| r.name = "practices/XYZ".into()),
             "opt_outs[0].name",
@@ -255,6 +264,56 @@ async fn register_records_are_installed_only_where_newer_and_every_write_is_numb
         .expect("sync state")
         .into_inner();
     assert_eq!(after.opt_out_change, 2, "nothing refused changed anything");
+    // A practice this supplier does not serve (it moved away, or never was here) is passed
+    // over: its record is the other supplier's to hold.
+    let elsewhere = control
+        .import_opt_outs(import(vec![record(
+            "Z99999",
+            update,
+            pb::practice_opt_out::Origin::Transferred,
+            "tpp",
+        )]))
+        .await
+        .expect("import")
+        .into_inner();
+    assert_eq!(
+        (elsewhere.installed, elsewhere.kept, elsewhere.latest_change),
+        (0, 1, 2)
+    );
+    // The practice's next word supersedes a record dated ahead of this supplier's clock (a
+    // register copy from a supplier whose clock ran fast): the withdrawal is newer.
+    let ahead = record(
+        EMIS_QRP,
+        SystemTime::now() + Duration::from_secs(120),
+        pb::practice_opt_out::Origin::Transferred,
+        "tpp",
+    );
+    let installed = control
+        .import_opt_outs(import(vec![ahead.clone()]))
+        .await
+        .expect("import a record dated 2 minutes ahead")
+        .into_inner();
+    assert_eq!(installed.installed, 1);
+    let withdrawn = admin
+        .withdraw_practice_opt_out(pb::WithdrawPracticeOptOutRequest {
+            name: ahead.name.clone(),
+            reason: "the practice changed its mind".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("withdraw")
+        .into_inner();
+    let time =
+        |t: &Option<prost_types::Timestamp>| SystemTime::try_from(t.expect("update time")).expect("a time");
+    assert!(
+        time(&withdrawn.update_time) > time(&ahead.update_time),
+        "{:?} after {:?}",
+        withdrawn.update_time,
+        ahead.update_time
+    );
+    let latest = installed.latest_change + 1;
+    assert_eq!(withdrawn.change, latest);
+
     server.stop().await;
 
     // One audit event for the record installed, and one for each refusal (the backend's
@@ -271,7 +330,7 @@ async fn register_records_are_installed_only_where_newer_and_every_write_is_numb
         .iter()
         .filter(|e| e.draft.outcome == rollout_core::audit::AuditOutcome::Accepted)
         .collect();
-    assert_eq!(accepted.len(), 1);
+    assert_eq!(accepted.len(), 2, "the moved record, and the one dated ahead");
     assert_eq!(
         accepted[0].draft.target,
         format!("{}/optOut", practice_feature(EMIS_B))

@@ -81,8 +81,9 @@ impl Engine {
     /// Installs records from the coordinator's national register (each `origin` restored or
     /// transferred, the rest unchanged) and lets go of the held practices `released`, in one
     /// transaction with one audit event per record installed (and one for the release). A
-    /// record is installed only where this supplier holds none for its practice and feature,
-    /// or an older one (by update time): nothing the practice said here since is undone.
+    /// record is installed only for a practice of this supplier's estate, and only where it
+    /// holds none for its practice and feature, or an older one (by update time): nothing the
+    /// practice said here since is undone; the others are passed over (`kept`).
     /// `audit` gives the caller, method and request of the events. Writes nothing when
     /// nothing changes.
     pub async fn import_opt_outs(
@@ -100,7 +101,11 @@ impl Engine {
         let mut events = Vec::new();
         for record in records {
             let key = (record.opt_out.practice, record.opt_out.feature.clone());
-            if !supersedes(record.updated_at, opt_outs.get(&key).map(|r| r.updated_at)) {
+            // Only this supplier's practices (a practice that moved away is the other
+            // supplier's to hold), and only where the copy is the practice's newer word.
+            if current.estate.get(&key.0).is_none()
+                || !supersedes(record.updated_at, opt_outs.get(&key).map(|r| r.updated_at))
+            {
                 continue;
             }
             change += 1;
@@ -253,7 +258,7 @@ fn release_event(
 pub fn withdrawn(existing: &OptOutRecord, by: &str, reason: String) -> OptOutRecord {
     let now = rollout_core::audit::now();
     OptOutRecord {
-        updated_at: now,
+        updated_at: rollout_core::register::next_update(now, Some(existing.updated_at)),
         withdrawal: Some(Withdrawal {
             by: by.to_owned(),
             at: now,

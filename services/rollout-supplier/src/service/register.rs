@@ -75,11 +75,28 @@ fn imported(field: &str, o: &pb::PracticeOptOut) -> Result<OptOutRecord, ApiErro
             recorded_by: identity(&at("recorded_by"), &o.recorded_by)?,
             recorded_at: required_time(&at("create_time"), o.create_time.as_ref())?,
         },
-        updated_at: required_time(&at("update_time"), o.update_time.as_ref())?,
+        updated_at: not_ahead(
+            &at("update_time"),
+            required_time(&at("update_time"), o.update_time.as_ref())?,
+        )?,
         withdrawal,
         change: 0,
         origin,
     })
+}
+
+/// `t`, unless it is further ahead of this supplier's clock than clocks differ
+/// ([`rollout_core::register::MAX_CLOCK_AHEAD`]): a copy dated in the future would outrank
+/// what the practice says here later.
+fn not_ahead(field: &str, t: SystemTime) -> Result<SystemTime, ApiError> {
+    let limit = SystemTime::now() + rollout_core::register::MAX_CLOCK_AHEAD;
+    if t > limit {
+        return Err(ApiError::invalid_field(
+            field,
+            "is in the future: a record's update time is when its supplier last changed it",
+        ));
+    }
+    Ok(t)
 }
 
 /// The records and released practices of an ImportOptOuts request, validated whole.

@@ -63,7 +63,10 @@ impl PracticeSettingsService for Handlers {
                                     .map_or(identity.clone(), |e| e.opt_out.recorded_by.clone()),
                                 recorded_at: active.map_or(now, |e| e.opt_out.recorded_at),
                             },
-                            updated_at: now,
+                            updated_at: rollout_core::register::next_update(
+                                now,
+                                existing.map(|e| e.updated_at),
+                            ),
                             withdrawal: None,
                             // Numbered and marked recorded by the engine.
                             change: 0,

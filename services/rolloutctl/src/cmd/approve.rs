@@ -35,9 +35,13 @@ impl Approve {
                 .get_command(pb::GetCommandRequest { name: name.clone() })
                 .await?
                 .into_inner();
-            ctx.out.print(&shown)?;
-            if !confirmed(&name)? {
-                return Err(usage(format!("{name} was not approved: nothing was sent")));
+            // Only a command waiting for approval is worth the question; the coordinator
+            // explains any other refusal.
+            if shown.state() == pb::command::State::PendingApproval {
+                ctx.out.print(&shown)?;
+                if !confirmed(&name)? {
+                    return Err(usage(format!("{name} was not approved: nothing was sent")));
+                }
             }
         }
         let cmd = ctx

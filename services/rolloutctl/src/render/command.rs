@@ -112,7 +112,7 @@ fn preview(p: &pb::Preview, w: &mut dyn Write) -> io::Result<()> {
             .collect();
         writeln!(
             w,
-            "          {:<10} {} in scope: {} turn on, {} already on{}",
+            "          {:<10} {} in scope: {} turn on, {} already on{}{}",
             short(&s.supplier),
             s.practices,
             s.turn_on,
@@ -121,6 +121,14 @@ fn preview(p: &pb::Preview, w: &mut dyn Write) -> io::Result<()> {
                 String::new()
             } else {
                 format!("; stay off: {}", why.join(", "))
+            },
+            if s.frozen {
+                format!(
+                    "; FROZEN ({}): it would reject this, redeliver once the freeze ends",
+                    s.freeze_reason
+                )
+            } else {
+                String::new()
             }
         )?;
     }

@@ -68,6 +68,11 @@ impl View for pb::ListSuppliersResponse {
                     short(&s.name)
                 )
             };
+            let extra = if s.frozen {
+                format!("frozen (go-lives and resumes are rejected); {extra}")
+            } else {
+                extra
+            };
             let extra = if s.held_practices > 0 {
                 format!(
                     "{} practices held until the opt-out register answers; {extra}",
