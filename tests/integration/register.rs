@@ -22,7 +22,8 @@ use tonic::transport::Channel;
 use crate::{
     stack::{Stack, feature_live, suppliers_until},
     support::{
-        FEATURE, PgDb, Running, channel_as, feature_name, pg_database, practice_feature, reference_files,
+        FEATURE, PgDb, Running, assert_refused, channel_as, feature_name, pg_database, practice_feature,
+        reference_files,
         supplier::{EMIS_A, EMIS_B, EMIS_QRP},
     },
 };
@@ -339,6 +340,27 @@ async fn a_supplier_that_lost_its_store_answers_as_before(postgres: Option<(PgDb
             .all(|o| o.supplier == "suppliers/emis" && o.change == 0)
     );
     assert_eq!(counts, [count("emis", 2, 1)]);
+    // A filter naming a supplier or feature that does not exist is refused, not answered empty.
+    let mut viewer = stack.client("viewer");
+    for (request, reason) in [
+        (
+            pb::ListOptOutsRequest {
+                supplier: "suppliers/emiss".into(),
+                ..Default::default()
+            },
+            "SUPPLIER_NOT_FOUND",
+        ),
+        (
+            pb::ListOptOutsRequest {
+                feature: "features/no-such-feature".into(),
+                ..Default::default()
+            },
+            "FEATURE_NOT_FOUND",
+        ),
+    ] {
+        let refused = viewer.list_opt_outs(request).await.expect_err("unknown name");
+        assert_refused(&refused, tonic::Code::NotFound, reason, "an unknown filter");
+    }
     let restore = coordinator_audit(&stack)
         .await
         .into_iter()

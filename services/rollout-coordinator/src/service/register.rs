@@ -36,6 +36,17 @@ pub(super) async fn list_opt_outs(
     let supplier = (!r.supplier.is_empty())
         .then(|| wire::supplier_name("supplier", &r.supplier))
         .transpose()?;
+    // A filter naming what does not exist is a mistake to say, not an empty register.
+    if let Some(f) = &feature
+        && h.core.read(|m| m.feature(f).is_none()).await
+    {
+        return Err(ApiError::not_found("FEATURE_NOT_FOUND", format!("features/{f}")).into());
+    }
+    if let Some(s) = &supplier
+        && !h.core.suppliers.iter().any(|e| e.id == *s)
+    {
+        return Err(ApiError::not_found("SUPPLIER_NOT_FOUND", format!("suppliers/{s}")).into());
+    }
     let practice = (!r.practice.is_empty())
         .then(|| OdsCode::parse(&r.practice))
         .transpose()
