@@ -78,7 +78,8 @@ impl Core {
     }
 
     /// What `cmd` (a resume or go-live) would change at each supplier with practices in its
-    /// scope (a redelivery: at the supplier it is addressed to). See the module docs for how it is judged.
+    /// scope (a redelivery: at the supplier it is addressed to). See the module docs for how
+    /// it is judged.
     pub(crate) async fn preview(&self, cmd: &Command) -> Result<pb::Preview, ApiError> {
         let now = SystemTime::now();
         let at = match &cmd.action {
