@@ -1070,6 +1070,55 @@ async fn bad_input_to_the_coordinator_is_refused_and_changes_nothing() {
             "INVALID_FIELD",
         ),
         (
+            // The refusal quotes 64 characters of it, not 100 KB (a client's header limit).
+            "a request id of 100 KB",
+            refused(
+                alice
+                    .halt_feature(halt(|r| r.request_id = "x".repeat(100_000)))
+                    .await,
+            ),
+            IA,
+            "INVALID_FIELD",
+        ),
+        (
+            // PostgreSQL text cannot hold a NUL: a supplier could not store the command.
+            "a reason holding a NUL",
+            refused(alice.halt_feature(halt(|r| r.reason = "stop\0now".into())).await),
+            IA,
+            "INVALID_FIELD",
+        ),
+        (
+            "a reason holding a control character",
+            refused(
+                alice
+                    .halt_feature(halt(|r| r.reason = "stop \u{1b}[2J now".into()))
+                    .await,
+            ),
+            IA,
+            "INVALID_FIELD",
+        ),
+        (
+            "a feature description holding a NUL",
+            alice
+                .create_feature(feature(|f| f.description = "record\0access".into()))
+                .await
+                .expect_err("x"),
+            IA,
+            "INVALID_FIELD",
+        ),
+        (
+            "an approval comment holding a control character",
+            bob.approve_command(pb::ApproveCommandRequest {
+                name: go_live.clone(),
+                comment: "agreed\u{7}".into(),
+                request_id: String::new(),
+            })
+            .await
+            .expect_err("x"),
+            IA,
+            "INVALID_FIELD",
+        ),
+        (
             "a resume naming no halt",
             refused(
                 alice
@@ -1272,6 +1321,11 @@ async fn bad_input_to_the_coordinator_is_refused_and_changes_nothing() {
     assert!(cases.len() >= 30);
     for (what, status, code, reason) in &cases {
         assert_refused(status, *code, reason, what);
+        assert!(
+            status.message().len() < 1_000,
+            "{what}: a refusal quotes a bounded piece of the input ({} bytes)",
+            status.message().len()
+        );
     }
     // A message over the 4 MiB limit is refused before any handler, and the server keeps
     // serving.

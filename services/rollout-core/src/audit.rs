@@ -34,6 +34,23 @@ impl AuditOutcome {
     }
 }
 
+/// At most `max` characters of `input` for an audit field, with every control character but
+/// newline and tab replaced by U+FFFD: a refused call's fields come from the caller unchecked,
+/// and the log must take them (PostgreSQL's text refuses a NUL).
+pub fn printable(input: &str, max: usize) -> String {
+    input
+        .chars()
+        .take(max)
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// An event before it takes its place in the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditDraft {
@@ -171,6 +188,12 @@ pub fn verify_chain<'a>(events: impl IntoIterator<Item = &'a AuditEvent>) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_calls_fields_are_cut_and_keep_no_control_character() {
+        assert_eq!(printable("a\0b\u{1b}c\nd\te", 100), "a\u{fffd}b\u{fffd}c\nd\te");
+        assert_eq!(printable(&"x".repeat(10_000), 64).len(), 64);
+    }
 
     fn draft(n: u32) -> AuditDraft {
         AuditDraft {

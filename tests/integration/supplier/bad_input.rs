@@ -31,6 +31,12 @@ fn check(rows: &[Row]) -> usize {
     let mut mutating = 0;
     for row in rows {
         assert_refused(&row.status, row.code, row.reason, row.what);
+        assert!(
+            row.status.message().len() < 1_000,
+            "{}: a refusal quotes a bounded piece of the input ({} bytes)",
+            row.what,
+            row.status.message().len()
+        );
         if row.code == Code::InvalidArgument {
             let details = tonic_types::StatusExt::get_error_details(&row.status);
             assert!(
@@ -44,6 +50,15 @@ fn check(rows: &[Row]) -> usize {
         mutating += usize::from(row.mutating);
     }
     mutating
+}
+
+/// An opt-out request for an EMIS practice, changed by `f`.
+fn opt_out_with(f: fn(&mut pb::PracticeOptOut)) -> pb::SetPracticeOptOutRequest {
+    let mut r = opt_out_request(EMIS_A, "");
+    if let Some(o) = r.opt_out.as_mut() {
+        f(o);
+    }
+    r
 }
 
 /// Expects a call to fail; returns the status.
@@ -290,6 +305,31 @@ async fn bad_input_is_refused_with_the_right_code_and_changes_nothing() {
         Row {
             what: "opt-out name without /optOut",
             status: refused(admin.set_practice_opt_out(opt(|o| o.name = practice_feature(EMIS_A)))).await,
+            code: IA,
+            reason: "INVALID_FIELD",
+            mutating: true,
+        },
+        Row {
+            what: "a reason holding a NUL (PostgreSQL text cannot hold it)",
+            status: refused(admin.set_practice_opt_out(opt_out_with(|o| o.reason = "no\0thanks".into())))
+                .await,
+            code: IA,
+            reason: "INVALID_FIELD",
+            mutating: true,
+        },
+        Row {
+            what: "a source holding a control character",
+            status: refused(admin.set_practice_opt_out(opt_out_with(|o| {
+                o.source = "letter\u{1b}[2J".into();
+            })))
+            .await,
+            code: IA,
+            reason: "INVALID_FIELD",
+            mutating: true,
+        },
+        Row {
+            what: "a request id of 100 KB",
+            status: refused(admin.set_practice_opt_out(opt_out_request(EMIS_A, &"x".repeat(100_000)))).await,
             code: IA,
             reason: "INVALID_FIELD",
             mutating: true,

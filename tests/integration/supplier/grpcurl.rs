@@ -5,7 +5,7 @@ use rollout_core::Scope;
 
 use crate::support::{
     define, go_live,
-    grpcurl::run_grpcurl,
+    grpcurl::{grpcurl_output, refused, run_grpcurl},
     practice_feature,
     supplier::{EMIS_A, apply, control, emis},
 };
@@ -17,7 +17,7 @@ async fn grpcurl_lists_the_services_and_gets_an_explained_answer() {
     apply(&mut control, define(1, None)).await;
     apply(&mut control, go_live(2, "golive-1", Scope::National, None)).await;
     let (pki, addr) = (files.pki.clone(), server.addr);
-    let (list, answer) = tokio::task::spawn_blocking(move || {
+    let (list, answer, refusal) = tokio::task::spawn_blocking(move || {
         let list = run_grpcurl(&pki, "backend-emis", addr, &[], &["list"]);
         let request = format!(
             "{{\"name\": \"{}\", \"explain\": true}}",
@@ -30,7 +30,15 @@ async fn grpcurl_lists_the_services_and_gets_an_explained_answer() {
             &["-d", &request],
             &["nhs.gprollout.v1.ToggleService/GetPracticeFeature"],
         );
-        (list, answer)
+        // A refusal's details are printed by name: reflection serves google.rpc's types.
+        let refusal = refused(grpcurl_output(
+            &pki,
+            "backend-emis",
+            addr,
+            &["-d", "{\"name\": \"practices/A81001/features/no-such-feature\"}"],
+            &["nhs.gprollout.v1.ToggleService/GetPracticeFeature"],
+        ));
+        (list, answer, refusal)
     })
     .await
     .expect("grpcurl");
@@ -54,5 +62,13 @@ async fn grpcurl_lists_the_services_and_gets_an_explained_answer() {
     ] {
         assert!(answer.contains(expected), "{expected} missing from:\n{answer}");
     }
+    for expected in [
+        "\"@type\":\"type.googleapis.com/google.rpc.ErrorInfo\"",
+        "\"domain\":\"gprollout.nhs.uk\"",
+        "\"reason\":\"PRACTICE_NOT_FOUND\"",
+    ] {
+        assert!(refusal.contains(expected), "{expected} missing from:\n{refusal}");
+    }
+    assert!(!refusal.contains("is not recognized"), "{refusal}");
     server.stop().await;
 }

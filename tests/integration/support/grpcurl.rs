@@ -28,7 +28,37 @@ pub fn run_grpcurl(
     flags: &[&str],
     args: &[&str],
 ) -> String {
-    let out = std::process::Command::new(grpcurl())
+    let out = grpcurl_output(pki, who, addr, flags, args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "grpcurl {args:?} failed: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// What a grpcurl run that must fail printed (standard output, then standard error).
+#[track_caller]
+pub fn refused(out: std::process::Output) -> String {
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "grpcurl succeeded: {printed}");
+    printed
+}
+
+/// Runs `grpcurl FLAGS... localhost:PORT ARGS...` as `who`, whatever its outcome.
+pub fn grpcurl_output(
+    pki: &Path,
+    who: &str,
+    addr: std::net::SocketAddr,
+    flags: &[&str],
+    args: &[&str],
+) -> std::process::Output {
+    std::process::Command::new(grpcurl())
         .arg("-cacert")
         .arg(pki.join("ca.pem"))
         .arg("-cert")
@@ -39,12 +69,5 @@ pub fn run_grpcurl(
         .arg(format!("localhost:{}", addr.port()))
         .args(args)
         .output()
-        .expect("run grpcurl");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "grpcurl {args:?} failed: {}{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+        .expect("run grpcurl")
 }

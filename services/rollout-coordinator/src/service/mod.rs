@@ -108,10 +108,10 @@ fn draft<T>(req: &Request<T>, method: &str, target: &str, request_id: &str, reas
     AuditDraft {
         identity: identity(req).unwrap_or_else(|_| "-".into()),
         action: format!("{SERVICE}/{method}"),
-        target: target.chars().take(200).collect(),
+        target: rollout_core::audit::printable(target, 200),
         outcome: AuditOutcome::Accepted,
-        reason: reason.chars().take(1_000).collect(),
-        request_id: request_id.chars().take(64).collect(),
+        reason: rollout_core::audit::printable(reason, 1_000),
+        request_id: rollout_core::audit::printable(request_id, 64),
     }
 }
 
@@ -201,6 +201,13 @@ impl CoordinatorService for Handlers {
                 .feature
                 .as_ref()
                 .ok_or_else(|| ApiError::invalid_field("feature", "is required"))?;
+            // The description travels in the feature's definition to every supplier: checked
+            // here, where it is written, as a reason is.
+            wire::optional_text(
+                "feature.description",
+                &f.description,
+                rollout_core::rules::MAX_REASON_CHARS,
+            )?;
             let def = wire::feature_def("feature", key, f)?;
             let reason = wire::text("reason", &r.reason)?;
             let idem = idempotency(
@@ -327,12 +334,7 @@ impl CoordinatorService for Handlers {
             let who = identity(&req)?;
             let id = wire::command_name("name", &r.name)?;
             Span::current().record("command", id.as_str());
-            if r.comment.chars().count() > rollout_core::rules::MAX_REASON_CHARS {
-                return Err(ApiError::invalid_field(
-                    "comment",
-                    "is longer than 1000 characters",
-                ));
-            }
+            let comment = wire::optional_text("comment", &r.comment, rollout_core::rules::MAX_REASON_CHARS)?;
             let idem = idempotency(
                 "ApproveCommand",
                 &r.request_id,
@@ -344,9 +346,7 @@ impl CoordinatorService for Handlers {
             if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
                 return decode(&bytes);
             }
-            self.core
-                .approve(&who, &id, r.comment.trim().to_owned(), idem, audit.clone())
-                .await
+            self.core.approve(&who, &id, comment, idem, audit.clone()).await
         })
         .await
     }

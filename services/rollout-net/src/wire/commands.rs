@@ -209,7 +209,7 @@ pub fn command_unsequenced(field: &str, c: &pb::Command) -> Result<Command, ApiE
         sequence: 0,
         feature,
         action,
-        reason: text(&sub("reason"), &c.reason)?,
+        reason: stored_text(&sub("reason"), &c.reason)?,
         requester: c.requester.clone(),
         issued_at: c
             .create_time

@@ -39,7 +39,7 @@ fn named<T>(
         .ok_or_else(|| {
             ApiError::invalid_field(
                 field,
-                format!("{name:?} is not a name of the form {prefix}/{{id}}"),
+                format!("{} is not a name of the form {prefix}/{{id}}", shown(name)),
             )
         })?;
     parse(id).map_err(|e| ApiError::invalid_field(field, e))
@@ -65,7 +65,10 @@ pub fn practice_feature_name(field: &str, name: &str) -> Result<(OdsCode, Featur
     let bad = || {
         ApiError::invalid_field(
             field,
-            format!("{name:?} is not a name of the form practices/{{practice}}/features/{{feature}}"),
+            format!(
+                "{} is not a name of the form practices/{{practice}}/features/{{feature}}",
+                shown(name)
+            ),
         )
     };
     let mut parts = name.split('/');
@@ -89,7 +92,10 @@ pub fn opt_out_name(field: &str, name: &str) -> Result<(OdsCode, FeatureKey), Ap
     let inner = name.strip_suffix("/optOut").ok_or_else(|| {
         ApiError::invalid_field(
             field,
-            format!("{name:?} is not a name of the form practices/{{practice}}/features/{{feature}}/optOut"),
+            format!(
+                "{} is not a name of the form practices/{{practice}}/features/{{feature}}/optOut",
+                shown(name)
+            ),
         )
     })?;
     practice_feature_name(field, inner)
@@ -100,14 +106,27 @@ pub fn practice_feature_resource(ods: &OdsCode, feature: &FeatureKey) -> String 
     ["practices/", ods.as_str(), "/features/", feature.as_str()].concat()
 }
 
-/// A required, non-empty, bounded free-text field (reason, source).
+/// A required, non-empty, bounded free-text field (reason, source): at most 1,000 characters
+/// (`MAX_REASON_CHARS`) of printable text, newlines and tabs (see [`optional_text`]).
 pub fn text(field: &str, value: &str) -> Result<String, ApiError> {
-    let value = value.trim();
+    let value = optional_text(field, value, MAX_REASON_CHARS)?;
     if value.is_empty() {
         return Err(ApiError::invalid_field(
             field,
             "is required: say why, in words a person will read later",
         ));
+    }
+    Ok(value)
+}
+
+/// Text as a command or a register record carries it (from the coordinator, or read back from
+/// a store): required and at most 1,000 characters, as [`text`], but with any character. Text
+/// is checked where a person writes it ([`text`]); what a version that did not check stored
+/// must still load and travel.
+pub fn stored_text(field: &str, value: &str) -> Result<String, ApiError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ApiError::invalid_field(field, "is required"));
     }
     if value.chars().count() > MAX_REASON_CHARS {
         return Err(ApiError::invalid_field(
@@ -116,6 +135,42 @@ pub fn text(field: &str, value: &str) -> Result<String, ApiError> {
         ));
     }
     Ok(value.to_owned())
+}
+
+/// Free text a person wrote that may be empty (a comment, a description): trimmed, at most
+/// `max` characters, and, like [`text`], only printable text, newlines and tabs. A NUL or
+/// another control character is refused: PostgreSQL's text cannot hold a NUL, and a supplier
+/// that cannot store a command blocks every later one.
+pub fn optional_text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+    let value = value.trim();
+    if let Some((at, c)) = value
+        .char_indices()
+        .find(|(_, c)| c.is_control() && *c != '\n' && *c != '\t')
+    {
+        return Err(ApiError::invalid_field(
+            field,
+            format!(
+                "holds the control character U+{:04X} at byte {at}: only text, newlines and tabs",
+                u32::from(c)
+            ),
+        ));
+    }
+    if value.chars().count() > max {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("is longer than {max} characters"),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// Input quoted for an error message: at most 64 characters of it, so that an answer (and its
+/// `grpc-message` header, which clients limit to a few KB) never grows with what was sent.
+pub fn shown(input: &str) -> String {
+    match input.char_indices().nth(64) {
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &input[..cut], input.len()),
+        None => format!("{input:?}"),
+    }
 }
 
 /// The fingerprint of a request without its idempotency key (SHA-256 of the method and the
@@ -137,7 +192,7 @@ pub fn request_id(field: &str, value: &str) -> Result<Option<String>, ApiError> 
         Ok(u) if u.get_version_num() == 4 => Ok(Some(u.hyphenated().to_string())),
         _ => Err(ApiError::invalid_field(
             field,
-            format!("{value:?} is not a UUID version 4"),
+            format!("{} is not a UUID version 4", shown(value)),
         )),
     }
 }
@@ -212,6 +267,24 @@ mod tests {
 
     use proptest::prelude::*;
     use prost::Message;
+
+    #[test]
+    fn free_text_refuses_control_characters_and_errors_quote_a_bounded_piece() {
+        assert_eq!(
+            text("reason", "  two\nlines\tand a tab ").expect("text"),
+            "two\nlines\tand a tab"
+        );
+        for bad in ["nul\0", "bell\u{7}", "escape\u{1b}[2J", "carriage\rreturn"] {
+            assert!(text("reason", bad).is_err(), "{bad:?}");
+            assert!(optional_text("comment", bad, 1_000).is_err(), "{bad:?}");
+        }
+        assert_eq!(optional_text("comment", "", 1_000).expect("empty"), "");
+        assert!(stored_text("reason", "as stored\r\n by an older version").is_ok());
+        let long = "y".repeat(100_000);
+        assert!(shown(&long).len() < 100, "{}", shown(&long));
+        let refused = request_id("request_id", &long).expect_err("not a UUID");
+        assert!(format!("{refused:?}").len() < 1_000);
+    }
 
     use super::*;
 

@@ -64,10 +64,10 @@ fn draft<T>(req: &Request<T>, method: &str, target: &str, request_id: &str) -> A
             .map(|c| c.identity.to_string())
             .unwrap_or_else(|_| "-".into()),
         action: method.to_owned(),
-        target: target.chars().take(200).collect(),
+        target: rollout_core::audit::printable(target, 200),
         outcome: AuditOutcome::Accepted,
         reason: String::new(),
-        request_id: request_id.chars().take(64).collect(),
+        request_id: rollout_core::audit::printable(request_id, 64),
     }
 }
 

@@ -61,7 +61,7 @@ fn imported(field: &str, o: &pb::PracticeOptOut) -> Result<OptOutRecord, ApiErro
         Some(Withdrawal {
             by: identity(&at("withdrawn_by"), &o.withdrawn_by)?,
             at: required_time(&at("withdraw_time"), o.withdraw_time.as_ref())?,
-            reason: wire::text(&at("withdraw_reason"), &o.withdraw_reason)?,
+            reason: wire::stored_text(&at("withdraw_reason"), &o.withdraw_reason)?,
         })
     } else {
         None
@@ -70,8 +70,8 @@ fn imported(field: &str, o: &pb::PracticeOptOut) -> Result<OptOutRecord, ApiErro
         opt_out: rollout_core::OptOut {
             practice,
             feature,
-            reason: wire::text(&at("reason"), &o.reason)?,
-            source: wire::text(&at("source"), &o.source)?,
+            reason: wire::stored_text(&at("reason"), &o.reason)?,
+            source: wire::stored_text(&at("source"), &o.source)?,
             recorded_by: identity(&at("recorded_by"), &o.recorded_by)?,
             recorded_at: required_time(&at("create_time"), o.create_time.as_ref())?,
         },
