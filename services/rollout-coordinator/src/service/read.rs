@@ -115,11 +115,13 @@ pub(super) async fn watch_command(
     req: Request<pb::WatchCommandRequest>,
 ) -> Result<Response<WatchStream>, Status> {
     let id = wire::command_name("name", &req.get_ref().name)?;
+    // Subscribed before the first view is read: a change between the two (every supplier
+    // answering at once) is then seen, not missed until some later change.
+    let mut changes = h.core.changes.subscribe();
     let first = h.core.command_view(&id).await?;
     let (tx, rx) = mpsc::channel(16);
     let core = h.core.clone();
     tokio::spawn(async move {
-        let mut changes = core.changes.subscribe();
         let mut last: Option<pb::Command> = None;
         let mut next = Some(first);
         loop {
