@@ -62,7 +62,8 @@ impl std::fmt::Debug for Core {
     }
 }
 
-fn store_error(context: &'static str) -> impl FnOnce(rollout_store::StoreError) -> ApiError {
+/// An internal error for a failed store call, saying what was being done.
+pub(crate) fn store_error(context: &'static str) -> impl FnOnce(rollout_store::StoreError) -> ApiError {
     move |e| ApiError::internal(context, e)
 }
 

@@ -17,8 +17,8 @@ use std::{
 
 use prost::Message;
 use rollout_core::{
-    Action, Command, CommandId, Context, FeatureKey, OdsCode, OptOut, Practice, Reason, RuleBook, Scope,
-    State, SupplierId, evaluate, quoted,
+    Action, Command, CommandId, Context, FeatureKey, OdsCode, OptOut, Practice, Reason, RuleBook, State,
+    SupplierId, evaluate, quoted,
 };
 use rollout_net::{ApiError, wire};
 use rollout_proto::v1 as pb;
@@ -89,7 +89,10 @@ impl Core {
             } => (*t).max(now),
             _ => now,
         };
-        let scopes = self.scopes_of(cmd).await?;
+        let scopes = {
+            let m = self.lock().await;
+            self.scopes(&m, &cmd.action).await?
+        };
         let mut in_scope: BTreeMap<&SupplierId, Vec<&Practice>> = BTreeMap::new();
         for p in self.estate.practices() {
             if cmd.addressed_to(&p.supplier) && scopes.iter().any(|s| s.covers(p)) {
@@ -126,27 +129,6 @@ impl Core {
             });
         }
         Ok(preview)
-    }
-
-    /// The scopes a command covers: a go-live's own, or the scopes of the halts a resume names
-    /// (in force, or lifted in the log: a redelivered resume names halts lifted everywhere
-    /// but at the supplier it is for).
-    async fn scopes_of(&self, cmd: &Command) -> Result<Vec<Scope>, ApiError> {
-        match &cmd.action {
-            Action::GoLive { scope, .. } | Action::Halt { scope } => Ok(vec![scope.clone()]),
-            Action::Resume { halts } => {
-                let mut scopes = Vec::with_capacity(halts.len());
-                for h in halts {
-                    if let Some(halt) = self.halt(h).await?
-                        && let Action::Halt { scope } = &halt.action
-                    {
-                        scopes.push(scope.clone());
-                    }
-                }
-                Ok(scopes)
-            }
-            Action::CreateFeature(_) => Ok(Vec::new()),
-        }
     }
 
     /// The command `id` as the coordinator holds it: in force (the model), else the store.

@@ -198,8 +198,10 @@ impl Core {
     }
 
     /// The scopes an action covers: a go-live's own; a resume's, those of the halts it names
-    /// (in force, or read from the store: a rejected resume's halts were lifted in the log).
-    async fn scopes(&self, m: &Model, action: &Action) -> Result<Vec<Scope>, ApiError> {
+    /// (in force, or read from the store: a rejected or redelivered resume's halts were lifted
+    /// in the log). For a redelivery's impact and for a preview.
+    pub(crate) async fn scopes(&self, m: &Model, action: &Action) -> Result<Vec<Scope>, ApiError> {
+        let store_error = |e: String| ApiError::internal("reading a halt a resume names", e);
         match action {
             Action::GoLive { scope, .. } | Action::Halt { scope } => Ok(vec![scope.clone()]),
             Action::CreateFeature(_) => Ok(Vec::new()),
@@ -212,8 +214,15 @@ impl Core {
                         }
                         continue;
                     }
-                    if let Some(row) = self.store().command(h.as_str()).await.map_err(store_error)?
-                        && let Action::Halt { scope } = cmd_of(&row).map_err(store_error)?.domain.action
+                    if let Some(row) = self
+                        .store()
+                        .command(h.as_str())
+                        .await
+                        .map_err(|e| store_error(e.to_string()))?
+                        && let Action::Halt { scope } = cmd_of(&row)
+                            .map_err(|e| store_error(e.to_string()))?
+                            .domain
+                            .action
                     {
                         scopes.push(scope);
                     }

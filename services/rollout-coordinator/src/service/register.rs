@@ -9,14 +9,11 @@ use rollout_store::coordinator::RegisterQuery;
 use tonic::{Request, Response, Status};
 
 use super::Handlers;
+use crate::coordinator::store_error;
 
 /// ListOptOuts: opt-outs a page unless asked, and at most.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1_000;
-
-fn store_error(context: &'static str) -> impl FnOnce(rollout_store::StoreError) -> ApiError {
-    move |e| ApiError::internal(context, e)
-}
 
 fn count(n: u64) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
