@@ -11,7 +11,7 @@ use rollout_proto::v1::{self as pb, practice_feature::Reason as R, practice_feat
 use tonic::{Code, Status};
 
 use crate::{
-    stack::{SUPPLIERS, Stack, delivered, feature_live, halt, national, suppliers_until},
+    stack::{SUPPLIERS, Stack, audit_events, delivered, feature_live, halt, national, suppliers_until},
     support::{Running, assert_refused, feature_name, practice_feature},
 };
 
@@ -583,16 +583,7 @@ async fn a_redelivery_is_refused_for_what_was_not_rejected_and_never_approved_by
     );
 
     // Accepted and refused calls are in the audit log.
-    let events = stack
-        .client("auditor")
-        .list_audit_events(pb::ListAuditEventsRequest {
-            page_size: 1_000,
-            ..Default::default()
-        })
-        .await
-        .expect("audit")
-        .into_inner()
-        .events;
+    let events = audit_events(&stack).await;
     let redeliveries: Vec<_> = events
         .iter()
         .filter(|e| e.action.ends_with("/RedeliverCommand"))

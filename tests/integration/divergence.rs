@@ -11,7 +11,7 @@ use tonic::Code;
 
 use crate::{
     cli::ctl,
-    stack::{SUPPLIERS, Stack, delivered, feature_live, halt, national, suppliers_until},
+    stack::{SUPPLIERS, Stack, audit_events, delivered, feature_live, halt, national, suppliers_until},
     support::{FEATURE, assert_refused, pg_database, practice_feature},
 };
 
@@ -221,16 +221,7 @@ async fn restored_coordinator_lifts_nothing_and_recovers(postgres: Option<crate:
     let next = halt(&stack, national()).await;
     assert_eq!(next.sequence, last + 1);
     delivered(&stack, &next.name).await;
-    let events = stack
-        .client("auditor")
-        .list_audit_events(pb::ListAuditEventsRequest {
-            page_size: 1_000,
-            ..Default::default()
-        })
-        .await
-        .expect("audit")
-        .into_inner()
-        .events;
+    let events = audit_events(&stack).await;
     assert!(
         events
             .iter()

@@ -10,7 +10,7 @@ use rollout_store::supplier::{SqlSupplierStore, SupplierStore};
 use crate::{
     proxy::{Mode, Proxy},
     replicas::CoordinatorProcess,
-    stack::{SUPPLIERS, Stack, delivered, feature_live, halt, national},
+    stack::{SUPPLIERS, Stack, audit_events, delivered, feature_live, halt, national},
     support::practice_feature,
 };
 
@@ -50,20 +50,8 @@ async fn converged(stack: &Stack, target: i64, within: Duration) {
 /// Stops the suppliers and checks each one's store: every command 1..=target once, in order,
 /// no command applied twice, and an audit chain that verifies; and the coordinator's chain.
 async fn everything_applied_once(stack: &mut Stack, target: i64) {
-    let events = stack
-        .client("auditor")
-        .list_audit_events(pb::ListAuditEventsRequest {
-            page_size: 1_000,
-            ..Default::default()
-        })
-        .await
-        .expect("coordinator audit")
-        .into_inner();
-    let chain: Vec<_> = events
-        .events
-        .iter()
-        .map(rollout_net::wire::audit_from_pb)
-        .collect();
+    let events = audit_events(stack).await;
+    let chain: Vec<_> = events.iter().map(rollout_net::wire::audit_from_pb).collect();
     rollout_core::audit::verify_chain(&chain).expect("the coordinator's audit chain verifies");
     for id in SUPPLIERS {
         stack.stop_supplier(id).await;

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::{
-    stack::{Stack, feature_live, suppliers_until},
+    stack::{Stack, audit_events, feature_live, suppliers_until},
     support::{
         FEATURE, PgDb, Running, assert_refused, channel_as, feature_name, pg_database, practice_feature,
         reference_files,
@@ -166,29 +166,6 @@ async fn register_until(
             "the register does not show {what} within {WITHIN:?}: {got:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The coordinator's audit log, every page.
-async fn coordinator_audit(stack: &Stack) -> Vec<pb::AuditEvent> {
-    let mut auditor = stack.client("auditor");
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = auditor
-            .list_audit_events(pb::ListAuditEventsRequest {
-                page_size: 1_000,
-                page_token,
-                after_sequence: 0,
-            })
-            .await
-            .expect("audit")
-            .into_inner();
-        all.extend(page.events);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        page_token = page.next_page_token;
     }
 }
 
@@ -361,7 +338,7 @@ async fn a_supplier_that_lost_its_store_answers_as_before(postgres: Option<(PgDb
         let refused = viewer.list_opt_outs(request).await.expect_err("unknown name");
         assert_refused(&refused, tonic::Code::NotFound, reason, "an unknown filter");
     }
-    let restore = coordinator_audit(&stack)
+    let restore = audit_events(&stack)
         .await
         .into_iter()
         .find(|e| e.action == "restore-opt-outs")
@@ -562,7 +539,7 @@ async fn a_practice_that_moves_supplier_takes_its_opt_out_and_is_held_until_the_
     )
     .await;
     assert_eq!(counts, [count("tpp", 1, 0)]);
-    let moved = coordinator_audit(&stack)
+    let moved = audit_events(&stack)
         .await
         .into_iter()
         .find(|e| e.action == "transfer-opt-outs")
@@ -594,7 +571,7 @@ async fn a_moved_practice_with_no_opt_out_is_released_and_answers_by_the_rules()
     tpp_answers(&stack, EMIS_B, (S::Enabled, R::Live)).await;
     assert!(opt_outs_at(&stack, "tpp").await.is_empty());
     assert!(
-        !coordinator_audit(&stack)
+        !audit_events(&stack)
             .await
             .iter()
             .any(|e| e.action == "transfer-opt-outs"),

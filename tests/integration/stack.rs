@@ -374,3 +374,26 @@ pub async fn halt(stack: &Stack, scope: pb::Scope) -> pb::Command {
         .expect("halt")
         .into_inner()
 }
+
+/// The coordinator's audit log, every page.
+pub async fn audit_events(stack: &Stack) -> Vec<pb::AuditEvent> {
+    let mut auditor = stack.client("auditor");
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = auditor
+            .list_audit_events(pb::ListAuditEventsRequest {
+                page_size: 1_000,
+                page_token,
+                after_sequence: 0,
+            })
+            .await
+            .expect("audit")
+            .into_inner();
+        all.extend(page.events);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
+    }
+}
