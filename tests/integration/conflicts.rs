@@ -221,6 +221,7 @@ async fn go_live(stack: &Stack) -> pb::Command {
             reason: "again".into(),
             request_id: String::new(),
             dry_run: false,
+            ..Default::default()
         })
         .await
         .expect("go-live")

@@ -236,6 +236,7 @@ async fn a_resume_waits_for_a_different_approver() {
             reason: "again".into(),
             request_id: String::new(),
             dry_run: false,
+            ..Default::default()
         })
         .await
         .expect("go-live")
@@ -301,6 +302,7 @@ async fn scoped_halts_cover_exactly_their_practices() {
             reason: "two practices asked".into(),
             request_id: String::new(),
             dry_run: true,
+            ..Default::default()
         })
         .await
         .expect("dry run")
@@ -736,6 +738,7 @@ async fn idempotent_retries_and_refused_calls() {
         reason: "retry me".into(),
         request_id: "2f1d9c8e-4b3a-4f6e-8d7c-1a2b3c4d5e6f".into(),
         dry_run: false,
+        ..Default::default()
     };
     let first = alice.halt_feature(req.clone()).await.expect("halt").into_inner();
     let retry = alice.halt_feature(req.clone()).await.expect("retry").into_inner();
@@ -765,6 +768,7 @@ async fn idempotent_retries_and_refused_calls() {
             reason: "x".into(),
             request_id: String::new(),
             dry_run: false,
+            ..Default::default()
         })
         .await
         .expect_err("viewer");
@@ -781,6 +785,7 @@ async fn idempotent_retries_and_refused_calls() {
             reason: "x".into(),
             request_id: String::new(),
             dry_run: false,
+            ..Default::default()
         })
         .await
         .expect_err("unknown feature");
@@ -792,6 +797,7 @@ async fn idempotent_retries_and_refused_calls() {
             reason: "x".into(),
             request_id: String::new(),
             dry_run: false,
+            ..Default::default()
         })
         .await
         .expect_err("empty scope");
@@ -878,6 +884,7 @@ async fn bad_input_to_the_coordinator_is_refused_and_changes_nothing() {
             reason: "r".into(),
             request_id: String::new(),
             dry_run: false,
+            ..Default::default()
         };
         f(&mut r);
         r
@@ -1180,6 +1187,7 @@ async fn bad_input_to_the_coordinator_is_refused_and_changes_nothing() {
                         reason: "r".into(),
                         request_id: String::new(),
                         dry_run: false,
+                        ..Default::default()
                     })
                     .await,
             ),

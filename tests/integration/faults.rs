@@ -145,6 +145,7 @@ async fn a_supplier_killed_twenty_times_in_a_burst_of_100_commands_loses_nothing
                     reason: format!("burst {round}.{k}"),
                     request_id: String::new(),
                     dry_run: false,
+                    ..Default::default()
                 })
                 .await
                 .expect("halt")

@@ -85,6 +85,7 @@ async fn a_request_over_the_limit_is_refused_with_a_reason_by_every_service() {
         reason,
         request_id: String::new(),
         dry_run: false,
+        ..Default::default()
     };
     let before = stack
         .client("viewer")
@@ -201,6 +202,7 @@ async fn a_history_of_large_halts_is_listed_page_by_page_within_the_default_clie
             reason: format!("halt {} of a long history", issued.len()),
             request_id: String::new(),
             dry_run: false,
+            ..Default::default()
         };
         let command = alice.halt_feature(request).await.expect("halt").into_inner();
         total += command.encoded_len();

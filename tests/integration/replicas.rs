@@ -229,6 +229,7 @@ async fn the_delivery_leader_dies_mid_burst_and_another_replica_takes_over() {
                 reason: format!("burst {i}"),
                 request_id: String::new(),
                 dry_run: false,
+                ..Default::default()
             })
             .await
             .expect("halt through B")

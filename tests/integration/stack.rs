@@ -274,6 +274,7 @@ pub async fn feature_live(stack: &Stack) {
             reason: "go live".into(),
             request_id: String::new(),
             dry_run: false,
+            ..Default::default()
         })
         .await
         .expect("go-live")
@@ -369,6 +370,7 @@ pub async fn halt(stack: &Stack, scope: pb::Scope) -> pb::Command {
             reason: "halted until further notice".into(),
             request_id: String::new(),
             dry_run: false,
+            ..Default::default()
         })
         .await
         .expect("halt")

@@ -279,6 +279,21 @@ impl Core {
         Err(already_lifted(m, h, by))
     }
 
+    /// The resume that lifted dispatched halt `halt`, or `None` while it is in force.
+    pub(crate) async fn lifting_resume(&self, halt: &Cmd) -> Result<Option<CommandId>, ApiError> {
+        let (in_force, last) = self
+            .read(|m| (m.in_force().get(&halt.domain.id).is_some(), m.last_sequence()))
+            .await;
+        if in_force {
+            return Ok(None);
+        }
+        let d = &halt.domain;
+        Ok(self
+            .lifted_by(d.sequence, &d.feature, &d.id, last)
+            .await?
+            .map(|(resume, _)| resume))
+    }
+
     /// The dispatched resume of `feature` after `after` and up to `last` that names halt `h`
     /// and lifted it in the log (addressed to every supplier), with its sequence.
     async fn lifted_by(

@@ -297,6 +297,7 @@ async fn demo(layout: &Layout) -> Result<(), CliError> {
             reason: "national go-live".into(),
             request_id: String::new(),
             dry_run: false,
+            ..Default::default()
         })
         .await
         .map_err(call)?
@@ -322,6 +323,7 @@ async fn demo(layout: &Layout) -> Result<(), CliError> {
             reason: "halted until further notice".into(),
             request_id: String::new(),
             dry_run: false,
+            ..Default::default()
         })
         .await
         .map_err(call)?

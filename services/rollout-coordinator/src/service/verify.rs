@@ -135,11 +135,24 @@ pub(super) async fn verify_command(
             .map_or(0, |s| s.practices);
     }
     let enabled_count = results.iter().map(|r| r.enabled_count).sum();
-    let verified = enabled_count == 0 && results.iter().all(|r| r.error.is_empty());
+    let checked_count = results.iter().map(|r| r.checked_count).sum();
+    let lifted_by = h
+        .core
+        .lifting_resume(&c)
+        .await?
+        .map(|r| format!("commands/{r}"))
+        .unwrap_or_default();
+    // Nothing in scope, or no longer in force, is never a verified halt.
+    let verified = enabled_count == 0
+        && checked_count > 0
+        && lifted_by.is_empty()
+        && results.iter().all(|r| r.error.is_empty());
     Ok(Response::new(pb::VerifyCommandResponse {
         command: format!("commands/{id}"),
         verified,
         enabled_count,
+        checked_count,
+        lifted_by,
         suppliers: results,
         verify_time: Some(wire::timestamp(SystemTime::now())),
     }))

@@ -4,7 +4,7 @@ use clap::Args;
 use rollout_net::wire;
 use rollout_proto::v1 as pb;
 
-use super::{Ctx, Outcome, RequestId, feature_name, scope};
+use super::{Ctx, Outcome, RequestId, ScopeAllowances, feature_name, scope};
 use crate::client::usage;
 
 /// `go-live`.
@@ -24,6 +24,8 @@ pub struct GoLive {
     /// Only show the impact.
     #[arg(long)]
     dry_run: bool,
+    #[command(flatten)]
+    allow: ScopeAllowances,
     #[command(flatten)]
     request_id: RequestId,
 }
@@ -51,6 +53,8 @@ impl GoLive {
                 reason: self.reason,
                 request_id: self.request_id.into(),
                 dry_run: self.dry_run,
+                allow_unknown_practices: self.allow.allow_unknown_practices,
+                allow_empty_scope: self.allow.allow_empty_scope,
             })
             .await?
             .into_inner();

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use rollout_proto::v1 as pb;
 
-use super::{Ctx, Exit, Outcome, RequestId, feature_name, scope, verify, watch};
+use super::{Ctx, Exit, Outcome, RequestId, ScopeAllowances, feature_name, scope, verify, watch};
 
 /// `halt`.
 #[derive(Debug, Args)]
@@ -29,6 +29,8 @@ pub struct Halt {
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     #[command(flatten)]
+    allow: ScopeAllowances,
+    #[command(flatten)]
     request_id: RequestId,
 }
 
@@ -44,6 +46,8 @@ impl Halt {
                 reason: self.reason,
                 request_id: self.request_id.into(),
                 dry_run: self.dry_run,
+                allow_unknown_practices: self.allow.allow_unknown_practices,
+                allow_empty_scope: self.allow.allow_empty_scope,
             })
             .await?
             .into_inner();

@@ -225,6 +225,19 @@ impl From<RequestId> for String {
     }
 }
 
+/// `--allow-unknown-practices` and `--allow-empty-scope`, taken by halt and go-live.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct ScopeAllowances {
+    /// Accept practice codes the national estate does not know (practices about to open); the
+    /// impact names them. Without it the command is refused and the codes are named.
+    #[arg(long)]
+    allow_unknown_practices: bool,
+    /// Accept a scope that covers no active practice today. Without it such a command is
+    /// refused: a scope that covers nothing is nearly always a typo.
+    #[arg(long)]
+    allow_empty_scope: bool,
+}
+
 /// A feature's resource name from its key.
 fn feature_name(key: &str) -> String {
     format!("features/{key}")
