@@ -62,6 +62,7 @@ async fn long_history(stack: &Stack) -> (i64, String) {
                 name: feature(),
                 scope: Some(practice_list(stack, n)),
                 reason: format!("letter {n}: practices asked not to go ahead"),
+                allow_unknown_practices: true,
                 ..Default::default()
             })
             .await

@@ -200,8 +200,7 @@ async fn a_history_of_large_halts_is_listed_page_by_page_within_the_default_clie
             name: feature_name(),
             scope: Some(practice_list(codes.clone())),
             reason: format!("halt {} of a long history", issued.len()),
-            request_id: String::new(),
-            dry_run: false,
+            allow_unknown_practices: true,
             ..Default::default()
         };
         let command = alice.halt_feature(request).await.expect("halt").into_inner();

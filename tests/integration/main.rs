@@ -17,6 +17,7 @@ mod proxy;
 mod register;
 mod replicas;
 mod resync;
+mod scopes;
 mod security;
 mod stack;
 mod store;

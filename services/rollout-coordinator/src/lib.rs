@@ -24,6 +24,7 @@ mod recovery;
 mod redeliver;
 mod register;
 mod rejections;
+mod scope_check;
 mod service;
 mod snapshot;
 mod state_watch;

@@ -107,6 +107,9 @@ pub(crate) async fn issue_history(
                         name: feature.clone(),
                         scope: Some(rollout_net::wire::scope_pb(scope)),
                         reason: reason.clone(),
+                        // Generated scopes may name codes or areas the estate lacks.
+                        allow_unknown_practices: true,
+                        allow_empty_scope: true,
                         ..Default::default()
                     })
                     .await
@@ -134,6 +137,9 @@ pub(crate) async fn issue_history(
                         name: feature.clone(),
                         scope: Some(rollout_net::wire::scope_pb(scope)),
                         reason: reason.clone(),
+                        // Generated scopes may name codes or areas the estate lacks.
+                        allow_unknown_practices: true,
+                        allow_empty_scope: true,
                         ..Default::default()
                     })
                     .await

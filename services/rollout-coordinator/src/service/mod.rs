@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, pin::Pin, sync::Arc};
 
 use prost::Message;
 use rollout_core::{
-    Action, SupplierId,
+    Action, Scope, SupplierId,
     audit::{AuditDraft, AuditOutcome},
 };
 use rollout_net::{ApiError, Caller, MessageLimits, wire};
@@ -20,6 +20,7 @@ use crate::{
     coordinator::{Core, Idempotency, Model},
     recovery::{self, Recovery},
     redeliver::Redelivery,
+    scope_check::Allowances,
 };
 
 mod read;
@@ -89,6 +90,15 @@ impl Handlers {
             return Ok(Response::new(call.await?));
         }
         self.audited(audit.clone(), call).await
+    }
+
+    /// The request's `scope`, valid on the wire and naming what the national estate knows
+    /// (see [`crate::scope_check`]).
+    fn known_scope(&self, scope: Option<&pb::Scope>, allow: Allowances) -> Result<Scope, ApiError> {
+        let scope = wire::scope("scope", scope)?;
+        let suppliers: Vec<SupplierId> = self.core.suppliers.iter().map(|s| s.id.clone()).collect();
+        crate::scope_check::check(&self.core.estate, &suppliers, "scope", &scope, allow)?;
+        Ok(scope)
     }
 
     fn toggle(&self, supplier: &SupplierId) -> Result<ToggleServiceClient<Channel>, ApiError> {
@@ -258,8 +268,12 @@ impl CoordinatorService for Handlers {
             },
         );
         self.issue(identity(&req), audit, &r.name, &r.reason, r.dry_run, idem, || {
+            let allow = Allowances {
+                unknown_practices: r.allow_unknown_practices,
+                empty_scope: r.allow_empty_scope,
+            };
             Ok(Action::Halt {
-                scope: wire::scope("scope", r.scope.as_ref())?,
+                scope: self.known_scope(r.scope.as_ref(), allow)?,
             })
         })
         .await
@@ -311,8 +325,12 @@ impl CoordinatorService for Handlers {
             },
         );
         self.issue(identity(&req), audit, &r.name, &r.reason, r.dry_run, idem, || {
+            let allow = Allowances {
+                unknown_practices: r.allow_unknown_practices,
+                empty_scope: r.allow_empty_scope,
+            };
             Ok(Action::GoLive {
-                scope: wire::scope("scope", r.scope.as_ref())?,
+                scope: self.known_scope(r.scope.as_ref(), allow)?,
                 effective_at: r
                     .effective_time
                     .as_ref()
