@@ -134,7 +134,7 @@ fn sibling(name: &str) -> Result<PathBuf, CliError> {
         Ok(path)
     } else {
         Err(fail(format!(
-            "{name} not found in {}: build every binary first (cargo build --bins)",
+            "{name} not found in {}: build every binary first (cargo build --workspace --bins)",
             dir.display()
         )))
     }
