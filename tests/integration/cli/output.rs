@@ -1,7 +1,8 @@
 //! What the operator reads at 3 a.m.: `status` names the feature it counts and how fresh its
 //! counts are; `feature list` shows the control TTL; `halt --wait` prints a name once or one
 //! JSON document; `verify` says why a halt is not verified; a wait that times out names the
-//! suppliers that did not answer and what to do next.
+//! suppliers that did not answer and what to do next, and a supplier the coordinator cannot
+//! reach is not blamed on the coordinator.
 
 use std::time::Duration;
 
@@ -241,5 +242,16 @@ async fn a_wait_that_times_out_names_the_suppliers_that_did_not_answer() {
     assert!(unanswered.contains("tpp"), "{said}");
     assert!(said.contains("Next: `rolloutctl status`"), "{said}");
     assert!(said.contains("A supplier does not acknowledge"), "{said}");
+
+    // The coordinator answers for the supplier it cannot reach: the hint blames the supplier.
+    let practice = stack.practice_of("tpp");
+    let show = ["practice", "show", &practice, "--feature", FEATURE];
+    let out = ctl(&stack, "viewer", &show).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("hint: the coordinator is up but could not reach that supplier"),
+        "{}",
+        text(&out)
+    );
     stack.stop().await;
 }

@@ -51,10 +51,12 @@ pub fn explain(status: &Status, target: Target<'_>) -> String {
             text.push_str(&format!("\n  {}: {}", v.field, v.description));
         }
     }
-    let hint = reason
-        .and_then(reason_hint)
-        .map(str::to_owned)
-        .or_else(|| code_hint(status.code(), target));
+    // A refusal with a reason came from the coordinator itself: the hints by code (is it
+    // running? which role?) are for answers without one.
+    let hint = match reason {
+        Some(reason) => reason_hint(reason).map(str::to_owned),
+        None => code_hint(status.code(), target),
+    };
     if let Some(hint) = hint {
         text.push_str("\nhint: ");
         text.push_str(&hint);
@@ -83,6 +85,9 @@ fn reason_hint(reason: &str) -> Option<&'static str> {
         }
         "FEATURE_NOT_FOUND" => {
             "`rolloutctl feature list` shows the features defined; `rolloutctl feature create` defines one (docs/RUNBOOK.md, \"Define a feature\")"
+        }
+        "SUPPLIER_UNAVAILABLE" | "SUPPLIER_UNREACHABLE" => {
+            "the coordinator is up but could not reach that supplier: `rolloutctl status` shows its state and last error (docs/RUNBOOK.md, \"A supplier does not acknowledge\")"
         }
         "SUPPLIER_DIVERGED" => {
             "recover the coordinator's log first: `rolloutctl recover --from SUPPLIER --reason \"...\" --dry-run` (docs/RUNBOOK.md, \"Restored the coordinator from a backup\")"
@@ -163,6 +168,19 @@ mod tests {
             &[("scope.practices[0]", "practice code \"X1\" is not valid")],
         );
         assert_eq!(explain(&status, TARGET).lines().count(), 1);
+    }
+
+    #[test]
+    fn a_supplier_the_coordinator_cannot_reach_is_not_blamed_on_the_coordinator() {
+        let status = refusal(
+            Code::Unavailable,
+            "SUPPLIER_UNAVAILABLE",
+            "tpp did not answer",
+            &[],
+        );
+        let text = explain(&status, TARGET);
+        assert!(text.contains("could not reach that supplier"), "{text}");
+        assert!(!text.contains("is the coordinator running"), "{text}");
     }
 
     #[test]
