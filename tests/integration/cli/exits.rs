@@ -54,4 +54,10 @@ async fn a_command_line_not_understood_exits_64_and_help_exits_0() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
         assert!(!out.stdout.is_empty(), "{args:?}");
     }
+    let help = run(&pki, &["--help"]).await;
+    assert!(
+        text(&help).contains("64 the command line was not understood"),
+        "the exit statuses are in --help: {}",
+        text(&help)
+    );
 }

@@ -65,7 +65,15 @@ pub type Outcome = Result<Exit, CliError>;
 
 /// The GP Rollout Control operator CLI.
 #[derive(Debug, Parser)]
-#[command(name = "rolloutctl", version, about, long_about = None)]
+#[command(
+    name = "rolloutctl",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit status: 0 success; 1 an error (the message says what to do); 2 a supplier \
+        rejected the command, a halt is not verified, or the audit chain is broken; 3 a wait \
+        timed out; 64 the command line was not understood (nothing was sent)."
+)]
 pub struct Cli {
     #[command(flatten)]
     connection: Connection,
@@ -117,7 +125,8 @@ pub enum Op {
     /// Follow a command's delivery until every supplier has answered. Exits 2 if a supplier
     /// rejected it, 3 on timeout.
     Watch(watch::Watch),
-    /// Every supplier and whether it is in sync.
+    /// Every supplier and whether it is in sync, then its practices' counts per feature as it
+    /// last counted them, with how long ago.
     Status(status::Status),
     /// List practices in a halt's scope still enabled at any supplier. Exits 2 if any.
     Verify(verify::Verify),
