@@ -131,6 +131,28 @@ async fn dev_up_runs_the_readme_tour_and_stops_cleanly_on_ctrl_c() {
         up.seen
     );
 
+    // The addresses it prints pass the TLS name check: rolloutctl reaches the coordinator at
+    // the one printed, with nothing else said.
+    let printed = up
+        .seen
+        .lines()
+        .find_map(|l| l.strip_prefix("starting coordinator on "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the coordinator's address is printed")
+        .to_owned();
+    let status = Command::new(binary("rolloutctl"))
+        .args(["--coordinator", &printed, "--pki-dir"])
+        .arg(state.join("pki"))
+        .args(["--as", "viewer", "status"])
+        .output()
+        .await
+        .expect("run");
+    assert!(
+        status.status.success(),
+        "rolloutctl at the printed {printed}: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
     // A second stack on the same ports is refused with a clear error.
     let second = Command::new(binary("rolloutctl"))
         .args(["dev", "up", "--state-dir"])
@@ -189,6 +211,8 @@ async fn dev_up_runs_the_readme_tour_and_stops_cleanly_on_ctrl_c() {
         "SELF_APPROVAL",
         "refused: alice asked for it",
         "audit chain verified",
+        "grpc.health.v1.Health",
+        "\"status\": \"SERVING\"",
     ] {
         assert!(
             text.contains(expected),

@@ -119,6 +119,8 @@ impl Core {
         };
         s.pb.divergence = divergence;
         s.pb.feature_counts = state.feature_counts.clone();
+        s.pb.counts_time = state.read_time;
+        s.pb.counts_sequence = state.applied_sequence;
         s.pb.last_error = String::new();
         s.last_contact = Some(SystemTime::now());
         s.pb.last_contact_time = s.last_contact.map(wire::timestamp);

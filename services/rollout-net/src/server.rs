@@ -84,16 +84,50 @@ pub fn reflection(
 }
 
 /// Serves health alone, in plaintext, on `listener` (bound to loopback by default) for probes
-/// that present no client certificate.
+/// that present no client certificate; with reflection of health alone, so that `grpcurl
+/// -plaintext HOST:PORT list` and `describe` work there too.
 pub async fn serve_plaintext_health(
     listener: TcpListener,
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let (v1, v1alpha) = health_reflection();
     Server::builder()
         .add_service(health)
+        .add_optional_service(v1)
+        .add_optional_service(v1alpha)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
+}
+
+/// Reflection v1 and v1alpha advertising `grpc.health.v1.Health` and nothing else, for the
+/// plaintext health port. Built from descriptor sets compiled in, so it cannot fail in
+/// practice; if it did, health is served without reflection and the failure is logged.
+fn health_reflection() -> (
+    Option<
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+    >,
+    Option<
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    >,
+) {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .include_reflection_service(false)
+            .with_service_name("grpc.health.v1.Health")
+    };
+    let warned = |e: tonic_reflection::server::Error| {
+        tracing::warn!(error = %e, "no reflection on the plaintext health port");
+    };
+    (
+        builder().build_v1().map_err(warned).ok(),
+        builder().build_v1alpha().map_err(warned).ok(),
+    )
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

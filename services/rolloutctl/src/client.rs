@@ -11,7 +11,8 @@ use rollout_net::{
 };
 use rollout_proto::v1::{self as pb, coordinator_service_client::CoordinatorServiceClient};
 use tonic::transport::Channel;
-use tonic_types::StatusExt;
+
+use crate::hints;
 
 /// A client of the coordinator.
 pub type Client = CoordinatorServiceClient<Channel>;
@@ -79,7 +80,7 @@ impl Connection {
 
     /// A client for the coordinator.
     pub fn client(&self) -> Result<Client, CliError> {
-        let config = tls::client_config(&self.files()?, None).map_err(|e| usage(e.to_string()))?;
+        let config = tls::client_config(&self.files()?, None).map_err(|e| local(e.to_string()))?;
         let channel = tls::channel(&self.coordinator, config).map_err(|e| usage(e.to_string()))?;
         Ok(CoordinatorServiceClient::new(channel).with_message_limits())
     }
@@ -88,9 +89,13 @@ impl Connection {
 /// A failure, said in a way that tells the operator what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// Local set-up (certificates, arguments).
+    /// The command line was not understood (a malformed scope or time, a missing flag):
+    /// nothing was sent. Exit 64 ([`Exit::Usage`](crate::cmd::Exit::Usage)).
     #[error("{0}")]
     Usage(String),
+    /// Local set-up (certificate files, the runtime), or a question answered no.
+    #[error("{0}")]
+    Local(String),
     /// The coordinator answered with an error, explained (see [`CliError::explained`]).
     #[error("{0}")]
     Call(String),
@@ -102,40 +107,32 @@ pub enum CliError {
     Output(#[from] io::Error),
 }
 
-/// A [`CliError::Usage`].
+/// A [`CliError::Usage`]: the command line was not understood.
 pub fn usage(msg: impl Into<String>) -> CliError {
     CliError::Usage(msg.into())
 }
 
+/// A [`CliError::Local`]: something here failed, or the operator said no.
+pub fn local(msg: impl Into<String>) -> CliError {
+    CliError::Local(msg.into())
+}
+
 impl CliError {
-    /// A coordinator's error explained, with a hint where one helps: the code, the reason
-    /// (`google.rpc.ErrorInfo`) and the message.
-    pub fn explained(self, coordinator: &str) -> CliError {
+    /// A coordinator's error explained (see [`crate::hints`]): the code, the reason
+    /// (`google.rpc.ErrorInfo`), the message, the field violations and a hint where one helps.
+    pub fn explained(self, connection: &Connection) -> CliError {
         let CliError::Status(s) = self else {
             return self;
         };
-        let reason = s
-            .get_error_details()
-            .error_info()
-            .filter(|i| !i.reason.is_empty())
-            .map(|i| format!(" ({})", i.reason))
-            .unwrap_or_default();
-        let hint = match s.code() {
-            tonic::Code::Unavailable => format!(
-                "\nhint: is the coordinator running at {coordinator}? (`rolloutctl dev up` starts a local stack; --coordinator or ROLLOUT_COORDINATOR sets the address)"
-            ),
-            tonic::Code::PermissionDenied => {
-                "\nhint: use a certificate whose identity holds the role this needs (--as, --cert/--key)"
-                    .into()
-            }
-            _ => String::new(),
-        };
-        let detail = if s.message().is_empty() {
-            s.to_string()
-        } else {
-            s.message().to_owned()
-        };
-        CliError::Call(format!("{:?}{reason}: {detail}{hint}", s.code()))
+        let files = connection.files().ok();
+        CliError::Call(hints::explain(
+            &s,
+            hints::Target {
+                coordinator: &connection.coordinator,
+                ca: files.as_ref().map(|f| f.ca.as_path()),
+                cert: files.as_ref().map(|f| f.cert.as_path()),
+            },
+        ))
     }
 
     /// Whether standard output was closed under us (`rolloutctl ... | head -1`): the command

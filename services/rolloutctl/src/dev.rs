@@ -57,7 +57,7 @@ impl Layout {
 }
 
 fn fail(msg: impl Into<String>) -> CliError {
-    CliError::Usage(msg.into())
+    CliError::Local(msg.into())
 }
 
 fn write(path: &Path, contents: &[u8]) -> Result<(), CliError> {
@@ -134,7 +134,7 @@ fn sibling(name: &str) -> Result<PathBuf, CliError> {
         Ok(path)
     } else {
         Err(fail(format!(
-            "{name} not found in {}: build every binary first (cargo build --bins)",
+            "{name} not found in {}: build every binary first (cargo build --workspace --bins)",
             dir.display()
         )))
     }
@@ -361,6 +361,7 @@ fn tour(layout: &Layout) {
     let p = pki.display();
     let c = layout.coordinator();
     let e = layout.supplier(0);
+    let h = layout.health(0);
     println!(
         "\nThe stack is up. Try, in another terminal:\n\n\
          # reflection and an explained answer at EMIS, as its backend\n\
@@ -370,8 +371,10 @@ fn tour(layout: &Layout) {
          # the operator's view\n\
          rolloutctl --coordinator localhost:{c} --pki-dir {p} --as viewer status\n\
          rolloutctl --coordinator localhost:{c} --pki-dir {p} --as viewer commands list\n\
-         rolloutctl --coordinator localhost:{c} --pki-dir {p} --as viewer practice show L56296\n\n\
-         Logs are in {}/logs. Press Ctrl-C to stop everything.",
+         rolloutctl --coordinator localhost:{c} --pki-dir {p} --as viewer practice show L56296 --feature {FEATURE}\n\n\
+         # the plaintext health port, as probes call it (no certificate)\n\
+         grpcurl -plaintext localhost:{h} grpc.health.v1.Health/Check\n\n\
+         Each process logs to {}/logs/NAME.log (coordinator, supplier-emis, ...). Press Ctrl-C to stop everything.",
         layout.dir.display()
     );
 }
@@ -422,7 +425,7 @@ pub async fn up(layout: Layout) -> Outcome {
             args.extend(tls_args(&pki, &format!("supplier-{s}")));
             procs.push(spawn(&layout, &format!("supplier-{s}"), &supplier_bin, args)?);
             println!(
-                "starting supplier {s} on 127.0.0.1:{} (health {})",
+                "starting supplier {s} on localhost:{} (health localhost:{})",
                 layout.supplier(i),
                 layout.health(i + 1)
             );
@@ -446,7 +449,7 @@ pub async fn up(layout: Layout) -> Outcome {
         args.extend(tls_args(&pki, "coordinator"));
         procs.push(spawn(&layout, "coordinator", &coordinator_bin, args)?);
         println!(
-            "starting coordinator on 127.0.0.1:{} (health {})",
+            "starting coordinator on localhost:{} (health localhost:{})",
             layout.coordinator(),
             layout.health(0)
         );

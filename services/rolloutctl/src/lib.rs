@@ -5,6 +5,7 @@
 //!   ([`cmd::Exit`]).
 //! - [`client`]: the connection to the coordinator, its failures explained, List answers read
 //!   to the end.
+//! - [`hints`]: what to do about a refusal or a failed connection.
 //! - [`render`]: what the commands print: one [`render::Printer`] for the output format and a
 //!   [`render::View`] per answer.
 //! - [`dev`]: `rolloutctl dev up`, the local stack.
@@ -13,5 +14,6 @@
 pub mod client;
 pub mod cmd;
 pub mod dev;
+pub mod hints;
 pub mod pki;
 pub mod render;

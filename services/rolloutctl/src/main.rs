@@ -2,9 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use rolloutctl::cmd::Cli;
-
 fn main() -> ExitCode {
-    Cli::parse().run()
+    rolloutctl::cmd::main()
 }

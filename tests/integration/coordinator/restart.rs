@@ -58,6 +58,8 @@ async fn everything(stack: &Stack) -> (Vec<pb::Command>, Vec<pb::Command>, Vec<p
             last_contact_time: None,
             last_error: String::new(),
             feature_counts: Vec::new(),
+            counts_time: None,
+            counts_sequence: 0,
             ..s
         })
         .collect();

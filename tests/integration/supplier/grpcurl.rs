@@ -1,11 +1,11 @@
 //! The supplier through the real grpcurl: reflection lists the services, and an answer comes
-//! back explained.
+//! back explained; the plaintext health port answers a probe's grpcurl, with no certificate.
 
 use rollout_core::Scope;
 
 use crate::support::{
     define, go_live,
-    grpcurl::{grpcurl_output, refused, run_grpcurl},
+    grpcurl::{grpcurl, grpcurl_output, refused, run_grpcurl},
     practice_feature,
     supplier::{EMIS_A, apply, control, emis},
 };
@@ -70,5 +70,34 @@ async fn grpcurl_lists_the_services_and_gets_an_explained_answer() {
         assert!(refusal.contains(expected), "{expected} missing from:\n{refusal}");
     }
     assert!(!refusal.contains("is not recognized"), "{refusal}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_plaintext_health_port_lists_health_alone_and_answers_a_check() {
+    let (_tmp, _files, server) = emis().await;
+    let at = format!("localhost:{}", server.health.port());
+    let (list, check) = tokio::task::spawn_blocking(move || {
+        let plaintext = |args: &[&str]| {
+            let out = std::process::Command::new(grpcurl())
+                .arg("-plaintext")
+                .arg(&at)
+                .args(args)
+                .output()
+                .expect("run grpcurl");
+            let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "grpcurl -plaintext {at} {args:?}: {}{printed}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            printed
+        };
+        (plaintext(&["list"]), plaintext(&["grpc.health.v1.Health/Check"]))
+    })
+    .await
+    .expect("grpcurl");
+    assert_eq!(list.trim(), "grpc.health.v1.Health", "health alone is listed");
+    assert!(check.contains("\"status\": \"SERVING\""), "{check}");
     server.stop().await;
 }

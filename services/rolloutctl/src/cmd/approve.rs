@@ -1,12 +1,10 @@
 //! `rolloutctl approve`: approves a pending command, after showing what it will change.
 
-use std::io::{BufRead, IsTerminal, Write};
-
 use clap::Args;
 use rollout_proto::v1 as pb;
 
-use super::{Ctx, Outcome, RequestId, command_name};
-use crate::{client::usage, render::Output};
+use super::{Ctx, Outcome, RequestId, command_name, confirm};
+use crate::client::local;
 
 /// `approve`.
 #[derive(Debug, Args)]
@@ -29,7 +27,7 @@ impl Approve {
     /// Approves; the last approval needed dispatches the command.
     pub async fn run(self, ctx: &mut Ctx) -> Outcome {
         let name = command_name(&self.command);
-        if !self.yes && ctx.out.output() == Output::Table && std::io::stdin().is_terminal() {
+        if confirm::asks(self.yes) {
             let shown = ctx
                 .client
                 .get_command(pb::GetCommandRequest { name: name.clone() })
@@ -38,9 +36,9 @@ impl Approve {
             // Only a command waiting for approval is worth the question; the coordinator
             // explains any other refusal.
             if shown.state() == pb::command::State::PendingApproval {
-                ctx.out.print(&shown)?;
-                if !confirmed(&name)? {
-                    return Err(usage(format!("{name} was not approved: nothing was sent")));
+                ctx.out.preview(&shown)?;
+                if !confirm::confirmed(&format!("Approve {name}?"))? {
+                    return Err(local(format!("{name} was not approved: nothing was sent")));
                 }
             }
         }
@@ -55,14 +53,4 @@ impl Approve {
             .into_inner();
         ctx.print(&cmd)
     }
-}
-
-/// Asks on standard error whether to approve `name`; only `yes` approves.
-fn confirmed(name: &str) -> std::io::Result<bool> {
-    let mut err = std::io::stderr();
-    write!(err, "Approve {name}? Type yes to approve: ")?;
-    err.flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    Ok(answer.trim() == "yes")
 }

@@ -5,7 +5,11 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use rollout_proto::v1 as pb;
 
-use super::{Ctx, Exit, Outcome, RequestId, ScopeAllowances, feature_name, scope, verify, watch};
+use super::{Ctx, Exit, Outcome, RequestId, ScopeAllowances, confirm, feature_name, scope, verify, watch};
+use crate::{
+    client::{CliError, local},
+    render::{Output, json_value},
+};
 
 /// `halt`.
 #[derive(Debug, Args)]
@@ -22,12 +26,18 @@ pub struct Halt {
     #[arg(long)]
     dry_run: bool,
     /// Wait until every supplier has applied it, verify it, and print the time from issue
-    /// to verified.
+    /// to verified. With --output name the halt's name is printed once; with --output json,
+    /// one document: {"command", "verification", "timeToVerifiedMs"}.
     #[arg(long)]
     wait: bool,
     /// How long --wait waits.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Halt without asking. Without it, at a terminal, a national or supplier-wide halt first
+    /// shows what it covers and needs `yes` typed; with standard input not a terminal, nothing
+    /// is asked.
+    #[arg(long)]
+    yes: bool,
     #[command(flatten)]
     allow: ScopeAllowances,
     #[command(flatten)]
@@ -35,36 +45,93 @@ pub struct Halt {
 }
 
 impl Halt {
-    /// Issues the halt; with `--wait`, follows it to every supplier and verifies it.
+    /// Issues the halt (after the question, for a wide scope at a terminal); with `--wait`,
+    /// follows it to every supplier and verifies it.
     pub async fn run(self, ctx: &mut Ctx) -> Outcome {
+        let request = pb::HaltFeatureRequest {
+            name: feature_name(&self.feature),
+            scope: Some(scope(&self.scope)?),
+            reason: self.reason.clone(),
+            request_id: self.request_id.clone().into(),
+            dry_run: self.dry_run,
+            allow_unknown_practices: self.allow.allow_unknown_practices,
+            allow_empty_scope: self.allow.allow_empty_scope,
+        };
+        let wide = request.scope.as_ref().is_some_and(confirm::wide);
+        if wide && !self.dry_run && confirm::asks(self.yes) {
+            self.confirm(ctx, &request).await?;
+        }
         let issued = Instant::now();
-        let cmd = ctx
+        let cmd = ctx.client.halt_feature(request).await?.into_inner();
+        if !self.wait || self.dry_run {
+            return ctx.print(&cmd);
+        }
+        wait_verified(ctx, cmd, issued, self.timeout).await
+    }
+
+    /// Shows the dry run of `request` and asks; an error unless the answer is yes.
+    async fn confirm(&self, ctx: &mut Ctx, request: &pb::HaltFeatureRequest) -> Result<(), CliError> {
+        let preview = ctx
             .client
             .halt_feature(pb::HaltFeatureRequest {
-                name: feature_name(&self.feature),
-                scope: Some(scope(&self.scope)?),
-                reason: self.reason,
-                request_id: self.request_id.into(),
-                dry_run: self.dry_run,
-                allow_unknown_practices: self.allow.allow_unknown_practices,
-                allow_empty_scope: self.allow.allow_empty_scope,
+                dry_run: true,
+                request_id: String::new(),
+                ..request.clone()
             })
             .await?
             .into_inner();
-        ctx.out.print(&cmd)?;
-        if !self.wait || self.dry_run {
-            return Ok(Exit::Success);
+        ctx.out.preview(&preview)?;
+        let question = format!(
+            "Halt {} {}: {}?",
+            self.feature,
+            request.scope.as_ref().map(confirm::said).unwrap_or_default(),
+            confirm::covered(&preview)
+        );
+        if confirm::confirmed(&question)? {
+            Ok(())
+        } else {
+            Err(local("the halt was not issued: nothing was sent"))
         }
-        let watched = watch::follow(ctx, &cmd.name, self.timeout).await?;
-        if watched != Exit::Success {
-            return Ok(watched);
-        }
-        let verified = verify::check(ctx, &cmd.name).await?;
-        if verified == Exit::Success {
-            let elapsed = issued.elapsed().as_millis();
-            ctx.out
-                .say(format_args!("time to a verified halt: {elapsed} ms"))?;
-        }
-        Ok(verified)
     }
+}
+
+/// `--wait`: follows the halt to every supplier, verifies it and says how long it took. Prints
+/// the halt (table), its name once (name), or one JSON document at the end (JSON).
+async fn wait_verified(ctx: &mut Ctx, cmd: pb::Command, issued: Instant, timeout: Duration) -> Outcome {
+    let output = ctx.out.output();
+    if output != Output::Json {
+        ctx.out.print(&cmd)?;
+    }
+    let followed = watch::follow(ctx, &cmd.name, timeout).await?;
+    let command = followed.last.unwrap_or(cmd);
+    let verification = if followed.exit == Exit::Success {
+        Some(verify::check(ctx, &command.name).await?)
+    } else {
+        None
+    };
+    let exit = verification.as_ref().map_or(followed.exit, verify::exit);
+    let elapsed = (exit == Exit::Success).then(|| issued.elapsed().as_millis());
+    match output {
+        Output::Json => {
+            let mut doc = serde_json::json!({ "command": json_value(&command) });
+            if let Some(v) = &verification {
+                doc["verification"] = json_value(v);
+            }
+            if let Some(ms) = elapsed {
+                doc["timeToVerifiedMs"] = u64::try_from(ms).unwrap_or(u64::MAX).into();
+            }
+            ctx.out
+                .line(serde_json::to_string_pretty(&doc).unwrap_or_default())?;
+        }
+        Output::Table => {
+            if let Some(v) = &verification {
+                ctx.out.print(v)?;
+            }
+            if let Some(ms) = elapsed {
+                ctx.out.say(format_args!("time to a verified halt: {ms} ms"))?;
+            }
+        }
+        Output::Name => {}
+    }
+    Ok(exit)
 }

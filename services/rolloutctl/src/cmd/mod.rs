@@ -5,12 +5,13 @@
 //!
 //! Exit status ([`Exit`]): 0 success; 1 an error (the message says what to do); 2 a supplier
 //! rejected the command, a halt is not verified, or the audit chain is broken; 3 a wait timed
-//! out.
+//! out; 64 the command line was not understood (nothing was sent).
 
 pub mod approve;
 pub mod audit;
 pub mod cancel;
 pub mod commands;
+pub mod confirm;
 pub mod dev;
 pub mod feature;
 pub mod go_live;
@@ -31,7 +32,7 @@ use clap::{Args, Parser, Subcommand};
 use rollout_proto::v1 as pb;
 
 use crate::{
-    client::{CliError, Client, Connection, usage},
+    client::{CliError, Client, Connection, local, usage},
     render::{Output, Printer, View, warn},
 };
 
@@ -47,6 +48,10 @@ pub enum Exit {
     CheckFailed = 2,
     /// 3: a wait timed out.
     TimedOut = 3,
+    /// 64 (`EX_USAGE` of sysexits.h): the command line was not understood (an unknown command
+    /// or flag, a missing or malformed argument); nothing was sent. Kept apart from 2, which
+    /// scripts read as "rejected, not verified or broken".
+    Usage = 64,
 }
 
 impl From<Exit> for ExitCode {
@@ -60,7 +65,15 @@ pub type Outcome = Result<Exit, CliError>;
 
 /// The GP Rollout Control operator CLI.
 #[derive(Debug, Parser)]
-#[command(name = "rolloutctl", version, about, long_about = None)]
+#[command(
+    name = "rolloutctl",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit status: 0 success; 1 an error (the message says what to do); 2 a supplier \
+        rejected the command, a halt is not verified, or the audit chain is broken; 3 a wait \
+        timed out; 64 the command line was not understood (nothing was sent)."
+)]
 pub struct Cli {
     #[command(flatten)]
     connection: Connection,
@@ -112,7 +125,8 @@ pub enum Op {
     /// Follow a command's delivery until every supplier has answered. Exits 2 if a supplier
     /// rejected it, 3 on timeout.
     Watch(watch::Watch),
-    /// Every supplier and whether it is in sync.
+    /// Every supplier and whether it is in sync, then its practices' counts per feature as it
+    /// last counted them, with how long ago.
     Status(status::Status),
     /// List practices in a halt's scope still enabled at any supplier. Exits 2 if any.
     Verify(verify::Verify),
@@ -152,6 +166,23 @@ impl Ctx {
     }
 }
 
+/// The program: parses the command line and runs the command. A command line clap cannot
+/// parse exits [`Exit::Usage`] (clap's own default, 2, would read as "rejected"); `--help` and
+/// `--version` exit 0.
+pub fn main() -> ExitCode {
+    match Cli::try_parse() {
+        Ok(cli) => cli.run(),
+        Err(e) => {
+            let _ = e.print();
+            if e.use_stderr() {
+                Exit::Usage.into()
+            } else {
+                Exit::Success.into()
+            }
+        }
+    }
+}
+
 impl Cli {
     /// Runs the command and gives its exit status; a failure is reported on standard error.
     pub fn run(self) -> ExitCode {
@@ -164,6 +195,10 @@ impl Cli {
         match outcome {
             Ok(exit) => exit.into(),
             Err(e) if e.is_closed_output() => Exit::Success.into(),
+            Err(e @ CliError::Usage(_)) => {
+                warn(format_args!("error: {e}\n\nFor more information, try '--help'."));
+                Exit::Usage.into()
+            }
             Err(e) => {
                 warn(format_args!("error: {e}"));
                 Exit::Error.into()
@@ -196,7 +231,7 @@ impl Op {
             Op::Redeliver(c) => c.run(ctx).await,
             Op::OptOuts(c) => c.run(ctx).await,
         };
-        outcome.map_err(|e| e.explained(&connection.coordinator))
+        outcome.map_err(|e| e.explained(connection))
     }
 }
 
@@ -205,7 +240,7 @@ fn block_on(f: impl Future<Output = Outcome>) -> Outcome {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| usage(format!("cannot start the runtime: {e}")))?
+        .map_err(|e| local(format!("cannot start the runtime: {e}")))?
         .block_on(f)
 }
 

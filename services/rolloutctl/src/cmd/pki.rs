@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use super::{Exit, Outcome};
-use crate::{client::usage, render::Printer};
+use crate::{client::local, render::Printer};
 
 /// The development PKI.
 #[derive(Debug, Subcommand)]
@@ -27,7 +27,7 @@ impl Pki {
     /// Writes the PKI.
     pub fn run(self, out: &mut Printer) -> Outcome {
         let Pki::Init { dir, force } = self;
-        let files = crate::pki::init(&dir, force).map_err(|e| usage(e.to_string()))?;
+        let files = crate::pki::init(&dir, force).map_err(|e| local(e.to_string()))?;
         out.line(format_args!("wrote {} files to {}", files.len(), dir.display()))?;
         Ok(Exit::Success)
     }

@@ -12,8 +12,8 @@ pub enum Practice {
     Show {
         /// The ODS code.
         ods: String,
-        /// The feature key.
-        #[arg(long, default_value = "prospective-record-access")]
+        /// The feature key (required: a practice has an answer per feature).
+        #[arg(long)]
         feature: String,
     },
 }

@@ -4,6 +4,7 @@ use clap::Args;
 use rollout_proto::v1 as pb;
 
 use super::{Ctx, Exit, Outcome, command_name};
+use crate::client::CliError;
 
 /// `verify`.
 #[derive(Debug, Args)]
@@ -13,25 +14,32 @@ pub struct Verify {
 }
 
 impl Verify {
-    /// Verifies the halt.
+    /// Verifies the halt and prints the answer: [`Exit::CheckFailed`] unless verified.
     pub async fn run(self, ctx: &mut Ctx) -> Outcome {
-        check(ctx, &command_name(&self.command)).await
+        let r = check(ctx, &command_name(&self.command)).await?;
+        ctx.out.print(&r)?;
+        Ok(exit(&r))
     }
 }
 
-/// Verifies the halt `name` and prints the answer: [`Exit::CheckFailed`] unless verified.
-pub async fn check(ctx: &mut Ctx, name: &str) -> Outcome {
-    let r = ctx
+/// Asks the coordinator to verify the halt `name`.
+pub async fn check(ctx: &mut Ctx, name: &str) -> Result<pb::VerifyCommandResponse, CliError> {
+    Ok(ctx
         .client
         .verify_command(pb::VerifyCommandRequest {
             name: name.to_owned(),
         })
         .await?
-        .into_inner();
-    ctx.out.print(&r)?;
-    Ok(if r.verified {
+        .into_inner())
+}
+
+/// [`Exit::Success`] for a verified halt, else [`Exit::CheckFailed`]: the coordinator never
+/// verifies a lifted halt, one whose scope covers no practice, one a supplier did not answer
+/// for, or one with a practice in scope still enabled.
+pub fn exit(r: &pb::VerifyCommandResponse) -> Exit {
+    if r.verified {
         Exit::Success
     } else {
         Exit::CheckFailed
-    })
+    }
 }

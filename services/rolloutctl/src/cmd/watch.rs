@@ -8,7 +8,7 @@ use rollout_proto::v1 as pb;
 use super::{Ctx, Exit, Outcome, command_name};
 use crate::{
     client::CliError,
-    render::{self, Output, warn},
+    render::{self, Output, short, warn},
 };
 
 /// `watch`.
@@ -22,70 +22,123 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Follows the command.
+    /// Follows the command; with JSON, prints its last view.
     pub async fn run(self, ctx: &mut Ctx) -> Outcome {
-        follow(ctx, &command_name(&self.command), self.timeout).await
+        let followed = follow(ctx, &command_name(&self.command), self.timeout).await?;
+        if let Some(cmd) = &followed.last
+            && ctx.out.output() == Output::Json
+        {
+            ctx.out.print(cmd)?;
+        }
+        Ok(followed.exit)
     }
 }
 
+/// How following a command ended.
+#[derive(Debug)]
+pub struct Followed {
+    /// [`Exit::Success`] when every supplier applied it, [`Exit::CheckFailed`] if one rejected
+    /// it, [`Exit::TimedOut`] if the time ran out first.
+    pub exit: Exit,
+    /// The command as last seen, if it was seen at all.
+    pub last: Option<pb::Command>,
+}
+
 /// Follows a command until every supplier has answered: a line per supplier as it answers and
-/// the count so far (tables only), then the last view (JSON only). [`Exit::CheckFailed`] if a
-/// supplier rejected it, [`Exit::TimedOut`] if `timeout` passed first.
-pub async fn follow(ctx: &mut Ctx, name: &str, timeout: Duration) -> Outcome {
-    let updates = async {
-        let mut stream = ctx
-            .client
-            .watch_command(pb::WatchCommandRequest {
-                name: name.to_owned(),
-            })
-            .await?
-            .into_inner();
-        let mut last = None;
-        let mut reported = HashSet::new();
-        while let Some(update) = stream.message().await? {
-            let Some(cmd) = update.command else { continue };
-            let answered: Vec<&pb::Delivery> = cmd
-                .deliveries
+/// the count so far (tables only). On a rejection or a timeout, says on standard error which
+/// suppliers and what to do next.
+pub async fn follow(ctx: &mut Ctx, name: &str, timeout: Duration) -> Result<Followed, CliError> {
+    let mut last = None;
+    let finished = tokio::time::timeout(timeout, updates(ctx, name, &mut last)).await;
+    let exit = match finished {
+        Err(_) => {
+            warn(timed_out(name, timeout, last.as_ref()));
+            Exit::TimedOut
+        }
+        Ok(result) => {
+            result?;
+            let rejected: Vec<&str> = last
                 .iter()
-                .filter(|d| d.state() != pb::delivery::State::Pending)
+                .flat_map(|c| &c.deliveries)
+                .filter(|d| d.state() == pb::delivery::State::Rejected)
+                .map(|d| short(&d.supplier))
                 .collect();
-            for d in &answered {
-                if reported.insert(d.supplier.clone()) {
-                    ctx.out.progress(render::answered(d))?;
-                }
-            }
-            ctx.out.progress(format_args!(
-                "{}/{} suppliers answered",
-                answered.len(),
-                cmd.deliveries.len()
-            ))?;
-            last = Some(cmd);
-            if update.complete {
-                break;
+            if rejected.is_empty() {
+                Exit::Success
+            } else {
+                warn(format_args!(
+                    "rejected by {} (a conflict): see `rolloutctl status` and docs/RUNBOOK.md, \"A supplier rejected a command\"",
+                    rejected.join(", ")
+                ));
+                Exit::CheckFailed
             }
         }
-        Ok::<_, CliError>(last)
     };
-    let Ok(last) = tokio::time::timeout(timeout, updates).await else {
-        warn(format_args!(
-            "timed out after {} waiting for every supplier to answer",
-            humantime::format_duration(timeout)
-        ));
-        return Ok(Exit::TimedOut);
-    };
-    let Some(cmd) = last? else {
-        return Ok(Exit::Success);
-    };
-    if ctx.out.output() == Output::Json {
-        ctx.out.print(&cmd)?;
+    Ok(Followed { exit, last })
+}
+
+/// Reads the command's updates into `last` until every supplier has answered.
+async fn updates(ctx: &mut Ctx, name: &str, last: &mut Option<pb::Command>) -> Result<(), CliError> {
+    let mut stream = ctx
+        .client
+        .watch_command(pb::WatchCommandRequest {
+            name: name.to_owned(),
+        })
+        .await?
+        .into_inner();
+    let mut reported = HashSet::new();
+    while let Some(update) = stream.message().await? {
+        let Some(cmd) = update.command else { continue };
+        let answered: Vec<&pb::Delivery> = cmd
+            .deliveries
+            .iter()
+            .filter(|d| d.state() != pb::delivery::State::Pending)
+            .collect();
+        for d in &answered {
+            if reported.insert(d.supplier.clone()) {
+                ctx.out.progress(render::answered(d))?;
+            }
+        }
+        ctx.out.progress(format_args!(
+            "{}/{} suppliers answered",
+            answered.len(),
+            cmd.deliveries.len()
+        ))?;
+        *last = Some(cmd);
+        if update.complete {
+            break;
+        }
     }
-    let rejected = cmd
+    Ok(())
+}
+
+/// What a timeout says: which suppliers have not answered, why if known, and what to do next.
+fn timed_out(name: &str, timeout: Duration, last: Option<&pb::Command>) -> String {
+    let waited = humantime::format_duration(timeout);
+    let Some(cmd) = last else {
+        return format!(
+            "timed out after {waited} before the coordinator showed {name}: run `rolloutctl watch {name}` again"
+        );
+    };
+    let pending: Vec<String> = cmd
         .deliveries
         .iter()
-        .any(|d| d.state() == pb::delivery::State::Rejected);
-    if rejected {
-        warn("at least one supplier rejected the command (a conflict): see `rolloutctl status`");
-        return Ok(Exit::CheckFailed);
-    }
-    Ok(Exit::Success)
+        .filter(|d| d.state() == pb::delivery::State::Pending)
+        .map(|d| {
+            if d.last_error.is_empty() {
+                short(&d.supplier).to_owned()
+            } else {
+                format!("{} (last error: {})", short(&d.supplier), d.last_error)
+            }
+        })
+        .collect();
+    format!(
+        "timed out after {waited}: {} of {} suppliers have not answered: {}\n\
+         the command stands and the coordinator keeps delivering it. Next: `rolloutctl status` \
+         shows each supplier's state and last error (docs/RUNBOOK.md, \"A supplier does not \
+         acknowledge\"); `rolloutctl watch {name}` follows it again",
+        pending.len(),
+        cmd.deliveries.len(),
+        pending.join(", ")
+    )
 }

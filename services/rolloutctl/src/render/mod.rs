@@ -83,6 +83,16 @@ impl Printer {
         }
     }
 
+    /// A view shown to a person before a question (see `cmd::confirm`): its table, on standard
+    /// output with tables, otherwise on standard error so that standard output stays JSON or
+    /// names.
+    pub fn preview(&mut self, view: &impl View) -> io::Result<()> {
+        match self.output {
+            Output::Table => view.table(&mut self.out),
+            Output::Json | Output::Name => view.table(&mut io::stderr()),
+        }
+    }
+
     /// A line only people read, such as progress: printed with tables, left out otherwise.
     pub fn progress(&mut self, line: impl Display) -> io::Result<()> {
         match self.output {
@@ -117,6 +127,16 @@ pub fn warn(line: impl Display) {
 
 /// `msg` as protobuf JSON, through its descriptor in the compiled descriptor set.
 pub fn json<M: Message + Name>(msg: &M) -> String {
+    serde_json::to_string_pretty(&dynamic(msg)).expect("JSON")
+}
+
+/// `msg` as a protobuf JSON value, to place in a larger document.
+pub fn json_value<M: Message + Name>(msg: &M) -> serde_json::Value {
+    serde_json::to_value(dynamic(msg)).expect("JSON")
+}
+
+/// `msg` as a dynamic message of its descriptor, which serialises as protobuf JSON.
+fn dynamic<M: Message + Name>(msg: &M) -> DynamicMessage {
     static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
         DescriptorPool::decode(rollout_proto::FILE_DESCRIPTOR_SET)
             .expect("the compiled descriptor set decodes")
@@ -124,13 +144,12 @@ pub fn json<M: Message + Name>(msg: &M) -> String {
     let desc = POOL
         .get_message_by_name(&M::full_name())
         .expect("every message is in the descriptor set");
-    let dynamic = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
-        .expect("a message re-decodes with its own descriptor");
-    serde_json::to_string_pretty(&dynamic).expect("JSON")
+    DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
+        .expect("a message re-decodes with its own descriptor")
 }
 
 /// The last segment of a resource name: `emis` for `suppliers/emis`.
-fn short(name: &str) -> &str {
+pub fn short(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
 

@@ -1,6 +1,10 @@
 //! Views of the other resources: features, suppliers, a practice's answer, audit events.
 
-use std::io::{self, Write};
+use std::{
+    collections::BTreeSet,
+    io::{self, Write},
+    time::SystemTime,
+};
 
 use rollout_proto::v1 as pb;
 
@@ -21,15 +25,22 @@ impl View for pb::ListFeaturesResponse {
     fn table(&self, w: &mut dyn Write) -> io::Result<()> {
         writeln!(
             w,
-            "{:<32} {:<12} {:>9} {:>8}",
-            "FEATURE", "FAIL MODE", "APPROVALS", "SEQUENCE"
+            "{:<32} {:<12} {:>11} {:>9} {:>8}",
+            "FEATURE", "FAIL MODE", "CONTROL TTL", "APPROVALS", "SEQUENCE"
         )?;
         for f in &self.features {
+            // A fail-static feature keeps serving out of contact: it has no TTL.
+            let ttl = f
+                .control_ttl
+                .and_then(|d| std::time::Duration::try_from(d).ok())
+                .filter(|_| f.fail_mode() == pb::FailMode::Closed)
+                .map_or_else(|| "-".to_owned(), |d| humantime::format_duration(d).to_string());
             writeln!(
                 w,
-                "{:<32} {:<12} {:>9} {:>8}",
+                "{:<32} {:<12} {:>11} {:>9} {:>8}",
                 short(&f.name),
                 f.fail_mode().as_str_name().trim_start_matches("FAIL_MODE_"),
+                ttl,
                 f.approvals_required,
                 f.sequence
             )?;
@@ -42,64 +53,135 @@ impl View for pb::ListFeaturesResponse {
     }
 }
 
+/// The suppliers, then for each feature the practices' counts as each supplier last counted
+/// them, with how long ago and at which sequence.
 impl View for pb::ListSuppliersResponse {
     fn table(&self, w: &mut dyn Write) -> io::Result<()> {
         writeln!(
             w,
-            "{:<10} {:<9} {:>7} {:>6} {:>8} {:>7} {:>9} {:<25} CONFLICTS / LAST ERROR",
-            "SUPPLIER", "STATE", "APPLIED", "TARGET", "ENABLED", "HALTED", "OPTED-OUT", "LAST CONTACT"
+            "{:<10} {:<9} {:>7} {:>6} {:<25} CONFLICTS / LAST ERROR",
+            "SUPPLIER", "STATE", "APPLIED", "TARGET", "LAST CONTACT"
         )?;
         for s in &self.suppliers {
-            let (enabled, halted, opted) = s.feature_counts.iter().fold((0, 0, 0), |(e, h, o), f| {
-                (e + f.enabled, h + f.halted, o + f.opted_out)
-            });
-            let extra = if !s.divergence.is_empty() {
-                format!(
-                    "{} (see: rolloutctl recover --from {} --reason \"...\" --dry-run)",
-                    s.divergence,
-                    short(&s.name)
-                )
-            } else if s.conflicts.is_empty() {
-                s.last_error.clone()
-            } else {
-                format!(
-                    "unresolved: {} (once its freeze has ended: rolloutctl redeliver COMMAND --to {} --reason \"...\")",
-                    s.conflicts.iter().map(|c| short(c)).collect::<Vec<_>>().join(" "),
-                    short(&s.name)
-                )
-            };
-            let extra = if s.frozen {
-                format!("frozen (go-lives and resumes are rejected); {extra}")
-            } else {
-                extra
-            };
-            let extra = if s.held_practices > 0 {
-                format!(
-                    "{} practices held until the opt-out register answers; {extra}",
-                    s.held_practices
-                )
-            } else {
-                extra
-            };
             writeln!(
                 w,
-                "{:<10} {:<9} {:>7} {:>6} {:>8} {:>7} {:>9} {:<25} {}",
+                "{:<10} {:<9} {:>7} {:>6} {:<25} {}",
                 short(&s.name),
                 s.state().as_str_name().trim_start_matches("STATE_"),
                 s.applied_sequence,
                 s.target_sequence,
-                enabled,
-                halted,
-                opted,
                 when(&s.last_contact_time),
-                extra
+                supplier_notes(s)
             )?;
+        }
+        let features: BTreeSet<&str> = self
+            .suppliers
+            .iter()
+            .flat_map(|s| s.feature_counts.iter().map(|c| c.feature.as_str()))
+            .collect();
+        for feature in features {
+            counts_table(self, feature, w)?;
         }
         Ok(())
     }
 
     fn names(&self) -> Vec<String> {
         self.suppliers.iter().map(|s| s.name.clone()).collect()
+    }
+}
+
+/// What the status says beside a supplier: divergence, conflicts or the last error, a freeze,
+/// held practices.
+fn supplier_notes(s: &pb::Supplier) -> String {
+    let extra = if !s.divergence.is_empty() {
+        format!(
+            "{} (see: rolloutctl recover --from {} --reason \"...\" --dry-run)",
+            s.divergence,
+            short(&s.name)
+        )
+    } else if s.conflicts.is_empty() {
+        s.last_error.clone()
+    } else {
+        format!(
+            "unresolved: {} (once its freeze has ended: rolloutctl redeliver COMMAND --to {} --reason \"...\")",
+            s.conflicts.iter().map(|c| short(c)).collect::<Vec<_>>().join(" "),
+            short(&s.name)
+        )
+    };
+    let extra = if s.frozen {
+        format!("frozen (go-lives and resumes are rejected); {extra}")
+    } else {
+        extra
+    };
+    if s.held_practices > 0 {
+        format!(
+            "{} practices held until the opt-out register answers; {extra}",
+            s.held_practices
+        )
+    } else {
+        extra
+    }
+}
+
+/// One feature's counts per supplier, with when and at which sequence each was counted.
+fn counts_table(r: &pb::ListSuppliersResponse, feature: &str, w: &mut dyn Write) -> io::Result<()> {
+    writeln!(
+        w,
+        "\n{feature}: practices per supplier, as each supplier last counted them (at its heartbeat)"
+    )?;
+    writeln!(
+        w,
+        "{:<10} {:>8} {:>7} {:>9} {:>8} {:>9} {:>7}  COUNTED",
+        "SUPPLIER", "ENABLED", "HALTED", "OPTED-OUT", "NOT-LIVE", "OTHER-OFF", "UNKNOWN"
+    )?;
+    for s in &r.suppliers {
+        let Some(c) = s.feature_counts.iter().find(|c| c.feature == feature) else {
+            writeln!(w, "{:<10} not counted yet", short(&s.name))?;
+            continue;
+        };
+        writeln!(
+            w,
+            "{:<10} {:>8} {:>7} {:>9} {:>8} {:>9} {:>7}  {}",
+            short(&s.name),
+            c.enabled,
+            c.halted,
+            c.opted_out,
+            c.not_live,
+            c.other_disabled,
+            c.unknown,
+            freshness(s)
+        )?;
+    }
+    Ok(())
+}
+
+/// How fresh a supplier's counts are: `1.2 s ago, at sequence 3 (up to date)`, or which
+/// commands they do not count yet.
+fn freshness(s: &pb::Supplier) -> String {
+    let age = s
+        .counts_time
+        .and_then(|t| SystemTime::try_from(t).ok())
+        .map_or_else(|| "time unknown".to_owned(), |t| ago(t, SystemTime::now()));
+    let (counted, target) = (s.counts_sequence, s.target_sequence);
+    let sequence = match target - counted {
+        d if d <= 0 => format!("at sequence {counted} (up to date)"),
+        1 => format!("at sequence {counted}: sequence {target} not counted yet"),
+        _ => format!(
+            "at sequence {counted}: sequences {} to {target} not counted yet",
+            counted + 1
+        ),
+    };
+    format!("{age}, {sequence}")
+}
+
+/// How long before `now` `t` was: `0.8 s ago`, `42 s ago`, `3 min ago`, `5 h ago`.
+fn ago(t: SystemTime, now: SystemTime) -> String {
+    let secs = now.duration_since(t).unwrap_or_default().as_secs_f64();
+    match secs {
+        s if s < 10.0 => format!("{s:.1} s ago"),
+        s if s < 120.0 => format!("{s:.0} s ago"),
+        s if s < 7_200.0 => format!("{:.0} min ago", s / 60.0),
+        s => format!("{:.0} h ago", s / 3_600.0),
     }
 }
 

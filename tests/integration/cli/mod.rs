@@ -1,4 +1,14 @@
-//! The real `rolloutctl` binary against a real coordinator and four suppliers.
+//! The real `rolloutctl` binary against a real coordinator and four suppliers: the operator's
+//! workflow here; `exits.rs` the exit statuses; `output.rs` what status, feature list,
+//! practice show, halt --wait, watch and verify print; `confirm.rs` the question asked at a
+//! terminal (a real pseudo-terminal); `hints.rs` what a refused call or a failed connection
+//! says to do, against `stub.rs`, a stand-in coordinator over real mutual TLS.
+
+mod confirm;
+mod exits;
+mod hints;
+mod output;
+mod stub;
 
 use std::process::Output;
 
@@ -25,7 +35,7 @@ pub async fn ctl(stack: &Stack, who: &str, args: &[&str]) -> Output {
 }
 
 /// Runs `rolloutctl --output json`, expects success, parses standard output.
-async fn ctl_json(stack: &Stack, who: &str, args: &[&str]) -> Value {
+pub async fn ctl_json(stack: &Stack, who: &str, args: &[&str]) -> Value {
     let mut all = vec!["--output", "json"];
     all.extend_from_slice(args);
     let out = ctl(stack, who, &all).await;
@@ -42,7 +52,8 @@ async fn ctl_json(stack: &Stack, who: &str, args: &[&str]) -> Value {
     })
 }
 
-fn text(out: &Output) -> String {
+/// Standard output and standard error together.
+pub fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -50,7 +61,8 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn id(command: &Value) -> String {
+/// A command's id from its JSON.
+pub fn id(command: &Value) -> String {
     command["name"]
         .as_str()
         .expect("name")
@@ -91,6 +103,13 @@ async fn the_operator_workflow_through_rolloutctl() {
     let own = ctl(&stack, "alice", &["approve", &id(&go)]).await;
     assert!(!own.status.success());
     assert!(text(&own).contains("SELF_APPROVAL"), "{}", text(&own));
+    // The hint asks for another person, not for another role alice already holds.
+    assert!(
+        text(&own).contains("hint: you asked for this command, so a different approver must approve it"),
+        "{}",
+        text(&own)
+    );
+    assert!(!text(&own).contains("holds the role"), "{}", text(&own));
     let approved = ctl_json(&stack, "bob", &["approve", &id(&go), "--comment", "agreed"]).await;
     assert_eq!(approved["state"], "STATE_DISPATCHED");
 
@@ -147,10 +166,11 @@ async fn the_operator_workflow_through_rolloutctl() {
     assert_eq!(shown["deliveries"].as_array().map(Vec::len), Some(4));
 
     let practice = stack.practice_of("tpp");
-    let answer = ctl_json(&stack, "viewer", &["practice", "show", &practice]).await;
+    let show = ["practice", "show", &practice, "--feature", FEATURE];
+    let answer = ctl_json(&stack, "viewer", &show).await;
     assert_eq!(answer["state"], "STATE_DISABLED");
     assert_eq!(answer["reason"], "REASON_HALTED");
-    let table = ctl(&stack, "viewer", &["practice", "show", &practice]).await;
+    let table = ctl(&stack, "viewer", &show).await;
     assert!(
         text(&table).contains("disabled: halted by command"),
         "{}",
@@ -265,7 +285,11 @@ async fn rolloutctl_without_a_certificate_says_what_to_do() {
         .output()
         .await
         .expect("run");
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "a command line without a certificate"
+    );
     assert!(
         text(&out).contains("no client certificate: pass --as NAME"),
         "{}",

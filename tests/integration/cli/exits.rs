@@ -1,0 +1,63 @@
+//! `rolloutctl`'s exit statuses as README.md documents them: a command line it does not
+//! understand exits 64 (EX_USAGE), never 2, which scripts read as "rejected, not verified or
+//! broken"; `--help` exits 0.
+
+use std::process::Output;
+
+use super::text;
+use crate::support::{binary, pki_init};
+
+/// Runs `rolloutctl` with a development PKI and a coordinator address where nothing listens:
+/// none of these command lines gets as far as a call.
+async fn run(pki: &std::path::Path, args: &[&str]) -> Output {
+    tokio::process::Command::new(binary("rolloutctl"))
+        .args(["--coordinator", "localhost:1", "--as", "alice", "--pki-dir"])
+        .arg(pki)
+        .args(args)
+        .env_remove("ROLLOUT_OUTPUT")
+        .output()
+        .await
+        .expect("run rolloutctl")
+}
+
+#[tokio::test]
+async fn a_command_line_not_understood_exits_64_and_help_exits_0() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki_init(dir.path());
+    let not_understood: [(&[&str], &str); 6] = [
+        (&["status", "--bogus"], "unexpected argument '--bogus'"),
+        (&["halt", "f", "--reason", "r"], "--scope <SCOPE>"),
+        (&[], "requires a subcommand"),
+        (&["practice", "show", "A81001"], "--feature <FEATURE>"),
+        (
+            &["halt", "f", "--scope", "county:kent", "--reason", "r"],
+            "use national, supplier:ID",
+        ),
+        (
+            &[
+                "go-live", "f", "--scope", "national", "--reason", "r", "--at", "Tuesday",
+            ],
+            "use RFC 3339",
+        ),
+    ];
+    for (args, says) in not_understood {
+        let out = run(&pki, args).await;
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+        assert!(
+            out.stdout.is_empty(),
+            "{args:?}: usage errors go to standard error"
+        );
+    }
+    for args in [&["--help"][..], &["halt", "--help"], &["--version"]] {
+        let out = run(&pki, args).await;
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+        assert!(!out.stdout.is_empty(), "{args:?}");
+    }
+    let help = run(&pki, &["--help"]).await;
+    assert!(
+        text(&help).contains("64 the command line was not understood"),
+        "the exit statuses are in --help: {}",
+        text(&help)
+    );
+}
