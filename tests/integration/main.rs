@@ -18,6 +18,7 @@ mod register;
 mod replicas;
 mod resync;
 mod security;
+mod shutdown;
 mod stack;
 mod store;
 mod supplier;
