@@ -15,7 +15,7 @@ use tokio::{
 use crate::support::{binary, grpcurl::grpcurl};
 
 /// A port base whose 15 ports are all free now.
-fn free_base() -> u16 {
+pub fn free_base() -> u16 {
     let all_free = |base: u16| {
         (0..15u16)
             .map(|i| if i < 5 { base + i } else { base + 5 + i })
@@ -27,27 +27,36 @@ fn free_base() -> u16 {
         .expect("a free port range")
 }
 
-fn ports(base: u16) -> Vec<u16> {
+/// The stack's 10 ports for the port base `base`.
+pub fn ports(base: u16) -> Vec<u16> {
     (0..5)
         .map(|i| base + i)
         .chain((10..15).map(|i| base + i))
         .collect()
 }
 
-struct DevUp {
-    child: Child,
-    lines: tokio::io::Lines<BufReader<ChildStdout>>,
-    seen: String,
+/// A running `rolloutctl dev up` and what it has printed so far.
+pub struct DevUp {
+    pub child: Child,
+    pub lines: tokio::io::Lines<BufReader<ChildStdout>>,
+    pub seen: String,
 }
 
 impl DevUp {
     fn start(state: &Path, base: u16) -> DevUp {
+        DevUp::start_with(state, base, &[], Stdio::inherit())
+    }
+
+    /// `rolloutctl dev up` on `state` and `base`, with further arguments, its standard error
+    /// to `stderr`.
+    pub fn start_with(state: &Path, base: u16, args: &[&str], stderr: Stdio) -> DevUp {
         let mut child = Command::new(binary("rolloutctl"))
             .args(["dev", "up", "--state-dir"])
             .arg(state)
             .args(["--port-base", &base.to_string()])
+            .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .expect("start rolloutctl dev up");
@@ -60,7 +69,7 @@ impl DevUp {
     }
 
     /// Reads output until a line contains `marker`.
-    async fn until(&mut self, marker: &str) {
+    pub async fn until(&mut self, marker: &str) {
         let read = async {
             while let Some(line) = self.lines.next_line().await.expect("read output") {
                 self.seen.push_str(&line);

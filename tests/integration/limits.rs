@@ -151,6 +151,22 @@ async fn a_request_over_the_limit_is_refused_with_a_reason_by_every_service() {
             .expect_err("too large");
     assert_too_large(&settings_refusal, "PracticeSettingsService");
 
+    // The plaintext health port, too (no certificate: as a probe calls it).
+    let probe_port = stack.suppliers["emis"].1.as_ref().expect("emis running").health;
+    let probe = tonic::transport::Channel::from_shared(format!("http://{probe_port}"))
+        .expect("address")
+        .connect()
+        .await
+        .expect("plaintext health port");
+    let health_refusal = tonic_health::pb::health_client::HealthClient::new(probe)
+        .max_encoding_message_size(usize::MAX)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: huge.clone(),
+        })
+        .await
+        .expect_err("too large");
+    assert_too_large(&health_refusal, "the plaintext health port");
+
     let mut command = define(99, None);
     command.reason = huge;
     let control_refusal = ControlServiceClient::new(channel_as(&stack.pki, "coordinator", emis))

@@ -19,6 +19,7 @@ mod replicas;
 mod resync;
 mod scopes;
 mod security;
+mod shutdown;
 mod stack;
 mod store;
 mod supplier;

@@ -163,6 +163,7 @@ async fn world(kind: Kind) -> World {
                 database_url: format!("sqlite://{}", d.join("emis.db").display()),
                 estate: Some(crate::support::reference_files()),
                 freeze_reason: None,
+                shutdown_grace: Duration::from_secs(10),
             };
             Server::Supplier(
                 Running::start(|listener, health, stop| async move {
@@ -184,6 +185,7 @@ async fn world(kind: Kind) -> World {
                 estate: crate::support::reference_files(),
                 heartbeat: Duration::from_millis(200),
                 stale_after: Duration::from_secs(5),
+                shutdown_grace: Duration::from_secs(10),
             };
             Server::Coordinator(
                 Running::start(|listener, health, stop| async move {

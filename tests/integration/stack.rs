@@ -153,6 +153,7 @@ impl Stack {
             estate: (practices, map),
             heartbeat: self.heartbeat,
             stale_after: Duration::from_secs(5).max(self.heartbeat * 2),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 

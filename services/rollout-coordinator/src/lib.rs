@@ -46,8 +46,8 @@ use arc_swap::ArcSwap;
 use clap::Parser;
 use rollout_core::SupplierId;
 use rollout_net::{
-    Access, AccessTable, AuthLayer, Identity, MessageLimits, Role, RolePolicy,
-    cli::{LogArgs, TlsArgs},
+    Access, AccessTable, AuthLayer, Drain, Identity, MessageLimits, Role, RolePolicy,
+    cli::{LogArgs, ShutdownArgs, TlsArgs},
     tls::{self, ReloadingServerConfig, TlsFiles},
 };
 use rollout_proto::v1::coordinator_service_server::CoordinatorServiceServer;
@@ -106,6 +106,8 @@ pub struct Args {
     #[arg(long, env = "ROLLOUT_STALE_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
     pub stale_after: Duration,
     #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+    #[command(flatten)]
     pub log: LogArgs,
 }
 
@@ -143,6 +145,8 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Staleness threshold.
     pub stale_after: Duration,
+    /// How long shutdown may take, from the signal to the exit.
+    pub shutdown_grace: Duration,
 }
 
 /// A configuration or start-up error.
@@ -231,9 +235,13 @@ impl TryFrom<Args> for Config {
             estate: (a.practice_file, a.supplier_map),
             heartbeat: a.heartbeat,
             stale_after: a.stale_after,
+            shutdown_grace: a.shutdown.shutdown_grace,
         })
     }
 }
+
+/// The coordinator's service, named as health reports it.
+const SERVICE: &str = "nhs.gprollout.v1.CoordinatorService";
 
 /// Who may call what on the coordinator.
 pub fn access_table() -> AccessTable {
@@ -354,14 +362,32 @@ async fn lead(
     }
 }
 
+/// Opens one mTLS channel per supplier, each checking the supplier's server identity.
+fn supplier_channels(config: &Config) -> Result<BTreeMap<SupplierId, tonic::transport::Channel>, Error> {
+    let client_files = TlsFiles {
+        ca: config.supplier_ca.clone(),
+        ..config.tls.clone()
+    };
+    let mut channels = BTreeMap::new();
+    for s in &config.suppliers {
+        let client = tls::client_config(&client_files, Some(Identity::new(&s.identity)))?;
+        channels.insert(s.id.clone(), tls::channel(&s.endpoint, client)?);
+    }
+    Ok(channels)
+}
+
 /// Runs the coordinator on `listener` (mutual TLS) and, if given, `health_listener` (plaintext
-/// health) until `shutdown` resolves; delivery tasks run alongside and stop with it.
+/// health) until `shutdown` resolves; delivery tasks run alongside. Then, within the grace
+/// period, sets health NOT_SERVING, stops delivery and accepting, ends every stream with
+/// UNAVAILABLE, lets calls in flight finish, writes the queued refusals to the audit log and
+/// closes the store.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
     health_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let drain = Drain::new(config.shutdown_grace);
     let policy = RolePolicy::load(&config.policy)?;
     let tls = ReloadingServerConfig::load(config.tls.clone())?;
     let estate = Arc::new(
@@ -381,16 +407,7 @@ pub async fn serve(
         suppliers = config.suppliers.len(),
         "national estate loaded"
     );
-
-    let client_files = TlsFiles {
-        ca: config.supplier_ca.clone(),
-        ..config.tls.clone()
-    };
-    let mut channels = BTreeMap::new();
-    for s in &config.suppliers {
-        let client = tls::client_config(&client_files, Some(Identity::new(&s.identity)))?;
-        channels.insert(s.id.clone(), tls::channel(&s.endpoint, client)?);
-    }
+    let channels = supplier_channels(&config)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every replica serves the API; exactly one (the holder of the leadership lock) delivers.
@@ -411,7 +428,7 @@ pub async fn serve(
     }
 
     let audit_core = core.clone();
-    let (denials, denials_recorded) = rollout_net::auth::audit_denials(move |draft| {
+    let (denials, audit) = rollout_net::audit_denials(move |draft| {
         let audit_core = audit_core.clone();
         async move { audit_core.record_refusal(draft).await }
     });
@@ -421,54 +438,47 @@ pub async fn serve(
         Some(denials),
     );
 
-    let handlers = service::Handlers::new(core.clone(), channels);
+    let handlers = service::Handlers::new(core.clone(), channels, stop_rx);
     let (reporter, health) = rollout_net::server::health();
-    let (reflect_v1, reflect_v1alpha) =
-        rollout_net::server::reflection(&["nhs.gprollout.v1.CoordinatorService"])?;
+    let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection(&[SERVICE])?;
     reporter
-        .set_serving::<CoordinatorServiceServer<service::Handlers>>()
+        .set_service_status(SERVICE, tonic_health::ServingStatus::Serving)
         .await;
-    info!(addr = ?listener.local_addr().ok(), health = ?health_listener.as_ref().and_then(|l| l.local_addr().ok()), "coordinator listening");
+    info!(addr = ?listener.local_addr().ok(), health = ?health_listener.as_ref().and_then(|l| l.local_addr().ok()), grace = ?config.shutdown_grace, "coordinator listening");
 
-    let health_task = health_listener.map(|l| {
-        let mut stop = stop_rx.clone();
-        tokio::spawn(rollout_net::server::serve_plaintext_health(
-            l,
-            health.clone(),
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-        ))
-    });
-    let result = rollout_net::server::builder()
+    let plaintext = async {
+        match health_listener {
+            Some(l) => rollout_net::server::serve_plaintext_health(l, health.clone(), &drain).await,
+            None => Ok(()),
+        }
+    };
+    let main = rollout_net::server::builder()
         .layer(auth)
-        .add_service(health)
+        .layer(drain.layer())
+        .add_service(health.clone())
         .add_service(reflect_v1)
         .add_service(reflect_v1alpha)
         .add_service(CoordinatorServiceServer::new(handlers).with_message_limits())
-        .serve_with_incoming_shutdown(tls::incoming(listener, tls), async move {
-            shutdown.await;
-            info!("shutting down: stopping delivery and draining calls");
-            reporter
-                .set_not_serving::<CoordinatorServiceServer<service::Handlers>>()
-                .await;
-            let _ = stop_tx.send(true);
-        })
-        .await;
-    if let Err(e) = leader.await {
-        warn!(error = %e, "delivery leadership task failed");
-    }
-    if let Some(task) = health_task {
-        let _ = task.await;
-    }
+        .serve_with_incoming_shutdown(tls::incoming(listener, tls), drain.begun());
+    let servers = async {
+        let (main, plaintext) = tokio::join!(main, plaintext);
+        if let Err(e) = &plaintext {
+            warn!(error = %e, "plaintext health server failed");
+        }
+        main
+    };
+    let stopping = async {
+        rollout_net::server::set_not_serving(&reporter, &[SERVICE]).await;
+        // Delivery stops; WatchCommand streams end themselves, saying how to resume.
+        let _ = stop_tx.send(true);
+    };
+    let result = drain.serve(servers, shutdown, stopping).await;
+    drain.join("delivery", leader).await;
     // Every refusal queued while serving is in the audit log before the store closes.
-    if tokio::time::timeout(Duration::from_secs(10), denials_recorded)
-        .await
-        .is_err()
-    {
-        warn!("gave up waiting for queued refusals to reach the audit log");
-    }
-    store_handle.close().await;
-    info!("coordinator stopped");
+    let audit = audit.flush(drain.deadline()).await;
+    drain
+        .until_deadline("closing the store", store_handle.close())
+        .await;
+    drain.log_stopped("coordinator", audit);
     result.map_err(Error::from)
 }

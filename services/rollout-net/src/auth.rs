@@ -244,42 +244,6 @@ pub trait DenialObserver: Send + Sync + 'static {
     fn denied(&self, denial: Denial);
 }
 
-/// An observer that records every refusal as a refused audit event through `record`, on a
-/// background task so that the request path never waits for the database. Must be called
-/// inside a tokio runtime. The task ends once the observer is dropped and every queued
-/// refusal is recorded: await it before closing the store.
-pub fn audit_denials<F, Fut>(record: F) -> (Arc<dyn DenialObserver>, tokio::task::JoinHandle<()>)
-where
-    F: Fn(rollout_core::audit::AuditDraft) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Denial>(10_000);
-    let task = tokio::spawn(async move {
-        while let Some(d) = rx.recv().await {
-            record(rollout_core::audit::AuditDraft {
-                identity: d.identity.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
-                action: d.method,
-                target: String::new(),
-                outcome: rollout_core::audit::AuditOutcome::Refused,
-                reason: d.message,
-                request_id: String::new(),
-            })
-            .await;
-        }
-    });
-    (Arc::new(AuditQueue(tx)), task)
-}
-
-struct AuditQueue(tokio::sync::mpsc::Sender<Denial>);
-
-impl DenialObserver for AuditQueue {
-    fn denied(&self, denial: Denial) {
-        if self.0.try_send(denial).is_err() {
-            tracing::error!("audit queue full: a refused call was not recorded in the audit log");
-        }
-    }
-}
-
 /// The layer that checks every call's identity and role.
 #[derive(Clone)]
 pub struct AuthLayer {

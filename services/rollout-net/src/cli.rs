@@ -1,6 +1,6 @@
 //! Command-line settings both servers share, for `#[command(flatten)]`.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use crate::{telemetry::LogFormat, tls::TlsFiles};
 
@@ -42,4 +42,30 @@ pub struct LogArgs {
     /// Which events to log, in RUST_LOG syntax (for example `info,rollout_supplier=debug`).
     #[arg(long, env = "ROLLOUT_LOG", default_value = "info")]
     pub log_filter: String,
+}
+
+/// How long the server has to stop.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShutdownArgs {
+    /// On SIGTERM or SIGINT: how long to end streams, let calls in flight finish and write the
+    /// queued audit events before exiting; whatever is still open then is closed. Keep it
+    /// below the time the supervisor waits before SIGKILL (Kubernetes
+    /// terminationGracePeriodSeconds, systemd TimeoutStopSec).
+    #[arg(
+        long,
+        env = "ROLLOUT_SHUTDOWN_GRACE",
+        default_value = "10s",
+        value_name = "DURATION",
+        value_parser = parse_grace
+    )]
+    pub shutdown_grace: Duration,
+}
+
+/// A grace period: a humantime duration (`10s`, `1500ms`, `1m`) above zero.
+pub fn parse_grace(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("give a duration above zero, for example 10s".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e}: give a duration such as 10s or 1500ms")),
+    }
 }

@@ -1,6 +1,6 @@
 //! What every server here has in common: the HTTP/2 settings, the message limits, health and
 //! reflection on the mTLS port, health alone on a plaintext loopback port for probes, and
-//! shutdown on a signal.
+//! the shutdown signal (what follows it is [`crate::drain`]).
 
 use std::{fmt::Display, future::Future, net::SocketAddr, process::ExitCode, time::Duration};
 
@@ -10,7 +10,10 @@ use tonic::transport::Server;
 use tonic_health::server::{HealthReporter, health_reporter};
 use tower::layer::util::{Identity, Stack};
 
-use crate::limits::{MessageLimits, OverLimitLayer, over_limit_layer};
+use crate::{
+    drain::Drain,
+    limits::{MessageLimits, OverLimitLayer, over_limit_layer},
+};
 
 /// The error of setting up reflection.
 pub use tonic_reflection::server::Error as ReflectionError;
@@ -84,19 +87,22 @@ pub fn reflection(
 }
 
 /// Serves health alone, in plaintext, on `listener` (bound to loopback by default) for probes
-/// that present no client certificate; with reflection of health alone, so that `grpcurl
-/// -plaintext HOST:PORT list` and `describe` work there too.
+/// that present no client certificate, until `drain` begins (whose layer ends its Watch
+/// streams); with reflection of health alone, so that `grpcurl -plaintext HOST:PORT list` and
+/// `describe` work there too.
 pub async fn serve_plaintext_health(
     listener: TcpListener,
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-    shutdown: impl Future<Output = ()> + Send,
+    drain: &Drain,
 ) -> Result<(), tonic::transport::Error> {
     let (v1, v1alpha) = health_reflection();
     Server::builder()
+        .layer(drain.layer())
+        .layer(over_limit_layer())
         .add_service(health)
         .add_optional_service(v1)
         .add_optional_service(v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain.begun())
         .await
 }
 
@@ -128,6 +134,16 @@ fn health_reflection() -> (
         builder().build_v1().map_err(warned).ok(),
         builder().build_v1alpha().map_err(warned).ok(),
     )
+}
+
+/// Sets every service of `services`, and the server as a whole (the empty name), NOT_SERVING:
+/// health Watch streams receive it before they end.
+pub async fn set_not_serving(reporter: &HealthReporter, services: &[&str]) {
+    for name in std::iter::once(&"").chain(services) {
+        reporter
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
@@ -180,7 +196,7 @@ where
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let listener = match TcpListener::bind(listen).await {
             Ok(l) => l,
             Err(e) => return fail(format!("cannot listen on {listen}: {e}")),
@@ -196,5 +212,9 @@ where
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e.to_string()),
         }
-    })
+    });
+    // `serve` has kept to its grace period: what is left (a connection the grace period ran
+    // out on, a name lookup in a blocking thread) ends with the process, not waited for.
+    runtime.shutdown_background();
+    code
 }

@@ -26,8 +26,8 @@ use rollout_core::{
     audit::{AuditDraft, AuditOutcome},
 };
 use rollout_net::{
-    Access, AccessTable, AuthLayer, MessageLimits, Role, RolePolicy,
-    cli::{LogArgs, TlsArgs},
+    Access, AccessTable, AuthLayer, Drain, MessageLimits, Role, RolePolicy,
+    cli::{LogArgs, ShutdownArgs, TlsArgs},
     tls::{self, ReloadingServerConfig, TlsFiles},
 };
 use rollout_proto::v1::{
@@ -95,6 +95,8 @@ pub struct Args {
     #[arg(long, env = "ROLLOUT_FREEZE_REASON", value_name = "REASON")]
     pub freeze_reason: Option<String>,
     #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+    #[command(flatten)]
     pub log: LogArgs,
 }
 
@@ -113,6 +115,8 @@ pub struct Config {
     pub estate: Option<(PathBuf, PathBuf)>,
     /// The change-freeze reason, if frozen.
     pub freeze_reason: Option<String>,
+    /// How long shutdown may take, from the signal to the exit.
+    pub shutdown_grace: Duration,
 }
 
 /// A configuration or start-up error.
@@ -172,6 +176,7 @@ impl TryFrom<Args> for Config {
             database_url: a.database_url,
             estate: a.practice_file.zip(a.supplier_map),
             freeze_reason: a.freeze_reason,
+            shutdown_grace: a.shutdown.shutdown_grace,
         })
     }
 }
@@ -194,17 +199,15 @@ pub fn read_estate(practices: &Path, suppliers: &Path, supplier: &SupplierId) ->
         .for_supplier(supplier))
 }
 
-/// Runs the supplier service on `listener` (mutual TLS) and, if given, `health_listener`
-/// (plaintext health) until `shutdown` resolves; then stops accepting, ends watch streams
-/// (telling clients the version to resume from) and waits for calls in flight.
-pub async fn serve(
-    config: Config,
-    listener: TcpListener,
-    health_listener: Option<TcpListener>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    let policy = RolePolicy::load(&config.policy)?;
-    let tls = ReloadingServerConfig::load(config.tls.clone())?;
+/// The supplier's services, named as health reports them.
+const SERVICES: [&str; 3] = [
+    "nhs.gprollout.v1.ToggleService",
+    "nhs.gprollout.v1.PracticeSettingsService",
+    "nhs.gprollout.v1.ControlService",
+];
+
+/// Opens the store, loads the engine from it and imports the estate if configured.
+async fn open(config: &Config) -> Result<(Arc<Engine>, SqlSupplierStore), Error> {
     let store = SqlSupplierStore::open(&config.database_url).await?;
     let store_handle = store.clone();
     let engine = Engine::load(
@@ -254,31 +257,28 @@ pub async fn serve(
             "change freeze declared: go-lives and resumes will be rejected"
         );
     }
+    Ok((engine, store_handle))
+}
 
-    let audit_engine = engine.clone();
-    let (denials, denials_recorded) = rollout_net::auth::audit_denials(move |draft| {
-        let audit_engine = audit_engine.clone();
-        async move { audit_engine.record_refusal(draft).await }
-    });
-    let auth = AuthLayer::new(
-        Arc::new(ArcSwap::from_pointee(policy)),
-        access_table(),
-        Some(denials),
-    );
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    // On a shared (PostgreSQL) store, follow what the other replicas write: at once on their
-    // notification, and every 2 s in case a notification was missed.
-    if let Some(feed) = store_handle.changes().await? {
+/// Starts what runs beside the server until `stop`: the clock task and, on a shared
+/// (PostgreSQL) store, the follower of the other replicas' writes.
+async fn background(
+    engine: &Arc<Engine>,
+    store: &SqlSupplierStore,
+    stop: &watch::Receiver<bool>,
+) -> Result<(), Error> {
+    // Follow what the other replicas write: at once on their notification, and every 2 s in
+    // case a notification was missed.
+    if let Some(feed) = store.changes().await? {
         let follower = engine.clone();
-        tokio::spawn(feed.follow(stop_rx.clone(), move || {
+        tokio::spawn(feed.follow(stop.clone(), move || {
             let follower = follower.clone();
             async move { follower.follow_store().await }
         }));
         info!("shared store: following changes made through other replicas");
     }
     let clock_engine = engine.clone();
-    let mut clock_stop = stop_rx.clone();
+    let mut clock_stop = stop.clone();
     tokio::spawn(async move {
         loop {
             let wait = clock_engine
@@ -294,71 +294,83 @@ pub async fn serve(
             clock_engine.refresh().await;
         }
     });
+    Ok(())
+}
+
+/// Runs the supplier service on `listener` (mutual TLS) and, if given, `health_listener`
+/// (plaintext health) until `shutdown` resolves; then, within the grace period, sets health
+/// NOT_SERVING, stops accepting, ends every stream with UNAVAILABLE (watch streams with the
+/// version to resume from), lets calls in flight finish, writes the queued refusals to the
+/// audit log and closes the store.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    health_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let drain = Drain::new(config.shutdown_grace);
+    let policy = RolePolicy::load(&config.policy)?;
+    let tls = ReloadingServerConfig::load(config.tls.clone())?;
+    let (engine, store_handle) = open(&config).await?;
+    let audit_engine = engine.clone();
+    let (denials, audit) = rollout_net::audit_denials(move |draft| {
+        let audit_engine = audit_engine.clone();
+        async move { audit_engine.record_refusal(draft).await }
+    });
+    let auth = AuthLayer::new(
+        Arc::new(ArcSwap::from_pointee(policy)),
+        access_table(),
+        Some(denials),
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    background(&engine, &store_handle, &stop_rx).await?;
 
     let handlers = service::Handlers::new(engine.clone(), stop_rx.clone());
     let (reporter, health) = rollout_net::server::health();
-    let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection(&[
-        "nhs.gprollout.v1.ToggleService",
-        "nhs.gprollout.v1.PracticeSettingsService",
-        "nhs.gprollout.v1.ControlService",
-    ])?;
-    reporter
-        .set_serving::<ToggleServiceServer<service::Handlers>>()
-        .await;
-    reporter
-        .set_serving::<PracticeSettingsServiceServer<service::Handlers>>()
-        .await;
-    reporter
-        .set_serving::<ControlServiceServer<service::Handlers>>()
-        .await;
-
+    let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection(&SERVICES)?;
+    for name in SERVICES {
+        reporter
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     let addr = listener.local_addr().ok();
     let health_addr = health_listener.as_ref().and_then(|l| l.local_addr().ok());
-    info!(supplier = %config.supplier, addr = ?addr, health = ?health_addr, "supplier service listening");
+    info!(supplier = %config.supplier, addr = ?addr, health = ?health_addr, grace = ?config.shutdown_grace, "supplier service listening");
 
-    let health_task = health_listener.map(|l| {
-        let mut stop = stop_rx.clone();
-        tokio::spawn(rollout_net::server::serve_plaintext_health(
-            l,
-            health.clone(),
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-        ))
-    });
-    let stop_reporter = reporter.clone();
+    let plaintext = async {
+        match health_listener {
+            Some(l) => rollout_net::server::serve_plaintext_health(l, health.clone(), &drain).await,
+            None => Ok(()),
+        }
+    };
     let main = rollout_net::server::builder()
         .layer(auth)
-        .add_service(health)
+        .layer(drain.layer())
+        .add_service(health.clone())
         .add_service(reflect_v1)
         .add_service(reflect_v1alpha)
         .add_service(ToggleServiceServer::new(handlers.clone()).with_message_limits())
         .add_service(PracticeSettingsServiceServer::new(handlers.clone()).with_message_limits())
         .add_service(ControlServiceServer::new(handlers).with_message_limits())
-        .serve_with_incoming_shutdown(tls::incoming(listener, tls), async move {
-            shutdown.await;
-            info!("shutting down: ending watch streams and draining calls");
-            stop_reporter
-                .set_not_serving::<ToggleServiceServer<service::Handlers>>()
-                .await;
-            let _ = stop_tx.send(true);
-        });
-    let result = main.await;
-    if let Some(task) = health_task {
-        match task.await {
-            Ok(Err(e)) => warn!(error = %e, "plaintext health server failed"),
-            Err(e) => warn!(error = %e, "plaintext health task failed"),
-            Ok(Ok(())) => {}
+        .serve_with_incoming_shutdown(tls::incoming(listener, tls), drain.begun());
+    let servers = async {
+        let (main, plaintext) = tokio::join!(main, plaintext);
+        if let Err(e) = &plaintext {
+            warn!(error = %e, "plaintext health server failed");
         }
-    }
+        main
+    };
+    let stopping = async {
+        rollout_net::server::set_not_serving(&reporter, &SERVICES).await;
+        // The watch streams end themselves, with the version to resume from.
+        let _ = stop_tx.send(true);
+    };
+    let result = drain.serve(servers, shutdown, stopping).await;
     // Every refusal queued while serving is in the audit log before the store closes.
-    if tokio::time::timeout(Duration::from_secs(10), denials_recorded)
-        .await
-        .is_err()
-    {
-        warn!("gave up waiting for queued refusals to reach the audit log");
-    }
-    store_handle.close().await;
-    info!("supplier service stopped");
+    let audit = audit.flush(drain.deadline()).await;
+    drain
+        .until_deadline("closing the store", store_handle.close())
+        .await;
+    drain.log_stopped("supplier service", audit);
     result.map_err(Error::from)
 }

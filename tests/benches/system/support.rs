@@ -63,6 +63,7 @@ impl InProcess {
             database_url: format!("sqlite://{}", self.database().display()),
             estate: Some(data()),
             freeze_reason: None,
+            shutdown_grace: Duration::from_secs(10),
         };
         let (stop, stopped) = oneshot::channel();
         self.stop = Some(stop);

@@ -72,11 +72,19 @@ impl SupplierFiles {
                 .unwrap_or_else(|| format!("sqlite://{}", self.database.display())),
             estate: Some(reference_files()),
             freeze_reason: freeze.map(str::to_owned),
+            shutdown_grace: std::time::Duration::from_secs(10),
         }
     }
 
-    /// The `rollout-supplier` command line for this supplier, listening on `listen`.
+    /// The `rollout-supplier` command line for this supplier, listening on `listen`, without
+    /// the plaintext health port.
     pub fn command(&self, listen: &str) -> tokio::process::Command {
+        self.command_at(listen, "off")
+    }
+
+    /// The `rollout-supplier` command line for this supplier, listening on `listen`, with the
+    /// plaintext health port at `health`.
+    pub fn command_at(&self, listen: &str, health: &str) -> tokio::process::Command {
         let config = self.config(None);
         let (practices, map) = reference_files();
         let mut cmd = tokio::process::Command::new(binary("rollout-supplier"));
@@ -86,7 +94,7 @@ impl SupplierFiles {
             "--listen",
             listen,
             "--health-listen",
-            "off",
+            health,
         ])
         .arg("--tls-ca")
         .arg(&config.tls.ca)

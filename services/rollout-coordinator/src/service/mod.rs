@@ -13,6 +13,7 @@ use rollout_net::{ApiError, Caller, MessageLimits, wire};
 use rollout_proto::v1::{
     self as pb, coordinator_service_server::CoordinatorService, toggle_service_client::ToggleServiceClient,
 };
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, transport::Channel};
 use tracing::{Span, instrument};
 
@@ -39,14 +40,22 @@ pub struct Handlers {
     core: Arc<Core>,
     /// A channel to each supplier, as the coordinator.
     channels: Arc<BTreeMap<SupplierId, Channel>>,
+    /// Turns true when the server shuts down: WatchCommand streams end.
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Handlers {
-    /// Handlers over `core`, reaching suppliers through `channels`.
-    pub fn new(core: Arc<Core>, channels: BTreeMap<SupplierId, Channel>) -> Self {
+    /// Handlers over `core`, reaching suppliers through `channels`; WatchCommand streams end
+    /// when `shutdown` turns true.
+    pub fn new(
+        core: Arc<Core>,
+        channels: BTreeMap<SupplierId, Channel>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         Handlers {
             core,
             channels: Arc::new(channels),
+            shutdown,
         }
     }
 

@@ -121,6 +121,7 @@ pub(super) async fn watch_command(
     let first = h.core.command_view(&id).await?;
     let (tx, rx) = mpsc::channel(16);
     let core = h.core.clone();
+    let mut shutdown = h.shutdown.clone();
     tokio::spawn(async move {
         let mut last: Option<pb::Command> = None;
         let mut next = Some(first);
@@ -168,10 +169,29 @@ pub(super) async fn watch_command(
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
                 _ = tx.closed() => return,
+                _ = shutdown.wait_for(|stop| *stop) => break,
             }
         }
+        // Shutting down (or the server is gone): say how to pick the watch up again.
+        let _ = tx.send(Err(shutting_down(&id).into())).await;
     });
-    Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    // It ends itself at shutdown, saying how to resume.
+    Ok(rollout_net::ends_itself(Response::new(Box::pin(
+        ReceiverStream::new(rx),
+    ))))
+}
+
+/// UNAVAILABLE `SHUTTING_DOWN` for a WatchCommand stream: a new watch starts with the command
+/// as it stands, so nothing is missed by watching it again.
+fn shutting_down(id: &rollout_core::CommandId) -> ApiError {
+    ApiError::unavailable(
+        "SHUTTING_DOWN",
+        format!(
+            "the coordinator is shutting down; watch commands/{id} again (on another replica, or \
+             here once it is back): its first message is the command as it stands"
+        ),
+    )
+    .with_metadata("command", format!("commands/{id}"))
 }
 
 pub(super) async fn list_suppliers(

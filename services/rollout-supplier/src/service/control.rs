@@ -106,12 +106,21 @@ async fn watch_sync_state(h: Handlers, tx: mpsc::Sender<Result<pb::SyncState, St
             _ = tx.closed() => return,
         }
     }
+    let applied = h.engine.current().book.applied_sequence();
     let status = ApiError::unavailable(
         "SHUTTING_DOWN",
-        "the supplier is shutting down; ask GetSyncState once it is back",
-    );
-    // A reader that has not taken the last state sees the stream end without the status.
-    let _ = tx.try_send(Err(status.into()));
+        format!(
+            "the supplier is shutting down at applied sequence {applied}; watch again (or ask \
+             GetSyncState) once it is back"
+        ),
+    )
+    .with_metadata("applied_sequence", applied.to_string());
+    // After the last state, if the reader has yet to take it (the drain's grace period bounds
+    // the wait).
+    tokio::select! {
+        _ = tx.send(Err(status.into())) => {}
+        _ = tx.closed() => {}
+    }
 }
 
 #[tonic::async_trait]
@@ -199,7 +208,9 @@ impl ControlService for Handlers {
         // watch channel, so a slow reader holds nothing but the latest state.
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(watch_sync_state(self.clone(), tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(rollout_net::ends_itself(Response::new(Box::pin(
+            ReceiverStream::new(rx),
+        ))))
     }
 
     #[instrument(skip_all, fields(sequence))]

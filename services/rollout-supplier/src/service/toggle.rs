@@ -177,6 +177,9 @@ impl ToggleService for Handlers {
             tx,
         };
         tokio::spawn(watcher.run(start_version, self.shutdown.clone()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // It ends itself at shutdown, with the version to resume from.
+        Ok(rollout_net::ends_itself(Response::new(Box::pin(
+            ReceiverStream::new(rx),
+        ))))
     }
 }

@@ -1,6 +1,6 @@
 //! `rolloutctl dev up`: the local stack ([`crate::dev`]).
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::Subcommand;
 
@@ -15,8 +15,8 @@ use crate::{
 pub enum Dev {
     /// Start a coordinator and four suppliers (emis, tpp, cegedim, microtest) as separate
     /// processes on loopback with SQLite, the dev PKI and the synthetic national estate; run a
-    /// national go-live and halt; keep running until Ctrl-C. A second run on the same state
-    /// directory reuses it.
+    /// national go-live and halt; keep running until Ctrl-C (or SIGTERM), then stop every
+    /// process within the grace period. A second run on the same state directory reuses it.
     Up {
         /// Where the PKI, databases, configuration and logs live.
         #[arg(long, env = "ROLLOUT_DEV_STATE_DIR", default_value = ".gprollout-dev")]
@@ -24,22 +24,39 @@ pub enum Dev {
         /// Coordinator on N, suppliers on N+1..N+4, plaintext health on N+10..N+14.
         #[arg(long, env = "ROLLOUT_DEV_PORT_BASE", default_value_t = 50050)]
         port_base: u16,
+        /// On Ctrl-C or SIGTERM: each server's --shutdown-grace (the time it has to end its
+        /// streams, drain and exit); `dev up` kills a server still running a second after it.
+        #[arg(
+            long,
+            env = "ROLLOUT_SHUTDOWN_GRACE",
+            default_value = "10s",
+            value_name = "DURATION",
+            value_parser = rollout_net::cli::parse_grace
+        )]
+        shutdown_grace: Duration,
     },
 }
 
 impl Dev {
     /// Runs the stack until Ctrl-C.
     pub async fn run(self) -> Outcome {
-        let Dev::Up { state_dir, port_base } = self;
+        let Dev::Up {
+            state_dir,
+            port_base,
+            shutdown_grace,
+        } = self;
         if port_base > u16::MAX - 20 {
             return Err(usage(format!(
                 "--port-base {port_base} leaves no room for the stack's 15 ports"
             )));
         }
-        dev::up(Layout {
-            dir: state_dir,
-            base: port_base,
-        })
+        dev::up(
+            Layout {
+                dir: state_dir,
+                base: port_base,
+            },
+            shutdown_grace,
+        )
         .await
     }
 }

@@ -6,13 +6,13 @@
 //! microtest on N+1..N+4, plaintext health on N+10 (coordinator) and N+11..N+14.
 
 use std::{
+    fmt,
+    io::Write,
     path::{Path, PathBuf},
-    process::Stdio,
     time::{Duration, Instant},
 };
 
 use rollout_proto::v1 as pb;
-use tokio::process::{Child, Command};
 
 use crate::{
     client::{CliError, Connection},
@@ -20,11 +20,37 @@ use crate::{
     pki,
 };
 
+/// A line on standard output, as `println!` would write it, but never a panic: see [`say`].
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::dev::say(format_args!($($arg)*)) };
+}
+
+/// A line on standard error, as `eprintln!` would write it, but never a panic.
+macro_rules! complain {
+    ($($arg:tt)*) => { $crate::dev::complain(format_args!($($arg)*)) };
+}
+
+mod children;
+
+use children::{Proc, ready, spawn, stop_all};
+
+/// Writes a line to standard output. `dev up` runs until Ctrl-C whatever becomes of its
+/// output: a reader that went away (`rolloutctl dev up | head`) or a closed terminal must not
+/// stop it from stopping its children, so a line that cannot be written is dropped.
+pub(crate) fn say(line: fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// Writes a line to standard error; as [`say`], a line that cannot be written is dropped.
+pub(crate) fn complain(line: fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// The feature the demo defines.
 pub const FEATURE: &str = "prospective-record-access";
 
-const EPRACCUR: &[u8] = include_bytes!("../../../data/epraccur.csv");
-const SUPPLIER_MAP: &[u8] = include_bytes!("../../../data/gp-system-suppliers.csv");
+const EPRACCUR: &[u8] = include_bytes!("../../../../data/epraccur.csv");
+const SUPPLIER_MAP: &[u8] = include_bytes!("../../../../data/gp-system-suppliers.csv");
 
 /// The stack's layout.
 #[derive(Debug, Clone)]
@@ -140,32 +166,7 @@ fn sibling(name: &str) -> Result<PathBuf, CliError> {
     }
 }
 
-/// A running child process with its name.
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-fn spawn(layout: &Layout, name: &str, program: &Path, args: Vec<String>) -> Result<Proc, CliError> {
-    let log_path = layout.dir.join("logs").join(format!("{name}.log"));
-    let log = std::fs::File::create(&log_path)
-        .map_err(|e| fail(format!("cannot create {}: {e}", log_path.display())))?;
-    let err = log.try_clone().map_err(|e| fail(e.to_string()))?;
-    let child = Command::new(program)
-        .args(&args)
-        .env("ROLLOUT_LOG_FORMAT", "plain")
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(err)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| fail(format!("cannot start {}: {e}", program.display())))?;
-    Ok(Proc {
-        name: name.to_owned(),
-        child,
-    })
-}
-
+/// The TLS flags of a server whose files are `name` in the development PKI.
 fn tls_args(pki: &Path, name: &str) -> Vec<String> {
     vec![
         "--tls-ca".into(),
@@ -175,63 +176,6 @@ fn tls_args(pki: &Path, name: &str) -> Vec<String> {
         "--tls-key".into(),
         pki.join(format!("{name}-key.pem")).display().to_string(),
     ]
-}
-
-/// Waits until the plaintext health port answers SERVING.
-async fn ready(name: &str, port: u16, deadline: Instant, procs: &mut [Proc]) -> Result<(), CliError> {
-    use rollout_net::MessageLimits;
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
-    loop {
-        for p in procs.iter_mut() {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                return Err(fail(format!(
-                    "{} exited ({status}) while starting: see its log",
-                    p.name
-                )));
-            }
-        }
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-            .map_err(|e| fail(e.to_string()))?;
-        if let Ok(channel) = endpoint.connect().await
-            && let Ok(r) = HealthClient::new(channel)
-                .with_message_limits()
-                .check(HealthCheckRequest::default())
-                .await
-            && r.get_ref().status() == ServingStatus::Serving
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(fail(format!(
-                "{name} did not become ready on health port {port} within 60 s: see its log"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Stops every process: SIGINT, then waits up to 15 s each, then kills.
-async fn stop_all(procs: &mut Vec<Proc>) {
-    for p in procs.iter() {
-        if let Some(pid) = p.child.id() {
-            let _ = Command::new("kill")
-                .args(["-INT", &pid.to_string()])
-                .status()
-                .await;
-        }
-    }
-    for p in procs.iter_mut() {
-        match tokio::time::timeout(Duration::from_secs(15), p.child.wait()).await {
-            Ok(_) => println!("  stopped {}", p.name),
-            Err(_) => {
-                let _ = p.child.kill().await;
-                println!("  killed {} (it did not stop within 15 s)", p.name);
-            }
-        }
-    }
-    procs.clear();
 }
 
 fn connection(layout: &Layout, who: &str) -> Connection {
@@ -285,7 +229,7 @@ async fn demo(layout: &Layout) -> Result<(), CliError> {
         })
         .await
         .map_err(call)?;
-    println!("  defined features/{FEATURE}");
+    say!("  defined features/{FEATURE}");
     let national = || pb::Scope {
         target: Some(pb::scope::Target::National(pb::scope::National {})),
     };
@@ -302,7 +246,7 @@ async fn demo(layout: &Layout) -> Result<(), CliError> {
         .await
         .map_err(call)?
         .into_inner();
-    println!(
+    say!(
         "  alice asked for a national go-live ({}): pending approval",
         go.name
     );
@@ -314,7 +258,7 @@ async fn demo(layout: &Layout) -> Result<(), CliError> {
     .await
     .map_err(call)?;
     delivered(layout, &go.name).await?;
-    println!("  bob approved it; all four suppliers applied it");
+    say!("  bob approved it; all four suppliers applied it");
     let issued = Instant::now();
     let halt = alice
         .halt_feature(pb::HaltFeatureRequest {
@@ -328,13 +272,14 @@ async fn demo(layout: &Layout) -> Result<(), CliError> {
         .await
         .map_err(call)?
         .into_inner();
-    println!(
+    say!(
         "  alice halted it nationally ({}, sequence {})",
-        halt.name, halt.sequence
+        halt.name,
+        halt.sequence
     );
     let done = delivered(layout, &halt.name).await?;
     for d in &done.deliveries {
-        println!("    {:<26} {}", d.supplier, d.state().as_str_name());
+        say!("    {:<26} {}", d.supplier, d.state().as_str_name());
     }
     let verify = alice
         .verify_command(pb::VerifyCommandRequest {
@@ -343,7 +288,7 @@ async fn demo(layout: &Layout) -> Result<(), CliError> {
         .await
         .map_err(call)?
         .into_inner();
-    println!(
+    say!(
         "  halt {}: {} practices still enabled; time to a verified halt {} ms",
         if verify.verified {
             "VERIFIED"
@@ -362,7 +307,7 @@ fn tour(layout: &Layout) {
     let c = layout.coordinator();
     let e = layout.supplier(0);
     let h = layout.health(0);
-    println!(
+    say!(
         "\nThe stack is up. Try, in another terminal:\n\n\
          # reflection and an explained answer at EMIS, as its backend\n\
          grpcurl -cacert {p}/ca.pem -cert {p}/backend-emis.pem -key {p}/backend-emis-key.pem localhost:{e} list\n\
@@ -379,8 +324,110 @@ fn tour(layout: &Layout) {
     );
 }
 
-/// Runs the stack until Ctrl-C (SIGINT) or SIGTERM.
-pub async fn up(layout: Layout) -> Outcome {
+/// A supplier's command line: the `i`th of the stack, `s`.
+fn supplier_args(layout: &Layout, i: usize, s: &str, grace: Duration) -> Vec<String> {
+    let data = layout.dir.join("data");
+    let mut args = vec![
+        "--supplier-id".into(),
+        s.to_owned(),
+        "--listen".into(),
+        format!("127.0.0.1:{}", layout.supplier(i)),
+        "--health-listen".into(),
+        format!("127.0.0.1:{}", layout.health(i + 1)),
+        "--policy".into(),
+        layout.dir.join(format!("policy-{s}.toml")).display().to_string(),
+        "--database-url".into(),
+        format!(
+            "sqlite://{}",
+            layout.dir.join(format!("supplier-{s}.db")).display()
+        ),
+        "--practice-file".into(),
+        data.join("epraccur.csv").display().to_string(),
+        "--supplier-map".into(),
+        data.join("gp-system-suppliers.csv").display().to_string(),
+        "--shutdown-grace".into(),
+        humantime::format_duration(grace).to_string(),
+    ];
+    args.extend(tls_args(&layout.pki(), &format!("supplier-{s}")));
+    args
+}
+
+/// The coordinator's command line.
+fn coordinator_args(layout: &Layout, grace: Duration) -> Vec<String> {
+    let data = layout.dir.join("data");
+    let mut args = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{}", layout.coordinator()),
+        "--health-listen".into(),
+        format!("127.0.0.1:{}", layout.health(0)),
+        "--policy".into(),
+        layout.dir.join("policy-coordinator.toml").display().to_string(),
+        "--suppliers".into(),
+        layout.dir.join("suppliers.toml").display().to_string(),
+        "--database-url".into(),
+        format!("sqlite://{}", layout.dir.join("coordinator.db").display()),
+        "--practice-file".into(),
+        data.join("epraccur.csv").display().to_string(),
+        "--supplier-map".into(),
+        data.join("gp-system-suppliers.csv").display().to_string(),
+        "--shutdown-grace".into(),
+        humantime::format_duration(grace).to_string(),
+    ];
+    args.extend(tls_args(&layout.pki(), "coordinator"));
+    args
+}
+
+/// Starts the four suppliers and the coordinator (into `procs`, so that they are stopped
+/// whatever happens next), waits until each is ready, runs the demo unless the state already
+/// has it, and prints the tour.
+async fn start(layout: &Layout, grace: Duration, procs: &mut Vec<Proc>) -> Result<(), CliError> {
+    let supplier_bin = sibling("rollout-supplier")?;
+    let coordinator_bin = sibling("rollout-coordinator")?;
+    for (i, s) in pki::SUPPLIERS.iter().enumerate() {
+        let args = supplier_args(layout, i, s, grace);
+        procs.push(spawn(layout, &format!("supplier-{s}"), &supplier_bin, args)?);
+        say!(
+            "starting supplier {s} on localhost:{} (health localhost:{})",
+            layout.supplier(i),
+            layout.health(i + 1)
+        );
+    }
+    let args = coordinator_args(layout, grace);
+    procs.push(spawn(layout, "coordinator", &coordinator_bin, args)?);
+    say!(
+        "starting coordinator on localhost:{} (health localhost:{})",
+        layout.coordinator(),
+        layout.health(0)
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (i, s) in pki::SUPPLIERS.iter().enumerate() {
+        ready(&format!("supplier {s}"), layout.health(i + 1), deadline, procs).await?;
+        say!("  supplier {s} ready");
+    }
+    ready("coordinator", layout.health(0), deadline, procs).await?;
+    say!("  coordinator ready");
+
+    let defined = connection(layout, "viewer")
+        .client()?
+        .get_feature(pb::GetFeatureRequest {
+            name: format!("features/{FEATURE}"),
+        })
+        .await
+        .is_ok();
+    if defined {
+        say!("features/{FEATURE} is already defined here: the earlier state is kept as it was");
+    } else {
+        say!("running the national go-live and halt:");
+        demo(layout).await?;
+    }
+    tour(layout);
+    Ok(())
+}
+
+/// Runs the stack until Ctrl-C (SIGINT) or SIGTERM, then stops every process within `grace`
+/// (each server's own `--shutdown-grace`) and [`children::EXIT_MARGIN`].
+pub async fn up(layout: Layout, grace: Duration) -> Outcome {
     // Take SIGINT and SIGTERM before starting anything: a Ctrl-C during start-up must stop the
     // children too, not kill this process and leave them running.
     use tokio::signal::unix::{SignalKind, signal};
@@ -390,109 +437,22 @@ pub async fn up(layout: Layout) -> Outcome {
         signals(SignalKind::terminate())?,
     );
     check_ports(&layout)?;
-    let supplier_bin = sibling("rollout-supplier")?;
-    let coordinator_bin = sibling("rollout-coordinator")?;
     let reused = prepare(&layout)?;
-    println!(
+    say!(
         "{} state in {}",
         if reused { "reusing" } else { "created" },
         layout.dir.display()
     );
-    let pki = layout.pki();
-    let data = layout.dir.join("data");
     let mut procs = Vec::new();
-    let startup = async {
-        for (i, s) in pki::SUPPLIERS.iter().enumerate() {
-            let mut args = vec![
-                "--supplier-id".into(),
-                (*s).to_owned(),
-                "--listen".into(),
-                format!("127.0.0.1:{}", layout.supplier(i)),
-                "--health-listen".into(),
-                format!("127.0.0.1:{}", layout.health(i + 1)),
-                "--policy".into(),
-                layout.dir.join(format!("policy-{s}.toml")).display().to_string(),
-                "--database-url".into(),
-                format!(
-                    "sqlite://{}",
-                    layout.dir.join(format!("supplier-{s}.db")).display()
-                ),
-                "--practice-file".into(),
-                data.join("epraccur.csv").display().to_string(),
-                "--supplier-map".into(),
-                data.join("gp-system-suppliers.csv").display().to_string(),
-            ];
-            args.extend(tls_args(&pki, &format!("supplier-{s}")));
-            procs.push(spawn(&layout, &format!("supplier-{s}"), &supplier_bin, args)?);
-            println!(
-                "starting supplier {s} on localhost:{} (health localhost:{})",
-                layout.supplier(i),
-                layout.health(i + 1)
-            );
-        }
-        let mut args = vec![
-            "--listen".into(),
-            format!("127.0.0.1:{}", layout.coordinator()),
-            "--health-listen".into(),
-            format!("127.0.0.1:{}", layout.health(0)),
-            "--policy".into(),
-            layout.dir.join("policy-coordinator.toml").display().to_string(),
-            "--suppliers".into(),
-            layout.dir.join("suppliers.toml").display().to_string(),
-            "--database-url".into(),
-            format!("sqlite://{}", layout.dir.join("coordinator.db").display()),
-            "--practice-file".into(),
-            data.join("epraccur.csv").display().to_string(),
-            "--supplier-map".into(),
-            data.join("gp-system-suppliers.csv").display().to_string(),
-        ];
-        args.extend(tls_args(&pki, "coordinator"));
-        procs.push(spawn(&layout, "coordinator", &coordinator_bin, args)?);
-        println!(
-            "starting coordinator on localhost:{} (health localhost:{})",
-            layout.coordinator(),
-            layout.health(0)
-        );
-
-        let deadline = Instant::now() + Duration::from_secs(60);
-        for (i, s) in pki::SUPPLIERS.iter().enumerate() {
-            ready(
-                &format!("supplier {s}"),
-                layout.health(i + 1),
-                deadline,
-                &mut procs,
-            )
-            .await?;
-            println!("  supplier {s} ready");
-        }
-        ready("coordinator", layout.health(0), deadline, &mut procs).await?;
-        println!("  coordinator ready");
-
-        let defined = connection(&layout, "viewer")
-            .client()?
-            .get_feature(pb::GetFeatureRequest {
-                name: format!("features/{FEATURE}"),
-            })
-            .await
-            .is_ok();
-        if defined {
-            println!("features/{FEATURE} is already defined here: the earlier state is kept as it was");
-        } else {
-            println!("running the national go-live and halt:");
-            demo(&layout).await?;
-        }
-        tour(&layout);
-        Ok::<_, CliError>(())
-    };
     let result = tokio::select! {
-        r = startup => r,
+        r = start(&layout, grace, &mut procs) => r,
         _ = interrupt.recv() => Err(fail("interrupted while starting")),
         _ = term.recv() => Err(fail("terminated while starting")),
     };
     if let Err(e) = result {
-        eprintln!("error: {e}");
-        println!("stopping:");
-        stop_all(&mut procs).await;
+        complain!("error: {e}");
+        say!("stopping:");
+        stop_all(&mut procs, grace).await;
         return Ok(Exit::Error);
     }
 
@@ -508,12 +468,12 @@ pub async fn up(layout: Layout) -> Outcome {
         }
     };
     let code = tokio::select! {
-        _ = interrupt.recv() => { println!("\ninterrupted: stopping"); Exit::Success }
-        _ = term.recv() => { println!("terminated: stopping"); Exit::Success }
-        why = died => { eprintln!("error: {why}: see its log in {}/logs", layout.dir.display()); Exit::Error }
+        _ = interrupt.recv() => { say!("\ninterrupted: stopping"); Exit::Success }
+        _ = term.recv() => { say!("terminated: stopping"); Exit::Success }
+        why = died => { complain!("error: {why}: see its log in {}/logs", layout.dir.display()); Exit::Error }
     };
-    stop_all(&mut procs).await;
-    println!(
+    stop_all(&mut procs, grace).await;
+    say!(
         "stopped; the state in {} is kept for the next `dev up`",
         layout.dir.display()
     );
