@@ -1,7 +1,7 @@
-//! Scopes that match what the operator meant: a scope naming a supplier, ICB or sub-ICB the
-//! national estate does not know is refused with the closest known codes, unknown practice
-//! codes are named, a scope that covers nothing is refused unless allowed, and verify never
-//! calls a halt that covers nothing, or one that was lifted, VERIFIED.
+//! Scopes that match what the operator meant: a scope naming a supplier, region, ICB or
+//! sub-ICB the national estate does not know is refused with the closest known codes, unknown
+//! practice codes are named, a scope that covers nothing is refused unless allowed, and verify
+//! never calls a halt that covers nothing, or one that was lifted, VERIFIED.
 
 use rollout_core::PracticeStatus;
 use rollout_proto::v1::{self as pb, coordinator_service_client::CoordinatorServiceClient};
@@ -30,8 +30,13 @@ struct UnknownTarget {
     suggests: &'static str,
 }
 
-fn unknown_targets() -> [UnknownTarget; 3] {
+fn unknown_targets() -> [UnknownTarget; 4] {
     [
+        UnknownTarget {
+            scope: pb::scope::Target::Region("Y57".into()),
+            field: "scope.region",
+            suggests: "did you mean one of Y56, Y58",
+        },
         UnknownTarget {
             scope: pb::scope::Target::Supplier("emiss".into()),
             field: "scope.supplier",
@@ -140,7 +145,7 @@ async fn every_unknown_scope_target_is_refused_with_the_closest_known_codes() {
         })
         .count();
     assert_eq!(
-        refusals, 6,
+        refusals, 8,
         "each refused halt and go-live is audited (dry runs are not)"
     );
     stack.stop().await;

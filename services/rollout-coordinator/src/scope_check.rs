@@ -81,6 +81,19 @@ pub fn check(
     }
 }
 
+/// Checks a region code as written on the wire against the regions of the estate, before it
+/// is parsed: a code outside NHS England's seven (a typo such as `Y57`) is refused as unknown,
+/// with the closest known ones, rather than as malformed.
+pub fn known_region(estate: &Estate, field: &str, given: &str) -> Result<(), ApiError> {
+    let code = given.trim().to_ascii_uppercase();
+    let known: BTreeSet<String> = estate.practices().map(|p| p.region.to_string()).collect();
+    if known.contains(&code) {
+        Ok(())
+    } else {
+        Err(unknown_target(&format!("{field}.region"), given, &known))
+    }
+}
+
 /// The known codes closest to `given`: at most three, nearest first (ties in code order), none
 /// more than one edit further than the nearest.
 pub fn closest<'a>(given: &str, known: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
@@ -246,6 +259,14 @@ mod tests {
         .expect_err("refused");
         assert_eq!(e.reason(), "UNKNOWN_SCOPE_TARGET");
         assert!(e.to_string().contains("did you mean Y56?"), "{e}");
+    }
+
+    #[test]
+    fn a_region_code_outside_the_seven_is_unknown_not_malformed() {
+        let e = known_region(&estate(), "scope", "Y57").expect_err("refused");
+        assert_eq!(e.reason(), "UNKNOWN_SCOPE_TARGET");
+        assert!(e.to_string().contains("did you mean Y56?"), "{e}");
+        known_region(&estate(), "scope", "y56").expect("known, in any case");
     }
 
     #[test]

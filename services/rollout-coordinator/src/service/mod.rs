@@ -104,6 +104,9 @@ impl Handlers {
     /// The request's `scope`, valid on the wire and naming what the national estate knows
     /// (see [`crate::scope_check`]).
     fn known_scope(&self, scope: Option<&pb::Scope>, allow: Allowances) -> Result<Scope, ApiError> {
+        if let Some(pb::scope::Target::Region(r)) = scope.and_then(|s| s.target.as_ref()) {
+            crate::scope_check::known_region(&self.core.estate, "scope", r)?;
+        }
         let scope = wire::scope("scope", scope)?;
         let suppliers: Vec<SupplierId> = self.core.suppliers.iter().map(|s| s.id.clone()).collect();
         crate::scope_check::check(&self.core.estate, &suppliers, "scope", &scope, allow)?;
