@@ -159,8 +159,8 @@ impl Drain {
                 warn!(
                     open = self.shared.open.load(Relaxed),
                     grace = %humantime::format_duration(self.shared.grace),
-                    "shutting down: the grace period is running out with calls or streams still \
-                     open; closing them"
+                    "shutting down: the grace period is running out with calls, streams or \
+                     connections (open counts calls and streams only) still open; closing them"
                 );
                 Ok(())
             }

@@ -104,6 +104,11 @@ impl ApiError {
         self.code
     }
 
+    /// The message, as a person reads it.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// The ErrorInfo reason.
     pub fn reason(&self) -> &'static str {
         self.reason

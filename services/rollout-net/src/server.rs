@@ -106,8 +106,9 @@ pub async fn serve_plaintext_health(
         .await
 }
 
-/// Reflection v1 and v1alpha advertising `grpc.health.v1.Health` and nothing else, for the
-/// plaintext health port. Built from descriptor sets compiled in, so it cannot fail in
+/// Reflection v1 and v1alpha advertising `grpc.health.v1.Health` and nothing else (the
+/// error-detail types resolve by name, so grpcurl prints an ErrorInfo), for the plaintext
+/// health port. Built from descriptor sets compiled in, so it cannot fail in
 /// practice; if it did, health is served without reflection and the failure is logged.
 fn health_reflection() -> (
     Option<
@@ -124,6 +125,9 @@ fn health_reflection() -> (
     let builder = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // For the google.rpc error details (ErrorInfo of an oversize request, of a Watch
+            // ended at shutdown): resolvable by name, though only health is listed.
+            .register_encoded_file_descriptor_set(rollout_proto::FILE_DESCRIPTOR_SET)
             .include_reflection_service(false)
             .with_service_name("grpc.health.v1.Health")
     };

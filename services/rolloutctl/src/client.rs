@@ -17,6 +17,20 @@ use crate::hints;
 /// A client of the coordinator.
 pub type Client = CoordinatorServiceClient<Channel>;
 
+/// `HOST:PORT` with a port from 1 to 65535 (`[::1]:50050` for an IPv6 address).
+fn host_port(s: &str) -> Result<String, String> {
+    let port = s
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty())
+        .map(|(_, p)| p);
+    match port.map(str::parse::<u16>) {
+        Some(Ok(p)) if p > 0 => Ok(s.to_owned()),
+        _ => Err(format!(
+            "{s:?} is not HOST:PORT with a port from 1 to 65535 (for example localhost:50050)"
+        )),
+    }
+}
+
 /// How to reach the coordinator and who to be.
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
@@ -25,7 +39,8 @@ pub struct Connection {
         long,
         global = true,
         env = "ROLLOUT_COORDINATOR",
-        default_value = "localhost:50050"
+        default_value = "localhost:50050",
+        value_parser = host_port
     )]
     pub coordinator: String,
     /// Development PKI directory used with --as.

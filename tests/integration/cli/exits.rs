@@ -24,7 +24,28 @@ async fn run(pki: &std::path::Path, args: &[&str]) -> Output {
 async fn a_command_line_not_understood_exits_64_and_help_exits_0() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki_init(dir.path());
-    let not_understood: [(&[&str], &str); 6] = [
+    let not_understood: [(&[&str], &str); 9] = [
+        (
+            &[
+                "halt",
+                "f",
+                "--scope",
+                "national",
+                "--reason",
+                "r",
+                "--request-id",
+                "zz",
+            ],
+            "is not a UUID version 4",
+        ),
+        (
+            &["halt", "f", "--scope", "icb:Q", "--reason", "r"],
+            "--scope \"icb:Q\"",
+        ),
+        (
+            &["halt", "f", "--scope", "supplier:EMIS", "--reason", "r"],
+            "--scope \"supplier:EMIS\"",
+        ),
         (&["status", "--bogus"], "unexpected argument '--bogus'"),
         (&["halt", "f", "--reason", "r"], "--scope <SCOPE>"),
         (&[], "requires a subcommand"),
@@ -49,6 +70,15 @@ async fn a_command_line_not_understood_exits_64_and_help_exits_0() {
             "{args:?}: usage errors go to standard error"
         );
     }
+    let no_port = tokio::process::Command::new(binary("rolloutctl"))
+        .args(["--coordinator", "nohostport", "--as", "alice", "--pki-dir"])
+        .arg(&pki)
+        .arg("status")
+        .output()
+        .await
+        .expect("run rolloutctl");
+    assert_eq!(no_port.status.code(), Some(64), "{}", text(&no_port));
+    assert!(text(&no_port).contains("is not HOST:PORT"), "{}", text(&no_port));
     for args in [&["--help"][..], &["halt", "--help"], &["--version"]] {
         let out = run(&pki, args).await;
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));

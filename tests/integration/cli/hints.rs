@@ -152,6 +152,20 @@ async fn a_refused_scope_prints_its_field_violations_and_the_flag_that_allows_it
         text(&out)
     );
     hinted(&out, "--allow-unknown-practices");
+    let mut allowed = halt(&format!("practices:{known},Z12345")).to_vec();
+    allowed.extend(["--allow-unknown-practices".into(), "--dry-run".into()]);
+    let out = ctl(
+        &stack,
+        "alice",
+        &allowed.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("unknown   1 not in the national estate: Z12345"),
+        "the table names the unknown codes: {}",
+        text(&out)
+    );
 
     let closed = stack
         .estate

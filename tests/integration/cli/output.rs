@@ -243,6 +243,19 @@ async fn a_wait_that_times_out_names_the_suppliers_that_did_not_answer() {
     assert!(said.contains("Next: `rolloutctl status`"), "{said}");
     assert!(said.contains("A supplier does not acknowledge"), "{said}");
 
+    // A command waiting for approval: the wait says so, and who must act.
+    let go_live = [
+        "go-live", FEATURE, "--scope", "icb:QN7", "--reason", "r", "--output", "name",
+    ];
+    let out = ctl(&stack, "alice", &go_live).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let pending = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let out = ctl(&stack, "viewer", &["watch", &pending, "--timeout", "1s"]).await;
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(said.contains("waiting for approval (0 of 1 given)"), "{said}");
+    assert!(said.contains("still waiting for approval"), "{said}");
+
     // The coordinator answers for the supplier it cannot reach: the hint blames the supplier.
     let practice = stack.practice_of("tpp");
     let show = ["practice", "show", &practice, "--feature", FEATURE];

@@ -77,7 +77,7 @@ async fn grpcurl_lists_the_services_and_gets_an_explained_answer() {
 async fn the_plaintext_health_port_lists_health_alone_and_answers_a_check() {
     let (_tmp, _files, server) = emis().await;
     let at = format!("localhost:{}", server.health.port());
-    let (list, check) = tokio::task::spawn_blocking(move || {
+    let (list, check, error_info) = tokio::task::spawn_blocking(move || {
         let plaintext = |args: &[&str]| {
             let out = std::process::Command::new(grpcurl())
                 .arg("-plaintext")
@@ -93,11 +93,19 @@ async fn the_plaintext_health_port_lists_health_alone_and_answers_a_check() {
             );
             printed
         };
-        (plaintext(&["list"]), plaintext(&["grpc.health.v1.Health/Check"]))
+        (
+            plaintext(&["list"]),
+            plaintext(&["grpc.health.v1.Health/Check"]),
+            plaintext(&["describe", "google.rpc.ErrorInfo"]),
+        )
     })
     .await
     .expect("grpcurl");
     assert_eq!(list.trim(), "grpc.health.v1.Health", "health alone is listed");
     assert!(check.contains("\"status\": \"SERVING\""), "{check}");
+    assert!(
+        error_info.contains("google.rpc.ErrorInfo is a message"),
+        "the error details resolve, so grpcurl prints an ErrorInfo by name: {error_info}"
+    );
     server.stop().await;
 }

@@ -180,16 +180,17 @@ pub(super) async fn get_practice_status(
     call.set_timeout(std::time::Duration::from_secs(10));
     match client.get_practice_feature(call).await {
         Ok(answer) => Ok(answer),
-        Err(s) if s.code() == tonic::Code::NotFound => Err(ApiError::not_found(
-            "NOT_FOUND_AT_SUPPLIER",
-            format!(
-                "{} at suppliers/{}: {}",
-                wire::practice_feature_resource(&ods, &key),
-                practice.supplier,
-                s.message()
-            ),
-        )
-        .into()),
+        Err(s) if s.code() == tonic::Code::NotFound => {
+            let name = wire::practice_feature_resource(&ods, &key);
+            // The supplier's message already says what does not exist.
+            Err(ApiError::new(
+                tonic::Code::NotFound,
+                "NOT_FOUND_AT_SUPPLIER",
+                format!("{name} at suppliers/{}: {}", practice.supplier, s.message()),
+            )
+            .with_metadata("name", name)
+            .into())
+        }
         Err(s) => Err(ApiError::unavailable(
             "SUPPLIER_UNAVAILABLE",
             format!(

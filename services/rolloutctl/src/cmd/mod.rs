@@ -249,8 +249,17 @@ fn block_on(f: impl Future<Output = Outcome>) -> Outcome {
 pub struct RequestId {
     /// Idempotency key (UUID4): a retry with the same id returns the first result instead of
     /// doing it twice.
-    #[arg(long = "request-id", value_name = "UUID")]
+    #[arg(long = "request-id", value_name = "UUID", value_parser = uuid_v4)]
     request_id: Option<String>,
+}
+
+/// A request id as the services accept it: a UUID version 4, sent in hyphenated form.
+fn uuid_v4(s: &str) -> Result<String, String> {
+    match rollout_net::wire::request_id("request_id", s) {
+        Ok(Some(id)) => Ok(id),
+        Ok(None) => Err("is empty: give a UUID version 4, or leave --request-id out".into()),
+        Err(e) => Err(e.message().to_owned()),
+    }
 }
 
 impl From<RequestId> for String {
@@ -311,7 +320,14 @@ fn scope(s: &str) -> Result<pb::Scope, CliError> {
             )));
         }
     };
-    Ok(pb::Scope { target: Some(target) })
+    let scope = pb::Scope { target: Some(target) };
+    // Checked here as the services check it, so a malformed code is a usage error and nothing
+    // is sent; a region code is left to the coordinator, which names the closest known ones.
+    if !matches!(scope.target, Some(Target::Region(_))) {
+        rollout_net::wire::scope("scope", Some(&scope))
+            .map_err(|e| usage(format!("--scope {s:?}: {}", e.message())))?;
+    }
+    Ok(scope)
 }
 
 #[cfg(test)]

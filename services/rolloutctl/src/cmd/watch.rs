@@ -89,6 +89,16 @@ async fn updates(ctx: &mut Ctx, name: &str, last: &mut Option<pb::Command>) -> R
     let mut reported = HashSet::new();
     while let Some(update) = stream.message().await? {
         let Some(cmd) = update.command else { continue };
+        if cmd.state() == pb::command::State::PendingApproval {
+            ctx.out.progress(format_args!(
+                "waiting for approval ({} of {} given): a different person with the approver role runs `rolloutctl approve {}`",
+                cmd.approvals.len(),
+                cmd.approvals_required,
+                short(&cmd.name)
+            ))?;
+            *last = Some(cmd);
+            continue;
+        }
         let answered: Vec<&pb::Delivery> = cmd
             .deliveries
             .iter()
@@ -120,6 +130,16 @@ fn timed_out(name: &str, timeout: Duration, last: Option<&pb::Command>) -> Strin
             "timed out after {waited} before the coordinator showed {name}: run `rolloutctl watch {name}` again"
         );
     };
+    if cmd.state() == pb::command::State::PendingApproval {
+        return format!(
+            "timed out after {waited}: {name} is still waiting for approval ({} of {} given); a \
+             different person with the approver role runs `rolloutctl approve {}`, then \
+             `rolloutctl watch {name}` follows it",
+            cmd.approvals.len(),
+            cmd.approvals_required,
+            short(&cmd.name)
+        );
+    }
     let pending: Vec<String> = cmd
         .deliveries
         .iter()

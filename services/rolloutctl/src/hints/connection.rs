@@ -188,7 +188,7 @@ fn refused_certificate(alert: Option<&str>, target: Target<'_>) -> String {
             "the coordinator refused {yours} ({other}): check that it is a client certificate from the CA the coordinator trusts"
         ),
         None => format!(
-            "it most likely refused {yours} (issued by a CA it does not trust, or revoked); its log says `tls handshake refused` with the reason"
+            "either it was shutting down or restarting (try again in a moment), or it refused {yours} (issued by a CA it does not trust, or revoked: its log then says `tls handshake refused` with the reason)"
         ),
     }
 }

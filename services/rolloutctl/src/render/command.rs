@@ -152,7 +152,14 @@ impl View for pb::Command {
                 .iter()
                 .map(|s| format!("{} {}", short(&s.supplier), s.practices))
                 .collect();
-            writeln!(w, "impact    {} practices ({})", i.practices, per.join(", "))?;
+            if per.is_empty() {
+                writeln!(w, "impact    {} practices", i.practices)?;
+            } else {
+                writeln!(w, "impact    {} practices ({})", i.practices, per.join(", "))?;
+            }
+            if !i.unknown_practices.is_empty() {
+                writeln!(w, "unknown   {}", unknown_codes(&i.unknown_practices))?;
+            }
         }
         for a in &self.approvals {
             writeln!(w, "approved  by {} at {}", a.approver, when(&a.approve_time))?;
@@ -335,4 +342,19 @@ pub fn answered(d: &pb::Delivery) -> String {
             format!(": {}", d.rejection_reason)
         }
     )
+}
+
+/// Listed codes the national estate does not know, as the impact names them: the first 20,
+/// then how many more.
+fn unknown_codes(codes: &[String]) -> String {
+    const SHOWN: usize = 20;
+    let mut text = format!(
+        "{} not in the national estate: {}",
+        codes.len(),
+        codes[..codes.len().min(SHOWN)].join(", ")
+    );
+    if codes.len() > SHOWN {
+        text.push_str(&format!(" and {} more", codes.len() - SHOWN));
+    }
+    text
 }
