@@ -177,7 +177,7 @@ async fn bad_input_to_the_coordinator_is_refused_and_changes_nothing() {
             "FEATURE_NOT_FOUND",
         ),
         (
-            "a region that does not exist",
+            "a region that does not exist (answered with the closest known ones)",
             refused(
                 alice
                     .halt_feature(halt(|r| {
@@ -188,7 +188,7 @@ async fn bad_input_to_the_coordinator_is_refused_and_changes_nothing() {
                     .await,
             ),
             IA,
-            "INVALID_FIELD",
+            "UNKNOWN_SCOPE_TARGET",
         ),
         (
             "a malformed ICB",

@@ -364,7 +364,7 @@ async fn a_coordinator_whose_grace_period_runs_out_on_a_call_still_exits_and_flu
     assert!(answer.is_err(), "{answer:?}");
     process
         .line(
-            "the grace period is running out with calls or streams still open",
+            "the grace period is running out with calls, streams or connections",
             MARGIN,
         )
         .await;
