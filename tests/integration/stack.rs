@@ -154,6 +154,7 @@ impl Stack {
             heartbeat: self.heartbeat,
             stale_after: Duration::from_secs(5).max(self.heartbeat * 2),
             shutdown_grace: Duration::from_secs(10),
+            budgets: Default::default(),
         }
     }
 
