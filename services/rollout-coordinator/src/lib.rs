@@ -419,7 +419,8 @@ async fn lead(
     }
 }
 
-/// Opens one mTLS channel per supplier, each checking the supplier's server identity.
+/// Opens one mTLS channel per supplier (a connection of its own, made at its first call), each
+/// checking the supplier's server identity.
 fn supplier_channels(config: &Config) -> Result<BTreeMap<SupplierId, tonic::transport::Channel>, Error> {
     let client_files = TlsFiles {
         ca: config.supplier_ca.clone(),
@@ -464,14 +465,17 @@ pub async fn serve(
         suppliers = config.suppliers.len(),
         "national estate loaded"
     );
+    // Delivery has connections of its own: the reads callers drive through the handlers
+    // (VerifyCommand, GetPracticeStatus) never share a connection's stream budget with it.
     let channels = supplier_channels(&config)?;
+    let read_channels = supplier_channels(&config)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every replica serves the API; exactly one (the holder of the leadership lock) delivers.
     let leader = tokio::spawn(lead(
         store_handle.clone(),
         core.clone(),
-        channels.clone(),
+        channels,
         config.heartbeat,
         stop_rx.clone(),
     ));
@@ -495,7 +499,7 @@ pub async fn serve(
         Some(denials),
     );
 
-    let handlers = service::Handlers::new(core.clone(), channels, stop_rx, &config.budgets);
+    let handlers = service::Handlers::new(core.clone(), read_channels, stop_rx, &config.budgets);
     let admission = Admission::new(config.budgets.connection);
     let (reporter, health) = rollout_net::server::health();
     let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection(&[SERVICE])?;
