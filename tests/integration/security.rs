@@ -164,6 +164,7 @@ async fn world(kind: Kind) -> World {
                 estate: Some(crate::support::reference_files()),
                 freeze_reason: None,
                 shutdown_grace: Duration::from_secs(10),
+                budgets: Default::default(),
             };
             Server::Supplier(
                 Running::start(|listener, health, stop| async move {
@@ -186,6 +187,7 @@ async fn world(kind: Kind) -> World {
                 heartbeat: Duration::from_millis(200),
                 stale_after: Duration::from_secs(5),
                 shutdown_grace: Duration::from_secs(10),
+                budgets: Default::default(),
             };
             Server::Coordinator(
                 Running::start(|listener, health, stop| async move {

@@ -42,6 +42,8 @@ pub struct Stack {
     pub via: BTreeMap<&'static str, SocketAddr>,
     /// The coordinator's heartbeat (200 ms unless a test sets it before starting it).
     pub heartbeat: Duration,
+    /// The coordinator's budgets (the defaults unless a test sets them before starting it).
+    pub coordinator_budgets: rollout_coordinator::Budgets,
 }
 
 fn coordinator_policy(dir: &Path) -> PathBuf {
@@ -103,6 +105,7 @@ impl Stack {
             estate,
             via: BTreeMap::new(),
             heartbeat: Duration::from_millis(200),
+            coordinator_budgets: Default::default(),
         }
     }
 
@@ -154,6 +157,7 @@ impl Stack {
             heartbeat: self.heartbeat,
             stale_after: Duration::from_secs(5).max(self.heartbeat * 2),
             shutdown_grace: Duration::from_secs(10),
+            budgets: self.coordinator_budgets,
         }
     }
 
@@ -338,8 +342,13 @@ pub fn national() -> pb::Scope {
 
 /// Follows WatchCommand until every supplier has answered; returns the final command.
 pub async fn delivered(stack: &Stack, name: &str) -> pb::Command {
+    delivered_as(stack, "viewer", name).await
+}
+
+/// [`delivered`], watching as `who`.
+pub async fn delivered_as(stack: &Stack, who: &str, name: &str) -> pb::Command {
     let mut stream = stack
-        .client("viewer")
+        .client(who)
         .watch_command(pb::WatchCommandRequest { name: name.into() })
         .await
         .expect("watch command")

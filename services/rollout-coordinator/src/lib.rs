@@ -46,8 +46,9 @@ use arc_swap::ArcSwap;
 use clap::Parser;
 use rollout_core::SupplierId;
 use rollout_net::{
-    Access, AccessTable, AuthLayer, Drain, Identity, MessageLimits, Role, RolePolicy,
-    cli::{LogArgs, ShutdownArgs, TlsArgs},
+    Access, AccessTable, Admission, AuthLayer, ConnectionBudget, Drain, Identity, MessageLimits, Role,
+    RolePolicy,
+    cli::{ConnectionArgs, LogArgs, ShutdownArgs, TlsArgs},
     tls::{self, ReloadingServerConfig, TlsFiles},
 };
 use rollout_proto::v1::coordinator_service_server::CoordinatorServiceServer;
@@ -106,6 +107,29 @@ pub struct Args {
     #[arg(long, env = "ROLLOUT_STALE_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
     pub stale_after: Duration,
     #[command(flatten)]
+    pub connections: ConnectionArgs,
+    /// Most WatchCommand streams one identity may have open at once on this replica. One more
+    /// is answered RESOURCE_EXHAUSTED (TOO_MANY_WATCH_STREAMS).
+    #[arg(
+        long,
+        env = "ROLLOUT_MAX_WATCHES_PER_IDENTITY",
+        default_value_t = Budgets::DEFAULT.watches_per_identity as u32,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub max_watches_per_identity: u32,
+    /// Most VerifyCommand calls one identity may have in flight at once on this replica (each
+    /// pages every supplier's enabled practices). One more is answered RESOURCE_EXHAUSTED
+    /// (TOO_MANY_CONCURRENT_CALLS).
+    #[arg(
+        long,
+        env = "ROLLOUT_MAX_VERIFIES_PER_IDENTITY",
+        default_value_t = Budgets::DEFAULT.verifies_per_identity as u32,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub max_verifies_per_identity: u32,
+    #[command(flatten)]
     pub shutdown: ShutdownArgs,
     #[command(flatten)]
     pub log: LogArgs,
@@ -124,6 +148,32 @@ struct SupplierEntry {
     id: String,
     endpoint: String,
     identity: String,
+}
+
+/// How much of the coordinator one peer may hold (docs/RELIABILITY.md, "Budgets").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budgets {
+    /// Connections, handshakes and streams per connection of the mutual-TLS port.
+    pub connection: ConnectionBudget,
+    /// WatchCommand streams open at once per identity.
+    pub watches_per_identity: usize,
+    /// VerifyCommand calls in flight at once per identity.
+    pub verifies_per_identity: usize,
+}
+
+impl Budgets {
+    /// The defaults of the flags.
+    pub const DEFAULT: Budgets = Budgets {
+        connection: ConnectionBudget::DEFAULT,
+        watches_per_identity: 100,
+        verifies_per_identity: 2,
+    };
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets::DEFAULT
+    }
 }
 
 /// Validated configuration.
@@ -147,6 +197,8 @@ pub struct Config {
     pub stale_after: Duration,
     /// How long shutdown may take, from the signal to the exit.
     pub shutdown_grace: Duration,
+    /// What one peer may hold.
+    pub budgets: Budgets,
 }
 
 /// A configuration or start-up error.
@@ -236,6 +288,11 @@ impl TryFrom<Args> for Config {
             heartbeat: a.heartbeat,
             stale_after: a.stale_after,
             shutdown_grace: a.shutdown.shutdown_grace,
+            budgets: Budgets {
+                connection: a.connections.into(),
+                watches_per_identity: usize::try_from(a.max_watches_per_identity).unwrap_or(usize::MAX),
+                verifies_per_identity: usize::try_from(a.max_verifies_per_identity).unwrap_or(usize::MAX),
+            },
         })
     }
 }
@@ -362,7 +419,8 @@ async fn lead(
     }
 }
 
-/// Opens one mTLS channel per supplier, each checking the supplier's server identity.
+/// Opens one mTLS channel per supplier (a connection of its own, made at its first call), each
+/// checking the supplier's server identity.
 fn supplier_channels(config: &Config) -> Result<BTreeMap<SupplierId, tonic::transport::Channel>, Error> {
     let client_files = TlsFiles {
         ca: config.supplier_ca.clone(),
@@ -407,14 +465,17 @@ pub async fn serve(
         suppliers = config.suppliers.len(),
         "national estate loaded"
     );
+    // Delivery has connections of its own: the reads callers drive through the handlers
+    // (VerifyCommand, GetPracticeStatus) never share a connection's stream budget with it.
     let channels = supplier_channels(&config)?;
+    let read_channels = supplier_channels(&config)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every replica serves the API; exactly one (the holder of the leadership lock) delivers.
     let leader = tokio::spawn(lead(
         store_handle.clone(),
         core.clone(),
-        channels.clone(),
+        channels,
         config.heartbeat,
         stop_rx.clone(),
     ));
@@ -438,7 +499,8 @@ pub async fn serve(
         Some(denials),
     );
 
-    let handlers = service::Handlers::new(core.clone(), channels, stop_rx);
+    let handlers = service::Handlers::new(core.clone(), read_channels, stop_rx, &config.budgets);
+    let admission = Admission::new(config.budgets.connection);
     let (reporter, health) = rollout_net::server::health();
     let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection(&[SERVICE])?;
     reporter
@@ -452,14 +514,14 @@ pub async fn serve(
             None => Ok(()),
         }
     };
-    let main = rollout_net::server::builder()
+    let main = rollout_net::server::builder_for(&admission)
         .layer(auth)
         .layer(drain.layer())
         .add_service(health.clone())
         .add_service(reflect_v1)
         .add_service(reflect_v1alpha)
         .add_service(CoordinatorServiceServer::new(handlers).with_message_limits())
-        .serve_with_incoming_shutdown(tls::incoming(listener, tls), drain.begun());
+        .serve_with_incoming_shutdown(tls::incoming_for(listener, tls, &admission), drain.begun());
     let servers = async {
         let (main, plaintext) = tokio::join!(main, plaintext);
         if let Err(e) = &plaintext {

@@ -23,8 +23,8 @@ use crate::{
     snapshot::Snapshot,
 };
 
-const EMIS: &str = "emis";
-const TPP: &str = "tpp";
+pub(crate) const EMIS: &str = "emis";
+pub(crate) const TPP: &str = "tpp";
 
 fn audit() -> AuditDraft {
     AuditDraft {
@@ -41,15 +41,15 @@ fn supplier(id: &str) -> SupplierId {
     SupplierId::parse(id).expect("supplier id")
 }
 
-struct Harness {
+pub(crate) struct Harness {
     _dir: tempfile::TempDir,
     url: String,
     store: SqlCoordinatorStore,
-    core: Arc<Core>,
+    pub(crate) core: Arc<Core>,
 }
 
 impl Harness {
-    async fn new() -> Harness {
+    pub(crate) async fn new() -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("coordinator.db").display());
         let (store, core) = Harness::open(&url).await;
@@ -90,7 +90,7 @@ impl Harness {
         self.core = core;
     }
 
-    async fn define(&self, key: &str) -> FeatureKey {
+    pub(crate) async fn define(&self, key: &str) -> FeatureKey {
         let key = FeatureKey::parse(key).expect("key");
         let def = FeatureDef {
             key: key.clone(),
@@ -105,7 +105,7 @@ impl Harness {
         key
     }
 
-    async fn issue(&self, feature: &FeatureKey, action: Action) -> CommandId {
+    pub(crate) async fn issue(&self, feature: &FeatureKey, action: Action) -> CommandId {
         let c = self
             .core
             .issue(
@@ -122,7 +122,7 @@ impl Harness {
         wire::command_name("name", &c.name).expect("name")
     }
 
-    async fn approve(&self, id: &CommandId) {
+    pub(crate) async fn approve(&self, id: &CommandId) {
         self.core
             .approve("bob", id, String::new(), None, audit())
             .await
@@ -168,7 +168,7 @@ impl Harness {
     }
 
     /// `supplier` answers every sequence up to the log's end: rejecting those `reject` picks.
-    async fn deliver(&self, to: &str, reject: impl Fn(u64, &Action) -> bool) {
+    pub(crate) async fn deliver(&self, to: &str, reject: impl Fn(u64, &Action) -> bool) {
         let id = supplier(to);
         let (acked, last) = self
             .core

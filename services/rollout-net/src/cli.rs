@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::{telemetry::LogFormat, tls::TlsFiles};
+use crate::{budget::ConnectionBudget, telemetry::LogFormat, tls::TlsFiles};
 
 /// The server's mutual-TLS files.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,6 +29,53 @@ impl From<TlsArgs> for TlsFiles {
             cert: a.tls_cert,
             key: a.tls_key,
             crls: a.tls_crl,
+        }
+    }
+}
+
+/// The budgets of the mutual-TLS port (docs/RELIABILITY.md, "Budgets").
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionArgs {
+    /// Most connections open at once on the mutual-TLS port. One more is closed at once, before
+    /// its TLS handshake (its client sees UNAVAILABLE); refusals are counted and logged at WARN.
+    /// Keep it below the process's open-file limit.
+    #[arg(
+        long,
+        env = "ROLLOUT_MAX_CONNECTIONS",
+        default_value_t = ConnectionBudget::DEFAULT.connections as u32,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub max_connections: u32,
+    /// Most TLS handshakes in progress at once. More wait for a turn, within the 10 s a
+    /// handshake may take from accept.
+    #[arg(
+        long,
+        env = "ROLLOUT_MAX_HANDSHAKES",
+        default_value_t = ConnectionBudget::DEFAULT.handshakes as u32,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub max_handshakes: u32,
+    /// Most calls and streams open at once on one connection. One more is answered
+    /// RESOURCE_EXHAUSTED (TOO_MANY_STREAMS_ON_CONNECTION): open another connection.
+    #[arg(
+        long,
+        env = "ROLLOUT_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = ConnectionBudget::DEFAULT.streams_per_connection as u32,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub max_streams_per_connection: u32,
+}
+
+impl From<ConnectionArgs> for ConnectionBudget {
+    fn from(a: ConnectionArgs) -> Self {
+        let n = |v: u32| usize::try_from(v).unwrap_or(usize::MAX);
+        ConnectionBudget {
+            connections: n(a.max_connections),
+            handshakes: n(a.max_handshakes),
+            streams_per_connection: n(a.max_streams_per_connection),
         }
     }
 }

@@ -1,13 +1,17 @@
 //! What the GP Rollout Control servers and clients share on the network side: mutual-TLS
-//! configuration with hot reload and the peer identity ([`tls`]), the role policy and the
+//! configuration with hot reload and the peer identity ([`tls`]), the accepting side within
+//! the port's budgets ([`accept`]), the budgets of connections, streams and identities
+//! ([`budget`]), the role policy and the
 //! layer that enforces it ([`auth`]) with the queue that writes its refusals to the audit log
 //! ([`audit_queue`]), the one mapping from errors to `tonic::Status` ([`error`]), the message
 //! limits and the page byte budget ([`limits`]), health, reflection, HTTP/2 settings and the
 //! shutdown signal ([`server`]), what happens between that signal and the exit ([`drain`]),
 //! and logging set-up ([`telemetry`]).
 
+pub mod accept;
 pub mod audit_queue;
 pub mod auth;
+pub mod budget;
 pub mod cli;
 pub mod drain;
 pub mod error;
@@ -17,8 +21,10 @@ pub mod telemetry;
 pub mod tls;
 pub mod wire;
 
+pub use accept::{Admission, AdmissionCounts};
 pub use audit_queue::{AuditFlushed, AuditQueue, audit_denials};
 pub use auth::{Access, AccessTable, AuthLayer, Caller, Denial, DenialObserver, Role, RolePolicy, RoleSet};
+pub use budget::{ConnectionBudget, IdentityBudget, IdentitySlot};
 pub use drain::{Drain, Drained, ends_itself};
 pub use error::{ApiError, ERROR_DOMAIN, audited};
 pub use limits::{MAX_MESSAGE_BYTES, MessageLimits, PAGE_BUDGET_BYTES, Page};

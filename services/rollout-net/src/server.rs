@@ -1,4 +1,5 @@
-//! What every server here has in common: the HTTP/2 settings, the message limits, health and
+//! What every server here has in common: the HTTP/2 settings, the message limits, the stream
+//! budget of a connection, health and
 //! reflection on the mTLS port, health alone on a plaintext loopback port for probes, and
 //! the shutdown signal (what follows it is [`crate::drain`]).
 
@@ -11,6 +12,8 @@ use tonic_health::server::{HealthReporter, health_reporter};
 use tower::layer::util::{Identity, Stack};
 
 use crate::{
+    accept::Admission,
+    budget::{ConnectionBudget, StreamBudgetLayer},
     drain::Drain,
     limits::{MessageLimits, OverLimitLayer, over_limit_layer},
 };
@@ -18,25 +21,32 @@ use crate::{
 /// The error of setting up reflection.
 pub use tonic_reflection::server::Error as ReflectionError;
 
-/// Most concurrent HTTP/2 streams per connection. hyper's default of 200 would make the 201st
-/// watch stream on one connection wait for ever.
-pub const MAX_CONCURRENT_STREAMS: u32 = 20_000;
+/// [`builder_for`] with the default [`ConnectionBudget`] (for servers whose connections are
+/// not made by [`crate::accept::incoming_for`] with an admission of their own).
+pub fn builder() -> Server<Stack<StreamBudgetLayer, Stack<OverLimitLayer, Identity>>> {
+    builder_for(&Admission::new(ConnectionBudget::default()))
+}
 
-/// A `Server` builder with the HTTP/2 settings every server here uses: many streams per
-/// connection, a 16 MiB connection window (thousands of streams opened at once otherwise trip
-/// h2's small-DATA-frame flood guard), and keepalives that drop dead peers; and with the
-/// [`OverLimitLayer`], which answers a request over the message limit RESOURCE_EXHAUSTED
-/// (the services' own limits are set on each with
-/// [`with_message_limits`](MessageLimits::with_message_limits)).
-pub fn builder() -> Server<Stack<OverLimitLayer, Identity>> {
+/// A `Server` builder with the HTTP/2 settings every server here uses: as many streams per
+/// connection as `admission`'s budget allows and as many again (see
+/// [`ConnectionBudget::http2_max_concurrent_streams`]), a 16 MiB connection window (thousands
+/// of streams opened at once otherwise trip h2's small-DATA-frame flood guard), and keepalives
+/// that drop dead peers; with the [`OverLimitLayer`], which answers a request over the message
+/// limit RESOURCE_EXHAUSTED (the services' own limits are set on each with
+/// [`with_message_limits`](MessageLimits::with_message_limits)), and the
+/// [`StreamBudgetLayer`], which holds each connection to its stream budget.
+pub fn builder_for(
+    admission: &Admission,
+) -> Server<Stack<StreamBudgetLayer, Stack<OverLimitLayer, Identity>>> {
     Server::builder()
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_concurrent_streams(admission.budget().http2_max_concurrent_streams())
         .initial_connection_window_size(16 * 1024 * 1024)
         .initial_stream_window_size(1024 * 1024)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_nodelay(true)
         .layer(over_limit_layer())
+        .layer(admission.stream_layer())
 }
 
 /// The gRPC health service (shared by the mTLS and plaintext ports) and its reporter.

@@ -1,6 +1,7 @@
 //! Mutual TLS: rustls server and client configuration from PEM files, hot reload, the peer
-//! identity, the accepting side (a stream of verified connections for tonic) and the
-//! connecting side (a tonic `Channel` that checks the server's identity).
+//! identity and the connecting side (a tonic `Channel` that checks the server's identity). The
+//! accepting side (verified connections for tonic, within the port's budget) is
+//! [`crate::accept`], re-exported here.
 //!
 //! We build rustls ourselves rather than use tonic's TLS options because we need CRLs,
 //! reloading without a restart, a two-CA bundle during a rollover, refusals logged where an
@@ -9,11 +10,8 @@
 
 use std::{
     fmt, fs, io,
-    net::SocketAddr,
     path::{Path, PathBuf},
-    pin::Pin,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
     time::{Duration, SystemTime},
 };
 
@@ -30,18 +28,14 @@ use rustls::{
     },
     server::WebPkiClientVerifier,
 };
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
-    sync::mpsc,
-};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint, server::Connected};
-use tracing::{debug, info, warn};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
 
-/// How long a client has to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::accept::{
+    Admission, AdmissionCounts, PeerInfo, PeerStream, RELOAD_CHECK_INTERVAL, incoming, incoming_for,
+};
 
 /// A certificate, TLS or file problem, naming the file and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -399,167 +393,6 @@ fn stamps(files: &TlsFiles) -> Vec<Option<(SystemTime, u64)>> {
                 .and_then(|m| Some((m.modified().ok()?, m.len())))
         })
         .collect()
-}
-
-/// What the server knows of a connection's peer; tonic puts it in every request's extensions.
-#[derive(Debug, Clone)]
-pub struct PeerInfo {
-    /// The peer's address.
-    pub remote_addr: SocketAddr,
-    /// The identity from its verified client certificate; `None` if the certificate has no
-    /// URI or DNS SAN.
-    pub identity: Option<Identity>,
-}
-
-/// A verified mutual-TLS connection.
-///
-/// Writes are consolidated: the first write after a flush yields to the runtime once, so that
-/// the other calls and streams on the connection that are ready to answer queue their frames
-/// first, and one TLS record and one `writev` carry them all. Without it every response woke
-/// the connection's task at once (tokio runs a task just woken next) and went out in a write of
-/// its own: 10,000 watch streams receiving a change took 10,000 writes. When nothing else is
-/// ready the yield costs one trip through the scheduler.
-#[derive(Debug)]
-pub struct PeerStream {
-    inner: tokio_rustls::server::TlsStream<TcpStream>,
-    info: PeerInfo,
-    /// Whether this flush cycle has yielded already.
-    yielded: bool,
-}
-
-impl PeerStream {
-    /// Yields once per flush cycle (see the type's documentation).
-    fn consolidate(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.yielded {
-            Poll::Ready(())
-        } else {
-            self.yielded = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-}
-
-impl Connected for PeerStream {
-    type ConnectInfo = PeerInfo;
-
-    fn connect_info(&self) -> PeerInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for PeerStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for PeerStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        std::task::ready!(self.consolidate(cx));
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
-        if flushed.is_ready() {
-            self.yielded = false;
-        }
-        flushed
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        std::task::ready!(self.consolidate(cx));
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    /// Reports no vectored writes, on purpose. h2 keeps a DATA payload larger than 256 bytes
-    /// out of its write buffer when the transport takes vectored writes (1 KiB when it does
-    /// not), and must flush before it can buffer the next frame. Under TLS the payload is
-    /// copied into a record anyway, so the saving is nil and the cost is one more flush (a TLS
-    /// record and a `writev`) per response: a 308-byte answer took 1.5 writes per call instead
-    /// of the 0.8 a small echo takes (docs/PERFORMANCE.md).
-    fn is_write_vectored(&self) -> bool {
-        false
-    }
-}
-
-/// How often the acceptor looks for changed certificate files.
-pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Accepts TCP connections on `listener`, completes the TLS handshakes concurrently (each
-/// within a deadline), and yields the verified connections for
-/// `Router::serve_with_incoming_shutdown`. Refused handshakes are logged at WARN with the
-/// peer's address and rustls's reason. Stops when the stream is dropped.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Arc<ReloadingServerConfig>,
-) -> ReceiverStream<Result<PeerStream, io::Error>> {
-    let (tx, rx) = mpsc::channel(128);
-    tokio::spawn(async move {
-        let mut reload = tokio::time::interval(RELOAD_CHECK_INTERVAL);
-        reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let (tcp, remote_addr) = tokio::select! {
-                _ = tx.closed() => break,
-                _ = reload.tick() => {
-                    tls.reload_if_changed();
-                    continue;
-                }
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off briefly rather than spin.
-                        warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = TlsAcceptor::from(tls.current());
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let identity = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|chain| chain.first())
-                            .and_then(|leaf| Identity::of_certificate(leaf));
-                        debug!(peer = %remote_addr, identity = ?identity, "tls connection accepted");
-                        let info = PeerInfo {
-                            remote_addr,
-                            identity,
-                        };
-                        let _ = tx
-                            .send(Ok(PeerStream {
-                                inner: stream,
-                                info,
-                                yielded: false,
-                            }))
-                            .await;
-                    }
-                    Ok(Err(error)) => warn!(peer = %remote_addr, %error, "tls handshake refused"),
-                    Err(_) => warn!(peer = %remote_addr, "tls handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }
 
 /// A lazily connecting gRPC channel to `addr` (`host:port`) over mutual TLS. The server's

@@ -26,8 +26,8 @@ use rollout_core::{
     audit::{AuditDraft, AuditOutcome},
 };
 use rollout_net::{
-    Access, AccessTable, AuthLayer, Drain, MessageLimits, Role, RolePolicy,
-    cli::{LogArgs, ShutdownArgs, TlsArgs},
+    Access, AccessTable, Admission, AuthLayer, ConnectionBudget, Drain, MessageLimits, Role, RolePolicy,
+    cli::{ConnectionArgs, LogArgs, ShutdownArgs, TlsArgs},
     tls::{self, ReloadingServerConfig, TlsFiles},
 };
 use rollout_proto::v1::{
@@ -95,9 +95,46 @@ pub struct Args {
     #[arg(long, env = "ROLLOUT_FREEZE_REASON", value_name = "REASON")]
     pub freeze_reason: Option<String>,
     #[command(flatten)]
+    pub connections: ConnectionArgs,
+    /// Most WatchPracticeFeatures streams one identity may have open at once on this replica
+    /// (a backend fleet sharing one certificate shares this). One more is answered
+    /// RESOURCE_EXHAUSTED (TOO_MANY_WATCH_STREAMS).
+    #[arg(
+        long,
+        env = "ROLLOUT_MAX_WATCHES_PER_IDENTITY",
+        default_value_t = Budgets::DEFAULT.watches_per_identity as u32,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub max_watches_per_identity: u32,
+    #[command(flatten)]
     pub shutdown: ShutdownArgs,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// How much of the supplier service one peer may hold (docs/RELIABILITY.md, "Budgets").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budgets {
+    /// Connections, handshakes and streams per connection of the mutual-TLS port.
+    pub connection: ConnectionBudget,
+    /// WatchPracticeFeatures streams open at once per identity.
+    pub watches_per_identity: usize,
+}
+
+impl Budgets {
+    /// The defaults of the flags: 10,000 watch streams per identity is the fan-out the
+    /// benchmark measures (docs/PERFORMANCE.md, about 13 KiB a stream).
+    pub const DEFAULT: Budgets = Budgets {
+        connection: ConnectionBudget::DEFAULT,
+        watches_per_identity: 10_000,
+    };
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets::DEFAULT
+    }
 }
 
 /// Validated configuration.
@@ -117,6 +154,8 @@ pub struct Config {
     pub freeze_reason: Option<String>,
     /// How long shutdown may take, from the signal to the exit.
     pub shutdown_grace: Duration,
+    /// What one peer may hold.
+    pub budgets: Budgets,
 }
 
 /// A configuration or start-up error.
@@ -177,6 +216,10 @@ impl TryFrom<Args> for Config {
             estate: a.practice_file.zip(a.supplier_map),
             freeze_reason: a.freeze_reason,
             shutdown_grace: a.shutdown.shutdown_grace,
+            budgets: Budgets {
+                connection: a.connections.into(),
+                watches_per_identity: usize::try_from(a.max_watches_per_identity).unwrap_or(usize::MAX),
+            },
         })
     }
 }
@@ -325,7 +368,12 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     background(&engine, &store_handle, &stop_rx).await?;
 
-    let handlers = service::Handlers::new(engine.clone(), stop_rx.clone());
+    let handlers = service::Handlers::new(
+        engine.clone(),
+        stop_rx.clone(),
+        config.budgets.watches_per_identity,
+    );
+    let admission = Admission::new(config.budgets.connection);
     let (reporter, health) = rollout_net::server::health();
     let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection(&SERVICES)?;
     for name in SERVICES {
@@ -343,7 +391,7 @@ pub async fn serve(
             None => Ok(()),
         }
     };
-    let main = rollout_net::server::builder()
+    let main = rollout_net::server::builder_for(&admission)
         .layer(auth)
         .layer(drain.layer())
         .add_service(health.clone())
@@ -352,7 +400,7 @@ pub async fn serve(
         .add_service(ToggleServiceServer::new(handlers.clone()).with_message_limits())
         .add_service(PracticeSettingsServiceServer::new(handlers.clone()).with_message_limits())
         .add_service(ControlServiceServer::new(handlers).with_message_limits())
-        .serve_with_incoming_shutdown(tls::incoming(listener, tls), drain.begun());
+        .serve_with_incoming_shutdown(tls::incoming_for(listener, tls, &admission), drain.begun());
     let servers = async {
         let (main, plaintext) = tokio::join!(main, plaintext);
         if let Err(e) = &plaintext {

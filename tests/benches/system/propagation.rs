@@ -39,6 +39,7 @@ pub(crate) async fn coordinator_stack(
         heartbeat: HEARTBEAT,
         stale_after: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(10),
+        budgets: Default::default(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");

@@ -64,6 +64,7 @@ impl InProcess {
             estate: Some(data()),
             freeze_reason: None,
             shutdown_grace: Duration::from_secs(10),
+            budgets: Default::default(),
         };
         let (stop, stopped) = oneshot::channel();
         self.stop = Some(stop);

@@ -73,6 +73,7 @@ impl SupplierFiles {
             estate: Some(reference_files()),
             freeze_reason: freeze.map(str::to_owned),
             shutdown_grace: std::time::Duration::from_secs(10),
+            budgets: Default::default(),
         }
     }
 

@@ -1,6 +1,7 @@
-//! The CoordinatorService handlers: the writes here, the reads in `read.rs`, VerifyCommand and
-//! GetPracticeStatus in `verify.rs`, the national opt-out register (ListOptOuts) in
-//! `register.rs`.
+//! The CoordinatorService handlers: the writes here, the reads in `read.rs`, WatchCommand (each
+//! command's view computed once per change for all its watchers) in `views.rs`, VerifyCommand
+//! and GetPracticeStatus in `verify.rs`, the national opt-out register (ListOptOuts) in
+//! `register.rs`. WatchCommand and VerifyCommand are held to budgets per identity.
 
 use std::{collections::BTreeMap, pin::Pin, sync::Arc};
 
@@ -9,7 +10,7 @@ use rollout_core::{
     Action, Scope, SupplierId,
     audit::{AuditDraft, AuditOutcome},
 };
-use rollout_net::{ApiError, Caller, MessageLimits, wire};
+use rollout_net::{ApiError, Caller, IdentityBudget, MessageLimits, wire};
 use rollout_proto::v1::{
     self as pb, coordinator_service_server::CoordinatorService, toggle_service_client::ToggleServiceClient,
 };
@@ -27,6 +28,9 @@ use crate::{
 mod read;
 mod register;
 mod verify;
+mod views;
+
+pub(crate) use views::CommandViews;
 
 /// The WatchCommand stream.
 pub(super) type WatchStream =
@@ -42,20 +46,40 @@ pub struct Handlers {
     channels: Arc<BTreeMap<SupplierId, Channel>>,
     /// Turns true when the server shuts down: WatchCommand streams end.
     shutdown: watch::Receiver<bool>,
+    /// The watched commands' views, shared by their watchers.
+    views: Arc<CommandViews>,
+    /// WatchCommand streams per identity.
+    watches: Arc<IdentityBudget>,
+    /// VerifyCommand calls in flight per identity.
+    verifies: Arc<IdentityBudget>,
 }
 
 impl Handlers {
-    /// Handlers over `core`, reaching suppliers through `channels`; WatchCommand streams end
-    /// when `shutdown` turns true.
+    /// Handlers over `core`, reaching suppliers through `channels`, within `budgets`;
+    /// WatchCommand streams end when `shutdown` turns true.
     pub fn new(
         core: Arc<Core>,
         channels: BTreeMap<SupplierId, Channel>,
         shutdown: watch::Receiver<bool>,
+        budgets: &crate::Budgets,
     ) -> Self {
         Handlers {
+            views: CommandViews::new(core.clone()),
             core,
             channels: Arc::new(channels),
             shutdown,
+            watches: Arc::new(IdentityBudget::new(
+                "WatchCommand streams",
+                "TOO_MANY_WATCH_STREAMS",
+                "--max-watches-per-identity",
+                budgets.watches_per_identity,
+            )),
+            verifies: Arc::new(IdentityBudget::new(
+                "VerifyCommand calls",
+                "TOO_MANY_CONCURRENT_CALLS",
+                "--max-verifies-per-identity",
+                budgets.verifies_per_identity,
+            )),
         }
     }
 
@@ -429,7 +453,7 @@ impl CoordinatorService for Handlers {
         &self,
         req: Request<pb::WatchCommandRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        read::watch_command(self, req).await
+        views::watch_command(self, req).await
     }
 
     async fn list_suppliers(

@@ -1,30 +1,12 @@
 //! The CoordinatorService reads: features, commands (from the store, with the model's
-//! unsettled deliveries), suppliers and the audit log.
+//! unsettled deliveries), suppliers and the audit log. WatchCommand is in `views.rs`.
 
 use rollout_net::{ApiError, Page, wire};
 use rollout_proto::v1 as pb;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{Handlers, WatchStream};
+use super::Handlers;
 use crate::history::ListQuery;
-
-/// Whether a watched command has nothing more to report: cancelled, or answered by every
-/// supplier.
-fn watch_complete(view: &pb::Command) -> bool {
-    match view.state() {
-        pb::command::State::Cancelled => true,
-        pb::command::State::Dispatched => {
-            !view.deliveries.is_empty()
-                && view
-                    .deliveries
-                    .iter()
-                    .all(|d| d.state() != pb::delivery::State::Pending)
-        }
-        _ => false,
-    }
-}
 
 pub(super) async fn get_feature(
     h: &Handlers,
@@ -108,90 +90,6 @@ pub(super) async fn list_commands(
         commands,
         next_page_token,
     }))
-}
-
-pub(super) async fn watch_command(
-    h: &Handlers,
-    req: Request<pb::WatchCommandRequest>,
-) -> Result<Response<WatchStream>, Status> {
-    let id = wire::command_name("name", &req.get_ref().name)?;
-    // Subscribed before the first view is read: a change between the two (every supplier
-    // answering at once) is then seen, not missed until some later change.
-    let mut changes = h.core.changes.subscribe();
-    let first = h.core.command_view(&id).await?;
-    let (tx, rx) = mpsc::channel(16);
-    let core = h.core.clone();
-    let mut shutdown = h.shutdown.clone();
-    tokio::spawn(async move {
-        let mut last: Option<pb::Command> = None;
-        let mut next = Some(first);
-        loop {
-            let view = match next.take() {
-                Some(view) => Ok(view),
-                // Once dispatched, only the deliveries change: the command is not read again.
-                None => match &last {
-                    Some(prev) if prev.state() == pb::command::State::Dispatched => {
-                        let sequence = u64::try_from(prev.sequence).unwrap_or(0);
-                        core.deliveries_view(sequence)
-                            .await
-                            .map(|deliveries| pb::Command {
-                                deliveries,
-                                ..prev.clone()
-                            })
-                    }
-                    _ => core.command_view(&id).await,
-                },
-            };
-            let view = match view {
-                Ok(view) => view,
-                Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
-                }
-            };
-            let complete = watch_complete(&view);
-            if last.as_ref() != Some(&view) {
-                last = Some(view.clone());
-                if tx
-                    .send(Ok(pb::WatchCommandResponse {
-                        command: Some(view),
-                        complete,
-                    }))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            if complete {
-                return;
-            }
-            tokio::select! {
-                changed = changes.changed() => if changed.is_err() { return },
-                _ = tx.closed() => return,
-                _ = shutdown.wait_for(|stop| *stop) => break,
-            }
-        }
-        // Shutting down (or the server is gone): say how to pick the watch up again.
-        let _ = tx.send(Err(shutting_down(&id).into())).await;
-    });
-    // It ends itself at shutdown, saying how to resume.
-    Ok(rollout_net::ends_itself(Response::new(Box::pin(
-        ReceiverStream::new(rx),
-    ))))
-}
-
-/// UNAVAILABLE `SHUTTING_DOWN` for a WatchCommand stream: a new watch starts with the command
-/// as it stands, so nothing is missed by watching it again.
-fn shutting_down(id: &rollout_core::CommandId) -> ApiError {
-    ApiError::unavailable(
-        "SHUTTING_DOWN",
-        format!(
-            "the coordinator is shutting down; watch commands/{id} again (on another replica, or \
-             here once it is back): its first message is the command as it stands"
-        ),
-    )
-    .with_metadata("command", format!("commands/{id}"))
 }
 
 pub(super) async fn list_suppliers(

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use rollout_core::{
     Action, IcbCode, OdsCode, Practice, PracticeStatus, RegionCode, Scope, SubIcbCode, SupplierId,
 };
-use rollout_net::{ApiError, wire};
+use rollout_net::{ApiError, Caller, wire};
 use rollout_proto::v1::{self as pb, toggle_service_client::ToggleServiceClient};
 use rollout_store::coordinator::CommandState;
 use tonic::{Request, Response, Status, transport::Channel};
@@ -82,6 +82,8 @@ pub(super) async fn verify_command(
     h: &Handlers,
     req: Request<pb::VerifyCommandRequest>,
 ) -> Result<Response<pb::VerifyCommandResponse>, Status> {
+    // Held until the answer: each call pages every supplier's enabled practices.
+    let _slot = h.verifies.take(&Caller::of(&req)?.identity)?;
     let id = wire::command_name("name", &req.get_ref().name)?;
     Span::current().record("command", id.as_str());
     let c = h.core.find_command(&id).await?;

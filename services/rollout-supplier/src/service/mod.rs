@@ -16,7 +16,9 @@ use rollout_core::{
     FeatureKey, OdsCode, Practice, Reason, State,
     audit::{AuditDraft, AuditOutcome},
 };
-use rollout_net::{ApiError, Caller, MAX_MESSAGE_BYTES, Page, limits::element_len, wire};
+use rollout_net::{
+    ApiError, Caller, IdentityBudget, IdentitySlot, MAX_MESSAGE_BYTES, Page, limits::element_len, wire,
+};
 use rollout_proto::v1::{
     self as pb, control_service_server::ControlService,
     practice_settings_service_server::PracticeSettingsService, toggle_service_server::ToggleService,
@@ -39,12 +41,24 @@ const SNAPSHOT_CHUNK: usize = 1_000;
 pub struct Handlers {
     engine: Arc<Engine>,
     shutdown: watch::Receiver<bool>,
+    /// WatchPracticeFeatures streams per identity.
+    watches: Arc<IdentityBudget>,
 }
 
 impl Handlers {
-    /// Handlers over `engine`; watch streams end when `shutdown` turns true.
-    pub fn new(engine: Arc<Engine>, shutdown: watch::Receiver<bool>) -> Self {
-        Handlers { engine, shutdown }
+    /// Handlers over `engine`, each identity holding at most `watches_per_identity`
+    /// WatchPracticeFeatures streams; watch streams end when `shutdown` turns true.
+    pub fn new(engine: Arc<Engine>, shutdown: watch::Receiver<bool>, watches_per_identity: usize) -> Self {
+        Handlers {
+            engine,
+            shutdown,
+            watches: Arc::new(IdentityBudget::new(
+                "WatchPracticeFeatures streams",
+                "TOO_MANY_WATCH_STREAMS",
+                "--max-watches-per-identity",
+                watches_per_identity,
+            )),
+        }
     }
 
     /// Runs a mutating call, recording a refusal in the audit log.

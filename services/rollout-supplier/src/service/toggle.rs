@@ -137,9 +137,9 @@ impl ToggleService for Handlers {
         &self,
         req: Request<pb::WatchPracticeFeaturesRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        if let Ok(c) = Caller::of(&req) {
-            Span::current().record("identity", c.identity.as_str());
-        }
+        let caller = Caller::of(&req)?;
+        Span::current().record("identity", caller.identity.as_str());
+        let slot = self.watches.take(&caller.identity)?;
         let r = req.get_ref();
         let key = wire::feature_name("feature", &r.feature)?;
         Span::current().record("feature", key.as_str());
@@ -175,6 +175,7 @@ impl ToggleService for Handlers {
             feature: key,
             filter,
             tx,
+            _slot: slot,
         };
         tokio::spawn(watcher.run(start_version, self.shutdown.clone()));
         // It ends itself at shutdown, with the version to resume from.

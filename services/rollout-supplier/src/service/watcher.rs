@@ -8,6 +8,8 @@ pub(super) struct Watcher {
     pub(super) feature: FeatureKey,
     pub(super) filter: Option<Arc<HashSet<OdsCode>>>,
     pub(super) tx: mpsc::Sender<Result<pb::WatchPracticeFeaturesResponse, Status>>,
+    /// One of the caller's watch slots, given back when the task ends (the stream closed).
+    pub(super) _slot: IdentitySlot,
 }
 
 impl Watcher {

@@ -92,6 +92,12 @@ fn reason_hint(reason: &str) -> Option<&'static str> {
         "SUPPLIER_DIVERGED" => {
             "recover the coordinator's log first: `rolloutctl recover --from SUPPLIER --reason \"...\" --dry-run` (docs/RUNBOOK.md, \"Restored the coordinator from a backup\")"
         }
+        "TOO_MANY_WATCH_STREAMS" | "TOO_MANY_CONCURRENT_CALLS" => {
+            "your identity holds as many of these open as the coordinator allows one identity (the message says how many): let some finish or stop them, then try again (docs/RUNBOOK.md, \"A call refused for a budget\")"
+        }
+        "TOO_MANY_STREAMS_ON_CONNECTION" => {
+            "the connection held as many calls and streams as the coordinator allows one connection: a client with that many open needs more connections (docs/RUNBOOK.md, \"A call refused for a budget\")"
+        }
         _ => return None,
     })
 }
@@ -181,6 +187,19 @@ mod tests {
         let text = explain(&status, TARGET);
         assert!(text.contains("could not reach that supplier"), "{text}");
         assert!(!text.contains("is the coordinator running"), "{text}");
+    }
+
+    #[test]
+    fn a_budget_refusal_says_to_let_some_finish_not_to_ask_for_a_role() {
+        let status = refusal(
+            Code::ResourceExhausted,
+            "TOO_MANY_WATCH_STREAMS",
+            "identity viewer already has 100 WatchCommand streams open",
+            &[],
+        );
+        let text = explain(&status, TARGET);
+        assert!(text.contains("let some finish or stop them"), "{text}");
+        assert!(text.contains("A call refused for a budget"), "{text}");
     }
 
     #[test]
