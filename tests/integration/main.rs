@@ -9,6 +9,7 @@ mod deploy;
 mod devstack;
 mod divergence;
 mod faults;
+mod four_eyes;
 mod history;
 mod limits;
 mod mtls;

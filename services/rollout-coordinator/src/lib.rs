@@ -13,6 +13,7 @@ mod change;
 mod conflicts;
 mod coordinator;
 mod delivery;
+mod four_eyes;
 mod history;
 mod impact;
 mod in_force;
@@ -432,13 +433,10 @@ pub async fn serve(
         let audit_core = audit_core.clone();
         async move { audit_core.record_refusal(draft).await }
     });
-    let auth = AuthLayer::new(
-        Arc::new(ArcSwap::from_pointee(policy)),
-        access_table(),
-        Some(denials),
-    );
+    let policy = Arc::new(ArcSwap::from_pointee(policy));
+    let auth = AuthLayer::new(policy.clone(), access_table(), Some(denials));
 
-    let handlers = service::Handlers::new(core.clone(), channels, stop_rx);
+    let handlers = service::Handlers::new(core.clone(), channels, stop_rx, policy);
     let (reporter, health) = rollout_net::server::health();
     let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection(&[SERVICE])?;
     reporter

@@ -99,7 +99,7 @@ impl Harness {
             approvals_required: 1,
         };
         self.core
-            .create_feature("alice", def, "define".into(), None, audit())
+            .create_feature(&"alice".into(), def, "define".into(), None, audit())
             .await
             .expect("define");
         key
@@ -109,7 +109,7 @@ impl Harness {
         let c = self
             .core
             .issue(
-                "alice",
+                &"alice".into(),
                 feature.clone(),
                 action,
                 "test".into(),
@@ -124,7 +124,7 @@ impl Harness {
 
     async fn approve(&self, id: &CommandId) {
         self.core
-            .approve("bob", id, String::new(), None, audit())
+            .approve(&"bob".into(), &|_: &str| None, id, String::new(), None, audit())
             .await
             .expect("approve");
     }
@@ -199,7 +199,7 @@ impl Harness {
             };
             let c = self
                 .core
-                .redeliver("alice", redelivery, audit())
+                .redeliver(&"alice".into(), redelivery, audit())
                 .await
                 .expect("redeliver");
             self.approve(&wire::command_name("name", &c.name).expect("name"))
@@ -518,7 +518,7 @@ async fn the_model_holds_the_state_and_history_is_read_from_the_store() {
     let again = h
         .core
         .issue(
-            "alice",
+            &"alice".into(),
             f.clone(),
             Action::Resume {
                 halts: vec![lifted[0].clone()],
