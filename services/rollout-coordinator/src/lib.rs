@@ -29,6 +29,7 @@ mod scope_check;
 mod service;
 mod snapshot;
 mod state_watch;
+mod supervise;
 mod sync;
 #[cfg(test)]
 mod tests;
@@ -330,16 +331,17 @@ async fn lead(
         core.follow_store().await;
         info!("delivery leader: delivering to every supplier");
         let (deliver_tx, deliver_rx) = watch::channel(false);
+        // One task per supplier, each started again if it panics.
         let tasks: Vec<_> = channels
             .iter()
             .map(|(id, channel)| {
-                tokio::spawn(delivery::run(
-                    core.clone(),
-                    id.clone(),
-                    channel.clone(),
-                    heartbeat,
-                    deliver_rx.clone(),
-                ))
+                let (core, id, channel, stop) =
+                    (core.clone(), id.clone(), channel.clone(), deliver_rx.clone());
+                tokio::spawn(async move {
+                    let start =
+                        || delivery::run(core.clone(), id.clone(), channel.clone(), heartbeat, stop.clone());
+                    supervise::supervised(&core, &id, stop.clone(), start).await
+                })
             })
             .collect();
         loop {
@@ -356,7 +358,7 @@ async fn lead(
         let _ = deliver_tx.send(true);
         for task in tasks {
             if let Err(e) = task.await {
-                warn!(error = %e, "delivery task failed");
+                warn!(error = %e, "delivery supervisor failed");
             }
         }
         drop(leadership);

@@ -48,6 +48,13 @@ struct Harness {
     core: Arc<Core>,
 }
 
+/// A core on a fresh store with the suppliers emis and tpp, for tests elsewhere in the crate;
+/// the store's directory goes with the first value.
+pub(crate) async fn empty_core() -> (tempfile::TempDir, Arc<Core>) {
+    let Harness { _dir, core, .. } = Harness::new().await;
+    (_dir, core)
+}
+
 impl Harness {
     async fn new() -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
