@@ -11,6 +11,7 @@ mod divergence;
 mod faults;
 mod four_eyes;
 mod history;
+mod hostile;
 mod limits;
 mod mtls;
 mod preview;

@@ -9,11 +9,13 @@
 //!   state; `delivery`: the per-supplier tasks; `register`: the national opt-out register kept
 //!   by them; `service`: the gRPC handlers.
 
+mod answers;
 mod change;
 mod conflicts;
 mod coordinator;
 mod delivery;
 mod four_eyes;
+mod gap;
 mod history;
 mod impact;
 mod in_force;

@@ -402,6 +402,10 @@ impl Model {
                 if s.pb.last_error.is_empty() {
                     s.pb.last_error = old.pb.last_error.clone();
                 }
+                if s.pb.fault.is_empty() {
+                    s.pb.fault = old.pb.fault.clone();
+                    s.pb.fault_time = old.pb.fault_time;
+                }
             }
         }
     }
@@ -503,6 +507,23 @@ impl Model {
     pub fn note_error(&mut self, supplier: &SupplierId, error: &str) {
         let s = self.suppliers.entry(supplier.clone()).or_default();
         s.pb.last_error = error.chars().take(500).collect();
+    }
+
+    /// Keeps what a supplier answered that cannot be true (in memory; it shows in the
+    /// supplier view, which is then STATE_FAULTY).
+    pub fn note_fault(&mut self, supplier: &SupplierId, fault: &str, at: SystemTime) {
+        let s = self.suppliers.entry(supplier.clone()).or_default();
+        s.pb.fault = fault.to_owned();
+        s.pb.fault_time = Some(wire::timestamp(at));
+    }
+
+    /// Forgets a supplier's fault; returns whether it had one.
+    pub fn clear_fault(&mut self, supplier: &SupplierId) -> bool {
+        let Some(s) = self.suppliers.get_mut(supplier) else {
+            return false;
+        };
+        s.pb.fault_time = None;
+        !std::mem::take(&mut s.pb.fault).is_empty()
     }
 
     /// Replaces what is known of a supplier in memory only (a heartbeat with nothing durable).

@@ -10,7 +10,10 @@ use rollout_net::{ApiError, wire};
 use rollout_proto::v1 as pb;
 use tracing::info;
 
-use crate::coordinator::{Change, Core, Model, SupplierEndpoint};
+use crate::{
+    answers::{self, Fault, Outcome},
+    coordinator::{Change, Core, Model, SupplierEndpoint},
+};
 
 /// What a GetSyncState answer told the coordinator.
 #[derive(Debug, Clone, Copy)]
@@ -136,6 +139,47 @@ impl Core {
         Ok(SyncCheck { diverged, acked })
     }
 
+    /// Checks a GetSyncState answer before anything of it is believed (see `answers.rs`): a
+    /// fault is recorded and returned; otherwise the answer, bounded.
+    pub(crate) async fn checked_sync_state(
+        &self,
+        supplier: &SupplierId,
+        state: pb::SyncState,
+    ) -> Result<pb::SyncState, Fault> {
+        let mut m = self.lock().await;
+        let log_end = m.last_sequence();
+        let checked = answers::sync_state(state, log_end, |key| {
+            rollout_core::FeatureKey::parse(key).is_ok_and(|k| m.feature(&k).is_some())
+        });
+        if let Err(fault) = &checked {
+            self.note_fault(&mut m, supplier, fault);
+        }
+        checked
+    }
+
+    /// Records an answer of the supplier's that cannot be true: logged at WARN, and kept (in
+    /// memory) for the supplier view, which shows it FAULTY until it has answered sensibly up
+    /// to the latest dispatched command ([`Core::answered_sensibly`]).
+    pub(crate) async fn record_fault(&self, supplier: &SupplierId, fault: &Fault) {
+        let mut m = self.lock().await;
+        self.note_fault(&mut m, supplier, fault);
+    }
+
+    fn note_fault(&self, m: &mut Model, supplier: &SupplierId, fault: &Fault) {
+        tracing::warn!(supplier = %supplier, %fault, "the supplier answered something that cannot be true; nothing of that answer is recorded");
+        m.note_fault(supplier, &fault.to_string(), SystemTime::now());
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// The supplier has answered sensibly up to the latest dispatched command: a fault it had
+    /// is forgotten.
+    pub(crate) async fn answered_sensibly(&self, supplier: &SupplierId) {
+        if self.lock().await.clear_fault(supplier) {
+            info!(supplier = %supplier, "the supplier answers sensibly again; its fault is cleared");
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+
     /// Records a failed contact (kept in memory; the last error shows in the supplier view).
     pub async fn record_error(&self, supplier: &SupplierId, error: &str) {
         self.lock().await.note_error(supplier, error);
@@ -154,7 +198,7 @@ impl Core {
     pub async fn record_applied(
         &self,
         supplier: &SupplierId,
-        outcomes: Vec<(u64, Option<String>, Option<prost_types::Timestamp>)>,
+        outcomes: Vec<Outcome>,
         applied_sequence: u64,
     ) -> Result<(), ApiError> {
         let mut m = self.lock().await;
@@ -228,6 +272,8 @@ impl Core {
             .is_some_and(|t| t.elapsed().map_or(true, |e| e <= self.stale_after));
         view.state = if !view.divergence.is_empty() {
             pb::supplier::State::Diverged
+        } else if !view.fault.is_empty() {
+            pb::supplier::State::Faulty
         } else if !fresh {
             pb::supplier::State::Stale
         } else if !view.conflicts.is_empty() {
