@@ -14,6 +14,7 @@ mod history;
 mod hostile;
 mod limits;
 mod mtls;
+mod outcomes;
 mod preview;
 mod proxy;
 mod register;

@@ -249,6 +249,10 @@ impl Model {
         for ((sequence, supplier), d) in change.deliveries {
             if d.state() == pb::delivery::State::Rejected {
                 m.rejected.entry(supplier.clone()).or_default().insert(sequence);
+            } else if m.rejected.get_mut(&supplier).is_some_and(|r| r.remove(&sequence)) {
+                // A supplier that lost its store judged the command again and applied it: no
+                // longer a rejection there (as a restart would file it).
+                m.conflicts.remove(&supplier, sequence);
             }
             if sequence >= m.settled_below {
                 m.deliveries.entry(sequence).or_default().insert(supplier, d);

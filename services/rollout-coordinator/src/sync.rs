@@ -192,9 +192,10 @@ impl Core {
     }
 
     /// Records the supplier's answers for sequences: applied, or rejected with a reason; and its
-    /// applied sequence. A rejection is filed as a conflict, and every rejection of this
-    /// supplier's that a command it has now applied resolves is resolved (see
-    /// `conflicts.rs`).
+    /// applied sequence. The supplier's latest word stands: an outcome unlike the one recorded
+    /// (a supplier that lost its store judged the command again, perhaps under a freeze) takes
+    /// its place. A rejection is filed as a conflict, and every rejection of this supplier's
+    /// that a command it has now applied resolves is resolved (see `conflicts.rs`).
     pub async fn record_applied(
         &self,
         supplier: &SupplierId,
@@ -226,15 +227,20 @@ impl Core {
                 supplier: format!("suppliers/{supplier}"),
                 ..Default::default()
             });
-            if d.state() != pb::delivery::State::Pending && d.state() != pb::delivery::State::Unspecified {
-                continue;
-            }
-            d.state = if rejection.is_some() {
+            let state = if rejection.is_some() {
                 pb::delivery::State::Rejected
             } else {
                 pb::delivery::State::Applied
+            };
+            let was = d.state();
+            if was == state && d.rejection_reason == rejection.clone().unwrap_or_default() {
+                continue;
             }
-            .into();
+            if matches!(was, pb::delivery::State::Applied | pb::delivery::State::Rejected) {
+                tracing::warn!(supplier = %supplier, sequence, was = was.as_str_name(), now = state.as_str_name(), "the supplier judged a command again (it lost its store): its new outcome replaces the one recorded");
+            }
+            d.state = state.into();
+            d.resolved_by = String::new();
             d.rejection_reason = rejection.clone().unwrap_or_default();
             d.apply_time = apply_time;
             d.acknowledge_time = acknowledged;
@@ -270,16 +276,18 @@ impl Core {
         let fresh = status
             .last_contact
             .is_some_and(|t| t.elapsed().map_or(true, |e| e <= self.stale_after));
+        // Behind is PENDING whatever its conflicts (listed all the same): a conflict must not
+        // hide that a later command, perhaps a halt, has not been applied there yet.
         view.state = if !view.divergence.is_empty() {
             pb::supplier::State::Diverged
         } else if !view.fault.is_empty() {
             pb::supplier::State::Faulty
         } else if !fresh {
             pb::supplier::State::Stale
-        } else if !view.conflicts.is_empty() {
-            pb::supplier::State::Rejected
         } else if u64::try_from(view.applied_sequence).unwrap_or(0) < target {
             pb::supplier::State::Pending
+        } else if !view.conflicts.is_empty() {
+            pb::supplier::State::Rejected
         } else {
             pb::supplier::State::Synced
         }

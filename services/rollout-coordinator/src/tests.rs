@@ -272,24 +272,15 @@ type Resolutions = (SupplierId, Vec<String>, Vec<(u64, Option<CommandId>)>);
 /// The snapshot as it was built before: the whole log replayed into the supplier's rule book
 /// with its rejections skipped.
 async fn replayed(h: &Harness, to: &SupplierId, applied: u64, frozen: bool) -> Option<Snapshot> {
-    let (last, rejected, acked) = h
-        .core
-        .read(|m| {
-            (
-                m.last_sequence(),
-                m.rejected_by(to),
-                m.supplier(to).map_or(0, |s| s.acked),
-            )
-        })
-        .await;
+    let (last, rejected) = h.core.read(|m| (m.last_sequence(), m.rejected_by(to))).await;
     let mut log = Vec::new();
     for s in 1..=last {
         log.push(h.command_at(s).await);
     }
-    let judged = applied.max(acked);
+    // A supplier that lost its store lost its judgements too: only what it holds is judged.
     let sequence = if frozen {
         log.iter()
-            .find(|c| c.sequence > judged && c.action.turns_on())
+            .find(|c| c.sequence > applied && c.action.turns_on())
             .map_or(last, |c| c.sequence - 1)
     } else {
         last
