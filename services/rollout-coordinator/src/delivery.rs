@@ -96,6 +96,10 @@ pub async fn run(
         // The supplier's applied sequence as last learned; `None` means ask it first.
         let mut known: Option<u64> = None;
         loop {
+            // A fault is cleared by a whole sync begun after it: asked its state, and answered
+            // sensibly up to the latest command (a fault found meanwhile, say by the register,
+            // stands).
+            let (asked, began) = (known.is_none(), std::time::SystemTime::now());
             match sync(&core, &supplier, &mut client, &mut register, known).await {
                 Ok(now) => {
                     // A diverged supplier is asked again at every heartbeat: its answer is the
@@ -103,8 +107,8 @@ pub async fn run(
                     // that a recovery has brought the histories together.
                     known = match now {
                         Known::Applied(applied) => {
-                            if applied >= *core.target.borrow() {
-                                core.answered_sensibly(&supplier).await;
+                            if asked && applied >= *core.target.borrow() {
+                                core.answered_sensibly(&supplier, began).await;
                             }
                             Some(applied)
                         }

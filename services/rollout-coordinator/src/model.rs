@@ -521,13 +521,18 @@ impl Model {
         s.pb.fault_time = Some(wire::timestamp(at));
     }
 
-    /// Forgets a supplier's fault; returns whether it had one.
-    pub fn clear_fault(&mut self, supplier: &SupplierId) -> bool {
+    /// Forgets a supplier's fault found before `before`; returns whether it had one.
+    pub fn clear_fault(&mut self, supplier: &SupplierId, before: SystemTime) -> bool {
         let Some(s) = self.suppliers.get_mut(supplier) else {
             return false;
         };
+        let found = s.pb.fault_time.and_then(|t| SystemTime::try_from(t).ok());
+        if s.pb.fault.is_empty() || found.is_some_and(|t| t >= before) {
+            return false;
+        }
         s.pb.fault_time = None;
-        !std::mem::take(&mut s.pb.fault).is_empty()
+        s.pb.fault.clear();
+        true
     }
 
     /// Replaces what is known of a supplier in memory only (a heartbeat with nothing durable).

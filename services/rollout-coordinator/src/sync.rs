@@ -171,10 +171,10 @@ impl Core {
         self.changes.send_modify(|n| *n += 1);
     }
 
-    /// The supplier has answered sensibly up to the latest dispatched command: a fault it had
-    /// is forgotten.
-    pub(crate) async fn answered_sensibly(&self, supplier: &SupplierId) {
-        if self.lock().await.clear_fault(supplier) {
+    /// The supplier has answered sensibly up to the latest dispatched command, in a sync begun
+    /// at `since`: a fault found before then is forgotten.
+    pub(crate) async fn answered_sensibly(&self, supplier: &SupplierId, since: SystemTime) {
+        if self.lock().await.clear_fault(supplier, since) {
             info!(supplier = %supplier, "the supplier answers sensibly again; its fault is cleared");
             self.changes.send_modify(|n| *n += 1);
         }
@@ -293,5 +293,41 @@ impl Core {
         }
         .into();
         view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use rollout_core::SupplierId;
+
+    use crate::answers::Fault;
+
+    #[tokio::test]
+    async fn a_fault_is_cleared_only_by_a_sync_begun_after_it() {
+        let (_dir, core) = crate::tests::empty_core().await;
+        let emis = SupplierId::parse("emis").expect("supplier");
+        let before = SystemTime::now() - Duration::from_secs(1);
+        core.record_fault(&emis, &Fault::new("ApplyCommand answered nonsense"))
+            .await;
+        core.answered_sensibly(&emis, before).await;
+        assert_eq!(
+            fault_of(&core, &emis).await,
+            "ApplyCommand answered nonsense",
+            "found during that sync"
+        );
+        core.answered_sensibly(&emis, SystemTime::now() + Duration::from_secs(1))
+            .await;
+        assert_eq!(fault_of(&core, &emis).await, "");
+    }
+
+    async fn fault_of(core: &crate::coordinator::Core, supplier: &SupplierId) -> String {
+        core.read(|m| {
+            m.supplier(supplier)
+                .map(|s| s.pb.fault.clone())
+                .unwrap_or_default()
+        })
+        .await
     }
 }
