@@ -390,7 +390,7 @@ impl CoordinatorService for Handlers {
             if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
                 return decode(&bytes);
             }
-            let policy = self.policy.load();
+            let policy = self.policy.load_full();
             let person_of = |identity: &str| policy.person(identity).map(str::to_owned);
             self.core
                 .approve(&who, &person_of, &id, comment, idem, audit.clone())
