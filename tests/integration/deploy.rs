@@ -58,6 +58,13 @@ fn every_yaml_and_toml_file_in_deploy_parses() {
     for policy in ["config/supplier-policy.toml", "config/coordinator-policy.toml"] {
         rollout_net::RolePolicy::load(&deploy().join(policy)).expect(policy);
     }
+    // The coordinator's example names the person behind its operators: two identities of one
+    // person, one of another.
+    let coordinator =
+        rollout_net::RolePolicy::load(&deploy().join("config/coordinator-policy.toml")).expect("policy");
+    let person = |who: &str| coordinator.person(&format!("spiffe://gprollout.test/operator/{who}"));
+    assert!(person("alice").is_some() && person("alice") == person("alice-smartcard"));
+    assert!(person("bob").is_some() && person("bob") != person("alice"));
     rollout_coordinator::read_suppliers(&deploy().join("config/suppliers.toml")).expect("suppliers.toml");
 }
 

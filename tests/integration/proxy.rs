@@ -1,8 +1,14 @@
 //! A TCP proxy under the test's control, between the coordinator and a supplier: it passes
 //! bytes, refuses and cuts connections (a network cut), holds bytes without forwarding them
-//! and releases them later (a black hole that recovers), or delays every chunk (a slow link).
+//! and releases them later (a black hole that recovers), holds only the answers (requests reach
+//! the supplier, which acts on them, but nothing comes back), drops the connections open (with
+//! whatever they hold: an answer lost on the way back), or delays every chunk (a slow link).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -19,6 +25,8 @@ pub enum Mode {
     Cut,
     /// Accept and hold bytes without forwarding them, until the mode changes.
     BlackHole,
+    /// Forward what the client sends; hold what the server answers, until the mode changes.
+    HoldAnswers,
     /// Forward every chunk after this delay.
     Slow(Duration),
 }
@@ -28,6 +36,8 @@ pub struct Proxy {
     /// Where clients connect.
     pub addr: SocketAddr,
     mode: watch::Sender<Mode>,
+    /// The connections open (their tasks).
+    open: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Proxy {
@@ -36,7 +46,10 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");
         let (mode, rx) = watch::channel(Mode::Pass);
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let connections = open.clone();
         tokio::spawn(async move {
+            let open = connections;
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
@@ -46,17 +59,28 @@ impl Proxy {
                     continue;
                 }
                 let rx = rx.clone();
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else {
                         return;
                     };
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    tokio::join!(pipe(cr, sw, rx.clone()), pipe(sr, cw, rx));
+                    tokio::join!(pipe(cr, sw, rx.clone(), false), pipe(sr, cw, rx, true));
                 });
+                let mut open = open.lock().expect("connections");
+                open.retain(|t: &tokio::task::AbortHandle| !t.is_finished());
+                open.push(task.abort_handle());
             }
         });
-        Proxy { addr, mode }
+        Proxy { addr, mode, open }
+    }
+
+    /// Closes every connection open now, dropping whatever bytes they hold (an answer held by
+    /// [`Mode::HoldAnswers`] is lost); new connections go through in the current mode.
+    pub fn drop_connections(&self) {
+        for task in self.open.lock().expect("connections").drain(..) {
+            task.abort();
+        }
     }
 
     /// Changes what the proxy does, at once, for open connections too.
@@ -65,11 +89,12 @@ impl Proxy {
     }
 }
 
-/// Copies one direction, obeying the mode.
+/// Copies one direction (`answers`: from the server to the client), obeying the mode.
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
+    answers: bool,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -90,6 +115,12 @@ async fn pipe(
                         return;
                     }
                 }
+                Mode::HoldAnswers if answers => {
+                    if mode.changed().await.is_err() {
+                        return;
+                    }
+                }
+                Mode::HoldAnswers => break,
                 Mode::Slow(delay) => {
                     tokio::time::sleep(delay).await;
                     break;

@@ -5,9 +5,10 @@
 //! - A rejected **resume** is resolved once every halt it named is lifted at its supplier:
 //!   another resume naming the halt, addressed to that supplier or to all, applied there (its
 //!   redelivery, or a later resume).
-//! - A rejected **go-live** is resolved once a later go-live of the same feature, with the same
-//!   scope or a national one, addressed to that supplier or to all, is applied there (its
-//!   redelivery, or a later go-live).
+//! - A rejected **go-live** is resolved once a later go-live of the same feature that covers
+//!   its scope there (the same scope, a national one, one of that supplier's whole estate, or a
+//!   practice list naming all it listed), addressed to that supplier or to all, is applied
+//!   there (its redelivery, or a later go-live that superseded it).
 //!
 //! "Applied there" is: at or below the sequence the supplier acknowledged, and not rejected by
 //! it. The command that completes the resolution is its `resolved_by`. A resolution is for
@@ -106,7 +107,7 @@ impl Rejection {
                 }
             }
             (Need::GoLive(wanted), Action::GoLive { scope, .. })
-                if c.sequence > open.sequence && (scope == wanted || *scope == Scope::National) =>
+                if c.sequence > open.sequence && covers_at(supplier, scope, wanted) =>
             {
                 open.candidates.insert(c.sequence, (c.id.clone(), Vec::new()));
             }
@@ -147,6 +148,19 @@ impl Rejection {
     }
 }
 
+/// Whether a go-live of `scope` turns on, at `supplier`, every practice a go-live of `wanted`
+/// would: the same scope, a national one, one of that supplier's whole estate, or a practice
+/// list naming every practice `wanted` lists. (Which practices an area holds is the estate's
+/// to say and changes; an area is covered only by itself or by a wider scope above.)
+fn covers_at(supplier: &SupplierId, scope: &Scope, wanted: &Scope) -> bool {
+    match (scope, wanted) {
+        (Scope::National, _) => true,
+        (Scope::Supplier(s), _) if s == supplier => true,
+        (Scope::Practices(have), Scope::Practices(want)) => want.is_subset(have),
+        _ => scope == wanted,
+    }
+}
+
 /// Every supplier's rejections, by supplier and sequence.
 #[derive(Debug, Clone, Default)]
 pub struct Conflicts {
@@ -162,6 +176,13 @@ impl Conflicts {
             .or_default()
             .entry(sequence)
             .or_insert(rejection);
+    }
+
+    /// Forgets `supplier`'s rejection at `sequence` (it applied the command after all).
+    pub fn remove(&mut self, supplier: &SupplierId, sequence: u64) {
+        if let Some(r) = self.by_supplier.get_mut(supplier) {
+            r.remove(&sequence);
+        }
     }
 
     /// Offers a dispatched command to every unresolved rejection it could resolve.
@@ -255,6 +276,14 @@ mod tests {
         cmd(sequence, name, action, to)
     }
 
+    fn emis() -> SupplierId {
+        SupplierId::parse("emis").expect("supplier")
+    }
+
+    fn region() -> rollout_core::RegionCode {
+        rollout_core::RegionCode::parse_region("Y60").expect("region")
+    }
+
     fn practices(codes: &[&str]) -> Scope {
         Scope::Practices(Arc::new(
             codes.iter().map(|c| OdsCode::parse(c).expect("ods")).collect(),
@@ -282,7 +311,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rejected_go_live_is_resolved_by_a_later_go_live_of_its_scope_or_a_national_one() {
+    fn a_rejected_go_live_is_resolved_by_a_later_go_live_that_covers_its_scope_there() {
         let tpp = SupplierId::parse("tpp").expect("supplier");
         let g = go_live(3, "g", practices(&["A81001"]), None);
         let mut rejection = Rejection::of(&g, BTreeSet::new()).expect("go-live");
@@ -293,6 +322,27 @@ mod tests {
         rejection.offer(&tpp, &go_live(7, "same-scope", practices(&["A81001"]), None));
         assert!(rejection.judge(7, &BTreeSet::new()));
         assert_eq!(rejection.resolved_by, Some(id("same-scope")));
+
+        let mut wider = Rejection::of(&g, BTreeSet::new()).expect("go-live");
+        wider.offer(&tpp, &go_live(9, "emis-estate", Scope::Supplier(emis()), None));
+        wider.offer(&tpp, &go_live(10, "fewer", practices(&["A81002"]), None));
+        assert!(!wider.judge(10, &BTreeSet::new()), "another estate, another list");
+        wider.offer(&tpp, &go_live(11, "more", practices(&["A81001", "A81002"]), None));
+        assert!(
+            wider.judge(11, &BTreeSet::new()),
+            "a list naming every practice it listed"
+        );
+        assert_eq!(wider.resolved_by, Some(id("more")));
+        let mut estate =
+            Rejection::of(&go_live(3, "g", Scope::Region(region()), None), BTreeSet::new()).expect("go-live");
+        estate.offer(
+            &tpp,
+            &go_live(12, "tpp-estate", Scope::Supplier(tpp.clone()), None),
+        );
+        assert!(
+            estate.judge(12, &BTreeSet::new()),
+            "the supplier's whole estate supersedes it"
+        );
 
         let mut national = Rejection::of(&g, BTreeSet::new()).expect("go-live");
         national.offer(&tpp, &go_live(8, "national", Scope::National, Some("tpp")));

@@ -38,6 +38,40 @@ pub struct SupplierEndpoint {
     pub identity: String,
 }
 
+/// Who makes a request: the identity of its client certificate, and the person the role policy
+/// names behind it (if it names one). Four eyes are two people: approval is refused to every
+/// identity of the requester's person.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Who {
+    /// The certificate's identity.
+    pub identity: String,
+    /// The person behind it, if the policy names one.
+    pub person: Option<String>,
+}
+
+impl From<&str> for Who {
+    /// An identity the policy names no person behind.
+    fn from(identity: &str) -> Who {
+        Who {
+            identity: identity.to_owned(),
+            person: None,
+        }
+    }
+}
+
+impl Who {
+    /// As the command views show it: `identity (person P)`, or the identity alone.
+    pub(crate) fn shown(&self) -> String {
+        match &self.person {
+            Some(p) => format!("{} (person {p})", self.identity),
+            None => self.identity.clone(),
+        }
+    }
+}
+
+/// The person behind an identity in the current role policy, if it names one.
+pub type PersonOf<'a> = &'a (dyn Fn(&str) -> Option<String> + Sync);
+
 /// The coordinator core.
 pub struct Core {
     store: Arc<dyn CoordinatorStore>,
@@ -258,7 +292,7 @@ impl Core {
     /// Defines a feature: a sequenced CreateFeature command, dispatched at once.
     pub async fn create_feature(
         &self,
-        requester: &str,
+        requester: &Who,
         def: FeatureDef,
         reason: String,
         idem: Option<Idempotency>,
@@ -286,7 +320,7 @@ impl Core {
         let mut change = Change::default();
         self.dispatch(&m, &mut cmd, &mut change, at)?;
         let mut feature = wire::feature_pb(&def);
-        feature.creator = requester.to_owned();
+        feature.creator = requester.identity.clone();
         feature.create_time = Some(wire::timestamp(at));
         feature.sequence = cmd.pb.sequence;
         change.commands.push(cmd);
@@ -300,7 +334,7 @@ impl Core {
     /// once), with a fresh id, issued at `at`.
     pub(crate) fn new_command(
         &self,
-        requester: &str,
+        requester: &Who,
         feature: FeatureKey,
         action: Action,
         reason: String,
@@ -315,7 +349,7 @@ impl Core {
             feature,
             action,
             reason,
-            requester: requester.to_owned(),
+            requester: requester.identity.clone(),
             issued_at: at,
             approved_by: vec![],
             redelivery_of: None,
@@ -326,6 +360,7 @@ impl Core {
         pb.state = pb::command::State::PendingApproval.into();
         pb.approvals_required = i32::try_from(approvals_required).unwrap_or(i32::MAX);
         pb.create_time = Some(wire::timestamp(at));
+        pb.requester_person = requester.person.clone().unwrap_or_default();
         Cmd {
             pb,
             domain,
@@ -338,7 +373,7 @@ impl Core {
     #[allow(clippy::too_many_arguments)]
     pub async fn issue(
         &self,
-        requester: &str,
+        requester: &Who,
         feature: FeatureKey,
         action: Action,
         reason: String,
@@ -382,10 +417,14 @@ impl Core {
         self.commit_command(&mut m, cmd, change, idem, audit).await
     }
 
-    /// Approves a pending command; the last approval needed dispatches it.
+    /// Approves a pending command; the last approval needed dispatches it. Refused to the
+    /// requester, and to every identity of the requester's person (as recorded when the command
+    /// was issued, or as `person_of`, the current policy, names it), and likewise to whoever
+    /// (identity or person) has already approved it: four eyes are two people.
     pub async fn approve(
         &self,
-        approver: &str,
+        approver: &Who,
+        person_of: PersonOf<'_>,
         id: &CommandId,
         comment: String,
         idem: Option<Idempotency>,
@@ -400,25 +439,15 @@ impl Core {
                 format!("commands/{id} is not waiting for approval ({state:?})"),
             ));
         };
-        if cmd.domain.requester == approver {
-            return Err(ApiError::permission_denied(
-                "SELF_APPROVAL",
-                format!("commands/{id} was requested by {approver}; a different approver must approve it"),
-            ));
-        }
-        if cmd.pb.approvals.iter().any(|a| a.approver == approver) {
-            return Err(ApiError::failed_precondition(
-                "ALREADY_APPROVED",
-                format!("{approver} has already approved commands/{id}; another approver is needed"),
-            ));
-        }
+        crate::four_eyes::check(&cmd.pb, approver, person_of)?;
         let at = now();
         cmd.pb.approvals.push(pb::command::Approval {
-            approver: approver.to_owned(),
+            approver: approver.identity.clone(),
             approve_time: Some(wire::timestamp(at)),
             comment,
+            person: approver.person.clone().unwrap_or_default(),
         });
-        cmd.domain.approved_by.push(approver.to_owned());
+        cmd.domain.approved_by.push(approver.identity.clone());
         let mut change = Change::default();
         if cmd.pb.approvals.len() >= usize::try_from(cmd.pb.approvals_required).unwrap_or(1) {
             cmd.pb.approve_time = Some(wire::timestamp(at));

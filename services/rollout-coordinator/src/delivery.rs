@@ -20,7 +20,13 @@ use tokio::sync::watch;
 use tonic::{Code, transport::Channel};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::{coordinator::Core, register::RegisterLink, state_watch::StateWatch, sync::SyncCheck};
+use crate::{
+    answers::{self, Fault},
+    coordinator::Core,
+    register::RegisterLink,
+    state_watch::StateWatch,
+    sync::SyncCheck,
+};
 
 /// The first retry delay; it doubles on each failure up to [`MAX_BACKOFF`]. Short, so that a
 /// supplier found gone (its state watch ended) and back within about 100 ms is reached within
@@ -90,13 +96,22 @@ pub async fn run(
         // The supplier's applied sequence as last learned; `None` means ask it first.
         let mut known: Option<u64> = None;
         loop {
+            // A fault is cleared by a whole sync begun after it: asked its state, and answered
+            // sensibly up to the latest command (a fault found meanwhile, say by the register,
+            // stands).
+            let (asked, began) = (known.is_none(), std::time::SystemTime::now());
             match sync(&core, &supplier, &mut client, &mut register, known).await {
                 Ok(now) => {
                     // A diverged supplier is asked again at every heartbeat: its answer is the
                     // contact its fail-closed features need, and it is how the coordinator sees
                     // that a recovery has brought the histories together.
                     known = match now {
-                        Known::Applied(applied) => Some(applied),
+                        Known::Applied(applied) => {
+                            if asked && applied >= *core.target.borrow() {
+                                core.answered_sensibly(&supplier, began).await;
+                            }
+                            Some(applied)
+                        }
                         Known::Diverged { .. } => None,
                     };
                     backoff.reset();
@@ -164,7 +179,7 @@ async fn sync(
             let applied = u64::try_from(state.applied_sequence).unwrap_or(0);
             keep_register(core, supplier, client, register, &state).await?;
             if applied > check.acked {
-                settle(core, supplier, client, check.acked, applied).await?;
+                crate::gap::settle(core, supplier, client, check.acked, applied).await?;
             }
             if applied < check.acked || target.saturating_sub(applied) > SNAPSHOT_AFTER {
                 if applied < check.acked {
@@ -201,17 +216,18 @@ async fn sync(
             .await
         {
             Ok(resp) => {
-                let resp = resp.into_inner();
-                let rejection = (resp.outcome() == pb::apply_command_response::Outcome::Rejected)
-                    .then(|| resp.rejection_reason.clone());
-                if let Some(reason) = &rejection {
+                // The answer is the supplier's word, for the sequence sent and no other: an
+                // answer that cannot be true is recorded as the supplier's fault, not as an
+                // outcome.
+                let outcome = match answers::applied(resp.get_ref(), sequence, target) {
+                    Ok(outcome) => outcome,
+                    Err(fault) => return Err(faulty(core, supplier, fault).await),
+                };
+                if let Some(reason) = &outcome.1 {
                     warn!(sequence, reason, "supplier rejected the command");
                 }
-                // The answer is the supplier's word: never take it past what was sent.
-                applied = u64::try_from(resp.applied_sequence)
-                    .unwrap_or(sequence)
-                    .min(sequence);
-                core.record_applied(supplier, vec![(sequence, rejection, resp.apply_time)], applied)
+                applied = sequence;
+                core.record_applied(supplier, vec![outcome], applied)
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -268,59 +284,15 @@ async fn heartbeat(
         .await
         .map_err(|s| describe(&s))?
         .into_inner();
+    let state = match core.checked_sync_state(supplier, state).await {
+        Ok(state) => state,
+        Err(fault) => return Err(fault.to_string()),
+    };
     let check = core
         .record_sync(supplier, &state)
         .await
         .map_err(|e| e.to_string())?;
     Ok((state, check))
-}
-
-/// Records, from the supplier's own records (ListAppliedCommands), the outcomes of commands it
-/// applied after `acked` up to `applied` whose answers the coordinator never recorded: an
-/// acknowledgement lost on the way back, or commands recovered into the log from another
-/// supplier. Its history has been checked first, so these are the log's own commands.
-async fn settle(
-    core: &Core,
-    supplier: &SupplierId,
-    client: &mut ControlServiceClient<Channel>,
-    acked: u64,
-    applied: u64,
-) -> Result<(), String> {
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_applied_commands(call(pb::ListAppliedCommandsRequest {
-                after_sequence: i64::try_from(acked).unwrap_or(i64::MAX),
-                page_size: 500,
-                page_token,
-            }))
-            .await
-            .map_err(|s| describe(&s))?
-            .into_inner();
-        let outcomes: Vec<_> = page
-            .commands
-            .iter()
-            .filter_map(|c| {
-                let sequence = u64::try_from(c.command.as_ref()?.sequence).ok()?;
-                let rejection = (!c.rejection_reason.is_empty()).then(|| c.rejection_reason.clone());
-                (sequence > acked && sequence <= applied).then_some((sequence, rejection, c.apply_time))
-            })
-            .collect();
-        let reached = outcomes.last().map_or(acked, |(s, ..)| *s);
-        let last_page = page.next_page_token.is_empty() || reached >= applied;
-        core.record_applied(supplier, outcomes, if last_page { applied } else { reached })
-            .await
-            .map_err(|e| e.to_string())?;
-        if last_page {
-            info!(
-                from = acked,
-                to = applied,
-                "recorded outcomes the supplier applied but had not acknowledged"
-            );
-            return Ok(());
-        }
-        page_token = page.next_page_token;
-    }
 }
 
 /// Sends a snapshot of the effective state in chunks and records the outcomes it stands for.
@@ -362,15 +334,15 @@ async fn replace(
         .await
         .map_err(|s| describe(&s))?
         .into_inner();
-    if u64::try_from(resp.applied_sequence).ok() != Some(sequence) {
-        return Err(format!(
-            "supplier answered applied sequence {} to a snapshot as of {sequence}",
-            resp.applied_sequence
-        ));
-    }
+    let apply_time = match answers::replaced(&resp, sequence) {
+        Ok(at) => at,
+        Err(fault) => return Err(faulty(core, supplier, fault).await),
+    };
+    // Every sequence the snapshot stands for is applied there, but those it skips (the
+    // supplier's rejections, which stay REJECTED).
     let outcomes = (applied + 1..=sequence)
         .filter(|s| !snapshot.rejected.contains(s))
-        .map(|s| (s, None, resp.apply_time))
+        .map(|s| (s, None, apply_time))
         .collect();
     core.record_applied(supplier, outcomes, sequence)
         .await
@@ -384,6 +356,13 @@ async fn replace(
         "supplier resynchronised with a snapshot"
     );
     Ok(sequence)
+}
+
+/// Records `fault` as the supplier's and returns it as delivery's error: the task backs off
+/// and tries again, as after any failure.
+pub(crate) async fn faulty(core: &Core, supplier: &SupplierId, fault: Fault) -> String {
+    core.record_fault(supplier, &fault).await;
+    fault.to_string()
 }
 
 /// The status with its chain of causes (a refused handshake says why, not just "transport

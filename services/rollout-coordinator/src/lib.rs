@@ -9,10 +9,13 @@
 //!   state; `delivery`: the per-supplier tasks; `register`: the national opt-out register kept
 //!   by them; `service`: the gRPC handlers.
 
+mod answers;
 mod change;
 mod conflicts;
 mod coordinator;
 mod delivery;
+mod four_eyes;
+mod gap;
 mod history;
 mod impact;
 mod in_force;
@@ -28,6 +31,7 @@ mod scope_check;
 mod service;
 mod snapshot;
 mod state_watch;
+mod supervise;
 mod sync;
 #[cfg(test)]
 mod tests;
@@ -386,16 +390,17 @@ async fn lead(
         core.follow_store().await;
         info!("delivery leader: delivering to every supplier");
         let (deliver_tx, deliver_rx) = watch::channel(false);
+        // One task per supplier, each started again if it panics.
         let tasks: Vec<_> = channels
             .iter()
             .map(|(id, channel)| {
-                tokio::spawn(delivery::run(
-                    core.clone(),
-                    id.clone(),
-                    channel.clone(),
-                    heartbeat,
-                    deliver_rx.clone(),
-                ))
+                let (core, id, channel, stop) =
+                    (core.clone(), id.clone(), channel.clone(), deliver_rx.clone());
+                tokio::spawn(async move {
+                    let start =
+                        || delivery::run(core.clone(), id.clone(), channel.clone(), heartbeat, stop.clone());
+                    supervise::supervised(&core, &id, stop.clone(), start).await
+                })
             })
             .collect();
         loop {
@@ -412,7 +417,7 @@ async fn lead(
         let _ = deliver_tx.send(true);
         for task in tasks {
             if let Err(e) = task.await {
-                warn!(error = %e, "delivery task failed");
+                warn!(error = %e, "delivery supervisor failed");
             }
         }
         drop(leadership);
@@ -493,13 +498,10 @@ pub async fn serve(
         let audit_core = audit_core.clone();
         async move { audit_core.record_refusal(draft).await }
     });
-    let auth = AuthLayer::new(
-        Arc::new(ArcSwap::from_pointee(policy)),
-        access_table(),
-        Some(denials),
-    );
+    let policy = Arc::new(ArcSwap::from_pointee(policy));
+    let auth = AuthLayer::new(policy.clone(), access_table(), Some(denials));
 
-    let handlers = service::Handlers::new(core.clone(), read_channels, stop_rx, &config.budgets);
+    let handlers = service::Handlers::new(core.clone(), read_channels, stop_rx, &config.budgets, policy);
     let admission = Admission::new(config.budgets.connection);
     let (reporter, health) = rollout_net::server::health();
     let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection(&[SERVICE])?;

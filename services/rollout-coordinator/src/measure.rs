@@ -87,7 +87,7 @@ async fn build() {
         fail_mode: FailMode::Static,
         approvals_required: 1,
     };
-    core.create_feature("alice", def, "define".into(), None, audit())
+    core.create_feature(&"alice".into(), def, "define".into(), None, audit())
         .await
         .expect("define");
     let mut halts: Vec<CommandId> = Vec::new();
@@ -98,7 +98,7 @@ async fn build() {
         let scope = Scope::Practices(Arc::new(codes));
         let c = core
             .issue(
-                "alice",
+                &"alice".into(),
                 key.clone(),
                 Action::Halt { scope },
                 "measure".into(),
@@ -117,7 +117,7 @@ async fn build() {
     for h in halts.iter().take(lifted) {
         let c = core
             .issue(
-                "alice",
+                &"alice".into(),
                 key.clone(),
                 Action::Resume {
                     halts: vec![h.clone()],
@@ -130,7 +130,7 @@ async fn build() {
             .await
             .expect("resume");
         let id = wire::command_name("name", &c.name).expect("name");
-        core.approve("bob", &id, String::new(), None, audit())
+        core.approve(&"bob".into(), &|_: &str| None, &id, String::new(), None, audit())
             .await
             .expect("approve");
     }

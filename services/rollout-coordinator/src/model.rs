@@ -249,6 +249,10 @@ impl Model {
         for ((sequence, supplier), d) in change.deliveries {
             if d.state() == pb::delivery::State::Rejected {
                 m.rejected.entry(supplier.clone()).or_default().insert(sequence);
+            } else if m.rejected.get_mut(&supplier).is_some_and(|r| r.remove(&sequence)) {
+                // A supplier that lost its store judged the command again and applied it: no
+                // longer a rejection there (as a restart would file it).
+                m.conflicts.remove(&supplier, sequence);
             }
             if sequence >= m.settled_below {
                 m.deliveries.entry(sequence).or_default().insert(supplier, d);
@@ -402,6 +406,10 @@ impl Model {
                 if s.pb.last_error.is_empty() {
                     s.pb.last_error = old.pb.last_error.clone();
                 }
+                if s.pb.fault.is_empty() {
+                    s.pb.fault = old.pb.fault.clone();
+                    s.pb.fault_time = old.pb.fault_time;
+                }
             }
         }
     }
@@ -503,6 +511,28 @@ impl Model {
     pub fn note_error(&mut self, supplier: &SupplierId, error: &str) {
         let s = self.suppliers.entry(supplier.clone()).or_default();
         s.pb.last_error = error.chars().take(500).collect();
+    }
+
+    /// Keeps what a supplier answered that cannot be true (in memory; it shows in the
+    /// supplier view, which is then STATE_FAULTY).
+    pub fn note_fault(&mut self, supplier: &SupplierId, fault: &str, at: SystemTime) {
+        let s = self.suppliers.entry(supplier.clone()).or_default();
+        s.pb.fault = fault.to_owned();
+        s.pb.fault_time = Some(wire::timestamp(at));
+    }
+
+    /// Forgets a supplier's fault found before `before`; returns whether it had one.
+    pub fn clear_fault(&mut self, supplier: &SupplierId, before: SystemTime) -> bool {
+        let Some(s) = self.suppliers.get_mut(supplier) else {
+            return false;
+        };
+        let found = s.pb.fault_time.and_then(|t| SystemTime::try_from(t).ok());
+        if s.pb.fault.is_empty() || found.is_some_and(|t| t >= before) {
+            return false;
+        }
+        s.pb.fault_time = None;
+        s.pb.fault.clear();
+        true
     }
 
     /// Replaces what is known of a supplier in memory only (a heartbeat with nothing durable).

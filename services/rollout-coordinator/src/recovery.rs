@@ -20,7 +20,7 @@ use tracing::info;
 use crate::coordinator::{Change, Cmd, Core, Idempotency, SupplierStatus};
 
 /// Most commands one recovery takes; past that the operator is told to restore a newer backup.
-const MAX_RECOVERED: usize = 10_000;
+pub(crate) const MAX_RECOVERED: usize = 10_000;
 /// Most recovered commands the answer lists (all are counted).
 const MAX_LISTED: usize = 1_000;
 /// Deadline for each call to the supplier.

@@ -60,7 +60,7 @@ impl Core {
     /// approval. Audited by the caller's audit event, committed with the command.
     pub async fn redeliver(
         &self,
-        requester: &str,
+        requester: &crate::coordinator::Who,
         r: Redelivery,
         audit: AuditDraft,
     ) -> Result<pb::Command, ApiError> {

@@ -72,7 +72,7 @@ impl Core {
     /// rejected resume named stay in force there until it applies one lifting them. It
     /// reaches as far as the supplier can take without judging anything: to the target, or,
     /// while the supplier declares a change freeze, to just before the first go-live or resume
-    /// it has not yet judged (those go one by one, so that it can reject them). `None` if that
+    /// after what it holds (those go one by one, so that it can reject them). `None` if that
     /// is no further than `applied`. Built from the commands in force (see the module docs); the
     /// store reads run outside the model's lock.
     pub async fn snapshot(
@@ -81,14 +81,12 @@ impl Core {
         applied: u64,
         frozen: bool,
     ) -> Result<Option<Snapshot>, String> {
-        let (target, rejected, judged) = self
-            .read(|m| {
-                let acked = m.supplier(supplier).map_or(0, |s| s.acked);
-                (m.last_sequence(), m.rejected_by(supplier), applied.max(acked))
-            })
-            .await;
+        let (target, rejected) = self.read(|m| (m.last_sequence(), m.rejected_by(supplier))).await;
+        // What the supplier holds is what it has judged: one that lost its store lost its
+        // judgements with it (a go-live it applied before may be one it rejects now), so a
+        // frozen one judges again, one by one, every go-live and resume after what it holds.
         let sequence = if frozen {
-            match self.store().first_turning_on(judged).await.map_err(read_error)? {
+            match self.store().first_turning_on(applied).await.map_err(read_error)? {
                 Some(s) if s <= target => s - 1,
                 _ => target,
             }

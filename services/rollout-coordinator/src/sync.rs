@@ -10,7 +10,10 @@ use rollout_net::{ApiError, wire};
 use rollout_proto::v1 as pb;
 use tracing::info;
 
-use crate::coordinator::{Change, Core, Model, SupplierEndpoint};
+use crate::{
+    answers::{self, Fault, Outcome},
+    coordinator::{Change, Core, Model, SupplierEndpoint},
+};
 
 /// What a GetSyncState answer told the coordinator.
 #[derive(Debug, Clone, Copy)]
@@ -136,6 +139,47 @@ impl Core {
         Ok(SyncCheck { diverged, acked })
     }
 
+    /// Checks a GetSyncState answer before anything of it is believed (see `answers.rs`): a
+    /// fault is recorded and returned; otherwise the answer, bounded.
+    pub(crate) async fn checked_sync_state(
+        &self,
+        supplier: &SupplierId,
+        state: pb::SyncState,
+    ) -> Result<pb::SyncState, Fault> {
+        let mut m = self.lock().await;
+        let log_end = m.last_sequence();
+        let checked = answers::sync_state(state, log_end, |key| {
+            rollout_core::FeatureKey::parse(key).is_ok_and(|k| m.feature(&k).is_some())
+        });
+        if let Err(fault) = &checked {
+            self.note_fault(&mut m, supplier, fault);
+        }
+        checked
+    }
+
+    /// Records an answer of the supplier's that cannot be true: logged at WARN, and kept (in
+    /// memory) for the supplier view, which shows it FAULTY until it has answered sensibly up
+    /// to the latest dispatched command ([`Core::answered_sensibly`]).
+    pub(crate) async fn record_fault(&self, supplier: &SupplierId, fault: &Fault) {
+        let mut m = self.lock().await;
+        self.note_fault(&mut m, supplier, fault);
+    }
+
+    fn note_fault(&self, m: &mut Model, supplier: &SupplierId, fault: &Fault) {
+        tracing::warn!(supplier = %supplier, %fault, "the supplier answered something that cannot be true; nothing of that answer is recorded");
+        m.note_fault(supplier, &fault.to_string(), SystemTime::now());
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// The supplier has answered sensibly up to the latest dispatched command, in a sync begun
+    /// at `since`: a fault found before then is forgotten.
+    pub(crate) async fn answered_sensibly(&self, supplier: &SupplierId, since: SystemTime) {
+        if self.lock().await.clear_fault(supplier, since) {
+            info!(supplier = %supplier, "the supplier answers sensibly again; its fault is cleared");
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+
     /// Records a failed contact (kept in memory; the last error shows in the supplier view).
     pub async fn record_error(&self, supplier: &SupplierId, error: &str) {
         self.lock().await.note_error(supplier, error);
@@ -148,13 +192,14 @@ impl Core {
     }
 
     /// Records the supplier's answers for sequences: applied, or rejected with a reason; and its
-    /// applied sequence. A rejection is filed as a conflict, and every rejection of this
-    /// supplier's that a command it has now applied resolves is resolved (see
-    /// `conflicts.rs`).
+    /// applied sequence. The supplier's latest word stands: an outcome unlike the one recorded
+    /// (a supplier that lost its store judged the command again, perhaps under a freeze) takes
+    /// its place. A rejection is filed as a conflict, and every rejection of this supplier's
+    /// that a command it has now applied resolves is resolved (see `conflicts.rs`).
     pub async fn record_applied(
         &self,
         supplier: &SupplierId,
-        outcomes: Vec<(u64, Option<String>, Option<prost_types::Timestamp>)>,
+        outcomes: Vec<Outcome>,
         applied_sequence: u64,
     ) -> Result<(), ApiError> {
         let mut m = self.lock().await;
@@ -182,15 +227,20 @@ impl Core {
                 supplier: format!("suppliers/{supplier}"),
                 ..Default::default()
             });
-            if d.state() != pb::delivery::State::Pending && d.state() != pb::delivery::State::Unspecified {
-                continue;
-            }
-            d.state = if rejection.is_some() {
+            let state = if rejection.is_some() {
                 pb::delivery::State::Rejected
             } else {
                 pb::delivery::State::Applied
+            };
+            let was = d.state();
+            if was == state && d.rejection_reason == rejection.clone().unwrap_or_default() {
+                continue;
             }
-            .into();
+            if matches!(was, pb::delivery::State::Applied | pb::delivery::State::Rejected) {
+                tracing::warn!(supplier = %supplier, sequence, was = was.as_str_name(), now = state.as_str_name(), "the supplier judged a command again (it lost its store): its new outcome replaces the one recorded");
+            }
+            d.state = state.into();
+            d.resolved_by = String::new();
             d.rejection_reason = rejection.clone().unwrap_or_default();
             d.apply_time = apply_time;
             d.acknowledge_time = acknowledged;
@@ -226,18 +276,58 @@ impl Core {
         let fresh = status
             .last_contact
             .is_some_and(|t| t.elapsed().map_or(true, |e| e <= self.stale_after));
+        // Behind is PENDING whatever its conflicts (listed all the same): a conflict must not
+        // hide that a later command, perhaps a halt, has not been applied there yet.
         view.state = if !view.divergence.is_empty() {
             pb::supplier::State::Diverged
+        } else if !view.fault.is_empty() {
+            pb::supplier::State::Faulty
         } else if !fresh {
             pb::supplier::State::Stale
-        } else if !view.conflicts.is_empty() {
-            pb::supplier::State::Rejected
         } else if u64::try_from(view.applied_sequence).unwrap_or(0) < target {
             pb::supplier::State::Pending
+        } else if !view.conflicts.is_empty() {
+            pb::supplier::State::Rejected
         } else {
             pb::supplier::State::Synced
         }
         .into();
         view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use rollout_core::SupplierId;
+
+    use crate::answers::Fault;
+
+    #[tokio::test]
+    async fn a_fault_is_cleared_only_by_a_sync_begun_after_it() {
+        let (_dir, core) = crate::tests::empty_core().await;
+        let emis = SupplierId::parse("emis").expect("supplier");
+        let before = SystemTime::now() - Duration::from_secs(1);
+        core.record_fault(&emis, &Fault::new("ApplyCommand answered nonsense"))
+            .await;
+        core.answered_sensibly(&emis, before).await;
+        assert_eq!(
+            fault_of(&core, &emis).await,
+            "ApplyCommand answered nonsense",
+            "found during that sync"
+        );
+        core.answered_sensibly(&emis, SystemTime::now() + Duration::from_secs(1))
+            .await;
+        assert_eq!(fault_of(&core, &emis).await, "");
+    }
+
+    async fn fault_of(core: &crate::coordinator::Core, supplier: &SupplierId) -> String {
+        core.read(|m| {
+            m.supplier(supplier)
+                .map(|s| s.pb.fault.clone())
+                .unwrap_or_default()
+        })
+        .await
     }
 }

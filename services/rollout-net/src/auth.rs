@@ -83,17 +83,82 @@ impl<'a> FromIterator<&'a Role> for RoleSet {
     }
 }
 
-/// Which identities hold which roles. Loaded from a TOML file:
+/// Which identities hold which roles, and which person is behind an identity. Loaded from a
+/// TOML file; an identity maps to its roles, or to a table of its roles and the person behind
+/// it (for example an NHS Care Identity user ID), so that two certificates of one person count
+/// as one person (four eyes are two people):
 ///
 /// ```toml
 /// [identities]
-/// "spiffe://gprollout.test/operator/alice" = ["operator", "approver"]
+/// "spiffe://gprollout.test/operator/alice" = { roles = ["operator", "approver"], person = "5551234" }
+/// "spiffe://gprollout.test/operator/alice-smartcard" = { roles = ["approver"], person = "5551234" }
 /// "spiffe://gprollout.test/viewer" = ["viewer"]
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RolePolicy {
-    identities: BTreeMap<String, BTreeSet<Role>>,
+    identities: BTreeMap<String, Grant>,
+}
+
+/// The most characters a person's name in a policy may take.
+pub const MAX_PERSON_CHARS: usize = 64;
+
+/// What the policy gives one identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grant {
+    roles: BTreeSet<Role>,
+    person: Option<Arc<str>>,
+}
+
+/// The table form of a [`Grant`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantTable {
+    roles: BTreeSet<Role>,
+    person: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Grant {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Grant;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of roles, or a table with `roles` and `person`")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Grant, A::Error> {
+                let roles = BTreeSet::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(Grant { roles, person: None })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Grant, A::Error> {
+                let t = GrantTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                let person = t
+                    .person
+                    .map(|p| person(&p).map_err(serde::de::Error::custom))
+                    .transpose()?;
+                Ok(Grant {
+                    roles: t.roles,
+                    person,
+                })
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// A person as a policy names them: 1 to [`MAX_PERSON_CHARS`] characters after trimming, no
+/// control character.
+fn person(p: &str) -> Result<Arc<str>, String> {
+    let p = p.trim();
+    if p.is_empty() || p.chars().count() > MAX_PERSON_CHARS || p.chars().any(char::is_control) {
+        return Err(format!(
+            "person {p:?} must be 1 to {MAX_PERSON_CHARS} characters with no control character"
+        ));
+    }
+    Ok(p.into())
 }
 
 /// A role policy file that cannot be used.
@@ -140,14 +205,25 @@ impl RolePolicy {
         RolePolicy {
             identities: pairs
                 .into_iter()
-                .map(|(id, roles)| (id.to_owned(), roles.iter().copied().collect()))
+                .map(|(id, roles)| {
+                    let grant = Grant {
+                        roles: roles.iter().copied().collect(),
+                        person: None,
+                    };
+                    (id.to_owned(), grant)
+                })
                 .collect(),
         }
     }
 
     /// The roles an identity holds, or `None` if the policy does not list it.
     pub fn roles(&self, identity: &str) -> Option<&BTreeSet<Role>> {
-        self.identities.get(identity)
+        self.identities.get(identity).map(|g| &g.roles)
+    }
+
+    /// The person behind an identity, if the policy names one.
+    pub fn person(&self, identity: &str) -> Option<&str> {
+        self.identities.get(identity)?.person.as_deref()
     }
 }
 
@@ -206,6 +282,8 @@ pub struct Caller {
     pub identity: Identity,
     /// The roles the policy gives it (empty for an unlisted peer on an open service).
     pub roles: RoleSet,
+    /// The person behind the identity, if the policy names one.
+    pub person: Option<Arc<str>>,
 }
 
 impl Caller {
@@ -222,6 +300,15 @@ impl Caller {
     /// Whether the caller holds a role.
     pub fn has(&self, role: Role) -> bool {
         self.roles.contains(role)
+    }
+
+    /// The caller as an audit event names it: the identity, and the person behind it when the
+    /// policy names one (`spiffe://.../alice (person 5551234)`).
+    pub fn audited(&self) -> String {
+        match &self.person {
+            Some(p) => format!("{} (person {p})", self.identity),
+            None => self.identity.to_string(),
+        }
     }
 }
 
@@ -303,20 +390,25 @@ impl Shared {
             );
         };
         let policy = self.policy.load();
-        let roles = policy.roles(id.as_str()).map(|r| r.iter().collect::<RoleSet>());
+        let grant = policy.identities.get(id.as_str());
+        let roles = grant.map(|g| g.roles.iter().collect::<RoleSet>());
+        let person = grant.and_then(|g| g.person.clone());
         match (access, roles) {
             (Access::AnyPeer, roles) => Ok(Caller {
                 identity: id,
                 roles: roles.unwrap_or_default(),
+                person,
             }),
             (Access::AnyOf(_), None) => deny(
                 "IDENTITY_NOT_ALLOWED",
                 format!("identity {id} is not in this server's role policy; ask its operators to add it"),
             )
             .map_err(|(i, e)| (i, e.with_metadata("identity", id.to_string()))),
-            (Access::AnyOf(needed), Some(roles)) if needed.iter().any(|r| roles.contains(*r)) => {
-                Ok(Caller { identity: id, roles })
-            }
+            (Access::AnyOf(needed), Some(roles)) if needed.iter().any(|r| roles.contains(*r)) => Ok(Caller {
+                identity: id,
+                roles,
+                person,
+            }),
             (Access::AnyOf(needed), Some(_)) => {
                 let needed = needed.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(" or ");
                 deny(
@@ -462,5 +554,43 @@ mod tests {
         let err = RolePolicy::from_toml("[identities]\n\"a\" = [\"admin\"]\n", "policy.toml")
             .expect_err("bad role");
         assert!(err.to_string().contains("policy.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_policy_may_name_the_person_behind_each_identity() {
+        let policy = RolePolicy::from_toml(
+            r#"
+            [identities]
+            "spiffe://x/operator/alice" = { roles = ["operator"], person = " 5551234 " }
+            "spiffe://x/operator/alice-card" = { roles = ["approver"], person = "5551234" }
+            "spiffe://x/viewer" = ["viewer"]
+
+            [identities."spiffe://x/operator/bob"]
+            roles = ["operator", "approver"]
+            person = "5559876"
+            "#,
+            "policy.toml",
+        )
+        .expect("valid");
+        assert_eq!(policy.person("spiffe://x/operator/alice"), Some("5551234"));
+        assert_eq!(policy.person("spiffe://x/operator/alice-card"), Some("5551234"));
+        assert_eq!(policy.person("spiffe://x/operator/bob"), Some("5559876"));
+        assert_eq!(policy.person("spiffe://x/viewer"), None);
+        assert!(
+            policy
+                .roles("spiffe://x/operator/alice-card")
+                .is_some_and(|r| r.contains(&Role::Approver) && !r.contains(&Role::Operator))
+        );
+        for (bad, words) in [
+            (r#""a" = { roles = ["operator"], person = "" }"#, "person"),
+            (r#""a" = { roles = ["operator"], person = "x\u0007" }"#, "control"),
+            (r#""a" = { roles = ["operator"], persona = "p" }"#, "persona"),
+            (r#""a" = { person = "p" }"#, "roles"),
+            (r#""a" = { roles = ["admin"], person = "p" }"#, "admin"),
+            (r#""a" = "operator""#, "a list of roles, or a table"),
+        ] {
+            let err = RolePolicy::from_toml(&format!("[identities]\n{bad}\n"), "policy.toml").expect_err(bad);
+            assert!(err.to_string().contains(words), "{bad}: {err}");
+        }
     }
 }

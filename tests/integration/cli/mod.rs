@@ -105,7 +105,7 @@ async fn the_operator_workflow_through_rolloutctl() {
     assert!(text(&own).contains("SELF_APPROVAL"), "{}", text(&own));
     // The hint asks for another person, not for another role alice already holds.
     assert!(
-        text(&own).contains("hint: you asked for this command, so a different approver must approve it"),
+        text(&own).contains("so a different person must approve it"),
         "{}",
         text(&own)
     );

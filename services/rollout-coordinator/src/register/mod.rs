@@ -33,6 +33,7 @@ use tonic::{Code, transport::Channel};
 use tracing::{info, warn};
 
 use crate::{
+    answers::Fault,
     coordinator::Core,
     delivery::{call, describe},
 };
@@ -46,6 +47,11 @@ const MAX_PAGES: usize = 10;
 const MAX_RECORDS: usize = 1_000;
 /// Most released practices in one ImportOptOuts (the supplier refuses more).
 const MAX_RELEASED: usize = 10_000;
+/// Most characters of a reason or source in a record the register keeps (what a supplier
+/// accepts from a practice).
+const MAX_REASON_CHARS: usize = 1_000;
+/// Most characters of an identity or supplier name in a record the register keeps.
+const MAX_NAME_CHARS: usize = 200;
 /// The identity the coordinator's own register events are audited under.
 const IDENTITY: &str = "coordinator";
 
@@ -211,6 +217,23 @@ fn audit(action: &str, target: String, reason: String) -> AuditDraft {
 /// row holds).
 fn entry_of(supplier: &SupplierId, o: &pb::PracticeOptOut) -> Result<RegisterEntry, String> {
     let (practice, feature) = wire::opt_out_name("name", &o.name).map_err(|e| e.to_string())?;
+    // The practice's own words are kept unchanged, so never cut: a record over the bounds its
+    // supplier enforces where it is written is refused.
+    let texts = [
+        ("reason", &o.reason, MAX_REASON_CHARS),
+        ("source", &o.source, MAX_REASON_CHARS),
+        ("withdraw_reason", &o.withdraw_reason, MAX_REASON_CHARS),
+        ("recorded_by", &o.recorded_by, MAX_NAME_CHARS),
+        ("withdrawn_by", &o.withdrawn_by, MAX_NAME_CHARS),
+        ("origin_supplier", &o.origin_supplier, MAX_NAME_CHARS),
+    ];
+    if let Some((field, text, max)) = texts.iter().find(|(_, t, max)| t.chars().nth(*max).is_some()) {
+        return Err(format!(
+            "{}: {field} of {} characters (at most {max})",
+            wire::shown(&o.name),
+            text.chars().count()
+        ));
+    }
     let update = o
         .update_time
         .as_ref()
@@ -282,16 +305,21 @@ async fn pull(
         if page.opt_outs.is_empty() && saved {
             return Ok(());
         }
-        let entries = page
+        let entries = match page
             .opt_outs
             .iter()
             .map(|o| entry_of(supplier, o).map(|e| (e, pulled_event(supplier, o))))
             .collect::<Result<Vec<_>, String>>()
-            .map_err(|e| {
-                Step::Failed(format!(
-                    "the supplier reported an opt-out the register cannot keep: {e}"
-                ))
-            })?;
+        {
+            Ok(entries) => entries,
+            Err(e) => {
+                let fault = Fault::new(format!(
+                    "ListOptOutChanges reported an opt-out the register cannot keep: {e}"
+                ));
+                core.record_fault(supplier, &fault).await;
+                return Err(Step::Failed(fault.to_string()));
+            }
+        };
         let count = entries.len();
         let merged = core
             .store()

@@ -5,12 +5,13 @@
 
 use std::{collections::BTreeMap, pin::Pin, sync::Arc};
 
+use arc_swap::ArcSwap;
 use prost::Message;
 use rollout_core::{
     Action, Scope, SupplierId,
     audit::{AuditDraft, AuditOutcome},
 };
-use rollout_net::{ApiError, Caller, IdentityBudget, MessageLimits, wire};
+use rollout_net::{ApiError, Caller, IdentityBudget, MessageLimits, RolePolicy, wire};
 use rollout_proto::v1::{
     self as pb, coordinator_service_server::CoordinatorService, toggle_service_client::ToggleServiceClient,
 };
@@ -19,7 +20,7 @@ use tonic::{Request, Response, Status, transport::Channel};
 use tracing::{Span, instrument};
 
 use crate::{
-    coordinator::{Core, Idempotency, Model},
+    coordinator::{Core, Idempotency, Model, Who},
     recovery::{self, Recovery},
     redeliver::Redelivery,
     scope_check::Allowances,
@@ -52,16 +53,20 @@ pub struct Handlers {
     watches: Arc<IdentityBudget>,
     /// VerifyCommand calls in flight per identity.
     verifies: Arc<IdentityBudget>,
+    /// The role policy, for the person behind a command's requester (four eyes).
+    policy: Arc<ArcSwap<RolePolicy>>,
 }
 
 impl Handlers {
     /// Handlers over `core`, reaching suppliers through `channels`, within `budgets`;
-    /// WatchCommand streams end when `shutdown` turns true.
+    /// WatchCommand streams end when `shutdown` turns true; `policy` names the person behind
+    /// an identity.
     pub fn new(
         core: Arc<Core>,
         channels: BTreeMap<SupplierId, Channel>,
         shutdown: watch::Receiver<bool>,
         budgets: &crate::Budgets,
+        policy: Arc<ArcSwap<RolePolicy>>,
     ) -> Self {
         Handlers {
             views: CommandViews::new(core.clone()),
@@ -80,6 +85,7 @@ impl Handlers {
                 "--max-verifies-per-identity",
                 budgets.verifies_per_identity,
             )),
+            policy,
         }
     }
 
@@ -97,7 +103,7 @@ impl Handlers {
     #[allow(clippy::too_many_arguments)]
     async fn issue(
         &self,
-        who: Result<String, ApiError>,
+        who: Result<Who, ApiError>,
         audit: AuditDraft,
         name: &str,
         reason: &str,
@@ -150,9 +156,18 @@ fn identity<T>(req: &Request<T>) -> Result<String, ApiError> {
     Caller::of(req).map(|c| c.identity.to_string())
 }
 
+/// The caller: its identity and the person the role policy names behind it.
+fn who<T>(req: &Request<T>) -> Result<Who, ApiError> {
+    Caller::of(req).map(|c| Who {
+        identity: c.identity.to_string(),
+        person: c.person.as_deref().map(str::to_owned),
+    })
+}
+
 fn draft<T>(req: &Request<T>, method: &str, target: &str, request_id: &str, reason: &str) -> AuditDraft {
     AuditDraft {
-        identity: identity(req).unwrap_or_else(|_| "-".into()),
+        // The identity, and the person behind it when the policy names one.
+        identity: Caller::of(req).map_or_else(|_| "-".into(), Caller::audited),
         action: format!("{SERVICE}/{method}"),
         target: rollout_core::audit::printable(target, 200),
         outcome: AuditOutcome::Accepted,
@@ -186,7 +201,7 @@ impl CoordinatorService for Handlers {
         let target = format!("{} {}", r.name, r.supplier);
         let audit = draft(&req, "RedeliverCommand", &target, &r.request_id, &r.reason);
         let call = async {
-            let who = identity(&req)?;
+            let who = who(&req)?;
             let original = wire::command_name("name", &r.name)?;
             Span::current().record("command", original.as_str());
             let supplier = wire::supplier_name("supplier", &r.supplier)?;
@@ -239,7 +254,7 @@ impl CoordinatorService for Handlers {
             &r.reason,
         );
         self.audited(audit.clone(), async {
-            let who = identity(&req)?;
+            let who = who(&req)?;
             let key = rollout_core::FeatureKey::parse(&r.feature_id)
                 .map_err(|e| ApiError::invalid_field("feature_id", e))?;
             Span::current().record("feature", key.as_str());
@@ -303,7 +318,7 @@ impl CoordinatorService for Handlers {
                 ..r.clone()
             },
         );
-        self.issue(identity(&req), audit, &r.name, &r.reason, r.dry_run, idem, || {
+        self.issue(who(&req), audit, &r.name, &r.reason, r.dry_run, idem, || {
             let allow = Allowances {
                 unknown_practices: r.allow_unknown_practices,
                 empty_scope: r.allow_empty_scope,
@@ -330,7 +345,7 @@ impl CoordinatorService for Handlers {
                 ..r.clone()
             },
         );
-        self.issue(identity(&req), audit, &r.name, &r.reason, r.dry_run, idem, || {
+        self.issue(who(&req), audit, &r.name, &r.reason, r.dry_run, idem, || {
             if r.halts.is_empty() {
                 return Err(ApiError::invalid_field("halts", "name at least one halt to lift"));
             }
@@ -360,7 +375,7 @@ impl CoordinatorService for Handlers {
                 ..r.clone()
             },
         );
-        self.issue(identity(&req), audit, &r.name, &r.reason, r.dry_run, idem, || {
+        self.issue(who(&req), audit, &r.name, &r.reason, r.dry_run, idem, || {
             let allow = Allowances {
                 unknown_practices: r.allow_unknown_practices,
                 empty_scope: r.allow_empty_scope,
@@ -385,7 +400,7 @@ impl CoordinatorService for Handlers {
         let r = req.get_ref();
         let audit = draft(&req, "ApproveCommand", &r.name, &r.request_id, &r.comment);
         self.audited(audit.clone(), async {
-            let who = identity(&req)?;
+            let who = who(&req)?;
             let id = wire::command_name("name", &r.name)?;
             Span::current().record("command", id.as_str());
             let comment = wire::optional_text("comment", &r.comment, rollout_core::rules::MAX_REASON_CHARS)?;
@@ -400,7 +415,11 @@ impl CoordinatorService for Handlers {
             if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
                 return decode(&bytes);
             }
-            self.core.approve(&who, &id, comment, idem, audit.clone()).await
+            let policy = self.policy.load_full();
+            let person_of = |identity: &str| policy.person(identity).map(str::to_owned);
+            self.core
+                .approve(&who, &person_of, &id, comment, idem, audit.clone())
+                .await
         })
         .await
     }

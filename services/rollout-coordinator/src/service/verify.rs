@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status, transport::Channel};
 use tracing::{Span, instrument};
 
 use super::Handlers;
+use crate::{answers::Fault, coordinator::Core};
 
 /// A practice's attributes from a supplier's answer, to judge scopes by.
 fn practice_of(p: &pb::Practice) -> Option<Practice> {
@@ -27,8 +28,17 @@ fn practice_of(p: &pb::Practice) -> Option<Practice> {
     })
 }
 
+/// Practices asked for in one ListPracticeFeatures page.
+const VERIFY_PAGE: i32 = 5_000;
+/// Most pages read from one supplier: 100,000 practices, far more than any supplier's estate
+/// (the national estate is under 7,000). A supplier that keeps answering pages is faulty.
+const MAX_VERIFY_PAGES: usize = 20;
+/// Most practices named per supplier (all are counted).
+const MAX_NAMED: usize = 100;
+
 /// The result of checking one supplier for practices in a halt's scope still enabled.
 async fn verify_supplier(
+    core: &Core,
     mut client: ToggleServiceClient<Channel>,
     supplier: SupplierId,
     feature: String,
@@ -39,10 +49,10 @@ async fn verify_supplier(
         ..Default::default()
     };
     let mut token = String::new();
-    loop {
+    for _ in 0..MAX_VERIFY_PAGES {
         let mut req = Request::new(pb::ListPracticeFeaturesRequest {
             feature: feature.clone(),
-            page_size: 5_000,
+            page_size: VERIFY_PAGE,
             page_token: token.clone(),
             state: pb::practice_feature::State::Enabled.into(),
             ..Default::default()
@@ -59,8 +69,10 @@ async fn verify_supplier(
                         .is_none_or(|p| scope.covers(&p));
                     if covered {
                         result.enabled_count += 1;
-                        if result.enabled_practices.len() < 100 {
-                            result.enabled_practices.push(answer.name.clone());
+                        if result.enabled_practices.len() < MAX_NAMED {
+                            let named = wire::practice_feature_name("name", &answer.name)
+                                .map_or_else(|_| wire::shown(&answer.name), |_| answer.name.clone());
+                            result.enabled_practices.push(named);
                         }
                     }
                 }
@@ -70,11 +82,21 @@ async fn verify_supplier(
                 token = page.next_page_token;
             }
             Err(status) => {
-                result.error = format!("{:?}: {}", status.code(), status.message());
+                result.error = rollout_core::audit::printable(
+                    &format!("{:?}: {}", status.code(), status.message()),
+                    crate::answers::MAX_FAULT_CHARS,
+                );
                 return result;
             }
         }
     }
+    let fault = Fault::new(format!(
+        "ListPracticeFeatures kept answering pages after {} practices ({MAX_VERIFY_PAGES} pages), more than any estate holds",
+        MAX_VERIFY_PAGES * VERIFY_PAGE as usize
+    ));
+    core.record_fault(&supplier, &fault).await;
+    result.error = format!("not verified: {fault}");
+    result
 }
 
 #[instrument(skip_all, fields(command))]
@@ -109,9 +131,10 @@ pub(super) async fn verify_command(
     let checks = h.core.suppliers.iter().map(|s| {
         let client = h.toggle(&s.id);
         let (supplier, feature, scope) = (s.id.clone(), feature.clone(), scope.clone());
+        let core = h.core.clone();
         async move {
             match client {
-                Ok(c) => verify_supplier(c, supplier, feature, scope).await,
+                Ok(c) => verify_supplier(&core, c, supplier, feature, scope).await,
                 Err(e) => pb::verify_command_response::SupplierResult {
                     supplier: format!("suppliers/{supplier}"),
                     error: e.to_string(),
@@ -180,19 +203,29 @@ pub(super) async fn get_practice_status(
         explain: true,
     });
     call.set_timeout(std::time::Duration::from_secs(10));
+    let name = wire::practice_feature_resource(&ods, &key);
     match client.get_practice_feature(call).await {
-        Ok(answer) => Ok(answer),
-        Err(s) if s.code() == tonic::Code::NotFound => {
-            let name = wire::practice_feature_resource(&ods, &key);
-            // The supplier's message already says what does not exist.
-            Err(ApiError::new(
-                tonic::Code::NotFound,
-                "NOT_FOUND_AT_SUPPLIER",
-                format!("{name} at suppliers/{}: {}", practice.supplier, s.message()),
-            )
-            .with_metadata("name", name)
-            .into())
-        }
+        // Passed on bounded: the supplier's answer is input, like a request.
+        Ok(answer) => match crate::answers::practice_answer(answer.into_inner(), &name) {
+            Ok(answer) => Ok(Response::new(answer)),
+            Err(fault) => {
+                h.core.record_fault(&practice.supplier, &fault).await;
+                Err(ApiError::unavailable(
+                    "SUPPLIER_FAULTY",
+                    format!("suppliers/{} answered nonsense: {fault}", practice.supplier),
+                )
+                .with_metadata("supplier", practice.supplier.to_string())
+                .into())
+            }
+        },
+        // The supplier's message already says what does not exist.
+        Err(s) if s.code() == tonic::Code::NotFound => Err(ApiError::new(
+            tonic::Code::NotFound,
+            "NOT_FOUND_AT_SUPPLIER",
+            format!("{name} at suppliers/{}: {}", practice.supplier, s.message()),
+        )
+        .with_metadata("name", name)
+        .into()),
         Err(s) => Err(ApiError::unavailable(
             "SUPPLIER_UNAVAILABLE",
             format!(

@@ -83,7 +83,7 @@ impl GoLive {
             .into_inner();
         ctx.out.preview(&preview)?;
         let question = format!(
-            "Ask to go live with {} {}: {} (it then waits for a different approver)?",
+            "Ask to go live with {} {}: {} (it then waits for a different person to approve it)?",
             self.feature,
             request.scope.as_ref().map(confirm::said).unwrap_or_default(),
             confirm::covered(&preview)

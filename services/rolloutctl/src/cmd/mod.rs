@@ -111,9 +111,9 @@ pub enum Op {
     Feature(feature::Feature),
     /// Halt a feature in a scope, at once and until further notice.
     Halt(halt::Halt),
-    /// Ask to lift halts (waits for approval by a different approver).
+    /// Ask to lift halts (waits for approval by a different person).
     Resume(resume::Resume),
-    /// Ask to switch a feature on in a scope (waits for approval by a different approver).
+    /// Ask to switch a feature on in a scope (waits for approval by a different person).
     GoLive(go_live::GoLive),
     /// Approve a pending command (you must hold the approver role and not be its requester).
     Approve(approve::Approve),

@@ -68,9 +68,11 @@ pub fn explain(status: &Status, target: Target<'_>) -> String {
 fn reason_hint(reason: &str) -> Option<&'static str> {
     Some(match reason {
         "SELF_APPROVAL" => {
-            "you asked for this command, so a different approver must approve it: someone else holding the approver role runs `rolloutctl approve`"
+            "you asked for this command (with this certificate or another of yours), so a different person must approve it: someone else holding the approver role runs `rolloutctl approve`"
         }
-        "ALREADY_APPROVED" => "your approval is recorded; a different approver must give the next one",
+        "ALREADY_APPROVED" => {
+            "your approval is recorded (perhaps with another of your certificates); a different person must give the next one"
+        }
         "ROLE_REQUIRED" => {
             "use a certificate whose identity holds the role this needs (--as, --cert/--key); the message names the role"
         }
@@ -206,7 +208,7 @@ mod tests {
     fn self_approval_asks_for_a_different_approver_not_another_role() {
         let status = refusal(Code::PermissionDenied, "SELF_APPROVAL", "requested by alice", &[]);
         let text = explain(&status, TARGET);
-        assert!(text.contains("a different approver must approve it"), "{text}");
+        assert!(text.contains("a different person must approve it"), "{text}");
         assert!(!text.contains("holds the role"), "{text}");
     }
 }

@@ -143,7 +143,11 @@ impl View for pb::Command {
         writeln!(w, "action    {} {}", action(self), short(&self.feature))?;
         writeln!(w, "state     {}", state(self))?;
         writeln!(w, "sequence  {}", self.sequence)?;
-        writeln!(w, "requester {}", self.requester)?;
+        writeln!(
+            w,
+            "requester {}",
+            with_person(&self.requester, &self.requester_person)
+        )?;
         writeln!(w, "reason    {}", self.reason)?;
         what_it_does(self, w)?;
         if let Some(i) = &self.impact {
@@ -162,12 +166,17 @@ impl View for pb::Command {
             }
         }
         for a in &self.approvals {
-            writeln!(w, "approved  by {} at {}", a.approver, when(&a.approve_time))?;
+            writeln!(
+                w,
+                "approved  by {} at {}",
+                with_person(&a.approver, &a.person),
+                when(&a.approve_time)
+            )?;
         }
         if self.state() == pb::command::State::PendingApproval {
             writeln!(
                 w,
-                "waiting   for {} approval(s) by a different approver",
+                "waiting   for {} approval(s) by a different person",
                 self.approvals_required - self.approvals.len() as i32
             )?;
         }
@@ -357,4 +366,13 @@ fn unknown_codes(codes: &[String]) -> String {
         text.push_str(&format!(" and {} more", codes.len() - SHOWN));
     }
     text
+}
+
+/// An identity, and the person behind it when the coordinator's policy names one.
+fn with_person(identity: &str, person: &str) -> String {
+    if person.is_empty() {
+        identity.to_owned()
+    } else {
+        format!("{identity} (person {person})")
+    }
 }

@@ -93,7 +93,12 @@ impl View for pb::ListSuppliersResponse {
 /// What the status says beside a supplier: divergence, conflicts or the last error, a freeze,
 /// held practices.
 fn supplier_notes(s: &pb::Supplier) -> String {
-    let extra = if !s.divergence.is_empty() {
+    let extra = if !s.fault.is_empty() {
+        format!(
+            "answers nonsense: {} (see the runbook: \"A supplier answers nonsense\")",
+            s.fault
+        )
+    } else if !s.divergence.is_empty() {
         format!(
             "{} (see: rolloutctl recover --from {} --reason \"...\" --dry-run)",
             s.divergence,
