@@ -18,6 +18,7 @@ use rollout_store::{
 
 use crate::support::pg_database;
 
+mod audit_chain;
 mod register;
 
 pub(crate) fn audit(action: &str) -> AuditDraft {

@@ -10,6 +10,7 @@ mod estate;
 mod feed;
 mod opt_outs;
 mod sql;
+mod writes;
 
 use std::time::SystemTime;
 
@@ -246,4 +247,3 @@ const MIGRATIONS: &[MigrationSql] = &[
         include_str!("../migrations/postgres/supplier_0003_opt_out_register.sql"),
     ),
 ];
-

@@ -27,8 +27,8 @@ macro_rules! command_columns {
 /// The supplier store on SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct SqlSupplierStore {
-    pool: AnyPool,
-    backend: Backend,
+    pub(super) pool: AnyPool,
+    pub(super) backend: Backend,
     url: String,
 }
 
@@ -59,7 +59,11 @@ impl SqlSupplierStore {
     /// that of two replicas writing at once, one fails with [`StoreError::Conflict`] and
     /// nothing of its write is kept. On PostgreSQL, announces the change to the other replicas
     /// when the transaction commits.
-    async fn bump_version(&self, tx: &mut Transaction<'_, Any>, version: u64) -> Result<(), StoreError> {
+    pub(super) async fn bump_version(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        version: u64,
+    ) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO meta (key, value) VALUES ('version', 0) ON CONFLICT (key) DO NOTHING")
             .execute(&mut **tx)
             .await?;
@@ -93,7 +97,10 @@ impl SqlSupplierStore {
 
 /// Inserts a command row; a row already at its sequence is kept (same command: the caller has
 /// checked the history) and only its `effective` mark is set.
-async fn upsert_command(tx: &mut Transaction<'_, Any>, c: &StoredCommand) -> Result<(), StoreError> {
+pub(super) async fn upsert_command(
+    tx: &mut Transaction<'_, Any>,
+    c: &StoredCommand,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO commands (sequence, id, feature, body, rejection_reason, applied_at, effective)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -123,7 +130,7 @@ fn command_row(row: &AnyRow) -> Result<StoredCommand, StoreError> {
     })
 }
 
-async fn read_sync(tx: &mut Transaction<'_, Any>) -> Result<Option<SyncPoint>, StoreError> {
+pub(super) async fn read_sync(tx: &mut Transaction<'_, Any>) -> Result<Option<SyncPoint>, StoreError> {
     let row: Option<(i64, String, i64)> =
         sqlx::query_as("SELECT applied_sequence, history_hash, applied_at FROM sync WHERE id = 1")
             .fetch_optional(&mut **tx)
@@ -138,7 +145,7 @@ async fn read_sync(tx: &mut Transaction<'_, Any>) -> Result<Option<SyncPoint>, S
     .transpose()
 }
 
-async fn write_sync(tx: &mut Transaction<'_, Any>, sync: &SyncPoint) -> Result<(), StoreError> {
+pub(super) async fn write_sync(tx: &mut Transaction<'_, Any>, sync: &SyncPoint) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO sync (id, applied_sequence, history_hash, applied_at) VALUES (1, $1, $2, $3)
          ON CONFLICT (id) DO UPDATE SET applied_sequence = excluded.applied_sequence,
@@ -226,34 +233,10 @@ impl SupplierStore for SqlSupplierStore {
         version: u64,
         audit: AuditDraft,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let applied = read_sync(&mut tx).await?.map_or(0, |s| s.applied_sequence);
-        if command.sequence != applied + 1 {
-            return Err(StoreError::Conflict(format!(
-                "command sequence {} does not follow the stored applied sequence {applied}",
-                command.sequence
-            )));
-        }
-        upsert_command(&mut tx, command).await?;
-        for sequence in retire {
-            sqlx::query("UPDATE commands SET effective = 0 WHERE sequence = $1")
-                .bind(signed(*sequence, "sequence")?)
-                .execute(&mut *tx)
-                .await?;
-        }
-        write_sync(
-            &mut tx,
-            &SyncPoint {
-                applied_sequence: command.sequence,
-                history_hash: history_hash.to_owned(),
-                applied_at: command.applied_at,
-            },
-        )
-        .await?;
-        self.bump_version(&mut tx, version).await?;
-        common::audit_in(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        common::retrying("applying a command", || {
+            self.append_command_once(command, retire, history_hash, version, audit.clone())
+        })
+        .await
     }
 
     async fn install_snapshot(
@@ -263,25 +246,10 @@ impl SupplierStore for SqlSupplierStore {
         version: u64,
         audit: AuditDraft,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let applied = read_sync(&mut tx).await?.map_or(0, |s| s.applied_sequence);
-        if applied > sync.applied_sequence {
-            return Err(StoreError::Conflict(format!(
-                "the stored applied sequence {applied} is past the snapshot's {}",
-                sync.applied_sequence
-            )));
-        }
-        sqlx::query("UPDATE commands SET effective = 0 WHERE effective <> 0")
-            .execute(&mut *tx)
-            .await?;
-        for c in commands {
-            upsert_command(&mut tx, c).await?;
-        }
-        write_sync(&mut tx, sync).await?;
-        self.bump_version(&mut tx, version).await?;
-        common::audit_in(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        common::retrying("installing a snapshot", || {
+            self.install_snapshot_once(commands, sync, version, audit.clone())
+        })
+        .await
     }
 
     async fn mark_compacted(&self, effective: &[u64], sync: &SyncPoint) -> Result<(), StoreError> {
@@ -340,17 +308,10 @@ impl SupplierStore for SqlSupplierStore {
         request: Option<RequestRecord>,
         audit: AuditDraft,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // The version first: of two replicas numbering the same change, the second fails
-        // here as a conflict (and reloads), not on the change number's unique index.
-        self.bump_version(&mut tx, version).await?;
-        opt_outs::write_opt_out(&mut tx, record).await?;
-        if let Some(r) = request {
-            common::insert_request(&mut tx, &r).await?;
-        }
-        common::audit_in(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        common::retrying("writing an opt-out", || {
+            self.put_opt_out_once(record, version, request.clone(), audit.clone())
+        })
+        .await
     }
 
     async fn import_opt_outs(
@@ -360,20 +321,10 @@ impl SupplierStore for SqlSupplierStore {
         version: u64,
         audit: Vec<AuditDraft>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // The version first, as in `put_opt_out`.
-        self.bump_version(&mut tx, version).await?;
-        for record in records {
-            opt_outs::write_opt_out(&mut tx, record).await?;
-        }
-        for ods in released {
-            opt_outs::release(&mut tx, ods).await?;
-        }
-        for draft in audit {
-            common::audit_in(&mut tx, draft).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        common::retrying("importing opt-outs", || {
+            self.import_opt_outs_once(records, released, version, audit.clone())
+        })
+        .await
     }
 
     async fn opt_out_changes(&self, after: u64, limit: u32) -> Result<Vec<OptOutRecord>, StoreError> {
@@ -387,14 +338,10 @@ impl SupplierStore for SqlSupplierStore {
         version: u64,
         audit: AuditDraft,
     ) -> Result<EstateChange, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let change = estate::import(&mut tx, practices).await?;
-        let keep: std::collections::HashSet<OdsCode> = practices.iter().map(|p| p.ods).collect();
-        opt_outs::hold(&mut tx, hold, &keep).await?;
-        self.bump_version(&mut tx, version).await?;
-        common::audit_in(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(change)
+        common::retrying("importing the estate", || {
+            self.import_estate_once(practices, hold, version, audit.clone())
+        })
+        .await
     }
 
     fn shared(&self) -> bool {
