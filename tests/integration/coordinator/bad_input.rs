@@ -188,7 +188,7 @@ async fn bad_input_to_the_coordinator_is_refused_and_changes_nothing() {
                     .await,
             ),
             IA,
-            "INVALID_FIELD",
+            "UNKNOWN_SCOPE_TARGET",
         ),
         (
             "a malformed ICB",
