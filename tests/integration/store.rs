@@ -29,6 +29,7 @@ pub(crate) fn audit(action: &str) -> AuditDraft {
         outcome: AuditOutcome::Accepted,
         reason: "conformance".into(),
         request_id: String::new(),
+        ..rollout_core::audit::AuditDraft::default()
     }
 }
 

@@ -427,18 +427,24 @@ pub async fn serve(
         }));
     }
 
-    let audit_core = core.clone();
-    let (denials, audit) = rollout_net::audit_denials(move |draft| {
-        let audit_core = audit_core.clone();
-        async move { audit_core.record_refusal(draft).await }
+    let audit_store = core.store().clone();
+    let (refusals, audit) = rollout_net::audit_refusals(move |draft| {
+        let store = audit_store.clone();
+        async move {
+            store
+                .append_audit(draft)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
     });
     let auth = AuthLayer::new(
         Arc::new(ArcSwap::from_pointee(policy)),
         access_table(),
-        Some(denials),
+        Some(refusals.observer()),
     );
 
-    let handlers = service::Handlers::new(core.clone(), channels, stop_rx);
+    let handlers = service::Handlers::new(core.clone(), channels, stop_rx, refusals);
     let (reporter, health) = rollout_net::server::health();
     let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection(&[SERVICE])?;
     reporter

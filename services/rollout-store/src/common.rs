@@ -159,8 +159,9 @@ pub(crate) async fn audit_in(
     };
     let event = AuditEvent::seal(previous, draft, SystemTime::now());
     sqlx::query(
-        "INSERT INTO audit (sequence, time, identity, action, target, outcome, reason, request_id, previous_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO audit (sequence, time, identity, action, target, outcome, reason, request_id, previous_hash, hash,
+                            peer, calls, command, scope)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(signed(event.sequence, "audit sequence")?)
     .bind(event.time_micros)
@@ -172,6 +173,10 @@ pub(crate) async fn audit_in(
     .bind(&event.draft.request_id)
     .bind(&event.previous_hash)
     .bind(&event.hash)
+    .bind(&event.draft.peer)
+    .bind(signed(event.draft.calls, "audit calls")?)
+    .bind(&event.draft.command)
+    .bind(&event.draft.scope)
     .execute(&mut **tx)
     .await?;
     Ok(event)
@@ -190,6 +195,10 @@ fn audit_row(row: &AnyRow) -> Result<AuditEvent, StoreError> {
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown audit outcome {outcome:?}")))?,
             reason: row.try_get("reason")?,
             request_id: row.try_get("request_id")?,
+            peer: row.try_get("peer")?,
+            calls: unsigned(row.try_get("calls")?, "audit calls")?,
+            command: row.try_get("command")?,
+            scope: row.try_get("scope")?,
         },
         previous_hash: row.try_get("previous_hash")?,
         hash: row.try_get("hash")?,

@@ -356,6 +356,12 @@ const MIGRATIONS: &[MigrationSql] = &[
         include_str!("../migrations/sqlite/coordinator_0004_opt_out_register.sql"),
         include_str!("../migrations/postgres/coordinator_0004_opt_out_register.sql"),
     ),
+    (
+        5,
+        "coordinator audit detail",
+        include_str!("../migrations/sqlite/coordinator_0005_audit_detail.sql"),
+        include_str!("../migrations/postgres/coordinator_0005_audit_detail.sql"),
+    ),
 ];
 
 /// The PostgreSQL channel on which a coordinator store announces each write.

@@ -246,4 +246,10 @@ const MIGRATIONS: &[MigrationSql] = &[
         include_str!("../migrations/sqlite/supplier_0003_opt_out_register.sql"),
         include_str!("../migrations/postgres/supplier_0003_opt_out_register.sql"),
     ),
+    (
+        4,
+        "supplier audit detail",
+        include_str!("../migrations/sqlite/supplier_0004_audit_detail.sql"),
+        include_str!("../migrations/postgres/supplier_0004_audit_detail.sql"),
+    ),
 ];

@@ -9,7 +9,7 @@ use rollout_core::{
     Action, Scope, SupplierId,
     audit::{AuditDraft, AuditOutcome},
 };
-use rollout_net::{ApiError, Caller, MessageLimits, wire};
+use rollout_net::{ApiError, Caller, MessageLimits, PeerInfo, Refusals, wire};
 use rollout_proto::v1::{
     self as pb, coordinator_service_server::CoordinatorService, toggle_service_client::ToggleServiceClient,
 };
@@ -42,20 +42,24 @@ pub struct Handlers {
     channels: Arc<BTreeMap<SupplierId, Channel>>,
     /// Turns true when the server shuts down: WatchCommand streams end.
     shutdown: watch::Receiver<bool>,
+    /// Where refused calls are recorded (summarised in a flood).
+    refusals: Refusals,
 }
 
 impl Handlers {
-    /// Handlers over `core`, reaching suppliers through `channels`; WatchCommand streams end
-    /// when `shutdown` turns true.
+    /// Handlers over `core`, reaching suppliers through `channels`, recording refusals
+    /// through `refusals`; WatchCommand streams end when `shutdown` turns true.
     pub fn new(
         core: Arc<Core>,
         channels: BTreeMap<SupplierId, Channel>,
         shutdown: watch::Receiver<bool>,
+        refusals: Refusals,
     ) -> Self {
         Handlers {
             core,
             channels: Arc::new(channels),
             shutdown,
+            refusals,
         }
     }
 
@@ -65,7 +69,7 @@ impl Handlers {
         draft: AuditDraft,
         call: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<Response<T>, Status> {
-        rollout_net::audited(draft, call, |refused| self.core.record_refusal(refused)).await
+        rollout_net::audited(draft, call, |refused| self.refusals.refused(refused)).await
     }
 
     /// A halt, resume or go-live: validates (the action last, after the feature name),
@@ -134,6 +138,8 @@ fn draft<T>(req: &Request<T>, method: &str, target: &str, request_id: &str, reas
         outcome: AuditOutcome::Accepted,
         reason: rollout_core::audit::printable(reason, 1_000),
         request_id: rollout_core::audit::printable(request_id, 64),
+        peer: rollout_net::refusals::peer_ip(req.extensions().get::<PeerInfo>()),
+        ..AuditDraft::default()
     }
 }
 

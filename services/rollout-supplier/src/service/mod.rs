@@ -3,6 +3,7 @@
 //! (ControlService, with the national opt-out register's two methods in [`register`]). They
 //! validate with `rollout_net::wire`, call the [`Engine`], and answer with `ApiError`s.
 
+mod audit;
 mod control;
 mod register;
 mod settings;
@@ -16,7 +17,7 @@ use rollout_core::{
     FeatureKey, OdsCode, Practice, Reason, State,
     audit::{AuditDraft, AuditOutcome},
 };
-use rollout_net::{ApiError, Caller, MAX_MESSAGE_BYTES, Page, limits::element_len, wire};
+use rollout_net::{ApiError, Caller, MAX_MESSAGE_BYTES, Page, PeerInfo, Refusals, limits::element_len, wire};
 use rollout_proto::v1::{
     self as pb, control_service_server::ControlService,
     practice_settings_service_server::PracticeSettingsService, toggle_service_server::ToggleService,
@@ -39,12 +40,19 @@ const SNAPSHOT_CHUNK: usize = 1_000;
 pub struct Handlers {
     engine: Arc<Engine>,
     shutdown: watch::Receiver<bool>,
+    /// Where refused calls are recorded (summarised in a flood).
+    refusals: Refusals,
 }
 
 impl Handlers {
-    /// Handlers over `engine`; watch streams end when `shutdown` turns true.
-    pub fn new(engine: Arc<Engine>, shutdown: watch::Receiver<bool>) -> Self {
-        Handlers { engine, shutdown }
+    /// Handlers over `engine`, recording refusals through `refusals`; watch streams end when
+    /// `shutdown` turns true.
+    pub fn new(engine: Arc<Engine>, shutdown: watch::Receiver<bool>, refusals: Refusals) -> Self {
+        Handlers {
+            engine,
+            shutdown,
+            refusals,
+        }
     }
 
     /// Runs a mutating call, recording a refusal in the audit log.
@@ -53,7 +61,7 @@ impl Handlers {
         draft: AuditDraft,
         call: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<Response<T>, Status> {
-        rollout_net::audited(draft, call, |refused| self.engine.record_refusal(refused)).await
+        rollout_net::audited(draft, call, |refused| self.refusals.refused(refused)).await
     }
 }
 
@@ -68,6 +76,8 @@ fn draft<T>(req: &Request<T>, method: &str, target: &str, request_id: &str) -> A
         outcome: AuditOutcome::Accepted,
         reason: String::new(),
         request_id: rollout_core::audit::printable(request_id, 64),
+        peer: rollout_net::refusals::peer_ip(req.extensions().get::<PeerInfo>()),
+        ..AuditDraft::default()
     }
 }
 

@@ -226,9 +226,21 @@ impl View for pb::PracticeFeature {
 impl View for pb::ListAuditEventsResponse {
     fn table(&self, w: &mut dyn Write) -> io::Result<()> {
         for e in &self.events {
+            // A summary of refused calls says how many; an accepted command names itself and
+            // what it covers.
+            let calls = if e.call_count > 1 {
+                format!(" ({} calls)", e.call_count)
+            } else {
+                String::new()
+            };
+            let command = if e.command.is_empty() {
+                String::new()
+            } else {
+                format!(" {} [{}]", e.command, e.scope)
+            };
             writeln!(
                 w,
-                "{:>6} {} {:<8} {} {} {} {}",
+                "{:>6} {} {:<8}{calls} {} {} {}{command} {}",
                 e.sequence,
                 when(&e.event_time),
                 e.outcome().as_str_name().trim_start_matches("OUTCOME_"),
