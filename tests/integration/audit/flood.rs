@@ -140,6 +140,14 @@ async fn a_refusal_flood_at_a_coordinator_on_postgres_never_fails_a_halt() {
         refused,
         "the coordinator",
     );
+    let shown = crate::cli::text(&crate::cli::ctl(&stack, "viewer", &["status"]).await);
+    let count = refused.to_string();
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("coordinator") && l.split_whitespace().nth(1) == Some(count.as_str())),
+        "rolloutctl status shows the coordinator's refusals: {shown}"
+    );
     stack.stop().await;
 
     // Stopped: the last window's summaries are written. The chain, read from the store.

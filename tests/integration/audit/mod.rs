@@ -5,6 +5,7 @@
 //! coordinator (`trail.rs`).
 
 mod flood;
+mod trail;
 
 use rollout_core::audit::{AuditEvent, AuditOutcome};
 
