@@ -1,6 +1,7 @@
 //! The one integration-test binary: real servers on 127.0.0.1 port 0, real mutual TLS with
 //! certificates made at test time, real processes where the test is about processes.
 
+mod audit;
 mod budgets;
 mod cli;
 mod compaction;

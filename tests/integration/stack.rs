@@ -397,7 +397,7 @@ pub async fn audit_events(stack: &Stack) -> Vec<pb::AuditEvent> {
             .list_audit_events(pb::ListAuditEventsRequest {
                 page_size: 1_000,
                 page_token,
-                after_sequence: 0,
+                ..Default::default()
             })
             .await
             .expect("audit")

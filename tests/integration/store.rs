@@ -18,6 +18,7 @@ use rollout_store::{
 
 use crate::support::pg_database;
 
+mod audit_chain;
 mod register;
 
 pub(crate) fn audit(action: &str) -> AuditDraft {
@@ -28,6 +29,7 @@ pub(crate) fn audit(action: &str) -> AuditDraft {
         outcome: AuditOutcome::Accepted,
         reason: "conformance".into(),
         request_id: String::new(),
+        ..rollout_core::audit::AuditDraft::default()
     }
 }
 

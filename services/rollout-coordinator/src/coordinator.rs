@@ -323,6 +323,7 @@ impl Core {
         feature.creator = requester.identity.clone();
         feature.create_time = Some(wire::timestamp(at));
         feature.sequence = cmd.pb.sequence;
+        let audit = audit.naming(&cmd.domain);
         change.commands.push(cmd);
         change.features.push((def, feature.clone()));
         let request = idem.map(|i| i.record(&feature));
@@ -468,6 +469,7 @@ impl Core {
     ) -> Result<pb::Command, ApiError> {
         let mut view = cmd.pb.clone();
         view.deliveries = change.deliveries.iter().map(|(_, d)| d.clone()).collect();
+        let audit = audit.naming(&cmd.domain);
         change.commands.push(cmd);
         let request = idem.map(|i| i.record(&view));
         self.commit(m, change, request, Some(audit)).await?;
@@ -498,6 +500,7 @@ impl Core {
         cmd.pb.cancelled_by = who.to_owned();
         cmd.pb.cancel_time = Some(wire::timestamp(now()));
         let view = cmd.pb.clone();
+        let audit = audit.naming(&cmd.domain);
         let change = Change {
             commands: vec![cmd],
             ..Change::default()
@@ -505,13 +508,5 @@ impl Core {
         let request = idem.map(|i| i.record(&view));
         self.commit(&mut m, change, request, Some(audit)).await?;
         Ok(view)
-    }
-
-    /// Appends the audit event of a refused call (already marked refused), logging rather than
-    /// failing if the store cannot take it: the caller is answered either way.
-    pub async fn record_refusal(&self, audit: AuditDraft) {
-        if let Err(e) = self.store.append_audit(audit).await {
-            tracing::error!(error = %e, "could not record a refused call in the audit log");
-        }
     }
 }

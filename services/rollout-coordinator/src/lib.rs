@@ -493,15 +493,28 @@ pub async fn serve(
         }));
     }
 
-    let audit_core = core.clone();
-    let (denials, audit) = rollout_net::audit_denials(move |draft| {
-        let audit_core = audit_core.clone();
-        async move { audit_core.record_refusal(draft).await }
+    let audit_store = core.store().clone();
+    let (refusals, audit) = rollout_net::audit_refusals(move |draft| {
+        let store = audit_store.clone();
+        async move {
+            store
+                .append_audit(draft)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
     });
     let policy = Arc::new(ArcSwap::from_pointee(policy));
-    let auth = AuthLayer::new(policy.clone(), access_table(), Some(denials));
+    let auth = AuthLayer::new(policy.clone(), access_table(), Some(refusals.observer()));
 
-    let handlers = service::Handlers::new(core.clone(), read_channels, stop_rx, &config.budgets, policy);
+    let handlers = service::Handlers::new(
+        core.clone(),
+        read_channels,
+        stop_rx,
+        &config.budgets,
+        policy,
+        refusals,
+    );
     let admission = Admission::new(config.budgets.connection);
     let (reporter, health) = rollout_net::server::health();
     let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection(&[SERVICE])?;

@@ -35,6 +35,7 @@ fn audit() -> AuditDraft {
         outcome: AuditOutcome::Accepted,
         reason: String::new(),
         request_id: String::new(),
+        ..rollout_core::audit::AuditDraft::default()
     }
 }
 

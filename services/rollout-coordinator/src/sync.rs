@@ -124,6 +124,11 @@ impl Core {
         s.pb.feature_counts = state.feature_counts.clone();
         s.pb.counts_time = state.read_time;
         s.pb.counts_sequence = state.applied_sequence;
+        s.pb.refusal_audit = state.refusal_audit.clone().map(|mut r| {
+            // The supplier's words: kept bounded.
+            r.last_error = rollout_core::audit::printable(&r.last_error, 300);
+            r
+        });
         s.pb.last_error = String::new();
         s.last_contact = Some(SystemTime::now());
         s.pb.last_contact_time = s.last_contact.map(wire::timestamp);

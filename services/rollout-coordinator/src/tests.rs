@@ -34,6 +34,7 @@ fn audit() -> AuditDraft {
         outcome: AuditOutcome::Accepted,
         reason: String::new(),
         request_id: String::new(),
+        ..rollout_core::audit::AuditDraft::default()
     }
 }
 

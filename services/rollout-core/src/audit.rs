@@ -66,6 +66,111 @@ pub struct AuditDraft {
     pub reason: String,
     /// The request's idempotency id, if any.
     pub request_id: String,
+    /// The caller's network address (its IP address, without the port), where known.
+    pub peer: String,
+    /// How many calls the event stands for: 1, or for a summary of refused calls (see
+    /// [`AuditDraft::is_summary`]) how many like calls it counts.
+    pub calls: u64,
+    /// The command the call created or acted on, `commands/{id}`; empty for a call that
+    /// concerns no command.
+    pub command: String,
+    /// What that command covers, in words: a halt's or go-live's scope, the halts a resume
+    /// lifts, the feature a definition defines; at most 300 characters ([`scope_words`]).
+    pub scope: String,
+}
+
+impl Default for AuditDraft {
+    /// An accepted event of one call with every text empty.
+    fn default() -> Self {
+        AuditDraft {
+            identity: String::new(),
+            action: String::new(),
+            target: String::new(),
+            outcome: AuditOutcome::Accepted,
+            reason: String::new(),
+            request_id: String::new(),
+            peer: String::new(),
+            calls: 1,
+            command: String::new(),
+            scope: String::new(),
+        }
+    }
+}
+
+/// The prefix of a summary event's reason: refused calls counted, not recorded one by one.
+pub const SUMMARY_PREFIX: &str = "summary of refused calls: ";
+
+impl AuditDraft {
+    /// Whether the event is a summary of refused calls (its `calls` counts them).
+    pub fn is_summary(&self) -> bool {
+        self.outcome == AuditOutcome::Refused && self.reason.starts_with(SUMMARY_PREFIX)
+    }
+
+    /// The event, naming `command` (`commands/{id}`) and what it covers ([`covers`]).
+    pub fn naming(self, command: &crate::Command) -> Self {
+        AuditDraft {
+            command: format!("commands/{}", command.id),
+            scope: covers(&command.action),
+            ..self
+        }
+    }
+}
+
+/// Most characters of [`AuditDraft::scope`].
+pub const MAX_SCOPE_CHARS: usize = 300;
+
+/// Most practice codes a practice list's scope names in an audit event; the rest are counted.
+const NAMED_PRACTICES: usize = 10;
+
+/// What a command does and covers, for [`AuditDraft::scope`], in the words `rolloutctl`
+/// takes: `icb:QN7`, `practices:A81001,A81002` (the first ten codes, then how many more), a
+/// resume's `lifts commands/a, commands/b`, a definition's `defines features/f`. At most
+/// [`MAX_SCOPE_CHARS`] characters.
+pub fn covers(action: &crate::Action) -> String {
+    use crate::{Action, Scope};
+    let words = match action {
+        Action::CreateFeature(def) => format!("defines features/{}", def.key),
+        Action::Resume { halts } => format!(
+            "lifts {}",
+            halts
+                .iter()
+                .map(|h| format!("commands/{h}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Action::Halt { scope } | Action::GoLive { scope, .. } => match scope {
+            Scope::National => "national".to_owned(),
+            Scope::Supplier(s) => format!("supplier:{s}"),
+            Scope::Region(r) => format!("region:{r}"),
+            Scope::Icb(i) => format!("icb:{i}"),
+            Scope::SubIcb(s) => format!("sub-icb:{s}"),
+            Scope::Practices(set) => {
+                let named: Vec<&str> = set.iter().take(NAMED_PRACTICES).map(|c| c.as_str()).collect();
+                let more = set.len() - named.len();
+                let list = named.join(",");
+                if more == 0 {
+                    format!("practices:{list}")
+                } else {
+                    format!("practices:{list} and {more} more ({} in all)", set.len())
+                }
+            }
+        },
+    };
+    scope_words(&words, MAX_SCOPE_CHARS)
+}
+
+/// At most `max` characters of `words`, the cut marked with an ellipsis and how many
+/// characters were left out, so that what an audit field names never grows with its input.
+pub fn scope_words(words: &str, max: usize) -> String {
+    let total = words.chars().count();
+    if total <= max {
+        return words.to_owned();
+    }
+    // The mark's length depends on the count it gives; the count's digits are at most the
+    // total's.
+    let mark_len = format!("… ({total} more characters)").chars().count();
+    let kept: String = words.chars().take(max.saturating_sub(mark_len)).collect();
+    format!("{kept}… ({} more characters)", total - kept.chars().count())
 }
 
 /// An event in the chain.
@@ -142,6 +247,22 @@ impl AuditEvent {
         field(self.draft.reason.as_bytes());
         field(self.draft.request_id.as_bytes());
         field(self.previous_hash.as_bytes());
+        // Fields added later, each tagged and hashed only when set, so an event written
+        // before they existed (all of them unset) hashes as it always did.
+        let d = &self.draft;
+        let calls = d.calls.to_be_bytes();
+        let later: [(&[u8], &[u8], bool); 4] = [
+            (b"peer", d.peer.as_bytes(), !d.peer.is_empty()),
+            (b"calls", &calls, d.calls != 1),
+            (b"command", d.command.as_bytes(), !d.command.is_empty()),
+            (b"scope", d.scope.as_bytes(), !d.scope.is_empty()),
+        ];
+        for (tag, value, set) in later {
+            if set {
+                field(tag);
+                field(value);
+            }
+        }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 }
@@ -202,7 +323,7 @@ mod tests {
             target: format!("commands/c{n}"),
             outcome: AuditOutcome::Accepted,
             reason: "pause".into(),
-            request_id: String::new(),
+            ..AuditDraft::default()
         }
     }
 
@@ -232,6 +353,79 @@ mod tests {
             Err(5),
             "the next link no longer matches"
         );
+    }
+
+    #[test]
+    fn fields_added_later_change_the_hash_only_when_set() {
+        let old = AuditEvent::seal(None, draft(1), SystemTime::UNIX_EPOCH);
+        // The hash of an event with none of the later fields, as it was before they existed.
+        let mut h = Sha256::new();
+        for bytes in [
+            &1u64.to_be_bytes()[..],
+            &0i64.to_be_bytes()[..],
+            b"spiffe://gprollout.test/operator/alice",
+            b"/nhs.gprollout.v1.CoordinatorService/HaltFeature",
+            b"commands/c1",
+            b"accepted",
+            b"pause",
+            b"",
+            b"",
+        ] {
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        }
+        let before: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(old.hash, before);
+        for change in [
+            |d: &mut AuditDraft| d.peer = "127.0.0.1".into(),
+            |d: &mut AuditDraft| d.calls = 7,
+            |d: &mut AuditDraft| d.command = "commands/c1".into(),
+            |d: &mut AuditDraft| d.scope = "icb:QN7".into(),
+        ] {
+            let mut changed = old.clone();
+            change(&mut changed.draft);
+            assert_ne!(changed.compute_hash(), old.hash, "{:?}", changed.draft);
+        }
+        // A value moved from one later field to another is another event.
+        let mut a = old.clone();
+        a.draft.command = "x".into();
+        let mut b = old.clone();
+        b.draft.scope = "x".into();
+        assert_ne!(a.compute_hash(), b.compute_hash());
+    }
+
+    #[test]
+    fn what_a_command_covers_is_named_in_rolloutctl_s_words() {
+        use crate::{Action, CommandId, Scope};
+        let icb = Scope::Icb("QN7".parse().expect("icb"));
+        assert_eq!(covers(&Action::Halt { scope: icb }), "icb:QN7");
+        let codes: Vec<String> = (0..25).map(|n| format!("A{}", 81_000 + n)).collect();
+        let list = Scope::practices(codes.iter().map(String::as_str)).expect("list");
+        assert_eq!(
+            covers(&Action::GoLive {
+                scope: list,
+                effective_at: None
+            }),
+            "practices:A81000,A81001,A81002,A81003,A81004,A81005,A81006,A81007,A81008,A81009 \
+             and 15 more (25 in all)"
+        );
+        let halts = vec![
+            CommandId::parse("h1").expect("id"),
+            CommandId::parse("h2").expect("id"),
+        ];
+        assert_eq!(
+            covers(&Action::Resume { halts }),
+            "lifts commands/h1, commands/h2"
+        );
+    }
+
+    #[test]
+    fn scope_words_are_cut_with_what_was_left_out() {
+        assert_eq!(scope_words("icb:QN7", 300), "icb:QN7");
+        let long = format!("practices:{}", "A81001,".repeat(2_000));
+        let cut = scope_words(&long, 300);
+        assert!(cut.chars().count() <= 300, "{cut}");
+        assert!(cut.ends_with("more characters)"), "{cut}");
     }
 
     #[test]

@@ -323,9 +323,13 @@ pub struct Denial {
     pub reason: &'static str,
     /// The message given to the caller.
     pub message: String,
+    /// The caller's network address, where known.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
-/// Something that records refused calls (the services' audit logs).
+/// Something that records refused calls (the services' audit logs), and logs them: with an
+/// observer the layer leaves logging to it (a flood's refusals are summarised, not logged one
+/// by one).
 pub trait DenialObserver: Send + Sync + 'static {
     /// Called for every refused call, on the request path: do not block.
     fn denied(&self, denial: Denial);
@@ -474,24 +478,23 @@ where
                 Box::pin(self.inner.call(req))
             }
             Err((identity, error)) => {
-                let peer = req
-                    .extensions()
-                    .get::<PeerInfo>()
-                    .map(|p| p.remote_addr.to_string());
-                warn!(
-                    identity = identity.as_ref().map(Identity::as_str).unwrap_or("-"),
-                    peer = peer.as_deref().unwrap_or("-"),
-                    method = path,
-                    reason = error.reason(),
-                    "call refused"
-                );
+                let peer = req.extensions().get::<PeerInfo>().map(|p| p.remote_addr);
                 if let Some(observer) = &self.shared.observer {
                     observer.denied(Denial {
                         identity,
                         method: path.to_owned(),
                         reason: error.reason(),
                         message: error.to_string(),
+                        peer,
                     });
+                } else {
+                    warn!(
+                        identity = identity.as_ref().map(Identity::as_str).unwrap_or("-"),
+                        peer = peer.map(|p| p.to_string()).as_deref().unwrap_or("-"),
+                        method = path,
+                        reason = error.reason(),
+                        "call refused"
+                    );
                 }
                 let response = tonic::Status::from(error).into_http();
                 Box::pin(async move { Ok(response) })

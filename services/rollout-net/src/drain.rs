@@ -491,12 +491,12 @@ impl Drain {
         let queue = if audit.lost > 0 {
             format!(
                 "audit queue NOT flushed: {} not recorded",
-                counted(audit.lost, "refusal")
+                counted(usize::try_from(audit.lost).unwrap_or(usize::MAX), "refusal")
             )
         } else {
             format!(
                 "audit queue flushed ({} recorded since start)",
-                counted(audit.written, "refusal")
+                counted(usize::try_from(audit.written).unwrap_or(usize::MAX), "refusal")
             )
         };
         let took = Duration::from_millis(u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX));

@@ -1,9 +1,9 @@
 //! What the GP Rollout Control servers and clients share on the network side: mutual-TLS
 //! configuration with hot reload and the peer identity ([`tls`]), the accepting side within
 //! the port's budgets ([`accept`]), the budgets of connections, streams and identities
-//! ([`budget`]), the role policy and the
-//! layer that enforces it ([`auth`]) with the queue that writes its refusals to the audit log
-//! ([`audit_queue`]), the one mapping from errors to `tonic::Status` ([`error`]), the message
+//! ([`budget`]), the role policy and the layer that enforces it ([`auth`]), the writer of
+//! refused calls to the audit log ([`audit_queue`]) and the limiter that summarises a flood of
+//! them ([`refusals`]), the one mapping from errors to `tonic::Status` ([`error`]), the message
 //! limits and the page byte budget ([`limits`]), health, reflection, HTTP/2 settings and the
 //! shutdown signal ([`server`]), what happens between that signal and the exit ([`drain`]),
 //! and logging set-up ([`telemetry`]).
@@ -16,13 +16,14 @@ pub mod cli;
 pub mod drain;
 pub mod error;
 pub mod limits;
+pub mod refusals;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
 pub mod wire;
 
 pub use accept::{Admission, AdmissionCounts};
-pub use audit_queue::{AuditFlushed, AuditQueue, audit_denials};
+pub use audit_queue::{AuditFlushed, AuditQueue, Refusals, audit_refusals, audit_refusals_with};
 pub use auth::{Access, AccessTable, AuthLayer, Caller, Denial, DenialObserver, Role, RolePolicy, RoleSet};
 pub use budget::{ConnectionBudget, IdentityBudget, IdentitySlot};
 pub use drain::{Drain, Drained, ends_itself};

@@ -10,6 +10,8 @@
 
 use http::{HeaderName, Response};
 use rollout_proto::v1::{
+    audit_service_client::AuditServiceClient,
+    audit_service_server::{AuditService, AuditServiceServer},
     control_service_client::ControlServiceClient,
     control_service_server::{ControlService, ControlServiceServer},
     coordinator_service_client::CoordinatorServiceClient,
@@ -67,11 +69,13 @@ message_limits!(
     ToggleServiceServer<T> where T: ToggleService,
     PracticeSettingsServiceServer<T> where T: PracticeSettingsService,
     ControlServiceServer<T> where T: ControlService,
+    AuditServiceServer<T> where T: AuditService,
     CoordinatorServiceServer<T> where T: CoordinatorService,
     HealthServer<T> where T: Health,
     v1::ServerReflectionServer<T> where T: v1::ServerReflection,
     v1alpha::ServerReflectionServer<T> where T: v1alpha::ServerReflection,
     ControlServiceClient<Channel>,
+    AuditServiceClient<Channel>,
     ToggleServiceClient<Channel>,
     CoordinatorServiceClient<Channel>,
     HealthClient<Channel>,

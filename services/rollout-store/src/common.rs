@@ -70,11 +70,85 @@ pub(crate) async fn recall_request(
     .transpose()
 }
 
-/// Appends `draft` after the last audit event, inside `tx`.
+/// The key of the PostgreSQL advisory lock that serialises appends to the audit chain (the
+/// delivery leader's lock is another key).
+const AUDIT_CHAIN_LOCK: i64 = 0x6770_6175_6474; // "gpaudt"
+
+/// On PostgreSQL, takes the audit chain's transaction lock (held until `tx` ends), so that no
+/// other transaction reads the chain's head until this one has committed or rolled back.
+/// Refuses a transaction above READ COMMITTED: there the head would be read from a snapshot
+/// taken before the lock was granted, so it could miss the event a concurrent appender just
+/// committed. On SQLite the one connection serialises every write already.
+async fn lock_chain(tx: &mut Transaction<'_, Any>) -> Result<(), StoreError> {
+    if tx.backend_name() != "PostgreSQL" {
+        return Ok(());
+    }
+    let row = sqlx::query(
+        "SELECT pg_advisory_xact_lock($1)::text AS locked, \
+         current_setting('transaction_isolation') AS isolation",
+    )
+    .bind(AUDIT_CHAIN_LOCK)
+    .fetch_one(&mut **tx)
+    .await?;
+    let isolation: String = row.try_get("isolation")?;
+    if isolation != "read committed" {
+        return Err(StoreError::Corrupt(format!(
+            "an audit event may only be appended in a READ COMMITTED transaction, not {isolation}: \
+             the chain's head would be read from a snapshot older than its lock"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a failed write may succeed if tried again unchanged: PostgreSQL aborted it
+/// (serialisation failure 40001, deadlock 40P01), or the audit sequence it took was taken
+/// first by an appender that does not lock the chain (a replica of an older version, during
+/// a rolling upgrade).
+pub(crate) fn retryable(e: &StoreError) -> bool {
+    let StoreError::Database(sqlx::Error::Database(d)) = e else {
+        return false;
+    };
+    let code = d.code();
+    matches!(code.as_deref(), Some("40001" | "40P01"))
+        || (d.is_unique_violation()
+            && (d.constraint() == Some("audit_pkey") || d.message().contains("audit.sequence")))
+}
+
+/// Most tries of one write, in [`retrying`].
+const WRITE_TRIES: u32 = 5;
+
+/// Runs `write` (one whole transaction) and tries it again, up to [`WRITE_TRIES`] times in all
+/// with a short randomised pause, while it fails in a way another try may not
+/// ([`retryable`]). Any other failure, a conflict with the stored version included, is
+/// returned at once.
+pub(crate) async fn retrying<T, F, Fut>(what: &str, mut write: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match write().await {
+            Err(e) if tries < WRITE_TRIES && retryable(&e) => {
+                tracing::warn!(error = %e, tries, "{what}: the database aborted the write; trying again");
+                let pause = 2_u64 << tries;
+                tokio::time::sleep(std::time::Duration::from_millis(pause + fastrand::u64(..=pause))).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Appends `draft` after the last audit event, inside `tx` (on PostgreSQL a READ COMMITTED
+/// one: see [`lock_chain`]). The chain's head is read after its lock is taken, so concurrent
+/// appends (a refused call recorded while a change commits, two replicas) never take the same
+/// sequence.
 pub(crate) async fn audit_in(
     tx: &mut Transaction<'_, Any>,
     draft: AuditDraft,
 ) -> Result<AuditEvent, StoreError> {
+    lock_chain(tx).await?;
     let last: Option<(i64, String)> =
         sqlx::query_as("SELECT sequence, hash FROM audit ORDER BY sequence DESC LIMIT 1")
             .fetch_optional(&mut **tx)
@@ -85,8 +159,9 @@ pub(crate) async fn audit_in(
     };
     let event = AuditEvent::seal(previous, draft, SystemTime::now());
     sqlx::query(
-        "INSERT INTO audit (sequence, time, identity, action, target, outcome, reason, request_id, previous_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO audit (sequence, time, identity, action, target, outcome, reason, request_id, previous_hash, hash,
+                            peer, calls, command, scope)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(signed(event.sequence, "audit sequence")?)
     .bind(event.time_micros)
@@ -98,6 +173,10 @@ pub(crate) async fn audit_in(
     .bind(&event.draft.request_id)
     .bind(&event.previous_hash)
     .bind(&event.hash)
+    .bind(&event.draft.peer)
+    .bind(signed(event.draft.calls, "audit calls")?)
+    .bind(&event.draft.command)
+    .bind(&event.draft.scope)
     .execute(&mut **tx)
     .await?;
     Ok(event)
@@ -116,18 +195,25 @@ fn audit_row(row: &AnyRow) -> Result<AuditEvent, StoreError> {
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown audit outcome {outcome:?}")))?,
             reason: row.try_get("reason")?,
             request_id: row.try_get("request_id")?,
+            peer: row.try_get("peer")?,
+            calls: unsigned(row.try_get("calls")?, "audit calls")?,
+            command: row.try_get("command")?,
+            scope: row.try_get("scope")?,
         },
         previous_hash: row.try_get("previous_hash")?,
         hash: row.try_get("hash")?,
     })
 }
 
-/// Appends an audit event in its own transaction.
+/// Appends an audit event in its own transaction, tried again while [`retryable`].
 pub(crate) async fn append_audit(pool: &AnyPool, audit: AuditDraft) -> Result<AuditEvent, StoreError> {
-    let mut tx = pool.begin().await?;
-    let event = audit_in(&mut tx, audit).await?;
-    tx.commit().await?;
-    Ok(event)
+    retrying("appending an audit event", || async {
+        let mut tx = pool.begin().await?;
+        let event = audit_in(&mut tx, audit.clone()).await?;
+        tx.commit().await?;
+        Ok(event)
+    })
+    .await
 }
 
 /// Audit events after `after`, at most `limit`, in order.

@@ -356,6 +356,12 @@ const MIGRATIONS: &[MigrationSql] = &[
         include_str!("../migrations/sqlite/coordinator_0004_opt_out_register.sql"),
         include_str!("../migrations/postgres/coordinator_0004_opt_out_register.sql"),
     ),
+    (
+        5,
+        "coordinator audit detail",
+        include_str!("../migrations/sqlite/coordinator_0005_audit_detail.sql"),
+        include_str!("../migrations/postgres/coordinator_0005_audit_detail.sql"),
+    ),
 ];
 
 /// The PostgreSQL channel on which a coordinator store announces each write.
@@ -438,7 +444,10 @@ impl CoordinatorStore for SqlCoordinatorStore {
     }
 
     async fn write(&self, w: Write) -> Result<(), StoreError> {
-        sql::write(&self.pool, self.backend, w).await
+        common::retrying("writing a change", || {
+            sql::write(&self.pool, self.backend, w.clone())
+        })
+        .await
     }
 
     async fn command(&self, id: &str) -> Result<Option<CommandRow>, StoreError> {
@@ -528,7 +537,10 @@ impl CoordinatorStore for SqlCoordinatorStore {
         cursor: &OptOutCursor,
         entries: Vec<(RegisterEntry, AuditDraft)>,
     ) -> Result<usize, StoreError> {
-        register::merge(&self.pool, supplier, cursor, entries).await
+        common::retrying("merging opt-outs into the register", || {
+            register::merge(&self.pool, supplier, cursor, entries.clone())
+        })
+        .await
     }
 
     async fn reset_opt_out_cursor(
@@ -537,7 +549,10 @@ impl CoordinatorStore for SqlCoordinatorStore {
         cursor: &OptOutCursor,
         audit: AuditDraft,
     ) -> Result<(), StoreError> {
-        register::reset_cursor(&self.pool, supplier, cursor, audit).await
+        common::retrying("resetting an opt-out cursor", || {
+            register::reset_cursor(&self.pool, supplier, cursor, audit.clone())
+        })
+        .await
     }
 
     async fn opt_outs_of_practices(
@@ -553,7 +568,10 @@ impl CoordinatorStore for SqlCoordinatorStore {
         entries: Vec<RegisterEntry>,
         audit: Vec<AuditDraft>,
     ) -> Result<(), StoreError> {
-        register::transfer(&self.pool, entries, audit).await
+        common::retrying("transferring opt-outs", || {
+            register::transfer(&self.pool, entries.clone(), audit.clone())
+        })
+        .await
     }
 
     async fn list_register(&self, query: &RegisterQuery) -> Result<Vec<RegisterEntry>, StoreError> {

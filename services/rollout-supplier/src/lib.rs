@@ -31,7 +31,7 @@ use rollout_net::{
     tls::{self, ReloadingServerConfig, TlsFiles},
 };
 use rollout_proto::v1::{
-    control_service_server::ControlServiceServer,
+    audit_service_server::AuditServiceServer, control_service_server::ControlServiceServer,
     practice_settings_service_server::PracticeSettingsServiceServer,
     toggle_service_server::ToggleServiceServer,
 };
@@ -229,10 +229,12 @@ pub fn access_table() -> AccessTable {
     static BACKEND: &[Role] = &[Role::Backend, Role::Coordinator];
     static ADMIN: &[Role] = &[Role::PracticeAdmin];
     static COORDINATOR: &[Role] = &[Role::Coordinator];
+    static AUDITOR: &[Role] = &[Role::Coordinator, Role::Auditor];
     AccessTable::new()
         .allow("/nhs.gprollout.v1.ToggleService/", Access::AnyOf(BACKEND))
         .allow("/nhs.gprollout.v1.PracticeSettingsService/", Access::AnyOf(ADMIN))
         .allow("/nhs.gprollout.v1.ControlService/", Access::AnyOf(COORDINATOR))
+        .allow("/nhs.gprollout.v1.AuditService/", Access::AnyOf(AUDITOR))
 }
 
 /// Reads the reference files and keeps this supplier's practices.
@@ -243,10 +245,11 @@ pub fn read_estate(practices: &Path, suppliers: &Path, supplier: &SupplierId) ->
 }
 
 /// The supplier's services, named as health reports them.
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 4] = [
     "nhs.gprollout.v1.ToggleService",
     "nhs.gprollout.v1.PracticeSettingsService",
     "nhs.gprollout.v1.ControlService",
+    "nhs.gprollout.v1.AuditService",
 ];
 
 /// Opens the store, loads the engine from it and imports the estate if configured.
@@ -268,6 +271,7 @@ async fn open(config: &Config) -> Result<(Arc<Engine>, SqlSupplierStore), Error>
             outcome: AuditOutcome::Accepted,
             reason: format!("{} and {}", practices.display(), suppliers.display()),
             request_id: String::new(),
+            ..rollout_core::audit::AuditDraft::default()
         };
         // Replicas starting together may race to import the same files: the loser reloads
         // and finds nothing left to change.
@@ -355,15 +359,21 @@ pub async fn serve(
     let policy = RolePolicy::load(&config.policy)?;
     let tls = ReloadingServerConfig::load(config.tls.clone())?;
     let (engine, store_handle) = open(&config).await?;
-    let audit_engine = engine.clone();
-    let (denials, audit) = rollout_net::audit_denials(move |draft| {
-        let audit_engine = audit_engine.clone();
-        async move { audit_engine.record_refusal(draft).await }
+    let audit_store = engine.store().clone();
+    let (refusals, audit) = rollout_net::audit_refusals(move |draft| {
+        let store = audit_store.clone();
+        async move {
+            store
+                .append_audit(draft)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
     });
     let auth = AuthLayer::new(
         Arc::new(ArcSwap::from_pointee(policy)),
         access_table(),
-        Some(denials),
+        Some(refusals.observer()),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     background(&engine, &store_handle, &stop_rx).await?;
@@ -372,6 +382,7 @@ pub async fn serve(
         engine.clone(),
         stop_rx.clone(),
         config.budgets.watches_per_identity,
+        refusals,
     );
     let admission = Admission::new(config.budgets.connection);
     let (reporter, health) = rollout_net::server::health();
@@ -399,7 +410,8 @@ pub async fn serve(
         .add_service(reflect_v1alpha)
         .add_service(ToggleServiceServer::new(handlers.clone()).with_message_limits())
         .add_service(PracticeSettingsServiceServer::new(handlers.clone()).with_message_limits())
-        .add_service(ControlServiceServer::new(handlers).with_message_limits())
+        .add_service(ControlServiceServer::new(handlers.clone()).with_message_limits())
+        .add_service(AuditServiceServer::new(handlers).with_message_limits())
         .serve_with_incoming_shutdown(tls::incoming_for(listener, tls, &admission), drain.begun());
     let servers = async {
         let (main, plaintext) = tokio::join!(main, plaintext);

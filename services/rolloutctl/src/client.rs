@@ -187,9 +187,25 @@ macro_rules! paged {
 paged!(
     pb::ListFeaturesResponse => features,
     pb::ListCommandsResponse => commands,
-    pb::ListSuppliersResponse => suppliers,
     pb::ListAuditEventsResponse => events,
 );
+
+/// The coordinator's refusal counters come with every page: the latest stay.
+impl Paged for pb::ListSuppliersResponse {
+    fn next_page_token(&self) -> &str {
+        &self.next_page_token
+    }
+    fn len(&self) -> usize {
+        self.suppliers.len()
+    }
+    fn join(&mut self, next: Self) {
+        self.suppliers.extend(next.suppliers);
+        self.next_page_token = next.next_page_token;
+        if next.coordinator_refusal_audit.is_some() {
+            self.coordinator_refusal_audit = next.coordinator_refusal_audit;
+        }
+    }
+}
 
 /// The register's counts cover every page (the server sends them with each): the first page's
 /// stay.

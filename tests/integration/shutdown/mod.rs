@@ -265,7 +265,8 @@ pub fn count_before(line: &str, what: &str) -> usize {
         .unwrap_or_else(|| panic!("no count before {what:?} in {line:?}"))
 }
 
-/// The refused audit events of `identity` calling `method` among `events`.
+/// The refused calls of `identity` to `method` that `events` record (one event each, or
+/// counted in a summary).
 pub fn refusals_of(events: &[rollout_core::audit::AuditEvent], identity: &str, method: &str) -> usize {
     events
         .iter()
@@ -274,7 +275,8 @@ pub fn refusals_of(events: &[rollout_core::audit::AuditEvent], identity: &str, m
                 && e.draft.identity == identity
                 && e.draft.action == method
         })
-        .count()
+        .map(|e| usize::try_from(e.draft.calls).unwrap_or(usize::MAX))
+        .sum()
 }
 
 /// The resume version a WatchPracticeFeatures stream's end names.

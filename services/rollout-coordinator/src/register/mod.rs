@@ -210,6 +210,7 @@ fn audit(action: &str, target: String, reason: String) -> AuditDraft {
         outcome: rollout_core::audit::AuditOutcome::Accepted,
         reason: reason.chars().take(1_000).collect(),
         request_id: String::new(),
+        ..rollout_core::audit::AuditDraft::default()
     }
 }
 

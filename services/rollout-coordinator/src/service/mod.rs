@@ -11,7 +11,7 @@ use rollout_core::{
     Action, Scope, SupplierId,
     audit::{AuditDraft, AuditOutcome},
 };
-use rollout_net::{ApiError, Caller, IdentityBudget, MessageLimits, RolePolicy, wire};
+use rollout_net::{ApiError, Caller, IdentityBudget, MessageLimits, PeerInfo, Refusals, RolePolicy, wire};
 use rollout_proto::v1::{
     self as pb, coordinator_service_server::CoordinatorService, toggle_service_client::ToggleServiceClient,
 };
@@ -55,18 +55,21 @@ pub struct Handlers {
     verifies: Arc<IdentityBudget>,
     /// The role policy, for the person behind a command's requester (four eyes).
     policy: Arc<ArcSwap<RolePolicy>>,
+    /// Where refused calls are recorded (summarised in a flood).
+    refusals: Refusals,
 }
 
 impl Handlers {
     /// Handlers over `core`, reaching suppliers through `channels`, within `budgets`;
     /// WatchCommand streams end when `shutdown` turns true; `policy` names the person behind
-    /// an identity.
+    /// an identity; refusals are recorded through `refusals`.
     pub fn new(
         core: Arc<Core>,
         channels: BTreeMap<SupplierId, Channel>,
         shutdown: watch::Receiver<bool>,
         budgets: &crate::Budgets,
         policy: Arc<ArcSwap<RolePolicy>>,
+        refusals: Refusals,
     ) -> Self {
         Handlers {
             views: CommandViews::new(core.clone()),
@@ -86,6 +89,7 @@ impl Handlers {
                 budgets.verifies_per_identity,
             )),
             policy,
+            refusals,
         }
     }
 
@@ -95,7 +99,7 @@ impl Handlers {
         draft: AuditDraft,
         call: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<Response<T>, Status> {
-        rollout_net::audited(draft, call, |refused| self.core.record_refusal(refused)).await
+        rollout_net::audited(draft, call, |refused| self.refusals.refused(refused)).await
     }
 
     /// A halt, resume or go-live: validates (the action last, after the feature name),
@@ -173,6 +177,8 @@ fn draft<T>(req: &Request<T>, method: &str, target: &str, request_id: &str, reas
         outcome: AuditOutcome::Accepted,
         reason: rollout_core::audit::printable(reason, 1_000),
         request_id: rollout_core::audit::printable(request_id, 64),
+        peer: rollout_net::refusals::peer_ip(req.extensions().get::<PeerInfo>()),
+        ..AuditDraft::default()
     }
 }
 

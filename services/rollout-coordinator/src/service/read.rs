@@ -1,8 +1,8 @@
 //! The CoordinatorService reads: features, commands (from the store, with the model's
 //! unsettled deliveries), suppliers and the audit log. WatchCommand is in `views.rs`.
 
-use rollout_net::{ApiError, Page, wire};
-use rollout_proto::v1 as pb;
+use rollout_net::{ApiError, MessageLimits, Page, wire};
+use rollout_proto::v1::{self as pb, audit_service_client::AuditServiceClient};
 use tonic::{Request, Response, Status};
 
 use super::Handlers;
@@ -120,6 +120,7 @@ pub(super) async fn list_suppliers(
     Ok(Response::new(pb::ListSuppliersResponse {
         suppliers,
         next_page_token,
+        coordinator_refusal_audit: Some(h.refusals.status()),
     }))
 }
 
@@ -144,25 +145,52 @@ pub(super) async fn list_audit_events(
     req: Request<pb::ListAuditEventsRequest>,
 ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
     let r = req.get_ref();
-    let size = wire::page_size("page_size", r.page_size, 100, 1_000)?;
-    let after = match wire::page_token_after("page_token", &r.page_token, "audit")? {
-        Some(t) => t
-            .parse::<u64>()
-            .map_err(|_| ApiError::invalid_field("page_token", "is not a page token this server gave"))?,
-        None => u64::try_from(r.after_sequence)
-            .map_err(|_| ApiError::invalid_field("after_sequence", "must not be negative"))?,
-    };
+    let (after, size) = wire::audit_page_start(r)?;
+    if !r.supplier.is_empty() {
+        let supplier = wire::supplier_name("supplier", &r.supplier)?;
+        return Ok(Response::new(supplier_audit(h, &supplier, r).await?));
+    }
     let events = h
         .core
         .store()
         .list_audit(after, u32::try_from(size + 1).unwrap_or(u32::MAX))
         .await
         .map_err(|e| ApiError::internal("reading the audit log", e))?;
-    let (events, next_page_token) = Page::new(size)
-        .fill(events.iter().map(wire::audit_pb))
-        .finish(|e| wire::page_token("audit", &e.sequence.to_string()));
-    Ok(Response::new(pb::ListAuditEventsResponse {
-        events,
-        next_page_token,
-    }))
+    Ok(Response::new(wire::audit_page(&events, size)))
+}
+
+/// A page of a supplier's audit log, read from the supplier as it wrote it.
+async fn supplier_audit(
+    h: &Handlers,
+    supplier: &rollout_core::SupplierId,
+    r: &pb::ListAuditEventsRequest,
+) -> Result<pb::ListAuditEventsResponse, ApiError> {
+    let channel = h
+        .channels
+        .get(supplier)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("SUPPLIER_NOT_FOUND", format!("suppliers/{supplier}")))?;
+    let mut client = AuditServiceClient::new(channel).with_message_limits();
+    let mut call = Request::new(pb::ListAuditEventsRequest {
+        supplier: String::new(),
+        ..r.clone()
+    });
+    call.set_timeout(std::time::Duration::from_secs(10));
+    match client.list_audit_events(call).await {
+        Ok(page) => Ok(page.into_inner()),
+        Err(s) if s.code() == tonic::Code::Unimplemented => Err(ApiError::failed_precondition(
+            "SUPPLIER_AUDIT_UNAVAILABLE",
+            format!("suppliers/{supplier} runs a version that does not offer its audit log (AuditService)"),
+        )
+        .with_metadata("supplier", supplier.to_string())),
+        Err(s) => Err(ApiError::unavailable(
+            "SUPPLIER_UNAVAILABLE",
+            format!(
+                "suppliers/{supplier} did not answer: {:?} {}",
+                s.code(),
+                s.message()
+            ),
+        )
+        .with_metadata("supplier", supplier.to_string())),
+    }
 }

@@ -134,6 +134,10 @@ pub fn audit_pb(e: &rollout_core::audit::AuditEvent) -> pb::AuditEvent {
         request_id: e.draft.request_id.clone(),
         previous_hash: e.previous_hash.clone(),
         hash: e.hash.clone(),
+        call_count: i64::try_from(e.draft.calls).unwrap_or(i64::MAX),
+        peer: e.draft.peer.clone(),
+        command: e.draft.command.clone(),
+        scope: e.draft.scope.clone(),
     }
 }
 
@@ -157,8 +161,40 @@ pub fn audit_from_pb(e: &pb::AuditEvent) -> rollout_core::audit::AuditEvent {
             },
             reason: e.reason.clone(),
             request_id: e.request_id.clone(),
+            peer: e.peer.clone(),
+            // 0 is an answer from a server older than the field: one call.
+            calls: u64::try_from(e.call_count).ok().filter(|n| *n > 0).unwrap_or(1),
+            command: e.command.clone(),
+            scope: e.scope.clone(),
         },
         previous_hash: e.previous_hash.clone(),
         hash: e.hash.clone(),
+    }
+}
+
+/// Where a ListAuditEvents page starts: after the sequence its `page_token` names, or after
+/// `after_sequence`; and its size (default 100, at most 1,000).
+pub fn audit_page_start(r: &pb::ListAuditEventsRequest) -> Result<(u64, usize), ApiError> {
+    let size = page_size("page_size", r.page_size, 100, 1_000)?;
+    let after = match page_token_after("page_token", &r.page_token, "audit")? {
+        Some(t) => t
+            .parse::<u64>()
+            .map_err(|_| ApiError::invalid_field("page_token", "is not a page token this server gave"))?,
+        None => u64::try_from(r.after_sequence)
+            .map_err(|_| ApiError::invalid_field("after_sequence", "must not be negative"))?,
+    };
+    Ok((after, size))
+}
+
+/// A ListAuditEvents page of `size` from `events`, the events after its start as the store
+/// gave them (asked for one more than `size`, so that a next page token is set exactly when
+/// more events exist).
+pub fn audit_page(events: &[rollout_core::audit::AuditEvent], size: usize) -> pb::ListAuditEventsResponse {
+    let (events, next_page_token) = crate::Page::new(size)
+        .fill(events.iter().map(audit_pb))
+        .finish(|e| page_token("audit", &e.sequence.to_string()));
+    pb::ListAuditEventsResponse {
+        events,
+        next_page_token,
     }
 }

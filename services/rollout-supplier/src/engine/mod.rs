@@ -24,7 +24,7 @@ use arc_swap::ArcSwap;
 use prost::Message;
 use rollout_core::{
     ApplyError, Command, Context, FailMode, HistoryHash, RuleBook, RuleKind, SupplierId,
-    audit::{AuditDraft, from_micros, micros},
+    audit::{from_micros, micros},
 };
 use rollout_net::{ApiError, wire};
 use rollout_proto::v1 as pb;
@@ -483,14 +483,6 @@ impl Engine {
             .with_violation("request_id", "already used for a different request")
             .with_metadata("request_id", request_id)),
             None => Ok(None),
-        }
-    }
-
-    /// Appends the audit event of a refused call (already marked refused), logging rather than
-    /// failing if the store cannot take it: the caller is answered either way.
-    pub async fn record_refusal(&self, audit: AuditDraft) {
-        if let Err(e) = self.store.append_audit(audit).await {
-            tracing::error!(error = %e, "could not record a refused call in the audit log");
         }
     }
 

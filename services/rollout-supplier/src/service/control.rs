@@ -77,6 +77,7 @@ impl Handlers {
             store_id: self.engine.store_id.clone(),
             opt_out_change: version_i64(s.opt_out_change),
             held_practices: s.held.iter().map(ToString::to_string).collect(),
+            refusal_audit: Some(self.refusals.status()),
         }
     }
 }
@@ -168,7 +169,8 @@ impl ControlService for Handlers {
             let audit = AuditDraft {
                 reason: format!("{} {}: {}", cmd.action.name(), cmd.feature, cmd.reason),
                 ..audit.clone()
-            };
+            }
+            .naming(&cmd);
             let applied = self
                 .engine
                 .apply(pbc.encode_to_vec(), cmd, previous, audit)

@@ -3,6 +3,7 @@
 //! (ControlService, with the national opt-out register's two methods in [`register`]). They
 //! validate with `rollout_net::wire`, call the [`Engine`], and answer with `ApiError`s.
 
+mod audit;
 mod control;
 mod register;
 mod settings;
@@ -17,7 +18,8 @@ use rollout_core::{
     audit::{AuditDraft, AuditOutcome},
 };
 use rollout_net::{
-    ApiError, Caller, IdentityBudget, IdentitySlot, MAX_MESSAGE_BYTES, Page, limits::element_len, wire,
+    ApiError, Caller, IdentityBudget, IdentitySlot, MAX_MESSAGE_BYTES, Page, PeerInfo, Refusals, limits::element_len,
+    wire,
 };
 use rollout_proto::v1::{
     self as pb, control_service_server::ControlService,
@@ -43,12 +45,20 @@ pub struct Handlers {
     shutdown: watch::Receiver<bool>,
     /// WatchPracticeFeatures streams per identity.
     watches: Arc<IdentityBudget>,
+    /// Where refused calls are recorded (summarised in a flood).
+    refusals: Refusals,
 }
 
 impl Handlers {
     /// Handlers over `engine`, each identity holding at most `watches_per_identity`
-    /// WatchPracticeFeatures streams; watch streams end when `shutdown` turns true.
-    pub fn new(engine: Arc<Engine>, shutdown: watch::Receiver<bool>, watches_per_identity: usize) -> Self {
+    /// WatchPracticeFeatures streams, recording refusals through `refusals`; watch streams end
+    /// when `shutdown` turns true.
+    pub fn new(
+        engine: Arc<Engine>,
+        shutdown: watch::Receiver<bool>,
+        watches_per_identity: usize,
+        refusals: Refusals,
+    ) -> Self {
         Handlers {
             engine,
             shutdown,
@@ -58,6 +68,7 @@ impl Handlers {
                 "--max-watches-per-identity",
                 watches_per_identity,
             )),
+            refusals,
         }
     }
 
@@ -67,7 +78,7 @@ impl Handlers {
         draft: AuditDraft,
         call: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<Response<T>, Status> {
-        rollout_net::audited(draft, call, |refused| self.engine.record_refusal(refused)).await
+        rollout_net::audited(draft, call, |refused| self.refusals.refused(refused)).await
     }
 }
 
@@ -82,6 +93,8 @@ fn draft<T>(req: &Request<T>, method: &str, target: &str, request_id: &str) -> A
         outcome: AuditOutcome::Accepted,
         reason: String::new(),
         request_id: rollout_core::audit::printable(request_id, 64),
+        peer: rollout_net::refusals::peer_ip(req.extensions().get::<PeerInfo>()),
+        ..AuditDraft::default()
     }
 }
 

@@ -82,12 +82,55 @@ impl View for pb::ListSuppliersResponse {
         for feature in features {
             counts_table(self, feature, w)?;
         }
-        Ok(())
+        refusals_table(self, w)
     }
 
     fn names(&self) -> Vec<String> {
         self.suppliers.iter().map(|s| s.name.clone()).collect()
     }
+}
+
+/// How each server's refused calls reached its audit log, when any server refused one: how
+/// many one by one, how many in summaries (a flood), how many not written yet.
+fn refusals_table(r: &pb::ListSuppliersResponse, w: &mut dyn Write) -> io::Result<()> {
+    let rows: Vec<(&str, &pb::RefusalAudit)> = r
+        .coordinator_refusal_audit
+        .as_ref()
+        .map(|a| ("coordinator", a))
+        .into_iter()
+        .chain(
+            r.suppliers
+                .iter()
+                .filter_map(|s| s.refusal_audit.as_ref().map(|a| (short(&s.name), a))),
+        )
+        .collect();
+    if rows.iter().all(|(_, a)| a.refused_calls == 0) {
+        return Ok(());
+    }
+    writeln!(w)?;
+    writeln!(
+        w,
+        "{:<11} {:>9} {:>10} {:>10} {:>9} {:>11}  LAST WRITE ERROR",
+        "REFUSALS", "REFUSED", "ONE BY ONE", "SUMMARISED", "SUMMARIES", "NOT WRITTEN"
+    )?;
+    for (who, a) in rows {
+        writeln!(
+            w,
+            "{:<11} {:>9} {:>10} {:>10} {:>9} {:>11}  {}",
+            who,
+            a.refused_calls,
+            a.recorded_calls,
+            a.summarised_calls,
+            a.summary_events,
+            a.pending_calls,
+            a.last_error
+        )?;
+    }
+    writeln!(
+        w,
+        "(since each process started; refusals beyond a caller's first few in a window are \
+         counted in one summary event; NOT WRITTEN waits for the window's end or the store)"
+    )
 }
 
 /// What the status says beside a supplier: divergence, conflicts or the last error, a freeze,
@@ -231,9 +274,21 @@ impl View for pb::PracticeFeature {
 impl View for pb::ListAuditEventsResponse {
     fn table(&self, w: &mut dyn Write) -> io::Result<()> {
         for e in &self.events {
+            // A summary of refused calls says how many; an accepted command names itself and
+            // what it covers.
+            let calls = if e.call_count > 1 {
+                format!(" ({} calls)", e.call_count)
+            } else {
+                String::new()
+            };
+            let command = if e.command.is_empty() {
+                String::new()
+            } else {
+                format!(" {} [{}]", e.command, e.scope)
+            };
             writeln!(
                 w,
-                "{:>6} {} {:<8} {} {} {} {}",
+                "{:>6} {} {:<8}{calls} {} {} {}{command} {}",
                 e.sequence,
                 when(&e.event_time),
                 e.outcome().as_str_name().trim_start_matches("OUTCOME_"),
