@@ -192,7 +192,7 @@ async fn a_refusal_flood_at_a_coordinator_on_postgres_never_fails_a_halt() {
     );
     eprintln!(
         "coordinator flood: {WORK} halts in {took:.1?} while {FLOODERS} viewers made {refused} refused \
-         calls, recorded in {viewer_events} events ({} summaries); chain of {} events verified",
+         calls, recorded in {viewer_events} events (summaries: {}); chain of {} events verified",
         events.iter().filter(|e| e.draft.is_summary()).count(),
         events.len()
     );

@@ -18,8 +18,8 @@ use rollout_core::{
     audit::{AuditDraft, AuditOutcome},
 };
 use rollout_net::{
-    ApiError, Caller, IdentityBudget, IdentitySlot, MAX_MESSAGE_BYTES, Page, PeerInfo, Refusals, limits::element_len,
-    wire,
+    ApiError, Caller, IdentityBudget, IdentitySlot, MAX_MESSAGE_BYTES, Page, PeerInfo, Refusals,
+    limits::element_len, wire,
 };
 use rollout_proto::v1::{
     self as pb, control_service_server::ControlService,
