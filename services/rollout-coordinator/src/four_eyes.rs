@@ -3,8 +3,8 @@
 //! behind each identity (`person`), so that two certificates of one person (a laptop and a
 //! smartcard identity) cannot request and approve each other's command. A command records the
 //! person behind its requester and each approval the person behind its approver, as the policy
-//! named them then; the policy in force now is asked too, so that a person named only later
-//! still counts.
+//! named them then; the policy this process loaded at start is asked too, so that a person
+//! named only later (and the coordinator restarted) still counts.
 
 use rollout_net::ApiError;
 use rollout_proto::v1 as pb;
