@@ -110,34 +110,8 @@ impl CoordinatorProcess {
     pub fn start(stack: &crate::stack::Stack, database_url: &str) -> CoordinatorProcess {
         use tokio::io::AsyncBufReadExt;
         let (policy, suppliers) = stack.coordinator_files();
-        let (practices, map) = crate::support::reference_files();
-        let pki = &stack.pki;
-        let mut child = tokio::process::Command::new(crate::support::binary("rollout-coordinator"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--health-listen",
-                "off",
-                "--heartbeat",
-                "200ms",
-                "--stale-after",
-                "5s",
-            ])
-            .arg("--tls-ca")
-            .arg(pki.join("ca.pem"))
-            .arg("--tls-cert")
-            .arg(pki.join("coordinator.pem"))
-            .arg("--tls-key")
-            .arg(pki.join("coordinator-key.pem"))
-            .arg("--policy")
-            .arg(policy)
-            .arg("--suppliers")
-            .arg(suppliers)
-            .args(["--database-url", database_url])
-            .arg("--practice-file")
-            .arg(practices)
-            .arg("--supplier-map")
-            .arg(map)
+        let mut child = crate::support::coordinator_command(&stack.pki, &policy, &suppliers, database_url)
+            .args(["--health-listen", "off"])
             .env("ROLLOUT_LOG_FORMAT", "plain")
             .env("ROLLOUT_LOG", "info")
             .stderr(std::process::Stdio::piped())

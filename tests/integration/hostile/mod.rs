@@ -16,7 +16,7 @@ use stub::{Behaviour, StubSupplier};
 use crate::{
     shutdown::Process,
     stack::{Stack, delivered, feature_live, halt, national, suppliers_until},
-    support::{FEATURE, feature_name, practice_feature, reference_files},
+    support::{FEATURE, coordinator_command, feature_name, practice_feature},
 };
 
 /// The suppliers that stay real.
@@ -34,28 +34,9 @@ async fn with_stub(behaviour: Behaviour, noisy: bool) -> (Stack, StubSupplier) {
 /// A real `rollout-coordinator` process for `stack`, which then talks to it.
 async fn coordinator_process(stack: &mut Stack) -> Process {
     let (policy, suppliers) = stack.coordinator_files();
-    let (practices, map) = reference_files();
-    let pki = &stack.pki;
-    let mut command = tokio::process::Command::new(crate::support::binary("rollout-coordinator"));
-    command
-        .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
-        .args(["--heartbeat", "200ms", "--stale-after", "5s"])
-        .arg("--tls-ca")
-        .arg(pki.join("ca.pem"))
-        .arg("--tls-cert")
-        .arg(pki.join("coordinator.pem"))
-        .arg("--tls-key")
-        .arg(pki.join("coordinator-key.pem"))
-        .arg("--policy")
-        .arg(policy)
-        .arg("--suppliers")
-        .arg(suppliers)
-        .arg("--database-url")
-        .arg(format!("sqlite://{}", stack.coordinator_db.display()))
-        .arg("--practice-file")
-        .arg(practices)
-        .arg("--supplier-map")
-        .arg(map);
+    let database_url = format!("sqlite://{}", stack.coordinator_db.display());
+    let mut command = coordinator_command(&stack.pki, &policy, &suppliers, &database_url);
+    command.args(["--health-listen", "127.0.0.1:0"]);
     let mut process = Process::spawn(command);
     stack.coordinator_addr = process.addrs("coordinator listening").await.0;
     process

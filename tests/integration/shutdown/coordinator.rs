@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     stack::national,
-    support::{FEATURE, channel_as, feature_name, reference_files},
+    support::{FEATURE, channel_as, coordinator_command, feature_name},
 };
 
 /// A stream a test holds open at the coordinator.
@@ -65,34 +65,9 @@ async fn coordinator(
         ),
     )
     .expect("write suppliers");
-    let (practices, map) = reference_files();
-    let mut command = tokio::process::Command::new(crate::support::binary("rollout-coordinator"));
-    command
-        .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
-        .args([
-            "--heartbeat",
-            "200ms",
-            "--stale-after",
-            "5s",
-            "--shutdown-grace",
-            "2s",
-        ])
-        .arg("--tls-ca")
-        .arg(pki.join("ca.pem"))
-        .arg("--tls-cert")
-        .arg(pki.join("coordinator.pem"))
-        .arg("--tls-key")
-        .arg(pki.join("coordinator-key.pem"))
-        .arg("--policy")
-        .arg(policy)
-        .arg("--suppliers")
-        .arg(suppliers)
-        .arg("--database-url")
-        .arg(format!("sqlite://{}", dir.join("coordinator.db").display()))
-        .arg("--practice-file")
-        .arg(practices)
-        .arg("--supplier-map")
-        .arg(map);
+    let database_url = format!("sqlite://{}", dir.join("coordinator.db").display());
+    let mut command = coordinator_command(pki, &policy, &suppliers, &database_url);
+    command.args(["--health-listen", "127.0.0.1:0", "--shutdown-grace", "2s"]);
     let mut process = Process::spawn(command);
     let (addr, health) = process.addrs("coordinator listening").await;
     (process, addr, health)

@@ -58,6 +58,45 @@ pub fn channel_as(pki: &Path, name: &str, addr: SocketAddr) -> Channel {
     tls::channel(&format!("localhost:{}", addr.port()), config).expect("channel")
 }
 
+/// A `rollout-coordinator` command line every process test shares: mutual TLS from `pki`,
+/// `policy` and `suppliers` files, the store at `database_url`, the synthetic estate, a 200 ms
+/// heartbeat, listening on a free loopback port. Callers add `--health-listen` and anything
+/// else their test needs.
+pub fn coordinator_command(
+    pki: &Path,
+    policy: &Path,
+    suppliers: &Path,
+    database_url: &str,
+) -> tokio::process::Command {
+    let (practices, map) = reference_files();
+    let mut command = tokio::process::Command::new(binary("rollout-coordinator"));
+    command
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--heartbeat",
+            "200ms",
+            "--stale-after",
+            "5s",
+        ])
+        .arg("--tls-ca")
+        .arg(pki.join("ca.pem"))
+        .arg("--tls-cert")
+        .arg(pki.join("coordinator.pem"))
+        .arg("--tls-key")
+        .arg(pki.join("coordinator-key.pem"))
+        .arg("--policy")
+        .arg(policy)
+        .arg("--suppliers")
+        .arg(suppliers)
+        .args(["--database-url", database_url])
+        .arg("--practice-file")
+        .arg(practices)
+        .arg("--supplier-map")
+        .arg(map);
+    command
+}
+
 /// The repository's synthetic reference files.
 pub fn reference_files() -> (PathBuf, PathBuf) {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
