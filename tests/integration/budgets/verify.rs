@@ -1,81 +1,25 @@
 //! VerifyCommand in flight per identity: a coordinator whose one supplier holds every
 //! ListPracticeFeatures until the test releases it, so verifications stay in flight.
 
-use std::{pin::Pin, time::Duration};
+use std::time::Duration;
 
-use rollout_proto::v1::{
-    self as pb,
-    coordinator_service_client::CoordinatorServiceClient,
-    toggle_service_server::{ToggleService, ToggleServiceServer},
-};
+use rollout_proto::v1::{self as pb, coordinator_service_client::CoordinatorServiceClient};
 use tokio::sync::{mpsc, watch};
-use tonic::{Code, Request, Response, Status, transport::Channel};
+use tonic::{Code, Response, Status, transport::Channel};
 
 use super::metadata;
 use crate::{
     stack::national,
-    support::{Running, assert_refused, channel_as, feature_name, reference_files},
+    support::{Running, assert_refused, channel_as, feature_name, held::HeldToggle, reference_files},
 };
 
-/// A supplier's ToggleService whose ListPracticeFeatures says it was called, then answers an
-/// empty page once released.
-struct Held {
-    called: mpsc::Sender<()>,
-    release: watch::Receiver<bool>,
-}
-
-#[tonic::async_trait]
-impl ToggleService for Held {
-    async fn get_practice_feature(
-        &self,
-        _: Request<pb::GetPracticeFeatureRequest>,
-    ) -> Result<Response<pb::PracticeFeature>, Status> {
-        Err(Status::unimplemented("test service"))
-    }
-
-    async fn batch_get_practice_features(
-        &self,
-        _: Request<pb::BatchGetPracticeFeaturesRequest>,
-    ) -> Result<Response<pb::BatchGetPracticeFeaturesResponse>, Status> {
-        Err(Status::unimplemented("test service"))
-    }
-
-    async fn list_practice_features(
-        &self,
-        _: Request<pb::ListPracticeFeaturesRequest>,
-    ) -> Result<Response<pb::ListPracticeFeaturesResponse>, Status> {
-        let _ = self.called.send(()).await;
-        let _ = self.release.clone().wait_for(|r| *r).await;
-        Ok(Response::new(pb::ListPracticeFeaturesResponse::default()))
-    }
-
-    type WatchPracticeFeaturesStream =
-        Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchPracticeFeaturesResponse, Status>> + Send>>;
-
-    async fn watch_practice_features(
-        &self,
-        _: Request<pb::WatchPracticeFeaturesRequest>,
-    ) -> Result<Response<Self::WatchPracticeFeaturesStream>, Status> {
-        Err(Status::unimplemented("test service"))
-    }
-}
-
-/// A coordinator delivering to one supplier, emis, served by `Held`.
+/// A coordinator delivering to one supplier, emis, served by `held`.
 async fn coordinator_with_held_emis(
     dir: &std::path::Path,
     pki: &std::path::Path,
-    held: Held,
+    held: HeldToggle,
 ) -> Running<rollout_coordinator::Error> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let emis = listener.local_addr().expect("addr");
-    let tls =
-        rollout_net::ReloadingServerConfig::load(rollout_net::TlsFiles::from_pki_dir(pki, "supplier-emis"))
-            .expect("tls");
-    tokio::spawn(
-        rollout_net::server::builder()
-            .add_service(ToggleServiceServer::new(held))
-            .serve_with_incoming(rollout_net::tls::incoming(listener, tls)),
-    );
+    let emis = held.serve_as_emis(pki).await;
     let policy = dir.join("coordinator-policy.toml");
     std::fs::write(
         &policy,
@@ -162,10 +106,7 @@ async fn verify_command_in_flight_is_held_per_identity() {
     rolloutctl::pki::init(&pki, false).expect("pki");
     let (called_tx, mut called) = mpsc::channel(16);
     let (release, released) = watch::channel(false);
-    let held = Held {
-        called: called_tx,
-        release: released,
-    };
+    let held = HeldToggle::new(called_tx, released);
     let coordinator = coordinator_with_held_emis(tmp.path(), &pki, held).await;
     let mut alice = CoordinatorServiceClient::new(channel_as(&pki, "alice", coordinator.addr));
     let mut viewer = CoordinatorServiceClient::new(channel_as(&pki, "viewer", coordinator.addr));

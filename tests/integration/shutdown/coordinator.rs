@@ -1,16 +1,12 @@
 //! A `rollout-coordinator` process told to stop while streams are open (each kind alone, then
 //! every kind at once), and one whose grace period runs out on a call that cannot finish.
 
-use std::{path::Path, pin::Pin, time::Duration};
+use std::{path::Path, time::Duration};
 
-use rollout_proto::v1::{
-    self as pb,
-    coordinator_service_client::CoordinatorServiceClient,
-    toggle_service_server::{ToggleService, ToggleServiceServer},
-};
+use rollout_proto::v1::{self as pb, coordinator_service_client::CoordinatorServiceClient};
 use rollout_store::coordinator::{CoordinatorStore, SqlCoordinatorStore};
-use tokio::{net::TcpListener, sync::mpsc};
-use tonic::{Request, Response, Status, transport::Channel};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 use super::{
@@ -19,7 +15,7 @@ use super::{
 };
 use crate::{
     stack::national,
-    support::{FEATURE, channel_as, coordinator_command, feature_name},
+    support::{FEATURE, channel_as, coordinator_command, feature_name, held::HeldToggle},
 };
 
 /// A stream a test holds open at the coordinator.
@@ -242,62 +238,17 @@ async fn a_coordinator_interrupted_with_every_kind_of_stream_open_exits_within_i
     stop_holding(&EVERY_KIND, "INT").await;
 }
 
-/// A supplier whose ListPracticeFeatures never answers (and says when it is called): a
-/// VerifyCommand at the coordinator then waits past any grace period.
-struct Stuck(mpsc::Sender<()>);
-
-#[tonic::async_trait]
-impl ToggleService for Stuck {
-    async fn get_practice_feature(
-        &self,
-        _: Request<pb::GetPracticeFeatureRequest>,
-    ) -> Result<Response<pb::PracticeFeature>, Status> {
-        Err(Status::unimplemented("test service"))
-    }
-
-    async fn batch_get_practice_features(
-        &self,
-        _: Request<pb::BatchGetPracticeFeaturesRequest>,
-    ) -> Result<Response<pb::BatchGetPracticeFeaturesResponse>, Status> {
-        Err(Status::unimplemented("test service"))
-    }
-
-    async fn list_practice_features(
-        &self,
-        _: Request<pb::ListPracticeFeaturesRequest>,
-    ) -> Result<Response<pb::ListPracticeFeaturesResponse>, Status> {
-        let _ = self.0.send(()).await;
-        std::future::pending().await
-    }
-
-    type WatchPracticeFeaturesStream =
-        Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchPracticeFeaturesResponse, Status>> + Send>>;
-
-    async fn watch_practice_features(
-        &self,
-        _: Request<pb::WatchPracticeFeaturesRequest>,
-    ) -> Result<Response<Self::WatchPracticeFeaturesStream>, Status> {
-        Err(Status::unimplemented("test service"))
-    }
-}
-
 #[tokio::test]
 async fn a_coordinator_whose_grace_period_runs_out_on_a_call_still_exits_and_flushes_its_audit() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let pki = tmp.path().join("pki");
     rolloutctl::pki::init(&pki, false).expect("pki");
-    // emis: mutual TLS as the real supplier identity, ToggleService only, never answering a list.
+    // emis: mutual TLS as the real supplier identity, ToggleService only, never answering a
+    // list (its release is kept and never sent).
     let (called_tx, mut called) = mpsc::channel(1);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let emis = format!("localhost:{}", listener.local_addr().expect("addr").port());
-    let tls =
-        rollout_net::ReloadingServerConfig::load(rollout_net::TlsFiles::from_pki_dir(&pki, "supplier-emis"))
-            .expect("tls");
-    tokio::spawn(
-        rollout_net::server::builder()
-            .add_service(ToggleServiceServer::new(Stuck(called_tx)))
-            .serve_with_incoming(rollout_net::tls::incoming(listener, tls)),
-    );
+    let (_never, held) = watch::channel(false);
+    let emis = HeldToggle::new(called_tx, held).serve_as_emis(&pki).await;
+    let emis = format!("localhost:{}", emis.port());
     let (mut process, addr, _) = coordinator(tmp.path(), &pki, &emis).await;
     let mut alice = CoordinatorServiceClient::new(channel_as(&pki, "alice", addr));
     let viewer = CoordinatorServiceClient::new(channel_as(&pki, "viewer", addr));

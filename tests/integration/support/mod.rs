@@ -3,6 +3,7 @@
 //! `grpcurl` runs the real grpcurl.
 
 pub mod grpcurl;
+pub mod held;
 pub mod supplier;
 
 use std::{
