@@ -310,7 +310,10 @@ async fn a_long_history_keeps_answers_small_and_a_wiped_supplier_converges() {
     );
 
     let verify = viewer
-        .verify_command(pb::VerifyCommandRequest { name: in_force })
+        .verify_command(pb::VerifyCommandRequest {
+            name: in_force,
+            ..Default::default()
+        })
         .await
         .expect("verify a 10,000-practice halt on a long history")
         .into_inner();

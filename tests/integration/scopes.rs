@@ -91,7 +91,10 @@ async fn halt(
 async fn verify(stack: &Stack, name: &str) -> pb::VerifyCommandResponse {
     stack
         .client("viewer")
-        .verify_command(pb::VerifyCommandRequest { name: name.into() })
+        .verify_command(pb::VerifyCommandRequest {
+            name: name.into(),
+            ..Default::default()
+        })
         .await
         .expect("verify")
         .into_inner()

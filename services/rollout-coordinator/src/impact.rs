@@ -38,9 +38,11 @@ pub fn impact(estate: &Estate, scopes: &[&Scope]) -> pb::Impact {
             .map(|(s, n)| pb::impact::SupplierImpact {
                 supplier: format!("suppliers/{s}"),
                 practices: n,
+                not_delivered: false,
             })
             .collect(),
         unknown_practices: unknown,
+        not_delivered_practices: 0,
     }
 }
 

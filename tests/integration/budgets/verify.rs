@@ -89,7 +89,10 @@ async fn in_flight(
     called: &mut mpsc::Receiver<()>,
 ) -> Verifying {
     let mut client = client.clone();
-    let request = pb::VerifyCommandRequest { name: name.into() };
+    let request = pb::VerifyCommandRequest {
+        name: name.into(),
+        ..Default::default()
+    };
     let task = tokio::spawn(async move { client.verify_command(request).await });
     tokio::time::timeout(Duration::from_secs(30), called.recv())
         .await
@@ -119,7 +122,10 @@ async fn verify_command_in_flight_is_held_per_identity() {
     }
     let refused = tokio::time::timeout(
         Duration::from_secs(30),
-        viewer.verify_command(pb::VerifyCommandRequest { name: halt.clone() }),
+        viewer.verify_command(pb::VerifyCommandRequest {
+            name: halt.clone(),
+            ..Default::default()
+        }),
     )
     .await
     .expect("refused at once, not queued")
@@ -143,7 +149,10 @@ async fn verify_command_in_flight_is_held_per_identity() {
     // Every slot came back with its answer.
     for _ in 0..=limit {
         viewer
-            .verify_command(pb::VerifyCommandRequest { name: halt.clone() })
+            .verify_command(pb::VerifyCommandRequest {
+                name: halt.clone(),
+                ..Default::default()
+            })
             .await
             .expect("a verification after the others finished");
     }

@@ -562,6 +562,7 @@ async fn bad_input_to_the_coordinator_is_refused_and_changes_nothing() {
             viewer
                 .verify_command(pb::VerifyCommandRequest {
                     name: go_live.clone(),
+                    ..Default::default()
                 })
                 .await
                 .expect_err("x"),

@@ -78,7 +78,10 @@ async fn a_national_halt_is_applied_by_every_supplier_and_verified() {
     }
     let verified = stack
         .client("viewer")
-        .verify_command(pb::VerifyCommandRequest { name: h.name.clone() })
+        .verify_command(pb::VerifyCommandRequest {
+            name: h.name.clone(),
+            ..Default::default()
+        })
         .await
         .expect("verify")
         .into_inner();

@@ -217,9 +217,10 @@ async fn a_supplier_answering_nonsense_is_shown_faulty_and_every_other_supplier_
     // Verification ends (the pages that never end are cut off) and names the faulty one.
     let verified = tokio::time::timeout(
         Duration::from_secs(20),
-        stack
-            .client("viewer")
-            .verify_command(pb::VerifyCommandRequest { name: h.name.clone() }),
+        stack.client("viewer").verify_command(pb::VerifyCommandRequest {
+            name: h.name.clone(),
+            ..Default::default()
+        }),
     )
     .await
     .expect("verify answers")

@@ -267,7 +267,10 @@ async fn a_coordinator_whose_grace_period_runs_out_on_a_call_still_exits_and_flu
         let mut viewer = viewer.clone();
         async move {
             viewer
-                .verify_command(pb::VerifyCommandRequest { name: halt.name })
+                .verify_command(pb::VerifyCommandRequest {
+                    name: halt.name,
+                    ..Default::default()
+                })
                 .await
         }
     });

@@ -180,6 +180,7 @@ pub(super) async fn verify_command(
         lifted_by,
         suppliers: results,
         verify_time: Some(wire::timestamp(SystemTime::now())),
+        ..Default::default()
     }))
 }
 

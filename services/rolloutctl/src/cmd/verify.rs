@@ -28,6 +28,7 @@ pub async fn check(ctx: &mut Ctx, name: &str) -> Result<pb::VerifyCommandRespons
         .client
         .verify_command(pb::VerifyCommandRequest {
             name: name.to_owned(),
+            ..Default::default()
         })
         .await?
         .into_inner())

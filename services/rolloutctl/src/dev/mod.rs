@@ -284,6 +284,7 @@ async fn demo(layout: &Layout) -> Result<(), CliError> {
     let verify = alice
         .verify_command(pb::VerifyCommandRequest {
             name: halt.name.clone(),
+            ..Default::default()
         })
         .await
         .map_err(call)?
