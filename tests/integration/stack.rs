@@ -347,8 +347,12 @@ pub async fn delivered(stack: &Stack, name: &str) -> pb::Command {
 
 /// [`delivered`], watching as `who`.
 pub async fn delivered_as(stack: &Stack, who: &str, name: &str) -> pb::Command {
-    let mut stream = stack
-        .client(who)
+    delivered_via(stack.client(who), name).await
+}
+
+/// [`delivered`], watching with `client`.
+pub async fn delivered_via(mut client: CoordinatorServiceClient<Channel>, name: &str) -> pb::Command {
+    let mut stream = client
         .watch_command(pb::WatchCommandRequest { name: name.into() })
         .await
         .expect("watch command")

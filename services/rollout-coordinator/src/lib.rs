@@ -36,6 +36,7 @@ mod sync;
 #[cfg(test)]
 mod tests;
 mod upgrade;
+mod verification;
 
 use std::{
     collections::BTreeMap,

@@ -9,17 +9,21 @@ use tonic::{Code, Response, Status, transport::Channel};
 
 use super::metadata;
 use crate::{
-    stack::national,
+    stack::{delivered_via, national},
     support::{Running, assert_refused, channel_as, feature_name, held::HeldToggle, reference_files},
 };
 
-/// A coordinator delivering to one supplier, emis, served by `held`.
+/// A coordinator delivering to one supplier, emis, served by `held`; and the real emis
+/// behind it.
 async fn coordinator_with_held_emis(
     dir: &std::path::Path,
     pki: &std::path::Path,
     held: HeldToggle,
-) -> Running<rollout_coordinator::Error> {
-    let emis = held.serve_as_emis(pki).await;
+) -> (
+    Running<rollout_coordinator::Error>,
+    Running<rollout_supplier::Error>,
+) {
+    let (emis, real) = held.serve_as_emis(dir, pki).await;
     let policy = dir.join("coordinator-policy.toml");
     std::fs::write(
         &policy,
@@ -44,13 +48,14 @@ async fn coordinator_with_held_emis(
         shutdown_grace: Duration::from_secs(10),
         budgets: rollout_coordinator::Budgets::default(),
     };
-    Running::start(|listener, health, stop| async move {
+    let coordinator = Running::start(|listener, health, stop| async move {
         rollout_coordinator::serve(config, listener, Some(health), async {
             let _ = stop.await;
         })
         .await
     })
-    .await
+    .await;
+    (coordinator, real)
 }
 
 /// A dispatched national halt, issued by alice.
@@ -67,7 +72,7 @@ async fn halted(alice: &mut CoordinatorServiceClient<Channel>) -> String {
         })
         .await
         .expect("create feature");
-    alice
+    let halt = alice
         .halt_feature(pb::HaltFeatureRequest {
             name: feature_name(),
             scope: Some(national()),
@@ -76,8 +81,10 @@ async fn halted(alice: &mut CoordinatorServiceClient<Channel>) -> String {
         })
         .await
         .expect("halt")
-        .into_inner()
-        .name
+        .into_inner();
+    // Only a supplier that has applied a halt is asked to verify it.
+    delivered_via(alice.clone(), &halt.name).await;
+    halt.name
 }
 
 type Verifying = tokio::task::JoinHandle<Result<Response<pb::VerifyCommandResponse>, Status>>;
@@ -89,8 +96,13 @@ async fn in_flight(
     called: &mut mpsc::Receiver<()>,
 ) -> Verifying {
     let mut client = client.clone();
+    // Longer than the test holds it: the supplier's silence must not end it.
     let request = pb::VerifyCommandRequest {
         name: name.into(),
+        supplier_timeout: Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        }),
         ..Default::default()
     };
     let task = tokio::spawn(async move { client.verify_command(request).await });
@@ -110,7 +122,7 @@ async fn verify_command_in_flight_is_held_per_identity() {
     let (called_tx, mut called) = mpsc::channel(16);
     let (release, released) = watch::channel(false);
     let held = HeldToggle::new(called_tx, released);
-    let coordinator = coordinator_with_held_emis(tmp.path(), &pki, held).await;
+    let (coordinator, real) = coordinator_with_held_emis(tmp.path(), &pki, held).await;
     let mut alice = CoordinatorServiceClient::new(channel_as(&pki, "alice", coordinator.addr));
     let mut viewer = CoordinatorServiceClient::new(channel_as(&pki, "viewer", coordinator.addr));
     let halt = halted(&mut alice).await;
@@ -157,4 +169,5 @@ async fn verify_command_in_flight_is_held_per_identity() {
             .expect("a verification after the others finished");
     }
     coordinator.stop().await;
+    real.stop().await;
 }

@@ -10,7 +10,7 @@ mod stub;
 use std::time::Duration;
 
 use prost::Message;
-use rollout_proto::v1::{self as pb, practice_feature::State as S};
+use rollout_proto::v1::{self as pb, practice_feature::State as S, verify_command_response::Outcome};
 use stub::{Behaviour, StubSupplier};
 
 use crate::{
@@ -214,7 +214,8 @@ async fn a_supplier_answering_nonsense_is_shown_faulty_and_every_other_supplier_
         assert_eq!(answer.state(), S::Disabled, "{s} applied the halt");
     }
 
-    // Verification ends (the pages that never end are cut off) and names the faulty one.
+    // Verification answers at once: the faulty one never applied the halt, so it is not asked
+    // and its practices are unverified, not counted as none enabled.
     let verified = tokio::time::timeout(
         Duration::from_secs(20),
         stack.client("viewer").verify_command(pb::VerifyCommandRequest {
@@ -234,9 +235,10 @@ async fn a_supplier_answering_nonsense_is_shown_faulty_and_every_other_supplier_
     );
     for r in &verified.suppliers {
         if r.supplier == "suppliers/microtest" {
-            assert!(r.error.contains("kept answering pages"), "{}", r.error);
+            assert_eq!(r.outcome(), Outcome::NotApplied, "{r:?}");
+            assert_eq!(r.unverified_count, r.in_scope_count);
         } else {
-            assert_eq!((r.error.as_str(), r.enabled_count), ("", 0), "{}", r.supplier);
+            assert_eq!(r.outcome(), Outcome::Verified, "{r:?}");
         }
     }
     // A practice's answer passed on from it is bounded.
@@ -331,6 +333,31 @@ async fn a_supplier_claiming_absurd_sequences_is_faulty_not_diverged_and_recover
     .await;
     assert!(microtest.fault.is_empty() && microtest.fault_time.is_none());
     assert_eq!(stub.applied(), u64::try_from(second.sequence).expect("sequence"));
+
+    // Now that it has applied them it is asked to verify, and its pages that never end are cut
+    // off at the page limit (given time enough to reach it): UNREACHABLE, named faulty.
+    let verified = stack
+        .client("viewer")
+        .verify_command(pb::VerifyCommandRequest {
+            name: second.name.clone(),
+            supplier_timeout: Some(prost_types::Duration {
+                seconds: 20,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(!verified.verified);
+    for r in &verified.suppliers {
+        if r.supplier == "suppliers/microtest" {
+            assert_eq!(r.outcome(), Outcome::Unreachable, "{r:?}");
+            assert!(r.error.contains("kept answering pages"), "{}", r.error);
+        } else {
+            assert_eq!(r.outcome(), Outcome::Verified, "{r:?}");
+        }
+    }
     stack.stop().await;
     stub.stop().await;
 }

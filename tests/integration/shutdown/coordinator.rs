@@ -14,7 +14,7 @@ use super::{
     plaintext, reflection_stream, refusals_of, refused_calls,
 };
 use crate::{
-    stack::national,
+    stack::{delivered_via, national},
     support::{FEATURE, channel_as, coordinator_command, feature_name, held::HeldToggle},
 };
 
@@ -243,11 +243,13 @@ async fn a_coordinator_whose_grace_period_runs_out_on_a_call_still_exits_and_flu
     let tmp = tempfile::tempdir().expect("tempdir");
     let pki = tmp.path().join("pki");
     rolloutctl::pki::init(&pki, false).expect("pki");
-    // emis: mutual TLS as the real supplier identity, ToggleService only, never answering a
-    // list (its release is kept and never sent).
+    // emis: mutual TLS as the real supplier identity, never answering a list (its release is
+    // kept and never sent); its ControlService a real supplier's, so that it applies the halt.
     let (called_tx, mut called) = mpsc::channel(1);
     let (_never, held) = watch::channel(false);
-    let emis = HeldToggle::new(called_tx, held).serve_as_emis(&pki).await;
+    let (emis, _real) = HeldToggle::new(called_tx, held)
+        .serve_as_emis(tmp.path(), &pki)
+        .await;
     let emis = format!("localhost:{}", emis.port());
     let (mut process, addr, _) = coordinator(tmp.path(), &pki, &emis).await;
     let mut alice = CoordinatorServiceClient::new(channel_as(&pki, "alice", addr));
@@ -263,12 +265,18 @@ async fn a_coordinator_whose_grace_period_runs_out_on_a_call_still_exits_and_flu
         .await
         .expect("halt")
         .into_inner();
+    delivered_via(viewer.clone(), &halt.name).await;
     let verify = tokio::spawn({
         let mut viewer = viewer.clone();
         async move {
             viewer
                 .verify_command(pb::VerifyCommandRequest {
                     name: halt.name,
+                    // Longer than the grace period: the call is still in flight at its end.
+                    supplier_timeout: Some(prost_types::Duration {
+                        seconds: 30,
+                        nanos: 0,
+                    }),
                     ..Default::default()
                 })
                 .await

@@ -1,7 +1,8 @@
 //! The CoordinatorService handlers: the writes here, the reads in `read.rs`, WatchCommand (each
 //! command's view computed once per change for all its watchers) in `views.rs`, VerifyCommand
-//! and GetPracticeStatus in `verify.rs`, the national opt-out register (ListOptOuts) in
-//! `register.rs`. WatchCommand and VerifyCommand are held to budgets per identity.
+//! in `verify.rs`, GetPracticeStatus in `practice_status.rs`, the national opt-out register
+//! (ListOptOuts) in `register.rs`. WatchCommand and VerifyCommand are held to budgets per
+//! identity.
 
 use std::{collections::BTreeMap, pin::Pin, sync::Arc};
 
@@ -26,6 +27,7 @@ use crate::{
     scope_check::Allowances,
 };
 
+mod practice_status;
 mod read;
 mod register;
 mod verify;
@@ -506,7 +508,7 @@ impl CoordinatorService for Handlers {
         &self,
         req: Request<pb::GetPracticeStatusRequest>,
     ) -> Result<Response<pb::PracticeFeature>, Status> {
-        verify::get_practice_status(self, req).await
+        practice_status::get_practice_status(self, req).await
     }
 
     async fn list_audit_events(

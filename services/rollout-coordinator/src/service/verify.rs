@@ -1,10 +1,15 @@
-//! VerifyCommand (each supplier's ENABLED practices paged in parallel and judged against the
-//! halt's scope) and GetPracticeStatus (asked of the practice's supplier).
+//! VerifyCommand: an outcome per supplier for a halt (judged in `crate::verification`). Each
+//! supplier that has applied the halt is asked for its ENABLED practices, paged, judged
+//! against the halt's scope; the suppliers are asked at once, each within the per-supplier
+//! timeout, so a hung or black-holed supplier costs the caller that timeout and no more.
 
-use std::time::SystemTime;
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant, SystemTime},
+};
 
 use rollout_core::{
-    Action, IcbCode, OdsCode, Practice, PracticeStatus, RegionCode, Scope, SubIcbCode, SupplierId,
+    Action, FailMode, IcbCode, OdsCode, Practice, PracticeStatus, RegionCode, Scope, SubIcbCode, SupplierId,
 };
 use rollout_net::{ApiError, Caller, wire};
 use rollout_proto::v1::{self as pb, toggle_service_client::ToggleServiceClient};
@@ -13,7 +18,14 @@ use tonic::{Request, Response, Status, transport::Channel};
 use tracing::{Span, instrument};
 
 use super::Handlers;
-use crate::{answers::Fault, coordinator::Core};
+use crate::{
+    answers::Fault,
+    coordinator::Core,
+    model::Cmd,
+    verification::{
+        self, DEFAULT_SUPPLIER_TIMEOUT, Facts, Halt, MAX_SUPPLIER_TIMEOUT, MIN_SUPPLIER_TIMEOUT, ReadBack,
+    },
+};
 
 /// A practice's attributes from a supplier's answer, to judge scopes by.
 fn practice_of(p: &pb::Practice) -> Option<Practice> {
@@ -35,19 +47,19 @@ const VERIFY_PAGE: i32 = 5_000;
 const MAX_VERIFY_PAGES: usize = 20;
 /// Most practices named per supplier (all are counted).
 const MAX_NAMED: usize = 100;
+/// Most suppliers a request may name.
+const MAX_FILTER: usize = 20;
 
-/// The result of checking one supplier for practices in a halt's scope still enabled.
-async fn verify_supplier(
+/// Reads one supplier's ENABLED practices in the halt's scope, every page before `deadline`.
+async fn read_back(
     core: &Core,
     mut client: ToggleServiceClient<Channel>,
-    supplier: SupplierId,
+    supplier: &SupplierId,
     feature: String,
-    scope: Scope,
-) -> pb::verify_command_response::SupplierResult {
-    let mut result = pb::verify_command_response::SupplierResult {
-        supplier: format!("suppliers/{supplier}"),
-        ..Default::default()
-    };
+    scope: &Scope,
+    deadline: Instant,
+) -> ReadBack {
+    let (mut enabled, mut named) = (0, Vec::new());
     let mut token = String::new();
     for _ in 0..MAX_VERIFY_PAGES {
         let mut req = Request::new(pb::ListPracticeFeaturesRequest {
@@ -57,46 +69,157 @@ async fn verify_supplier(
             state: pb::practice_feature::State::Enabled.into(),
             ..Default::default()
         });
-        req.set_timeout(std::time::Duration::from_secs(30));
-        match client.list_practice_features(req).await {
-            Ok(page) => {
-                let page = page.into_inner();
-                for answer in &page.practice_features {
-                    let covered = answer
-                        .practice
-                        .as_ref()
-                        .and_then(practice_of)
-                        .is_none_or(|p| scope.covers(&p));
-                    if covered {
-                        result.enabled_count += 1;
-                        if result.enabled_practices.len() < MAX_NAMED {
-                            let named = wire::practice_feature_name("name", &answer.name)
-                                .map_or_else(|_| wire::shown(&answer.name), |_| answer.name.clone());
-                            result.enabled_practices.push(named);
-                        }
-                    }
-                }
-                if page.next_page_token.is_empty() {
-                    return result;
-                }
-                token = page.next_page_token;
-            }
+        // Tells the supplier when to give up; the caller's timer is what bounds the wait.
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let page = match client.list_practice_features(req).await {
+            Ok(page) => page.into_inner(),
             Err(status) => {
-                result.error = rollout_core::audit::printable(
-                    &format!("{:?}: {}", status.code(), status.message()),
+                return ReadBack::Failed(rollout_core::audit::printable(
+                    &format!("answered {:?}: {}", status.code(), status.message()),
                     crate::answers::MAX_FAULT_CHARS,
-                );
-                return result;
+                ));
+            }
+        };
+        for answer in &page.practice_features {
+            let covered = answer
+                .practice
+                .as_ref()
+                .and_then(practice_of)
+                .is_none_or(|p| scope.covers(&p));
+            if covered {
+                enabled += 1;
+                if named.len() < MAX_NAMED {
+                    named.push(
+                        wire::practice_feature_name("name", &answer.name)
+                            .map_or_else(|_| wire::shown(&answer.name), |_| answer.name.clone()),
+                    );
+                }
             }
         }
+        if page.next_page_token.is_empty() {
+            return ReadBack::Answered { enabled, named };
+        }
+        token = page.next_page_token;
     }
     let fault = Fault::new(format!(
         "ListPracticeFeatures kept answering pages after {} practices ({MAX_VERIFY_PAGES} pages), more than any estate holds",
         MAX_VERIFY_PAGES * VERIFY_PAGE as usize
     ));
-    core.record_fault(&supplier, &fault).await;
-    result.error = format!("not verified: {fault}");
-    result
+    core.record_fault(supplier, &fault).await;
+    ReadBack::Failed(format!("answered nonsense: {fault}"))
+}
+
+/// `supplier_timeout`, checked: default 2 s, from 100 ms to 30 s.
+fn supplier_timeout(given: Option<&prost_types::Duration>) -> Result<Duration, ApiError> {
+    let Some(given) = given else {
+        return Ok(DEFAULT_SUPPLIER_TIMEOUT);
+    };
+    Duration::try_from(*given)
+        .ok()
+        .filter(|d| (MIN_SUPPLIER_TIMEOUT..=MAX_SUPPLIER_TIMEOUT).contains(d))
+        .ok_or_else(|| {
+            ApiError::new(
+                tonic::Code::InvalidArgument,
+                "SUPPLIER_TIMEOUT_OUT_OF_RANGE",
+                format!(
+                    "supplier_timeout must be between {MIN_SUPPLIER_TIMEOUT:?} and {MAX_SUPPLIER_TIMEOUT:?}"
+                ),
+            )
+            .with_violation("supplier_timeout", "between 100ms and 30s")
+        })
+}
+
+/// The suppliers a request names (none: every supplier), each configured or in the estate.
+fn supplier_filter(known: &BTreeSet<SupplierId>, names: &[String]) -> Result<BTreeSet<SupplierId>, ApiError> {
+    if names.len() > MAX_FILTER {
+        return Err(ApiError::invalid_field(
+            "suppliers",
+            format!("names {} suppliers; at most {MAX_FILTER}", names.len()),
+        ));
+    }
+    let mut only = BTreeSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let field = format!("suppliers[{i}]");
+        let id = wire::supplier_name(&field, name)?;
+        if !known.contains(&id) {
+            let known: Vec<String> = known.iter().map(ToString::to_string).collect();
+            return Err(ApiError::new(
+                tonic::Code::InvalidArgument,
+                "UNKNOWN_SUPPLIER",
+                format!(
+                    "suppliers/{id} is neither configured here nor in the national estate (known: {})",
+                    known.join(", ")
+                ),
+            )
+            .with_violation(field, "not a known supplier"));
+        }
+        only.insert(id);
+    }
+    Ok(only)
+}
+
+/// The halt's scope, if `c` is a dispatched halt; else why it cannot be verified.
+fn dispatched_halt(c: &Cmd) -> Result<Scope, ApiError> {
+    match (&c.domain.action, c.state) {
+        (Action::Halt { scope }, CommandState::Dispatched) => Ok(scope.clone()),
+        (Action::Halt { .. }, _) => Err(ApiError::failed_precondition(
+            "NOT_DISPATCHED",
+            format!("commands/{} has not been dispatched", c.domain.id),
+        )),
+        _ => Err(ApiError::failed_precondition(
+            "NOT_A_HALT",
+            format!(
+                "commands/{} is not a halt; only a halt can be verified",
+                c.domain.id
+            ),
+        )),
+    }
+}
+
+/// What the coordinator knows now of each supplier to verify: the configured suppliers in
+/// order, then any other of the estate with practices in scope; `only` if not empty.
+async fn facts_now(core: &Core, scope: &Scope, only: &BTreeSet<SupplierId>) -> Vec<Facts> {
+    let counts = crate::impact::impact(&core.estate, &[scope]);
+    let in_scope = |id: &SupplierId| {
+        let name = format!("suppliers/{id}");
+        counts
+            .suppliers
+            .iter()
+            .find(|s| s.supplier == name)
+            .map_or(0, |s| s.practices)
+    };
+    let configured: Vec<SupplierId> = core.suppliers.iter().map(|s| s.id.clone()).collect();
+    let unconfigured = counts
+        .suppliers
+        .iter()
+        .filter_map(|s| SupplierId::parse(s.supplier.strip_prefix("suppliers/")?).ok())
+        .filter(|id| !configured.contains(id));
+    let listed: Vec<(SupplierId, bool)> = configured
+        .iter()
+        .map(|id| (id.clone(), true))
+        .chain(unconfigured.map(|id| (id, false)))
+        .filter(|(id, _)| only.is_empty() || only.contains(id))
+        .collect();
+    core.read(|m| {
+        listed
+            .into_iter()
+            .map(|(id, delivered)| {
+                let status = m.supplier(&id);
+                Facts {
+                    in_scope: in_scope(&id),
+                    delivered,
+                    applied_sequence: status.map_or(0, |s| u64::try_from(s.pb.applied_sequence).unwrap_or(0)),
+                    last_contact: status.and_then(|s| {
+                        s.last_contact
+                            .or_else(|| s.pb.last_contact_time.and_then(|t| SystemTime::try_from(t).ok()))
+                    }),
+                    read_back: ReadBack::NotAsked,
+                    supplier: id,
+                }
+            })
+            .collect()
+    })
+    .await
 }
 
 #[instrument(skip_all, fields(command))]
@@ -104,139 +227,76 @@ pub(super) async fn verify_command(
     h: &Handlers,
     req: Request<pb::VerifyCommandRequest>,
 ) -> Result<Response<pb::VerifyCommandResponse>, Status> {
-    // Held until the answer: each call pages every supplier's enabled practices.
+    // Held until the answer: each call pages every applied supplier's enabled practices.
     let _slot = h.verifies.take(&Caller::of(&req)?.identity)?;
-    let id = wire::command_name("name", &req.get_ref().name)?;
+    let r = req.get_ref();
+    let id = wire::command_name("name", &r.name)?;
+    let timeout = supplier_timeout(r.supplier_timeout.as_ref())?;
+    let known: BTreeSet<SupplierId> = h
+        .core
+        .suppliers
+        .iter()
+        .map(|s| s.id.clone())
+        .chain(h.core.estate.active_by_supplier().into_keys())
+        .collect();
+    let only = supplier_filter(&known, &r.suppliers)?;
     Span::current().record("command", id.as_str());
     let c = h.core.find_command(&id).await?;
-    let (scope, feature) = match (&c.domain.action, c.state) {
-        (Action::Halt { scope }, CommandState::Dispatched) => {
-            (scope.clone(), format!("features/{}", c.domain.feature))
-        }
-        (Action::Halt { .. }, _) => {
-            return Err(ApiError::failed_precondition(
-                "NOT_DISPATCHED",
-                format!("commands/{id} has not been dispatched"),
-            )
-            .into());
-        }
-        _ => {
-            return Err(ApiError::failed_precondition(
-                "NOT_A_HALT",
-                format!("commands/{id} is not a halt; only a halt can be verified"),
-            )
-            .into());
-        }
+    let scope = dispatched_halt(&c)?;
+    let fail_mode = h
+        .core
+        .read(|m| m.feature(&c.domain.feature).map(|(def, _)| def.fail_mode))
+        .await
+        .unwrap_or(FailMode::Static);
+    let halt = Halt {
+        sequence: c.domain.sequence,
+        fail_mode,
     };
-    let checks = h.core.suppliers.iter().map(|s| {
-        let client = h.toggle(&s.id);
-        let (supplier, feature, scope) = (s.id.clone(), feature.clone(), scope.clone());
-        let core = h.core.clone();
-        async move {
-            match client {
-                Ok(c) => verify_supplier(&core, c, supplier, feature, scope).await,
-                Err(e) => pb::verify_command_response::SupplierResult {
-                    supplier: format!("suppliers/{supplier}"),
-                    error: e.to_string(),
-                    ..Default::default()
-                },
-            }
-        }
-    });
-    let mut results = Vec::new();
-    for handle in checks.map(tokio::spawn).collect::<Vec<_>>() {
-        results.push(
-            handle
-                .await
-                .map_err(|e| ApiError::internal("verifying a supplier", e))?,
-        );
+    let feature = format!("features/{}", c.domain.feature);
+    let deadline = Instant::now() + timeout;
+    // A JoinSet, so that a caller who gives up takes the read-backs with it.
+    let mut checks = tokio::task::JoinSet::new();
+    for (i, mut f) in facts_now(&h.core, &scope, &only).await.into_iter().enumerate() {
+        let asked = (f.delivered && f.applied(&halt)).then(|| h.toggle(&f.supplier));
+        let (core, feature, scope) = (h.core.clone(), feature.clone(), scope.clone());
+        checks.spawn(async move {
+            f.read_back = match asked {
+                None => ReadBack::NotAsked,
+                Some(Err(e)) => ReadBack::Failed(e.message().to_owned()),
+                Some(Ok(client)) => {
+                    let read = read_back(&core, client, &f.supplier, feature, &scope, deadline);
+                    tokio::time::timeout_at(deadline.into(), read)
+                        .await
+                        .unwrap_or_else(|_| ReadBack::Failed(format!("did not answer within {timeout:?}")))
+                }
+            };
+            (i, f)
+        });
     }
-    let scope_counts = crate::impact::impact(&h.core.estate, &[&scope]);
-    for r in &mut results {
-        r.checked_count = scope_counts
-            .suppliers
-            .iter()
-            .find(|s| s.supplier == r.supplier)
-            .map_or(0, |s| s.practices);
-    }
-    let enabled_count = results.iter().map(|r| r.enabled_count).sum();
-    let checked_count = results.iter().map(|r| r.checked_count).sum();
+    let mut facts = checks.join_all().await;
+    facts.sort_by_key(|(i, _)| *i);
+    let results: Vec<_> = facts
+        .into_iter()
+        .map(|(_, f)| verification::judge(&halt, f))
+        .collect();
     let lifted_by = h
         .core
         .lifting_resume(&c)
         .await?
         .map(|r| format!("commands/{r}"))
         .unwrap_or_default();
-    // Nothing in scope, or no longer in force, is never a verified halt.
-    let verified = enabled_count == 0
-        && checked_count > 0
-        && lifted_by.is_empty()
-        && results.iter().all(|r| r.error.is_empty());
+    let sum =
+        |count: fn(&pb::verify_command_response::SupplierResult) -> i32| results.iter().map(count).sum();
     Ok(Response::new(pb::VerifyCommandResponse {
         command: format!("commands/{id}"),
-        verified,
-        enabled_count,
-        checked_count,
+        verified: verification::verified(&results, !lifted_by.is_empty()),
+        enabled_count: sum(|r| r.enabled_count),
+        checked_count: sum(|r| r.checked_count),
+        unverified_count: sum(|r| r.unverified_count),
+        in_scope_count: sum(|r| r.in_scope_count),
+        sequence: i64::try_from(halt.sequence).unwrap_or(i64::MAX),
         lifted_by,
         suppliers: results,
         verify_time: Some(wire::timestamp(SystemTime::now())),
-        ..Default::default()
     }))
-}
-
-#[instrument(skip_all, fields(practice, feature))]
-pub(super) async fn get_practice_status(
-    h: &Handlers,
-    req: Request<pb::GetPracticeStatusRequest>,
-) -> Result<Response<pb::PracticeFeature>, Status> {
-    let (ods, key) = wire::practice_feature_name("name", &req.get_ref().name)?;
-    Span::current()
-        .record("practice", ods.as_str())
-        .record("feature", key.as_str());
-    let practice = h
-        .core
-        .estate
-        .get(&ods)
-        .ok_or_else(|| ApiError::not_found("PRACTICE_NOT_FOUND", format!("practices/{ods}")))?;
-    let mut client = h.toggle(&practice.supplier)?;
-    let mut call = Request::new(pb::GetPracticeFeatureRequest {
-        name: wire::practice_feature_resource(&ods, &key),
-        explain: true,
-    });
-    call.set_timeout(std::time::Duration::from_secs(10));
-    let name = wire::practice_feature_resource(&ods, &key);
-    match client.get_practice_feature(call).await {
-        // Passed on bounded: the supplier's answer is input, like a request.
-        Ok(answer) => match crate::answers::practice_answer(answer.into_inner(), &name) {
-            Ok(answer) => Ok(Response::new(answer)),
-            Err(fault) => {
-                h.core.record_fault(&practice.supplier, &fault).await;
-                Err(ApiError::unavailable(
-                    "SUPPLIER_FAULTY",
-                    format!("suppliers/{} answered nonsense: {fault}", practice.supplier),
-                )
-                .with_metadata("supplier", practice.supplier.to_string())
-                .into())
-            }
-        },
-        // The supplier's message already says what does not exist.
-        Err(s) if s.code() == tonic::Code::NotFound => Err(ApiError::new(
-            tonic::Code::NotFound,
-            "NOT_FOUND_AT_SUPPLIER",
-            format!("{name} at suppliers/{}: {}", practice.supplier, s.message()),
-        )
-        .with_metadata("name", name)
-        .into()),
-        Err(s) => Err(ApiError::unavailable(
-            "SUPPLIER_UNAVAILABLE",
-            format!(
-                "suppliers/{} did not answer: {:?} {}",
-                practice.supplier,
-                s.code(),
-                s.message()
-            ),
-        )
-        .with_metadata("supplier", practice.supplier.to_string())
-        .into()),
-    }
 }

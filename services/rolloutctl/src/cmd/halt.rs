@@ -8,7 +8,7 @@ use rollout_proto::v1 as pb;
 use super::{Ctx, Exit, Outcome, RequestId, ScopeAllowances, confirm, feature_name, scope, verify, watch};
 use crate::{
     client::{CliError, local},
-    render::{Output, json_value},
+    render::{Output, json_value, warn},
 };
 
 /// `halt`.
@@ -25,14 +25,20 @@ pub struct Halt {
     /// Only show which practices at which suppliers it would cover.
     #[arg(long)]
     dry_run: bool,
-    /// Wait until every supplier has applied it, verify it, and print the time from issue
-    /// to verified. With --output name the halt's name is printed once; with --output json,
-    /// one document: {"command", "verification", "timeToVerifiedMs"}.
+    /// Wait until every supplier has applied it, verifying each as soon as it has, then verify
+    /// it in full and print the time from issue to verified. On a timeout, the partial
+    /// verification: each supplier's outcome and what happens meanwhile where it is not
+    /// verified (exit 3). With --output name the halt's name is printed once; with --output
+    /// json, one document: {"command", "verification", "timeToVerifiedMs"}.
     #[arg(long)]
     wait: bool,
-    /// How long --wait waits.
+    /// How long --wait waits for every supplier to apply it (the verification after it takes
+    /// up to --supplier-timeout more).
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// With --wait: how long each supplier has to answer a verification. From 100ms to 30s.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    supplier_timeout: Duration,
     /// Halt without asking. Without it, at a terminal, a national or supplier-wide halt first
     /// shows what it covers and needs `yes` typed; with standard input not a terminal, nothing
     /// is asked.
@@ -66,7 +72,7 @@ impl Halt {
         if !self.wait || self.dry_run {
             return ctx.print(&cmd);
         }
-        wait_verified(ctx, cmd, issued, self.timeout).await
+        wait_verified(ctx, cmd, issued, self.timeout, self.supplier_timeout).await
     }
 
     /// Shows the dry run of `request` and asks; an error unless the answer is yes.
@@ -95,21 +101,31 @@ impl Halt {
     }
 }
 
-/// `--wait`: follows the halt to every supplier, verifies it and says how long it took. Prints
-/// the halt (table), its name once (name), or one JSON document at the end (JSON).
-async fn wait_verified(ctx: &mut Ctx, cmd: pb::Command, issued: Instant, timeout: Duration) -> Outcome {
+/// `--wait`: follows the halt to every supplier, verifying each as it applies, then verifies it
+/// in full (on a timeout too: the partial verification) and says how long it took. Prints the
+/// halt (table), its name once (name), or one JSON document at the end (JSON).
+async fn wait_verified(
+    ctx: &mut Ctx,
+    cmd: pb::Command,
+    issued: Instant,
+    timeout: Duration,
+    supplier_timeout: Duration,
+) -> Outcome {
     let output = ctx.out.output();
     if output != Output::Json {
         ctx.out.print(&cmd)?;
     }
-    let followed = watch::follow(ctx, &cmd.name, timeout).await?;
+    let followed = watch::follow(ctx, &cmd.name, timeout, Some(supplier_timeout)).await?;
     let command = followed.last.unwrap_or(cmd);
-    let verification = if followed.exit == Exit::Success {
-        Some(verify::check(ctx, &command.name).await?)
-    } else {
-        None
+    let verification = verify::check(ctx.client.clone(), &command.name, supplier_timeout, &[]).await;
+    let exit = match (&verification, followed.exit) {
+        (Ok(v), Exit::Success) => verify::exit(v),
+        (Err(_), Exit::Success) => Exit::CheckFailed,
+        (_, exit) => exit,
     };
-    let exit = verification.as_ref().map_or(followed.exit, verify::exit);
+    let verification = verification
+        .map_err(|e| warn(format_args!("the halt could not be verified: {e}")))
+        .ok();
     let elapsed = (exit == Exit::Success).then(|| issued.elapsed().as_millis());
     match output {
         Output::Json => {

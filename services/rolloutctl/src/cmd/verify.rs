@@ -1,42 +1,62 @@
-//! `rolloutctl verify`: whether any practice in a halt's scope is still enabled anywhere.
+//! `rolloutctl verify`: each supplier's outcome for a halt, and what happens meanwhile where
+//! it is not verified.
+
+use std::time::Duration;
 
 use clap::Args;
 use rollout_proto::v1 as pb;
 
 use super::{Ctx, Exit, Outcome, command_name};
-use crate::client::CliError;
+use crate::client::{CliError, Client};
 
 /// `verify`.
 #[derive(Debug, Args)]
 pub struct Verify {
     /// The halt's command id.
     command: String,
+    /// How long each supplier has to answer; one that has not is UNREACHABLE. The suppliers
+    /// are asked at once, so verify answers within about this long. From 100ms to 30s.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    supplier_timeout: Duration,
 }
 
 impl Verify {
     /// Verifies the halt and prints the answer: [`Exit::CheckFailed`] unless verified.
     pub async fn run(self, ctx: &mut Ctx) -> Outcome {
-        let r = check(ctx, &command_name(&self.command)).await?;
+        let r = check(
+            ctx.client.clone(),
+            &command_name(&self.command),
+            self.supplier_timeout,
+            &[],
+        )
+        .await?;
         ctx.out.print(&r)?;
         Ok(exit(&r))
     }
 }
 
-/// Asks the coordinator to verify the halt `name`.
-pub async fn check(ctx: &mut Ctx, name: &str) -> Result<pb::VerifyCommandResponse, CliError> {
-    Ok(ctx
-        .client
+/// Asks the coordinator to verify the halt `name` at `suppliers` (every supplier if empty),
+/// each given `supplier_timeout` to answer.
+pub async fn check(
+    mut client: Client,
+    name: &str,
+    supplier_timeout: Duration,
+    suppliers: &[String],
+) -> Result<pb::VerifyCommandResponse, CliError> {
+    Ok(client
         .verify_command(pb::VerifyCommandRequest {
             name: name.to_owned(),
-            ..Default::default()
+            supplier_timeout: prost_types::Duration::try_from(supplier_timeout).ok(),
+            suppliers: suppliers.to_vec(),
         })
         .await?
         .into_inner())
 }
 
 /// [`Exit::Success`] for a verified halt, else [`Exit::CheckFailed`]: the coordinator never
-/// verifies a lifted halt, one whose scope covers no practice, one a supplier did not answer
-/// for, or one with a practice in scope still enabled.
+/// verifies a lifted halt, one whose scope covers no practice, one a supplier with practices
+/// in scope has not applied or did not answer for, or one with a practice in scope still
+/// enabled.
 pub fn exit(r: &pb::VerifyCommandResponse) -> Exit {
     if r.verified {
         Exit::Success

@@ -2,10 +2,12 @@
 
 use std::{collections::HashSet, time::Duration};
 
+use tokio::task::JoinSet;
+
 use clap::Args;
 use rollout_proto::v1 as pb;
 
-use super::{Ctx, Exit, Outcome, command_name};
+use super::{Ctx, Exit, Outcome, command_name, verify};
 use crate::{
     client::CliError,
     render::{self, Output, short, warn},
@@ -24,7 +26,7 @@ pub struct Watch {
 impl Watch {
     /// Follows the command; with JSON, prints its last view.
     pub async fn run(self, ctx: &mut Ctx) -> Outcome {
-        let followed = follow(ctx, &command_name(&self.command), self.timeout).await?;
+        let followed = follow(ctx, &command_name(&self.command), self.timeout, None).await?;
         if let Some(cmd) = &followed.last
             && ctx.out.output() == Output::Json
         {
@@ -45,11 +47,17 @@ pub struct Followed {
 }
 
 /// Follows a command until every supplier has answered: a line per supplier as it answers and
-/// the count so far (tables only). On a rejection or a timeout, says on standard error which
-/// suppliers and what to do next.
-pub async fn follow(ctx: &mut Ctx, name: &str, timeout: Duration) -> Result<Followed, CliError> {
+/// the count so far (tables only). With `verify_each` (a halt), each supplier that applied it
+/// is verified as soon as it has, each given that long to answer, and its outcome printed.
+/// On a rejection or a timeout, says on standard error which suppliers and what to do next.
+pub async fn follow(
+    ctx: &mut Ctx,
+    name: &str,
+    timeout: Duration,
+    verify_each: Option<Duration>,
+) -> Result<Followed, CliError> {
     let mut last = None;
-    let finished = tokio::time::timeout(timeout, updates(ctx, name, &mut last)).await;
+    let finished = tokio::time::timeout(timeout, updates(ctx, name, &mut last, verify_each)).await;
     let exit = match finished {
         Err(_) => {
             warn(timed_out(name, timeout, last.as_ref()));
@@ -77,8 +85,15 @@ pub async fn follow(ctx: &mut Ctx, name: &str, timeout: Duration) -> Result<Foll
     Ok(Followed { exit, last })
 }
 
-/// Reads the command's updates into `last` until every supplier has answered.
-async fn updates(ctx: &mut Ctx, name: &str, last: &mut Option<pb::Command>) -> Result<(), CliError> {
+/// Reads the command's updates into `last` until every supplier has answered, verifying the
+/// suppliers that applied it with `verify_each`: one VerifyCommand at a time (the coordinator
+/// holds each identity to a few at once), naming every supplier that applied since the last.
+async fn updates(
+    ctx: &mut Ctx,
+    name: &str,
+    last: &mut Option<pb::Command>,
+    verify_each: Option<Duration>,
+) -> Result<(), CliError> {
     let mut stream = ctx
         .client
         .watch_command(pb::WatchCommandRequest {
@@ -87,39 +102,80 @@ async fn updates(ctx: &mut Ctx, name: &str, last: &mut Option<pb::Command>) -> R
         .await?
         .into_inner();
     let mut reported = HashSet::new();
-    while let Some(update) = stream.message().await? {
-        let Some(cmd) = update.command else { continue };
-        if cmd.state() == pb::command::State::PendingApproval {
-            ctx.out.progress(format_args!(
-                "waiting for approval ({} of {} given): a different person with the approver role runs `rolloutctl approve {}`",
-                cmd.approvals.len(),
-                cmd.approvals_required,
-                short(&cmd.name)
-            ))?;
-            *last = Some(cmd);
-            continue;
+    let mut applied = Vec::new();
+    let mut checks = JoinSet::new();
+    let mut complete = false;
+    while !complete || !checks.is_empty() || !applied.is_empty() {
+        if let Some(timeout) = verify_each
+            && checks.is_empty()
+            && !applied.is_empty()
+        {
+            let suppliers = std::mem::take(&mut applied);
+            let (client, name) = (ctx.client.clone(), name.to_owned());
+            checks.spawn(async move { verify::check(client, &name, timeout, &suppliers).await });
         }
-        let answered: Vec<&pb::Delivery> = cmd
-            .deliveries
-            .iter()
-            .filter(|d| d.state() != pb::delivery::State::Pending)
-            .collect();
-        for d in &answered {
-            if reported.insert(d.supplier.clone()) {
-                ctx.out.progress(render::answered(d))?;
+        tokio::select! {
+            Some(checked) = checks.join_next(), if !checks.is_empty() => match checked {
+                Ok(Ok(r)) => {
+                    for s in &r.suppliers {
+                        ctx.out.progress(render::supplier_verified(s))?;
+                    }
+                }
+                Ok(Err(e)) => ctx.out.progress(format_args!("could not verify yet: {e}"))?,
+                Err(e) => ctx.out.progress(format_args!("could not verify yet: {e}"))?,
+            },
+            message = stream.message(), if !complete => {
+                let Some(update) = message? else { break };
+                let Some(cmd) = update.command else { continue };
+                complete = update.complete;
+                let newly = progress(ctx, &cmd, &mut reported)?;
+                if verify_each.is_some() {
+                    applied.extend(newly);
+                }
+                *last = Some(cmd);
             }
-        }
-        ctx.out.progress(format_args!(
-            "{}/{} suppliers answered",
-            answered.len(),
-            cmd.deliveries.len()
-        ))?;
-        *last = Some(cmd);
-        if update.complete {
-            break;
         }
     }
     Ok(())
+}
+
+/// Prints a command update for people: waiting for approval, or a line per supplier that has
+/// answered since the last (`reported` holds those already printed) and the count so far.
+/// Returns the suppliers newly seen to have applied it.
+fn progress(
+    ctx: &mut Ctx,
+    cmd: &pb::Command,
+    reported: &mut HashSet<String>,
+) -> Result<Vec<String>, CliError> {
+    if cmd.state() == pb::command::State::PendingApproval {
+        ctx.out.progress(format_args!(
+            "waiting for approval ({} of {} given): a different person with the approver role runs `rolloutctl approve {}`",
+            cmd.approvals.len(),
+            cmd.approvals_required,
+            short(&cmd.name)
+        ))?;
+        return Ok(Vec::new());
+    }
+    let answered: Vec<&pb::Delivery> = cmd
+        .deliveries
+        .iter()
+        .filter(|d| d.state() != pb::delivery::State::Pending)
+        .collect();
+    let mut applied = Vec::new();
+    for d in &answered {
+        if reported.insert(d.supplier.clone()) {
+            ctx.out.progress(render::answered(d))?;
+            if d.state() == pb::delivery::State::Applied {
+                applied.push(d.supplier.clone());
+            }
+        }
+    }
+    ctx.out.progress(format_args!(
+        "{}/{} suppliers answered",
+        answered.len(),
+        cmd.deliveries.len()
+    ))?;
+    Ok(applied)
 }
 
 /// What a timeout says: which suppliers have not answered, why if known, and what to do next.

@@ -237,55 +237,6 @@ impl View for pb::ListCommandsResponse {
     }
 }
 
-impl View for pb::VerifyCommandResponse {
-    fn table(&self, w: &mut dyn Write) -> io::Result<()> {
-        writeln!(w, "{} {}", short(&self.command), verdict(self))?;
-        for s in &self.suppliers {
-            writeln!(
-                w,
-                "  {:<10} in scope {:>5}  still enabled {:>5}{}",
-                short(&s.supplier),
-                s.checked_count,
-                s.enabled_count,
-                if s.error.is_empty() {
-                    String::new()
-                } else {
-                    format!("  error: {}", s.error)
-                }
-            )?;
-        }
-        Ok(())
-    }
-
-    fn names(&self) -> Vec<String> {
-        vec![self.command.clone()]
-    }
-}
-
-/// A verification's verdict in words, with why a halt is not verified: `VERIFIED: ...`,
-/// `NOT VERIFIED: lifted by commands/X`, `NOT VERIFIED: the scope covers no practice`, ...
-fn verdict(r: &pb::VerifyCommandResponse) -> String {
-    if r.verified {
-        return "VERIFIED: no practice in scope is enabled".to_owned();
-    }
-    let unanswered = r.suppliers.iter().filter(|s| !s.error.is_empty()).count();
-    let why = if !r.lifted_by.is_empty() {
-        format!(
-            "lifted by {}: the halt is no longer in force, so there is nothing to verify",
-            r.lifted_by
-        )
-    } else if r.checked_count == 0 && unanswered == 0 {
-        "the scope covers no practice, so there is nothing to verify".to_owned()
-    } else if r.enabled_count > 0 {
-        format!("{} practices in scope are still enabled", r.enabled_count)
-    } else if unanswered > 0 {
-        format!("{unanswered} suppliers could not be checked (errors below)")
-    } else {
-        "the coordinator did not verify it".to_owned()
-    };
-    format!("NOT VERIFIED: {why}")
-}
-
 impl View for pb::RecoverCommandsResponse {
     fn table(&self, w: &mut dyn Write) -> io::Result<()> {
         writeln!(

@@ -8,6 +8,7 @@
 
 mod command;
 mod resource;
+mod verify;
 
 use std::{
     fmt::{self, Display},
@@ -22,6 +23,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage};
 use rollout_proto::v1 as pb;
 
 pub use command::answered;
+pub use verify::supplier_verified;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

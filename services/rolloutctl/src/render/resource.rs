@@ -223,7 +223,7 @@ fn freshness(s: &pb::Supplier) -> String {
 }
 
 /// How long before `now` `t` was: `0.8 s ago`, `42 s ago`, `3 min ago`, `5 h ago`.
-fn ago(t: SystemTime, now: SystemTime) -> String {
+pub(super) fn ago(t: SystemTime, now: SystemTime) -> String {
     let secs = now.duration_since(t).unwrap_or_default().as_secs_f64();
     match secs {
         s if s < 10.0 => format!("{s:.1} s ago"),
