@@ -8,12 +8,12 @@ use std::{
     time::Duration,
 };
 
-use rollout_core::{Estate, PracticeStatus, Scope, Source, SupplierId};
+use rollout_core::{Estate, PracticeStatus, Scope, SupplierId};
 use rollout_proto::v1::{self as pb, coordinator_service_client::CoordinatorServiceClient};
 use tonic::transport::Channel;
 
 use crate::support::{
-    FEATURE, Running, channel_as, reference_files,
+    FEATURE, Running, channel_as, reference_estate, reference_files,
     supplier::{SupplierFiles, supplier_files},
 };
 
@@ -82,18 +82,7 @@ impl Stack {
             let addr = running.addr;
             suppliers.insert(s, (files, Some(running), addr));
         }
-        let (practices, map) = reference_files();
-        let estate = Estate::parse(
-            Source {
-                name: "epraccur.csv",
-                bytes: &std::fs::read(&practices).expect("read"),
-            },
-            Source {
-                name: "gp-system-suppliers.csv",
-                bytes: &std::fs::read(&map).expect("read"),
-            },
-        )
-        .expect("estate");
+        let estate = reference_estate();
         Stack {
             coordinator_db: dir.path().join("coordinator.db"),
             coordinator_url: None,

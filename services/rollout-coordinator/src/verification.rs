@@ -39,6 +39,8 @@ pub struct Facts {
     pub applied_sequence: u64,
     /// When it last answered the coordinator.
     pub last_contact: Option<SystemTime>,
+    /// The last error delivering to it, if any.
+    pub last_error: String,
     /// The read-back.
     pub read_back: ReadBack,
 }
@@ -76,6 +78,12 @@ pub fn judge(halt: &Halt, f: Facts) -> SupplierResult {
             "has applied up to sequence {}, not yet the halt's {}",
             f.applied_sequence, halt.sequence
         );
+        if !f.last_error.is_empty() {
+            r.error = rollout_core::audit::printable(
+                &format!("{}; last delivery error: {}", r.error, f.last_error),
+                crate::answers::MAX_FAULT_CHARS,
+            );
+        }
         Outcome::NotApplied
     } else {
         match f.read_back {
@@ -162,6 +170,7 @@ mod tests {
             delivered,
             applied_sequence: applied,
             last_contact: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000)),
+            last_error: String::new(),
             read_back,
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod grpcurl;
 pub mod held;
+pub mod process;
 pub mod supplier;
 
 use std::{
@@ -102,6 +103,22 @@ pub fn coordinator_command(
 pub fn reference_files() -> (PathBuf, PathBuf) {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
     (data.join("epraccur.csv"), data.join("gp-system-suppliers.csv"))
+}
+
+/// The national estate of the synthetic reference files.
+pub fn reference_estate() -> rollout_core::Estate {
+    let (practices, map) = reference_files();
+    rollout_core::Estate::parse(
+        rollout_core::Source {
+            name: "epraccur.csv",
+            bytes: &std::fs::read(&practices).expect("read the practice file"),
+        },
+        rollout_core::Source {
+            name: "gp-system-suppliers.csv",
+            bytes: &std::fs::read(&map).expect("read the supplier map"),
+        },
+    )
+    .expect("estate")
 }
 
 /// The ErrorInfo reason of a status.

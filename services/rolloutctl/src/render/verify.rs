@@ -35,7 +35,7 @@ impl View for pb::VerifyCommandResponse {
                 s.in_scope_count,
                 enabled(s),
                 s.unverified_count,
-                detail(s, self.sequence, now)
+                detail(s, now)
             )?;
         }
         let meanwhile: Vec<String> = self
@@ -152,7 +152,7 @@ fn enabled(s: &SupplierResult) -> String {
 
 /// Why a supplier is where it is: the practices still enabled, how far behind it is, what
 /// its error was, with its last contact.
-fn detail(s: &SupplierResult, halt_sequence: i64, now: SystemTime) -> String {
+fn detail(s: &SupplierResult, now: SystemTime) -> String {
     let contact = || {
         s.last_contact_time
             .and_then(|t| SystemTime::try_from(t).ok())
@@ -164,11 +164,7 @@ fn detail(s: &SupplierResult, halt_sequence: i64, now: SystemTime) -> String {
     match s.outcome() {
         Outcome::Verified => String::new(),
         Outcome::NotVerified => practices(s),
-        Outcome::NotApplied => format!(
-            "applied up to sequence {}, not the halt's {halt_sequence}; {}",
-            s.applied_sequence,
-            contact()
-        ),
+        Outcome::NotApplied => format!("{}; {}", s.error, contact()),
         Outcome::Unreachable => format!("applied the halt; {}; {}", s.error, contact()),
         Outcome::NotDelivered => {
             "the coordinator has no endpoint for it: the halt was never sent there".to_owned()
