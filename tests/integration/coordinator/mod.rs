@@ -5,6 +5,7 @@
 mod bad_input;
 mod requests;
 mod restart;
+mod verify_requests;
 
 use std::time::Duration;
 
