@@ -29,3 +29,4 @@ mod stack;
 mod store;
 mod supplier;
 mod support;
+mod unapplied;
