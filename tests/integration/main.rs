@@ -16,6 +16,7 @@ mod history;
 mod hostile;
 mod limits;
 mod mtls;
+mod not_delivered;
 mod outcomes;
 mod preview;
 mod proxy;

@@ -1,8 +1,9 @@
 //! What the operator reads at 3 a.m.: `status` names the feature it counts and how fresh its
 //! counts are, and the halts a supplier has not applied; `feature list` shows the control TTL;
-//! `halt --wait` prints a name once or one JSON document; `verify` says why a halt is not
-//! verified; a wait that times out names the suppliers that did not answer and what to do next,
-//! and a supplier the coordinator cannot reach is not blamed on the coordinator.
+//! a dry run names the practices a supplier without an endpoint will not reach; `halt --wait`
+//! prints a name once or one JSON document; `verify` says why a halt is not verified; a wait
+//! that times out names the suppliers that did not answer and what to do next, and a supplier
+//! the coordinator cannot reach is not blamed on the coordinator.
 
 use std::time::Duration;
 
@@ -329,5 +330,51 @@ async fn status_names_the_halts_a_supplier_has_not_applied() {
     .await;
     let applied = text(&ctl(&stack, "viewer", &["status"]).await);
     assert!(!applied.contains("has not applied"), "{applied}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_dry_run_names_the_practices_a_supplier_without_an_endpoint_will_not_reach() {
+    let mut stack = Stack::suppliers(None).await;
+    stack.unconfigured = vec!["microtest"];
+    stack.start_coordinator().await;
+    let create = [
+        "feature",
+        "create",
+        FEATURE,
+        "--fail-mode",
+        "static",
+        "--reason",
+        "r",
+    ];
+    ctl_json(&stack, "alice", &create).await;
+    let n = stack.expected("microtest", &rollout_core::Scope::National);
+    let dry_run = |scope: &'static str| {
+        let stack = &stack;
+        async move {
+            let args = ["halt", FEATURE, "--scope", scope, "--reason", "r", "--dry-run"];
+            let out = ctl(stack, "alice", &args).await;
+            assert!(out.status.success(), "{}", text(&out));
+            String::from_utf8(out.stdout).expect("utf-8")
+        }
+    };
+    let national = dry_run("national").await;
+    assert!(
+        row(&national, "impact").contains(&format!(", microtest {n} (not delivered), ")),
+        "{national}"
+    );
+    assert_eq!(
+        row(&national, "unreached"),
+        format!(
+            "unreached {n} practices in scope will not be reached: microtest not delivered: \
+             the coordinator has no endpoint for it"
+        ),
+        "{national}"
+    );
+    let tpp = dry_run("supplier:tpp").await;
+    assert!(
+        !tpp.contains("not delivered") && !tpp.contains("unreached"),
+        "{tpp}"
+    );
     stack.stop().await;
 }
