@@ -44,6 +44,9 @@ pub struct Stack {
     pub heartbeat: Duration,
     /// The coordinator's budgets (the defaults unless a test sets them before starting it).
     pub coordinator_budgets: rollout_coordinator::Budgets,
+    /// Suppliers left out of the coordinator's suppliers list (they still run, and the estate
+    /// still holds their practices): none unless a test sets them before starting it.
+    pub unconfigured: Vec<&'static str>,
 }
 
 fn coordinator_policy(dir: &Path) -> PathBuf {
@@ -95,6 +98,7 @@ impl Stack {
             via: BTreeMap::new(),
             heartbeat: Duration::from_millis(200),
             coordinator_budgets: Default::default(),
+            unconfigured: Vec::new(),
         }
     }
 
@@ -105,12 +109,19 @@ impl Stack {
             .map_or_else(|| self.suppliers[supplier].2.port(), |a| a.port())
     }
 
+    /// The suppliers the coordinator is configured with: every one but the `unconfigured`.
+    pub fn configured(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.suppliers
+            .keys()
+            .copied()
+            .filter(|s| !self.unconfigured.contains(s))
+    }
+
     /// Writes the coordinator's policy and suppliers files; returns their paths.
     pub fn coordinator_files(&self) -> (PathBuf, PathBuf) {
         let suppliers = self.dir.path().join("suppliers.toml");
         let text: String = self
-            .suppliers
-            .keys()
+            .configured()
             .map(|id| {
                 format!(
                     "[[supplier]]\nid = \"{id}\"\nendpoint = \"localhost:{}\"\nidentity = \"spiffe://gprollout.test/supplier/{id}\"\n\n",
@@ -130,8 +141,7 @@ impl Stack {
             supplier_ca: self.pki.join("ca.pem"),
             policy: coordinator_policy(self.dir.path()),
             suppliers: self
-                .suppliers
-                .keys()
+                .configured()
                 .map(|id| rollout_coordinator::SupplierEndpoint {
                     id: SupplierId::parse(id).expect("id"),
                     endpoint: format!("localhost:{}", self.endpoint_port(id)),

@@ -143,6 +143,11 @@ impl Core {
         self.model.lock().await
     }
 
+    /// The ids of the configured suppliers, in the order configured.
+    pub fn supplier_ids(&self) -> Vec<SupplierId> {
+        self.suppliers.iter().map(|s| s.id.clone()).collect()
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn CoordinatorStore> {
         &self.store
@@ -399,7 +404,13 @@ impl Core {
         }
         let at = now();
         let mut cmd = self.new_command(requester, feature, action, reason, at, approvals);
-        cmd.pb.impact = Some(crate::impact::impact_of(&self.estate, &m, &cmd.domain.action));
+        let configured = self.supplier_ids();
+        cmd.pb.impact = Some(crate::impact::impact_of(
+            &self.estate,
+            &configured,
+            &m,
+            &cmd.domain.action,
+        ));
         if dry_run {
             // A dry run shows the approver's view (lifted halts, preview); a saved command's
             // answer is what a retry gets back, so it carries only what is stored (GetCommand

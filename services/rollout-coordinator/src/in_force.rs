@@ -2,6 +2,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    ops::Bound,
     sync::Arc,
 };
 
@@ -71,6 +72,14 @@ impl InForce {
     /// The command in force at `sequence`.
     pub fn at(&self, sequence: u64) -> Option<&Arc<Command>> {
         self.by_sequence.get(&sequence)
+    }
+
+    /// The commands in force with a sequence above `sequence`, in sequence order: a range
+    /// query, costing with the commands it yields (not with everything in force).
+    pub fn after(&self, sequence: u64) -> impl Iterator<Item = &Arc<Command>> {
+        self.by_sequence
+            .range((Bound::Excluded(sequence), Bound::Unbounded))
+            .map(|(_, c)| c)
     }
 
     /// Every command in force, in sequence order.

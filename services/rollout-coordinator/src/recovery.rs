@@ -175,6 +175,7 @@ impl Core {
             ApiError::internal("recovering commands", "the log has no history hash at its end")
         })?;
         let now = SystemTime::now();
+        let configured = self.supplier_ids();
         let mut change = Change::default();
         let mut listed = Vec::new();
         let mut expected = last + 1;
@@ -232,7 +233,12 @@ impl Core {
             if pb.create_time.is_none() {
                 pb.create_time = Some(wire::timestamp(now));
             }
-            pb.impact = Some(crate::impact::impact_of(&self.estate, m, &domain.action));
+            pb.impact = Some(crate::impact::impact_of(
+                &self.estate,
+                &configured,
+                m,
+                &domain.action,
+            ));
             if let Action::CreateFeature(def) = &domain.action {
                 let mut feature = wire::feature_pb(def);
                 feature.creator = domain.requester.clone();

@@ -103,7 +103,13 @@ impl Core {
         cmd.pb.redelivery_of = format!("commands/{}", r.original);
         cmd.pb.supplier = format!("suppliers/{}", r.supplier);
         let scopes: Vec<&Scope> = scopes.iter().collect();
-        cmd.pb.impact = Some(crate::impact::impact_at(&self.estate, &scopes, &r.supplier));
+        let configured = self.supplier_ids();
+        cmd.pb.impact = Some(crate::impact::impact_at(
+            &self.estate,
+            &configured,
+            &scopes,
+            &r.supplier,
+        ));
         if r.dry_run {
             // As for any dry run: the approver's view (what it lifts, the preview).
             cmd.pb.name = String::new();

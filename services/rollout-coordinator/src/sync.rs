@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use rollout_core::{HistoryHash, SupplierId, audit::now};
+use rollout_core::{Action, HistoryHash, SupplierId, audit::now};
 use rollout_net::{ApiError, wire};
 use rollout_proto::v1 as pb;
 use tracing::info;
@@ -13,6 +13,7 @@ use tracing::info;
 use crate::{
     answers::{self, Fault, Outcome},
     coordinator::{Change, Core, Model, SupplierEndpoint},
+    in_force::InForce,
 };
 
 /// What a GetSyncState answer told the coordinator.
@@ -278,6 +279,8 @@ impl Core {
         view.endpoint = s.endpoint.clone();
         view.target_sequence = i64::try_from(target).unwrap_or(i64::MAX);
         view.conflicts = m.conflicts_of(&s.id);
+        let applied = u64::try_from(view.applied_sequence).unwrap_or(0);
+        (view.unapplied_halts, view.unapplied_halt_count) = unapplied_halts(m.in_force(), &s.id, applied);
         let fresh = status
             .last_contact
             .is_some_and(|t| t.elapsed().map_or(true, |e| e <= self.stale_after));
@@ -301,13 +304,49 @@ impl Core {
     }
 }
 
+/// The most unapplied halts a supplier view lists ([`unapplied_halts`]).
+pub const UNAPPLIED_HALTS_LISTED: usize = 20;
+
+/// The halts in force that `supplier` has not applied (their sequence is above `applied`),
+/// oldest first: the first [`UNAPPLIED_HALTS_LISTED`], and how many there are in all. A halt
+/// addressed to another supplier alone is not counted. Reads only the commands in force above
+/// `applied`, so it costs with what the supplier has still to apply, not with the log.
+pub fn unapplied_halts(
+    in_force: &InForce,
+    supplier: &SupplierId,
+    applied: u64,
+) -> (Vec<pb::supplier::UnappliedHalt>, i32) {
+    let mut listed = Vec::new();
+    let mut count: i32 = 0;
+    let halts = in_force
+        .after(applied)
+        .filter(|c| matches!(c.action, Action::Halt { .. }) && c.addressed_to(supplier));
+    for c in halts {
+        count = count.saturating_add(1);
+        if listed.len() < UNAPPLIED_HALTS_LISTED {
+            listed.push(pb::supplier::UnappliedHalt {
+                command: format!("commands/{}", c.id),
+                sequence: i64::try_from(c.sequence).unwrap_or(i64::MAX),
+                feature: format!("features/{}", c.feature),
+                create_time: Some(wire::timestamp(c.issued_at)),
+            });
+        }
+    }
+    (listed, count)
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime};
+    use std::{
+        sync::Arc,
+        time::{Duration, SystemTime},
+    };
 
-    use rollout_core::SupplierId;
+    use rollout_core::{Action, Command, CommandId, FeatureKey, Scope, SupplierId};
+    use rollout_net::wire;
 
-    use crate::answers::Fault;
+    use super::unapplied_halts;
+    use crate::{answers::Fault, in_force::InForce};
 
     #[tokio::test]
     async fn a_fault_is_cleared_only_by_a_sync_begun_after_it() {
@@ -325,6 +364,69 @@ mod tests {
         core.answered_sensibly(&emis, SystemTime::now() + Duration::from_secs(1))
             .await;
         assert_eq!(fault_of(&core, &emis).await, "");
+    }
+
+    /// A dispatched command of `feature` at `sequence`, issued `sequence` seconds after the
+    /// epoch, addressed to `to` alone if given.
+    fn command(sequence: u64, feature: &str, action: Action, to: Option<&str>) -> Arc<Command> {
+        Arc::new(Command {
+            id: CommandId::parse(&format!("00000000-0000-4000-8000-{sequence:012}")).expect("id"),
+            sequence,
+            feature: FeatureKey::parse(feature).expect("feature"),
+            action,
+            reason: String::new(),
+            requester: "alice".into(),
+            issued_at: SystemTime::UNIX_EPOCH + Duration::from_secs(sequence),
+            approved_by: vec![],
+            redelivery_of: None,
+            supplier: to.map(|s| SupplierId::parse(s).expect("supplier")),
+        })
+    }
+
+    #[test]
+    fn unapplied_halts_are_listed_oldest_first_at_most_20_and_counted_in_full() {
+        let halt = || Action::Halt {
+            scope: Scope::National,
+        };
+        let mut in_force = InForce::default();
+        // Halts at 2..=26 (two features), a go-live at 27, a resume at 28 lifting the halt at
+        // 3, and a halt at 29 addressed to tpp alone.
+        for sequence in 2..=26 {
+            let feature = if sequence % 2 == 0 { "f-even" } else { "f-odd" };
+            in_force.apply(command(sequence, feature, halt(), None));
+        }
+        let go_live = Action::GoLive {
+            scope: Scope::National,
+            effective_at: None,
+        };
+        in_force.apply(command(27, "f-even", go_live, None));
+        let lifted = command(3, "f-odd", halt(), None).id.clone();
+        let resume = Action::Resume { halts: vec![lifted] };
+        assert_eq!(in_force.apply(command(28, "f-odd", resume, None)).len(), 1);
+        in_force.apply(command(29, "f-even", halt(), Some("tpp")));
+
+        let emis = SupplierId::parse("emis").expect("supplier");
+        let (listed, count) = unapplied_halts(&in_force, &emis, 1);
+        assert_eq!(count, 24, "25 halts, one lifted, one addressed to tpp");
+        let sequences: Vec<i64> = listed.iter().map(|h| h.sequence).collect();
+        let expected: Vec<i64> = [2].into_iter().chain(4..=22).collect();
+        assert_eq!(sequences, expected, "the oldest 20, the lifted one left out");
+        assert_eq!(listed[0].command, "commands/00000000-0000-4000-8000-000000000002");
+        assert_eq!(listed[0].feature, "features/f-even");
+        assert_eq!(listed[2].feature, "features/f-odd", "sequence 5");
+        assert_eq!(
+            listed[1].create_time,
+            Some(wire::timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(4)))
+        );
+
+        let tpp = SupplierId::parse("tpp").expect("supplier");
+        assert_eq!(unapplied_halts(&in_force, &tpp, 1).1, 25, "its own halt counts");
+        let (listed, count) = unapplied_halts(&in_force, &emis, 20);
+        assert_eq!(count, 6);
+        assert_eq!(listed.first().map(|h| h.sequence), Some(21));
+        assert_eq!(unapplied_halts(&in_force, &tpp, 28).1, 1);
+        let (listed, count) = unapplied_halts(&in_force, &emis, 29);
+        assert_eq!((listed.len(), count), (0, 0), "applied everything");
     }
 
     async fn fault_of(core: &crate::coordinator::Core, supplier: &SupplierId) -> String {

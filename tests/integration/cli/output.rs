@@ -1,8 +1,9 @@
 //! What the operator reads at 3 a.m.: `status` names the feature it counts and how fresh its
-//! counts are; `feature list` shows the control TTL; `halt --wait` prints a name once or one
-//! JSON document; `verify` says why a halt is not verified; a wait that times out names the
-//! suppliers that did not answer and what to do next, and a supplier the coordinator cannot
-//! reach is not blamed on the coordinator.
+//! counts are, and the halts a supplier has not applied; `feature list` shows the control TTL;
+//! a dry run names the practices a supplier without an endpoint will not reach; `halt --wait`
+//! prints a name once or one JSON document; `verify` says why a halt is not verified; a wait
+//! that times out names the suppliers that did not answer and what to do next, and a supplier
+//! the coordinator cannot reach is not blamed on the coordinator.
 
 use std::time::Duration;
 
@@ -265,6 +266,115 @@ async fn a_wait_that_times_out_names_the_suppliers_that_did_not_answer() {
         text(&out).contains("hint: the coordinator is up but could not reach that supplier"),
         "{}",
         text(&out)
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn status_names_the_halts_a_supplier_has_not_applied() {
+    let mut stack = Stack::start(None).await;
+    feature_live(&stack).await;
+    suppliers_until(&stack, Duration::from_secs(30), "synced", |list| {
+        list.iter().all(|s| s.applied_sequence == s.target_sequence)
+    })
+    .await;
+    let synced = text(&ctl(&stack, "viewer", &["status"]).await);
+    assert!(
+        !synced.contains("has not applied"),
+        "nothing when none:\n{synced}"
+    );
+
+    stack.stop_supplier("tpp").await;
+    let icb = pb::Scope {
+        target: Some(pb::scope::Target::Icb("QN7".into())),
+    };
+    let h = halt(&stack, icb).await;
+    suppliers_until(&stack, Duration::from_secs(30), "applied by the others", |list| {
+        list.iter()
+            .all(|s| s.name == "suppliers/tpp" || s.applied_sequence == s.target_sequence)
+    })
+    .await;
+    let out = ctl(&stack, "viewer", &["status"]).await;
+    let table = text(&out);
+    assert!(out.status.success(), "{table}");
+    let section = table
+        .split("\ntpp has not applied 1 halt yet, so it does not hold at its practices")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no section for tpp:\n{table}"));
+    let id = h.name.trim_start_matches("commands/");
+    let line = section
+        .lines()
+        .find(|l| l.contains(id))
+        .unwrap_or_else(|| panic!("{id} not named:\n{table}"));
+    assert!(line.contains(FEATURE), "{line}");
+    assert!(line.contains(&format!("sequence {} ", h.sequence)), "{line}");
+    assert!(line.contains(" issued ") && line.ends_with(" ago"), "{line}");
+    assert!(section.contains("rolloutctl verify COMMAND"), "{table}");
+    assert!(section.contains("\"A supplier does not acknowledge\""), "{table}");
+    assert!(!section.contains("and 1 more"), "{table}");
+    for other in ["emis", "cegedim", "microtest"] {
+        assert!(!table.contains(&format!("{other} has not applied")), "{table}");
+    }
+    let json = ctl_json(&stack, "viewer", &["status"]).await;
+    let tpp = json["suppliers"]
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s["name"] == "suppliers/tpp"))
+        .unwrap_or_else(|| panic!("no tpp: {json}"));
+    assert_eq!(tpp["unappliedHaltCount"], 1, "{tpp}");
+    assert_eq!(tpp["unappliedHalts"][0]["command"], h.name.as_str(), "{tpp}");
+
+    stack.start_supplier("tpp").await;
+    suppliers_until(&stack, Duration::from_secs(30), "applied by tpp", |list| {
+        list.iter().all(|s| s.applied_sequence == s.target_sequence)
+    })
+    .await;
+    let applied = text(&ctl(&stack, "viewer", &["status"]).await);
+    assert!(!applied.contains("has not applied"), "{applied}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_dry_run_names_the_practices_a_supplier_without_an_endpoint_will_not_reach() {
+    let mut stack = Stack::suppliers(None).await;
+    stack.unconfigured = vec!["microtest"];
+    stack.start_coordinator().await;
+    let create = [
+        "feature",
+        "create",
+        FEATURE,
+        "--fail-mode",
+        "static",
+        "--reason",
+        "r",
+    ];
+    ctl_json(&stack, "alice", &create).await;
+    let n = stack.expected("microtest", &rollout_core::Scope::National);
+    let dry_run = |scope: &'static str| {
+        let stack = &stack;
+        async move {
+            let args = ["halt", FEATURE, "--scope", scope, "--reason", "r", "--dry-run"];
+            let out = ctl(stack, "alice", &args).await;
+            assert!(out.status.success(), "{}", text(&out));
+            String::from_utf8(out.stdout).expect("utf-8")
+        }
+    };
+    let national = dry_run("national").await;
+    assert!(
+        row(&national, "impact").contains(&format!(", microtest {n} (not delivered), ")),
+        "{national}"
+    );
+    assert_eq!(
+        row(&national, "unreached"),
+        format!(
+            "unreached {n} practices in scope will not be reached: microtest not delivered: \
+             the coordinator has no endpoint for it"
+        ),
+        "{national}"
+    );
+    let tpp = dry_run("supplier:tpp").await;
+    assert!(
+        !tpp.contains("not delivered") && !tpp.contains("unreached"),
+        "{tpp}"
     );
     stack.stop().await;
 }

@@ -144,7 +144,7 @@ impl Handlers {
             crate::scope_check::known_region(&self.core.estate, "scope", r)?;
         }
         let scope = wire::scope("scope", scope)?;
-        let suppliers: Vec<SupplierId> = self.core.suppliers.iter().map(|s| s.id.clone()).collect();
+        let suppliers = self.core.supplier_ids();
         crate::scope_check::check(&self.core.estate, &suppliers, "scope", &scope, allow)?;
         Ok(scope)
     }

@@ -179,7 +179,8 @@ fn dispatched_halt(c: &Cmd) -> Result<Scope, ApiError> {
 /// What the coordinator knows now of each supplier to verify: the configured suppliers in
 /// order, then any other of the estate with practices in scope; `only` if not empty.
 async fn facts_now(core: &Core, scope: &Scope, only: &BTreeSet<SupplierId>) -> Vec<Facts> {
-    let counts = crate::impact::impact(&core.estate, &[scope]);
+    let configured = core.supplier_ids();
+    let counts = crate::impact::impact_delivered(&core.estate, &configured, &[scope]);
     let in_scope = |id: &SupplierId| {
         let name = format!("suppliers/{id}");
         counts
@@ -188,16 +189,15 @@ async fn facts_now(core: &Core, scope: &Scope, only: &BTreeSet<SupplierId>) -> V
             .find(|s| s.supplier == name)
             .map_or(0, |s| s.practices)
     };
-    let configured: Vec<SupplierId> = core.suppliers.iter().map(|s| s.id.clone()).collect();
-    let unconfigured = counts
+    let not_delivered = counts
         .suppliers
         .iter()
-        .filter_map(|s| SupplierId::parse(s.supplier.strip_prefix("suppliers/")?).ok())
-        .filter(|id| !configured.contains(id));
+        .filter(|s| s.not_delivered)
+        .filter_map(|s| SupplierId::parse(s.supplier.strip_prefix("suppliers/")?).ok());
     let listed: Vec<(SupplierId, bool)> = configured
         .iter()
         .map(|id| (id.clone(), true))
-        .chain(unconfigured.map(|id| (id, false)))
+        .chain(not_delivered.map(|id| (id, false)))
         .filter(|(id, _)| only.is_empty() || only.contains(id))
         .collect();
     core.read(|m| {
@@ -235,9 +235,8 @@ pub(super) async fn verify_command(
     let timeout = supplier_timeout(r.supplier_timeout.as_ref())?;
     let known: BTreeSet<SupplierId> = h
         .core
-        .suppliers
-        .iter()
-        .map(|s| s.id.clone())
+        .supplier_ids()
+        .into_iter()
         .chain(h.core.estate.active_by_supplier().into_keys())
         .collect();
     let only = supplier_filter(&known, &r.suppliers)?;

@@ -42,12 +42,68 @@ pub fn said(scope: &pb::Scope) -> String {
     }
 }
 
-/// What a dry run says the command covers: `6300 practices at 4 suppliers`.
+/// What a dry run says the command covers: `6300 practices at 4 suppliers`, and when the
+/// coordinator has no endpoint for some of them, `6300 practices at 4 suppliers (300 of them,
+/// at microtest, will not be reached: the coordinator has no endpoint there)`.
 pub fn covered(dry_run: &pb::Command) -> String {
     let impact = dry_run.impact.clone().unwrap_or_default();
-    format!(
+    let mut said = format!(
         "{} practices at {} suppliers",
         impact.practices,
         impact.suppliers.len()
-    )
+    );
+    let undelivered: Vec<&str> = impact
+        .suppliers
+        .iter()
+        .filter(|s| s.not_delivered)
+        .map(|s| s.supplier.trim_start_matches("suppliers/"))
+        .collect();
+    if !undelivered.is_empty() {
+        said.push_str(&format!(
+            " ({} of them, at {}, will not be reached: the coordinator has no endpoint there)",
+            impact.not_delivered_practices,
+            undelivered.join(", ")
+        ));
+    }
+    said
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(supplier: &str, practices: i32, not_delivered: bool) -> pb::impact::SupplierImpact {
+        pb::impact::SupplierImpact {
+            supplier: format!("suppliers/{supplier}"),
+            practices,
+            not_delivered,
+        }
+    }
+
+    #[test]
+    fn coverage_says_how_many_practices_will_not_be_reached() {
+        let mut dry_run = pb::Command {
+            impact: Some(pb::Impact {
+                practices: 30,
+                suppliers: vec![at("emis", 20, false), at("tpp", 10, false)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(covered(&dry_run), "30 practices at 2 suppliers");
+        dry_run.impact = Some(pb::Impact {
+            practices: 33,
+            suppliers: vec![
+                at("emis", 20, false),
+                at("microtest", 3, true),
+                at("tpp", 10, false),
+            ],
+            not_delivered_practices: 3,
+            ..Default::default()
+        });
+        assert_eq!(
+            covered(&dry_run),
+            "33 practices at 3 suppliers (3 of them, at microtest, will not be reached: the coordinator has no endpoint there)"
+        );
+    }
 }

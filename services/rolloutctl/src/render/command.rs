@@ -135,6 +135,44 @@ fn preview(p: &pb::Preview, w: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
+/// The practices a command covers, per supplier; the suppliers the coordinator does not
+/// deliver to marked, with how many practices in scope it will not reach; and listed codes the
+/// estate does not know.
+fn impact(i: &pb::Impact, w: &mut dyn Write) -> io::Result<()> {
+    let per: Vec<String> = i
+        .suppliers
+        .iter()
+        .map(|s| {
+            let mark = if s.not_delivered { " (not delivered)" } else { "" };
+            format!("{} {}{mark}", short(&s.supplier), s.practices)
+        })
+        .collect();
+    if per.is_empty() {
+        writeln!(w, "impact    {} practices", i.practices)?;
+    } else {
+        writeln!(w, "impact    {} practices ({})", i.practices, per.join(", "))?;
+    }
+    let undelivered: Vec<&str> = i
+        .suppliers
+        .iter()
+        .filter(|s| s.not_delivered)
+        .map(|s| short(&s.supplier))
+        .collect();
+    if !undelivered.is_empty() {
+        writeln!(
+            w,
+            "unreached {} practices in scope will not be reached: {} not delivered: the coordinator has no endpoint for {}",
+            i.not_delivered_practices,
+            undelivered.join(", "),
+            if undelivered.len() == 1 { "it" } else { "them" }
+        )?;
+    }
+    if !i.unknown_practices.is_empty() {
+        writeln!(w, "unknown   {}", unknown_codes(&i.unknown_practices))?;
+    }
+    Ok(())
+}
+
 /// A command as `show`, `halt` and the other writes print it: what it does, where it stands,
 /// its impact, approvals and deliveries.
 impl View for pb::Command {
@@ -151,19 +189,7 @@ impl View for pb::Command {
         writeln!(w, "reason    {}", self.reason)?;
         what_it_does(self, w)?;
         if let Some(i) = &self.impact {
-            let per: Vec<String> = i
-                .suppliers
-                .iter()
-                .map(|s| format!("{} {}", short(&s.supplier), s.practices))
-                .collect();
-            if per.is_empty() {
-                writeln!(w, "impact    {} practices", i.practices)?;
-            } else {
-                writeln!(w, "impact    {} practices ({})", i.practices, per.join(", "))?;
-            }
-            if !i.unknown_practices.is_empty() {
-                writeln!(w, "unknown   {}", unknown_codes(&i.unknown_practices))?;
-            }
+            impact(i, w)?;
         }
         for a in &self.approvals {
             writeln!(

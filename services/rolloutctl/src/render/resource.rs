@@ -74,6 +74,7 @@ impl View for pb::ListSuppliersResponse {
                 supplier_notes(s)
             )?;
         }
+        unapplied_halts(self, SystemTime::now(), w)?;
         let features: BTreeSet<&str> = self
             .suppliers
             .iter()
@@ -87,6 +88,69 @@ impl View for pb::ListSuppliersResponse {
 
     fn names(&self) -> Vec<String> {
         self.suppliers.iter().map(|s| s.name.clone()).collect()
+    }
+}
+
+/// The halts in force that suppliers have not applied yet, when any has: per supplier, each
+/// halt listed (command, feature, sequence, how long ago it was issued, as of `now`) and how
+/// many more there are, then where to look next. Nothing when none.
+fn unapplied_halts(r: &pb::ListSuppliersResponse, now: SystemTime, w: &mut dyn Write) -> io::Result<()> {
+    let behind: Vec<&pb::Supplier> = r
+        .suppliers
+        .iter()
+        .filter(|s| s.unapplied_halt_count > 0)
+        .collect();
+    if behind.is_empty() {
+        return Ok(());
+    }
+    for s in behind {
+        let count = s.unapplied_halt_count;
+        let (halts, they) = if count == 1 {
+            ("halt", "it does")
+        } else {
+            ("halts", "they do")
+        };
+        writeln!(
+            w,
+            "\n{} has not applied {count} {halts} yet, so {they} not hold at its practices (applied sequence {} of {}):",
+            short(&s.name),
+            s.applied_sequence,
+            s.target_sequence
+        )?;
+        for h in &s.unapplied_halts {
+            writeln!(
+                w,
+                "  {}  {}  sequence {}  {}",
+                short(&h.command),
+                short(&h.feature),
+                h.sequence,
+                issued(&h.create_time, now)
+            )?;
+        }
+        let unlisted = usize::try_from(count)
+            .unwrap_or(0)
+            .saturating_sub(s.unapplied_halts.len());
+        if unlisted > 0 {
+            writeln!(w, "  and {unlisted} more")?;
+        }
+    }
+    writeln!(
+        w,
+        "(check a halt at every supplier: rolloutctl verify COMMAND; see docs/RUNBOOK.md, \"A supplier does not acknowledge\")"
+    )
+}
+
+/// When a halt was issued, in words as of `now`: `issued 3m 12s ago`.
+fn issued(t: &Option<prost_types::Timestamp>, now: SystemTime) -> String {
+    match t.and_then(|t| SystemTime::try_from(t).ok()) {
+        Some(t) => {
+            let secs = now.duration_since(t).unwrap_or_default().as_secs();
+            format!(
+                "issued {} ago",
+                humantime::format_duration(std::time::Duration::from_secs(secs))
+            )
+        }
+        None => "issue time unknown".to_owned(),
     }
 }
 
@@ -357,5 +421,72 @@ impl View for pb::ListOptOutsResponse {
 
     fn names(&self) -> Vec<String> {
         self.opt_outs.iter().map(|o| o.name.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn halt(n: i64, issued: SystemTime) -> pb::supplier::UnappliedHalt {
+        pb::supplier::UnappliedHalt {
+            command: format!("commands/halt-{n}"),
+            sequence: n,
+            feature: "features/f".into(),
+            create_time: Some(issued.into()),
+        }
+    }
+
+    fn section(r: &pb::ListSuppliersResponse, now: SystemTime) -> String {
+        let mut out = Vec::new();
+        unapplied_halts(r, now, &mut out).expect("write");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn unapplied_halts_are_named_with_their_age_and_how_many_more() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let tpp = pb::Supplier {
+            name: "suppliers/tpp".into(),
+            applied_sequence: 4,
+            target_sequence: 27,
+            unapplied_halts: (5..25).map(|n| halt(n, now - Duration::from_secs(192))).collect(),
+            unapplied_halt_count: 23,
+            ..Default::default()
+        };
+        let emis = pb::Supplier {
+            name: "suppliers/emis".into(),
+            applied_sequence: 27,
+            target_sequence: 27,
+            ..Default::default()
+        };
+        let text = section(
+            &pb::ListSuppliersResponse {
+                suppliers: vec![emis.clone(), tpp],
+                ..Default::default()
+            },
+            now,
+        );
+        assert!(
+            text.contains("tpp has not applied 23 halts yet, so they do not hold at its practices (applied sequence 4 of 27):"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n  halt-5  f  sequence 5  issued 3m 12s ago\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("issued 3m 12s ago").count(), 20, "{text}");
+        assert!(text.contains("\n  and 3 more\n"), "{text}");
+        assert!(text.contains("rolloutctl verify COMMAND"), "{text}");
+        assert!(text.contains("\"A supplier does not acknowledge\""), "{text}");
+        assert!(!text.contains("emis"), "{text}");
+
+        let none = pb::ListSuppliersResponse {
+            suppliers: vec![emis],
+            ..Default::default()
+        };
+        assert_eq!(section(&none, now), "", "nothing when no halt is unapplied");
     }
 }
