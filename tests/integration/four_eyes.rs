@@ -87,6 +87,7 @@ impl World {
         let config = rollout_coordinator::Config {
             tls: rollout_net::TlsFiles::from_pki_dir(&pki, "coordinator"),
             supplier_ca: pki.join("ca.pem"),
+            supplier_crls: Vec::new(),
             policy: dir.path().join("policy.toml"),
             suppliers: rollout_coordinator::read_suppliers(&suppliers).expect("suppliers"),
             database_url: format!("sqlite://{}", dir.path().join("coordinator.db").display()),

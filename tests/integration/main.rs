@@ -30,5 +30,6 @@ mod stack;
 mod store;
 mod supplier;
 mod support;
+mod trust;
 mod unanswered;
 mod unapplied;

@@ -179,6 +179,7 @@ async fn world(kind: Kind) -> World {
         Kind::Coordinator => {
             let config = rollout_coordinator::Config {
                 supplier_ca: tls.ca.clone(),
+                supplier_crls: Vec::new(),
                 tls,
                 policy,
                 suppliers: vec![],

@@ -73,10 +73,19 @@ impl Stack {
 
     /// Starts only the four suppliers.
     pub async fn suppliers(freeze_cegedim: Option<&str>) -> Stack {
+        Stack::suppliers_with(freeze_cegedim, |pki| {
+            rolloutctl::pki::init(pki, false).expect("pki");
+        })
+        .await
+    }
+
+    /// Starts only the four suppliers, on the PKI `write_pki` writes into the directory it is
+    /// given (the files `rolloutctl pki init` writes).
+    pub async fn suppliers_with(freeze_cegedim: Option<&str>, write_pki: impl FnOnce(&Path)) -> Stack {
         rollout_net::tls::install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = dir.path().join("pki");
-        rolloutctl::pki::init(&pki, false).expect("pki");
+        write_pki(&pki);
         let mut suppliers = BTreeMap::new();
         for s in SUPPLIERS {
             let files = supplier_files(dir.path(), &pki, s);
@@ -139,6 +148,7 @@ impl Stack {
         rollout_coordinator::Config {
             tls: rollout_net::TlsFiles::from_pki_dir(&self.pki, "coordinator"),
             supplier_ca: self.pki.join("ca.pem"),
+            supplier_crls: Vec::new(),
             policy: coordinator_policy(self.dir.path()),
             suppliers: self
                 .configured()

@@ -47,14 +47,13 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
 use clap::Parser;
 use rollout_core::SupplierId;
 use rollout_net::{
-    Access, AccessTable, Admission, AuthLayer, ConnectionBudget, Drain, Identity, MessageLimits, Role,
-    RolePolicy,
+    Access, AccessTable, Admission, AuthLayer, ConnectionBudget, Drain, Identity, MessageLimits, PolicyFile,
+    Role,
     cli::{ConnectionArgs, LogArgs, ShutdownArgs, TlsArgs},
-    tls::{self, ReloadingServerConfig, TlsFiles},
+    tls::{self, ClientTrust, ReloadingServerConfig, TlsFiles},
 };
 use rollout_proto::v1::coordinator_service_server::CoordinatorServiceServer;
 use rollout_store::coordinator::SqlCoordinatorStore;
@@ -80,8 +79,14 @@ pub struct Args {
     #[command(flatten)]
     pub tls: TlsArgs,
     /// CA bundle that suppliers' server certificates must chain to (default: --tls-ca).
+    /// Re-read when it changes, like every certificate file.
     #[arg(long, env = "ROLLOUT_SUPPLIER_CA", value_name = "PEM")]
     pub supplier_ca: Option<PathBuf>,
+    /// CRLs (PEM, comma-separated) that suppliers' server certificates are checked against; a
+    /// supplier whose CA has no CRL here is not checked for revocation. Re-read when they
+    /// change. None by default.
+    #[arg(long, env = "ROLLOUT_SUPPLIER_CRL", value_name = "PEM", value_delimiter = ',')]
+    pub supplier_crl: Vec<PathBuf>,
     /// Role policy (TOML). Roles used here: operator (create features, halt, resume, go-live,
     /// redeliver, cancel), approver (approve, cancel), auditor (audit log), viewer (read).
     #[arg(long, env = "ROLLOUT_POLICY", value_name = "TOML")]
@@ -188,6 +193,8 @@ pub struct Config {
     pub tls: TlsFiles,
     /// CA bundle for suppliers' server certificates.
     pub supplier_ca: PathBuf,
+    /// CRLs suppliers' server certificates are checked against.
+    pub supplier_crls: Vec<PathBuf>,
     /// Role policy file.
     pub policy: PathBuf,
     /// The suppliers.
@@ -285,6 +292,7 @@ impl TryFrom<Args> for Config {
         let tls: TlsFiles = a.tls.into();
         Ok(Config {
             supplier_ca: a.supplier_ca.unwrap_or_else(|| tls.ca.clone()),
+            supplier_crls: a.supplier_crl,
             tls,
             policy: a.policy,
             suppliers,
@@ -425,17 +433,26 @@ async fn lead(
     }
 }
 
-/// Opens one mTLS channel per supplier (a connection of its own, made at its first call), each
-/// checking the supplier's server identity.
-fn supplier_channels(config: &Config) -> Result<BTreeMap<SupplierId, tonic::transport::Channel>, Error> {
-    let client_files = TlsFiles {
+/// The coordinator's client side towards the suppliers: its own certificate and key (the
+/// server's), the suppliers' CA bundle and CRLs, re-read when they change.
+fn client_trust(config: &Config) -> Result<Arc<ClientTrust>, Error> {
+    Ok(ClientTrust::load(TlsFiles {
         ca: config.supplier_ca.clone(),
+        crls: config.supplier_crls.clone(),
         ..config.tls.clone()
-    };
+    })?)
+}
+
+/// Opens one mTLS channel per supplier (a connection of its own, made at its first call, with
+/// the files of `trust` in force then), each checking the supplier's server identity.
+fn supplier_channels(
+    config: &Config,
+    trust: &Arc<ClientTrust>,
+) -> Result<BTreeMap<SupplierId, tonic::transport::Channel>, Error> {
     let mut channels = BTreeMap::new();
     for s in &config.suppliers {
-        let client = tls::client_config(&client_files, Some(Identity::new(&s.identity)))?;
-        channels.insert(s.id.clone(), tls::channel(&s.endpoint, client)?);
+        let channel = tls::reloading_channel(&s.endpoint, trust.clone(), Identity::new(&s.identity))?;
+        channels.insert(s.id.clone(), channel);
     }
     Ok(channels)
 }
@@ -452,8 +469,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let drain = Drain::new(config.shutdown_grace);
-    let policy = RolePolicy::load(&config.policy)?;
+    let policy_file = PolicyFile::load(&config.policy)?;
     let tls = ReloadingServerConfig::load(config.tls.clone())?;
+    let trust = client_trust(&config)?;
     let estate = Arc::new(
         rollout_store::reference::read_estate(&config.estate.0, &config.estate.1).map_err(Error::Estate)?,
     );
@@ -473,8 +491,8 @@ pub async fn serve(
     );
     // Delivery has connections of its own: the reads callers drive through the handlers
     // (VerifyCommand, GetPracticeStatus) never share a connection's stream budget with it.
-    let channels = supplier_channels(&config)?;
-    let read_channels = supplier_channels(&config)?;
+    let channels = supplier_channels(&config, &trust)?;
+    let read_channels = supplier_channels(&config, &trust)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every replica serves the API; exactly one (the holder of the leadership lock) delivers.
@@ -505,8 +523,14 @@ pub async fn serve(
                 .map_err(|e| e.to_string())
         }
     });
-    let policy = Arc::new(ArcSwap::from_pointee(policy));
-    let auth = AuthLayer::new(policy.clone(), access_table(), Some(refusals.observer()));
+    let policy = policy_file.policy();
+    let auth =
+        AuthLayer::new(policy.clone(), access_table(), Some(refusals.observer())).with_trust(tls.clone());
+    // The server's own files are re-read by its acceptor; these by this loop.
+    tokio::spawn(tls::every_reload_check(stop_rx.clone(), move || {
+        policy_file.reload_if_changed();
+        trust.reload_if_changed();
+    }));
 
     let handlers = service::Handlers::new(
         core.clone(),

@@ -10,11 +10,13 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
+
+use rustls::pki_types::CertificateDer;
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -183,6 +185,14 @@ pub struct PeerInfo {
     pub identity: Option<Identity>,
     /// The connection's calls and streams, held to the stream budget by [`StreamBudgetLayer`].
     pub streams: StreamSlots,
+    /// Its verified certificate chain, leaf first: checked again at its next call once the
+    /// server's CA bundle or CRLs have changed (`crate::auth`).
+    pub chain: Arc<[CertificateDer<'static>]>,
+    /// When its leaf certificate expires; a call after it is refused.
+    pub not_after: Option<SystemTime>,
+    /// The generation of the server's files the chain was last verified against
+    /// ([`ReloadingServerConfig::generation`]).
+    pub verified: Arc<AtomicU64>,
 }
 
 /// A verified mutual-TLS connection, holding its connection slot until it closes.
@@ -315,10 +325,15 @@ pub fn incoming_for(
                 continue;
             };
             let _ = tcp.set_nodelay(true);
+            // The generation read before the configuration: a reload between the two makes the
+            // connection's first call check its chain again, never skip a check.
+            let generation = tls.generation();
             let acceptor = TlsAcceptor::from(tls.current());
             let (tx, admission) = (tx.clone(), admission.clone());
             tokio::spawn(async move {
-                if let Some(stream) = handshake(&admission, acceptor, tcp, remote_addr, slot).await {
+                if let Some(stream) =
+                    handshake(&admission, acceptor, generation, tcp, remote_addr, slot).await
+                {
                     let _ = tx.send(Ok(stream)).await;
                 }
             });
@@ -332,6 +347,7 @@ pub fn incoming_for(
 async fn handshake(
     admission: &Admission,
     acceptor: TlsAcceptor,
+    generation: u64,
     tcp: TcpStream,
     remote_addr: SocketAddr,
     slot: OwnedSemaphorePermit,
@@ -342,17 +358,21 @@ async fn handshake(
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(stream)) => {
-            let identity = stream
+            let chain: Arc<[CertificateDer<'static>]> = stream
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|leaf| Identity::of_certificate(leaf));
+                .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
+            let identity = chain.first().and_then(|leaf| Identity::of_certificate(leaf));
             debug!(peer = %remote_addr, identity = ?identity, "tls connection accepted");
             let info = PeerInfo {
                 remote_addr,
                 identity,
                 streams: StreamSlots::new(admission.budget().streams_per_connection),
+                not_after: chain.first().and_then(crate::tls::not_after),
+                chain,
+                verified: Arc::new(AtomicU64::new(generation)),
             };
             Some(PeerStream {
                 inner: stream,

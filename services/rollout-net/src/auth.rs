@@ -1,231 +1,28 @@
-//! Identity and roles: a policy mapping identities to roles, a table of which roles may call
-//! which method, and one tower layer that enforces both on every call.
+//! Identity and roles: a table of which roles may call which method, and one tower layer that
+//! enforces it with the role policy (`crate::policy`) on every call, after checking that the
+//! caller's certificate is still one the server accepts.
 //!
 //! **Architecture invariant:** authorisation happens here, once, before any handler runs. A
 //! handler that needs the caller's identity reads the [`Caller`] this layer puts in the
 //! request's extensions; it never looks at certificates itself.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
     fmt,
     future::Future,
-    path::Path,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     task::{Context, Poll},
 };
 
 use arc_swap::ArcSwap;
-use serde::Deserialize;
 use tower::{Layer, Service};
 use tracing::warn;
 
+pub use crate::policy::{Grant, MAX_PERSON_CHARS, PolicyError, PolicyFile, Role, RolePolicy, RoleSet};
 use crate::{
     error::ApiError,
-    tls::{Identity, PeerInfo},
+    tls::{Identity, PeerInfo, ReloadingServerConfig},
 };
-
-/// A role a caller may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// A supplier backend reading toggle state.
-    Backend,
-    /// A supplier's practice administrator recording opt-outs.
-    PracticeAdmin,
-    /// The coordinator, at a supplier.
-    Coordinator,
-    /// An NHS England operator issuing commands.
-    Operator,
-    /// An NHS England approver of resumes and go-lives.
-    Approver,
-    /// A reader of the audit log.
-    Auditor,
-    /// A read-only viewer.
-    Viewer,
-}
-
-impl Role {
-    /// The role's name as the policy file spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Backend => "backend",
-            Role::PracticeAdmin => "practice-admin",
-            Role::Coordinator => "coordinator",
-            Role::Operator => "operator",
-            Role::Approver => "approver",
-            Role::Auditor => "auditor",
-            Role::Viewer => "viewer",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A set of roles (a bit per role: copied, never allocated, on every call).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RoleSet(u8);
-
-impl RoleSet {
-    /// Whether the set holds `role`.
-    pub fn contains(self, role: Role) -> bool {
-        self.0 & (1 << role as u8) != 0
-    }
-}
-
-impl<'a> FromIterator<&'a Role> for RoleSet {
-    fn from_iter<I: IntoIterator<Item = &'a Role>>(roles: I) -> Self {
-        RoleSet(roles.into_iter().fold(0, |bits, r| bits | 1 << *r as u8))
-    }
-}
-
-/// Which identities hold which roles, and which person is behind an identity. Loaded from a
-/// TOML file; an identity maps to its roles, or to a table of its roles and the person behind
-/// it (for example an NHS Care Identity user ID), so that two certificates of one person count
-/// as one person (four eyes are two people):
-///
-/// ```toml
-/// [identities]
-/// "spiffe://gprollout.test/operator/alice" = { roles = ["operator", "approver"], person = "5551234" }
-/// "spiffe://gprollout.test/operator/alice-smartcard" = { roles = ["approver"], person = "5551234" }
-/// "spiffe://gprollout.test/viewer" = ["viewer"]
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RolePolicy {
-    identities: BTreeMap<String, Grant>,
-}
-
-/// The most characters a person's name in a policy may take.
-pub const MAX_PERSON_CHARS: usize = 64;
-
-/// What the policy gives one identity.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Grant {
-    roles: BTreeSet<Role>,
-    person: Option<Arc<str>>,
-}
-
-/// The table form of a [`Grant`].
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GrantTable {
-    roles: BTreeSet<Role>,
-    person: Option<String>,
-}
-
-impl<'de> Deserialize<'de> for Grant {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Grant;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a list of roles, or a table with `roles` and `person`")
-            }
-
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Grant, A::Error> {
-                let roles = BTreeSet::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
-                Ok(Grant { roles, person: None })
-            }
-
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Grant, A::Error> {
-                let t = GrantTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                let person = t
-                    .person
-                    .map(|p| person(&p).map_err(serde::de::Error::custom))
-                    .transpose()?;
-                Ok(Grant {
-                    roles: t.roles,
-                    person,
-                })
-            }
-        }
-        d.deserialize_any(Visit)
-    }
-}
-
-/// A person as a policy names them: 1 to [`MAX_PERSON_CHARS`] characters after trimming, no
-/// control character.
-fn person(p: &str) -> Result<Arc<str>, String> {
-    let p = p.trim();
-    if p.is_empty() || p.chars().count() > MAX_PERSON_CHARS || p.chars().any(char::is_control) {
-        return Err(format!(
-            "person {p:?} must be 1 to {MAX_PERSON_CHARS} characters with no control character"
-        ));
-    }
-    Ok(p.into())
-}
-
-/// A role policy file that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    /// The file could not be read.
-    #[error("cannot read role policy {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not a valid policy.
-    #[error("role policy {path} is not valid: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// What is wrong, with its position.
-        message: String,
-    },
-}
-
-impl RolePolicy {
-    /// Parses a policy; `origin` names it in errors.
-    pub fn from_toml(text: &str, origin: &str) -> Result<Self, PolicyError> {
-        toml::from_str(text).map_err(|e| PolicyError::Parse {
-            path: origin.to_owned(),
-            message: e.to_string(),
-        })
-    }
-
-    /// Reads and parses a policy file.
-    pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_toml(&text, &path.display().to_string())
-    }
-
-    /// A policy from (identity, roles) pairs.
-    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [Role])>) -> Self {
-        RolePolicy {
-            identities: pairs
-                .into_iter()
-                .map(|(id, roles)| {
-                    let grant = Grant {
-                        roles: roles.iter().copied().collect(),
-                        person: None,
-                    };
-                    (id.to_owned(), grant)
-                })
-                .collect(),
-        }
-    }
-
-    /// The roles an identity holds, or `None` if the policy does not list it.
-    pub fn roles(&self, identity: &str) -> Option<&BTreeSet<Role>> {
-        self.identities.get(identity).map(|g| &g.roles)
-    }
-
-    /// The person behind an identity, if the policy names one.
-    pub fn person(&self, identity: &str) -> Option<&str> {
-        self.identities.get(identity)?.person.as_deref()
-    }
-}
 
 /// Who may call a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,6 +142,7 @@ struct Shared {
     policy: Arc<ArcSwap<RolePolicy>>,
     table: AccessTable,
     observer: Option<Arc<dyn DenialObserver>>,
+    trust: Option<Arc<ReloadingServerConfig>>,
 }
 
 impl fmt::Debug for AuthLayer {
@@ -367,14 +165,106 @@ impl AuthLayer {
                 policy,
                 table,
                 observer,
+                trust: None,
             }),
         }
+    }
+
+    /// Checks each call's client certificate again against `trust`'s CA bundle and CRLs once
+    /// they have changed since the connection's handshake (or its last check): a certificate
+    /// revoked, or whose CA was removed, is refused UNAUTHENTICATED at its connection's next
+    /// call. Costs one atomic load per call while nothing changes.
+    pub fn with_trust(mut self, trust: Arc<ReloadingServerConfig>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.trust = Some(trust);
+        }
+        self
+    }
+}
+
+/// Set in [`PeerInfo::verified`] beside the generation at which the chain was refused (and the
+/// index of the reason in [`NO_LONGER`] above it), so that a refused connection is not checked
+/// again until the files change once more.
+const REFUSED: u64 = 1 << 63;
+/// Where the reason's index sits in [`PeerInfo::verified`].
+const REASON_SHIFT: u32 = 60;
+/// Why a certificate accepted at its handshake is refused now, as ErrorInfo reasons.
+const NO_LONGER: [&str; 3] = [
+    "CERTIFICATE_NO_LONGER_TRUSTED",
+    "CERTIFICATE_REVOKED",
+    "CERTIFICATE_EXPIRED",
+];
+
+/// The index in [`NO_LONGER`] of why rustls refused a certificate.
+fn no_longer(e: &rustls::Error) -> u64 {
+    use rustls::{CertificateError as C, Error as E};
+    match e {
+        E::InvalidCertificate(C::Revoked) => 1,
+        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => 2,
+        _ => 0,
     }
 }
 
 impl Shared {
+    /// Whether the connection's certificate is still one this server accepts: not expired
+    /// since the handshake, and (once the server's files have changed) still chaining to its
+    /// CA bundle and not revoked by its CRLs.
+    fn still_trusted(&self, peer: &PeerInfo) -> Result<(), ApiError> {
+        let refuse =
+            |reason, message: String| Err(ApiError::new(tonic::Code::Unauthenticated, reason, message));
+        if let Some(until) = peer.not_after
+            && std::time::SystemTime::now() > until
+        {
+            return refuse(
+                "CERTIFICATE_EXPIRED",
+                format!(
+                    "the client certificate expired at {} while its connection was open; connect again with a current one",
+                    humantime::format_rfc3339_seconds(until)
+                ),
+            );
+        }
+        let Some(trust) = &self.trust else {
+            return Ok(());
+        };
+        let generation = trust.generation();
+        let verified = peer.verified.load(Ordering::Acquire);
+        if verified == generation {
+            return Ok(());
+        }
+        let message = |e: &dyn fmt::Display| {
+            format!(
+                "the client certificate is no longer accepted by this server ({e}); its CA bundle or CRLs changed since the connection was made"
+            )
+        };
+        let reason = |index: u64| NO_LONGER[usize::try_from(index).unwrap_or(0).min(NO_LONGER.len() - 1)];
+        if verified & REFUSED != 0 && verified & ((1 << REASON_SHIFT) - 1) == generation {
+            let index = (verified & !REFUSED) >> REASON_SHIFT;
+            return refuse(
+                reason(index),
+                message(&"found at an earlier call on this connection"),
+            );
+        }
+        match trust.recheck(&peer.chain) {
+            Ok(()) => {
+                peer.verified.store(generation, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                let index = no_longer(&e);
+                peer.verified
+                    .store(generation | REFUSED | (index << REASON_SHIFT), Ordering::Release);
+                refuse(reason(index), message(&e))
+            }
+        }
+    }
+
     fn check(&self, peer: Option<&PeerInfo>, path: &str) -> Result<Caller, (Option<Identity>, ApiError)> {
         let identity = peer.and_then(|p| p.identity.clone());
+        if let Some(peer) = peer
+            && let Err(e) = self.still_trusted(peer)
+        {
+            return Err((identity, e.with_metadata("method", path.to_owned())));
+        }
         let deny = |reason, message: String| {
             Err((
                 identity.clone(),
@@ -394,9 +284,10 @@ impl Shared {
             );
         };
         let policy = self.policy.load();
-        let grant = policy.identities.get(id.as_str());
-        let roles = grant.map(|g| g.roles.iter().collect::<RoleSet>());
-        let person = grant.and_then(|g| g.person.clone());
+        let (roles, person) = match policy.grant(id.as_str()) {
+            Some((roles, person)) => (Some(roles), person),
+            None => (None, None),
+        };
         match (access, roles) {
             (Access::AnyPeer, roles) => Ok(Caller {
                 identity: id,
@@ -522,78 +413,5 @@ mod tests {
         );
         assert_eq!(table.lookup("/pkg.Other/Get"), None);
         assert_eq!(table.lookup("/pkg.S"), None);
-    }
-
-    #[test]
-    fn role_sets_hold_exactly_their_roles() {
-        let all = [
-            Role::Backend,
-            Role::PracticeAdmin,
-            Role::Coordinator,
-            Role::Operator,
-            Role::Approver,
-            Role::Auditor,
-            Role::Viewer,
-        ];
-        for (i, held) in all.iter().enumerate() {
-            let set: RoleSet = all[..=i].iter().collect();
-            assert!(set.contains(*held));
-            assert!(all[i + 1..].iter().all(|r| !set.contains(*r)), "{set:?}");
-        }
-        assert!(all.iter().all(|r| !RoleSet::default().contains(*r)));
-    }
-
-    #[test]
-    fn policy_files_parse_and_refuse_unknown_roles() {
-        let ok = RolePolicy::from_toml(
-            "[identities]\n\"spiffe://x/operator/alice\" = [\"operator\", \"approver\"]\n",
-            "policy.toml",
-        )
-        .expect("valid");
-        assert!(
-            ok.roles("spiffe://x/operator/alice")
-                .is_some_and(|r| r.contains(&Role::Approver))
-        );
-        let err = RolePolicy::from_toml("[identities]\n\"a\" = [\"admin\"]\n", "policy.toml")
-            .expect_err("bad role");
-        assert!(err.to_string().contains("policy.toml"), "{err}");
-    }
-
-    #[test]
-    fn a_policy_may_name_the_person_behind_each_identity() {
-        let policy = RolePolicy::from_toml(
-            r#"
-            [identities]
-            "spiffe://x/operator/alice" = { roles = ["operator"], person = " 5551234 " }
-            "spiffe://x/operator/alice-card" = { roles = ["approver"], person = "5551234" }
-            "spiffe://x/viewer" = ["viewer"]
-
-            [identities."spiffe://x/operator/bob"]
-            roles = ["operator", "approver"]
-            person = "5559876"
-            "#,
-            "policy.toml",
-        )
-        .expect("valid");
-        assert_eq!(policy.person("spiffe://x/operator/alice"), Some("5551234"));
-        assert_eq!(policy.person("spiffe://x/operator/alice-card"), Some("5551234"));
-        assert_eq!(policy.person("spiffe://x/operator/bob"), Some("5559876"));
-        assert_eq!(policy.person("spiffe://x/viewer"), None);
-        assert!(
-            policy
-                .roles("spiffe://x/operator/alice-card")
-                .is_some_and(|r| r.contains(&Role::Approver) && !r.contains(&Role::Operator))
-        );
-        for (bad, words) in [
-            (r#""a" = { roles = ["operator"], person = "" }"#, "person"),
-            (r#""a" = { roles = ["operator"], person = "x\u0007" }"#, "control"),
-            (r#""a" = { roles = ["operator"], persona = "p" }"#, "persona"),
-            (r#""a" = { person = "p" }"#, "roles"),
-            (r#""a" = { roles = ["admin"], person = "p" }"#, "admin"),
-            (r#""a" = "operator""#, "a list of roles, or a table"),
-        ] {
-            let err = RolePolicy::from_toml(&format!("[identities]\n{bad}\n"), "policy.toml").expect_err(bad);
-            assert!(err.to_string().contains(words), "{bad}: {err}");
-        }
     }
 }

@@ -1,7 +1,8 @@
 //! What the GP Rollout Control servers and clients share on the network side: mutual-TLS
 //! configuration with hot reload and the peer identity ([`tls`]), the accepting side within
 //! the port's budgets ([`accept`]), the budgets of connections, streams and identities
-//! ([`budget`]), the role policy and the layer that enforces it ([`auth`]), the writer of
+//! ([`budget`]), the role policy re-read on change ([`policy`]) and the layer that enforces it
+//! ([`auth`]), the writer of
 //! refused calls to the audit log ([`audit_queue`]) and the limiter that summarises a flood of
 //! them ([`refusals`]), the one mapping from errors to `tonic::Status` ([`error`]), the message
 //! limits and the page byte budget ([`limits`]), health, reflection, HTTP/2 settings and the
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod drain;
 pub mod error;
 pub mod limits;
+pub mod policy;
 pub mod refusals;
 pub mod server;
 pub mod telemetry;
@@ -24,9 +26,10 @@ pub mod wire;
 
 pub use accept::{Admission, AdmissionCounts};
 pub use audit_queue::{AuditFlushed, AuditQueue, Refusals, audit_refusals, audit_refusals_with};
-pub use auth::{Access, AccessTable, AuthLayer, Caller, Denial, DenialObserver, Role, RolePolicy, RoleSet};
+pub use auth::{Access, AccessTable, AuthLayer, Caller, Denial, DenialObserver};
 pub use budget::{ConnectionBudget, IdentityBudget, IdentitySlot};
 pub use drain::{Drain, Drained, ends_itself};
 pub use error::{ApiError, ERROR_DOMAIN, audited};
 pub use limits::{MAX_MESSAGE_BYTES, MessageLimits, PAGE_BUDGET_BYTES, Page};
+pub use policy::{PolicyFile, Role, RolePolicy, RoleSet};
 pub use tls::{Identity, PeerInfo, ReloadingServerConfig, TlsError, TlsFiles};

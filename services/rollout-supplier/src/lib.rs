@@ -19,14 +19,13 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
 use clap::Parser;
 use rollout_core::{
     Estate, SupplierId,
     audit::{AuditDraft, AuditOutcome},
 };
 use rollout_net::{
-    Access, AccessTable, Admission, AuthLayer, ConnectionBudget, Drain, MessageLimits, Role, RolePolicy,
+    Access, AccessTable, Admission, AuthLayer, ConnectionBudget, Drain, MessageLimits, PolicyFile, Role,
     cli::{ConnectionArgs, LogArgs, ShutdownArgs, TlsArgs},
     tls::{self, ReloadingServerConfig, TlsFiles},
 };
@@ -356,7 +355,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let drain = Drain::new(config.shutdown_grace);
-    let policy = RolePolicy::load(&config.policy)?;
+    let policy = PolicyFile::load(&config.policy)?;
     let tls = ReloadingServerConfig::load(config.tls.clone())?;
     let (engine, store_handle) = open(&config).await?;
     let audit_store = engine.store().clone();
@@ -370,12 +369,13 @@ pub async fn serve(
                 .map_err(|e| e.to_string())
         }
     });
-    let auth = AuthLayer::new(
-        Arc::new(ArcSwap::from_pointee(policy)),
-        access_table(),
-        Some(refusals.observer()),
-    );
+    let auth =
+        AuthLayer::new(policy.policy(), access_table(), Some(refusals.observer())).with_trust(tls.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The server's own certificate files are re-read by its acceptor; the policy by this loop.
+    tokio::spawn(tls::every_reload_check(stop_rx.clone(), move || {
+        policy.reload_if_changed();
+    }));
     background(&engine, &store_handle, &stop_rx).await?;
 
     let handlers = service::Handlers::new(

@@ -21,6 +21,7 @@ pub(crate) async fn coordinator_stack(
     let config = rollout_coordinator::Config {
         tls: TlsFiles::from_pki_dir(pki, "coordinator"),
         supplier_ca: pki.join("ca.pem"),
+        supplier_crls: Vec::new(),
         policy: policy(
             dir,
             "policy-coordinator.toml",

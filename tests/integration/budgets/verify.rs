@@ -35,6 +35,7 @@ async fn coordinator_with_held_emis(
     let config = rollout_coordinator::Config {
         tls: rollout_net::TlsFiles::from_pki_dir(pki, "coordinator"),
         supplier_ca: pki.join("ca.pem"),
+        supplier_crls: Vec::new(),
         policy,
         suppliers: vec![rollout_coordinator::SupplierEndpoint {
             id: rollout_core::SupplierId::parse("emis").expect("id"),

@@ -4,6 +4,7 @@
 
 pub mod grpcurl;
 pub mod held;
+pub mod pki;
 pub mod process;
 pub mod supplier;
 

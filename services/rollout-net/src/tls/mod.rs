@@ -1,7 +1,9 @@
-//! Mutual TLS: rustls server and client configuration from PEM files, hot reload, the peer
-//! identity and the connecting side (a tonic `Channel` that checks the server's identity). The
-//! accepting side (verified connections for tonic, within the port's budget) is
-//! [`crate::accept`], re-exported here.
+//! Mutual TLS: rustls server and client configuration from PEM files and the peer identity
+//! here; files re-read on change on both sides, with a generation that reaches open connections,
+//! in `reload.rs`; what makes a certificate or CRL unusable or stale in `check.rs`; the
+//! connecting side (a tonic `Channel` that checks the server's identity, and closes connections
+//! made with older files) in `connect.rs`. The accepting side (verified connections for tonic,
+//! within the port's budget) is [`crate::accept`], re-exported here.
 //!
 //! We build rustls ourselves rather than use tonic's TLS options because we need CRLs,
 //! reloading without a restart, a two-CA bundle during a rollover, refusals logged where an
@@ -11,27 +13,23 @@
 use std::{
     fmt, fs, io,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    sync::Arc,
 };
 
-use arc_swap::ArcSwap;
 use rustls::{
-    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
-    client::{
-        WebPkiServerVerifier,
-        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    },
+    RootCertStore, ServerConfig,
     crypto::CryptoProvider,
-    pki_types::{
-        CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject,
-    },
-    server::WebPkiClientVerifier,
+    pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, pem::PemObject},
+    server::{WebPkiClientVerifier, danger::ClientCertVerifier},
 };
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tonic::transport::{Channel, Endpoint};
-use tracing::{info, warn};
+
+mod check;
+mod connect;
+mod reload;
+
+pub use check::not_after;
+pub use connect::{channel, reloading_channel};
+pub use reload::{ClientTrust, ReloadingServerConfig, every_reload_check};
 
 pub use crate::accept::{
     Admission, AdmissionCounts, PeerInfo, PeerStream, RELOAD_CHECK_INTERVAL, incoming, incoming_for,
@@ -69,6 +67,15 @@ pub enum TlsError {
     /// rustls refused the configuration (a key that does not match its certificate, a bad CRL...).
     #[error("TLS configuration refused: {0}")]
     Config(String),
+    /// This side's certificate is not one to present now: expired, not yet valid, or carrying
+    /// another identity than the one the process started with.
+    #[error("{path}: {why}")]
+    Unusable {
+        /// The certificate file.
+        path: PathBuf,
+        /// Why, in words.
+        why: String,
+    },
 }
 
 /// The PEM files one side of a mutual-TLS connection needs.
@@ -190,43 +197,45 @@ const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13
 /// A server configuration requiring a client certificate that chains to `files.ca` and is not
 /// revoked by `files.crls`. TLS 1.2 and 1.3 only; ALPN h2.
 pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
-    let crls = files
-        .crls
-        .iter()
-        .map(|p| pem_items::<CertificateRevocationListDer<'static>>(p, "CRL"))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .flatten();
+    server_trust(files).map(|(config, _)| config)
+}
+
+/// [`server_config`] and the client verifier in it, kept to check again, after a reload, the
+/// certificates of connections already open.
+fn server_trust(files: &TlsFiles) -> Result<(ServerConfig, Arc<dyn ClientCertVerifier>), TlsError> {
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, provider())
-        .with_crls(crls)
+        .with_crls(crls(files)?)
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(certs(&files.cert)?, key(&files.key)?)
         .map_err(|e| files.pair_error(e))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
+    Ok((config, verifier))
+}
+
+/// Every CRL of `files`.
+fn crls(files: &TlsFiles) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    Ok(files
+        .crls
+        .iter()
+        .map(|p| pem_items::<CertificateRevocationListDer<'static>>(p, "CRL"))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect())
 }
 
 /// A client configuration presenting `files.cert` and trusting servers that chain to
-/// `files.ca`. With `expected`, the server's certificate must also carry that identity as a URI
-/// or DNS SAN (the coordinator's check of each supplier).
-pub fn client_config(files: &TlsFiles, expected: Option<Identity>) -> Result<ClientConfig, TlsError> {
-    let webpki = WebPkiServerVerifier::builder_with_provider(roots(&files.ca)?, provider())
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(VERSIONS)
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ExpectIdentity { webpki, expected }))
-        .with_client_auth_cert(certs(&files.cert)?, key(&files.key)?)
-        .map_err(|e| files.pair_error(e))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
+/// `files.ca` (and, with `files.crls`, are not revoked by them). With `expected`, the server's
+/// certificate must also carry that identity as a URI or DNS SAN (the coordinator's check of
+/// each supplier).
+pub fn client_config(files: &TlsFiles, expected: Option<Identity>) -> Result<rustls::ClientConfig, TlsError> {
+    let material = reload::ClientMaterial::read(files)?;
+    material.config(files, expected)
 }
 
 /// A peer identity: the client certificate's first URI SAN, else its first DNS SAN.
@@ -279,148 +288,4 @@ fn sans(der: &[u8]) -> Option<(Vec<String>, Vec<String>)> {
         }
     }
     Some((uris, dns))
-}
-
-/// Verifies the server's chain and name as webpki does, then its identity.
-#[derive(Debug)]
-struct ExpectIdentity {
-    webpki: Arc<WebPkiServerVerifier>,
-    expected: Option<Identity>,
-}
-
-impl ServerCertVerifier for ExpectIdentity {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.webpki
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
-        if let Some(expected) = &self.expected {
-            let (uris, dns) = sans(end_entity).unwrap_or_default();
-            if !uris.iter().chain(&dns).any(|s| s == expected.as_str()) {
-                return Err(rustls::Error::General(format!(
-                    "server certificate does not carry the expected identity {expected} (it has {})",
-                    uris.iter().chain(&dns).cloned().collect::<Vec<_>>().join(", ")
-                )));
-            }
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
-}
-
-/// A server TLS configuration that reloads itself when its files change on disk. A reload that
-/// fails (a half-written file, a key that does not match) is logged and the previous
-/// configuration stays in force.
-#[derive(Debug)]
-pub struct ReloadingServerConfig {
-    files: TlsFiles,
-    current: ArcSwap<ServerConfig>,
-    stamps: Mutex<Vec<Option<(SystemTime, u64)>>>,
-}
-
-impl ReloadingServerConfig {
-    /// Loads the files; fails if they are not usable now.
-    pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
-        let config = server_config(&files)?;
-        let stamps = Mutex::new(stamps(&files));
-        Ok(Arc::new(ReloadingServerConfig {
-            files,
-            current: ArcSwap::from_pointee(config),
-            stamps,
-        }))
-    }
-
-    /// The configuration new connections get.
-    pub fn current(&self) -> Arc<ServerConfig> {
-        self.current.load_full()
-    }
-
-    /// Reloads if any file's modification time or size changed. Returns whether a new
-    /// configuration took effect.
-    pub fn reload_if_changed(&self) -> bool {
-        let now = stamps(&self.files);
-        let mut seen = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
-        if *seen == now {
-            return false;
-        }
-        *seen = now;
-        match server_config(&self.files) {
-            Ok(config) => {
-                self.current.store(Arc::new(config));
-                info!(cert = %self.files.cert.display(), "tls certificates reloaded");
-                true
-            }
-            Err(error) => {
-                warn!(%error, "tls reload failed; keeping the previous certificates");
-                false
-            }
-        }
-    }
-}
-
-fn stamps(files: &TlsFiles) -> Vec<Option<(SystemTime, u64)>> {
-    files
-        .paths()
-        .map(|p| {
-            fs::metadata(p)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
-        })
-        .collect()
-}
-
-/// A lazily connecting gRPC channel to `addr` (`host:port`) over mutual TLS. The server's
-/// certificate must be valid for the host name and, with `expected`, carry that identity.
-pub fn channel(addr: &str, config: ClientConfig) -> Result<Channel, TlsError> {
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let server_name = ServerName::try_from(host)
-        .map_err(|e| TlsError::Config(format!("{addr}: invalid server name: {e}")))?;
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| TlsError::Config(format!("{addr}: invalid endpoint: {e}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    let connector = TlsConnector::from(Arc::new(config));
-    let addr = addr.to_owned();
-    Ok(
-        endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
-            let connector = connector.clone();
-            let server_name = server_name.clone();
-            let addr = addr.clone();
-            async move {
-                let tcp = TcpStream::connect(&addr).await?;
-                tcp.set_nodelay(true)?;
-                let tls = connector.connect(server_name, tcp).await?;
-                Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(tls))
-            }
-        })),
-    )
 }

@@ -1,0 +1,106 @@
+//! What makes certificate files unusable or stale, judged from the certificates themselves
+//! (RFC 5280: a certificate's validity period; a CRL's nextUpdate).
+
+use std::{
+    path::Path,
+    time::{Duration, SystemTime},
+};
+
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
+use x509_parser::prelude::FromDer;
+
+use super::{Identity, TlsError, TlsFiles, certs, pem_items};
+
+/// A certificate's validity period, or `None` if it does not parse.
+pub(super) fn validity(der: &[u8]) -> Option<(SystemTime, SystemTime)> {
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    let v = cert.validity();
+    Some((time(v.not_before.timestamp()), time(v.not_after.timestamp())))
+}
+
+/// When a certificate stops being valid (its notAfter), or `None` if it does not parse.
+pub fn not_after(der: &CertificateDer<'_>) -> Option<SystemTime> {
+    validity(der).map(|(_, until)| until)
+}
+
+fn time(unix: i64) -> SystemTime {
+    match u64::try_from(unix) {
+        Ok(s) => SystemTime::UNIX_EPOCH + Duration::from_secs(s),
+        Err(_) => SystemTime::UNIX_EPOCH,
+    }
+}
+
+/// A time as an operator reads it in a log: RFC 3339, to the second.
+fn shown(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Whether `files.cert` is one to present now: its leaf valid at `now`, and carrying
+/// `identity` when given (the identity this process started with). The key's match with it is
+/// rustls's check, when the configuration is built.
+pub(super) fn usable(files: &TlsFiles, identity: Option<&Identity>, now: SystemTime) -> Result<(), TlsError> {
+    let chain = certs(&files.cert)?;
+    let unusable = |why: String| TlsError::Unusable {
+        path: files.cert.clone(),
+        why,
+    };
+    let leaf = &chain[0];
+    let (from, until) = validity(leaf).ok_or_else(|| unusable("the certificate does not parse".into()))?;
+    if now < from {
+        return Err(unusable(format!(
+            "the certificate is not valid until {} (check the clock, or wait)",
+            shown(from)
+        )));
+    }
+    if now > until {
+        return Err(unusable(format!("the certificate expired at {}", shown(until))));
+    }
+    if let Some(expected) = identity {
+        let found = Identity::of_certificate(leaf);
+        if found.as_ref() != Some(expected) {
+            return Err(unusable(format!(
+                "the certificate is for {}, not {expected}, the identity this server started with",
+                found.map_or_else(|| "no identity".to_owned(), |i| i.to_string())
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The identity of `files.cert`'s leaf, if it reads.
+pub(super) fn identity_of(files: &TlsFiles) -> Option<Identity> {
+    certs(&files.cert)
+        .ok()?
+        .first()
+        .and_then(|leaf| Identity::of_certificate(leaf))
+}
+
+/// One warning per CRL of `paths` past its nextUpdate at `now`: its revocations are still
+/// enforced, but revocations made since are not known. Unreadable CRLs are not judged here
+/// (loading them fails first).
+pub(super) fn stale_crls(paths: &[impl AsRef<Path>], now: SystemTime) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for path in paths {
+        let path = path.as_ref();
+        let Ok(crls) = pem_items::<CertificateRevocationListDer<'static>>(path, "CRL") else {
+            continue;
+        };
+        for der in crls {
+            let Ok((_, crl)) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der) else {
+                continue;
+            };
+            if let Some(next) = crl.next_update().map(|t| time(t.timestamp()))
+                && next < now
+            {
+                warnings.push(format!(
+                    "the CRL of {} in {} was due to be replaced at {}: the revocations it lists \
+                     are still enforced, but any made since are not known; install a current CRL",
+                    crl.issuer(),
+                    path.display(),
+                    shown(next)
+                ));
+            }
+        }
+    }
+    warnings
+}
