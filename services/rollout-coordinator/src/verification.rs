@@ -37,8 +37,11 @@ pub struct Facts {
     pub delivered: bool,
     /// The last sequence it reported applied.
     pub applied_sequence: u64,
-    /// When it last answered the coordinator.
+    /// When it last answered this coordinator process (`None` if not since it started).
     pub last_contact: Option<SystemTime>,
+    /// The last contact on record from before this process started (the store keeps contact
+    /// only with durable changes, so it may be older than the real one).
+    pub contact_on_record: Option<SystemTime>,
     /// The last error delivering to it, if any.
     pub last_error: String,
     /// The read-back.
@@ -68,7 +71,7 @@ pub fn judge(halt: &Halt, f: Facts) -> SupplierResult {
         supplier: format!("suppliers/{}", f.supplier),
         in_scope_count: f.in_scope,
         applied_sequence: i64::try_from(f.applied_sequence).unwrap_or(i64::MAX),
-        last_contact_time: f.last_contact.map(wire::timestamp),
+        last_contact_time: f.last_contact.or(f.contact_on_record).map(wire::timestamp),
         ..Default::default()
     };
     let outcome = if !f.delivered {
@@ -115,15 +118,20 @@ pub fn judge(halt: &Halt, f: Facts) -> SupplierResult {
         r.unverified_count = f.in_scope;
     }
     if !matches!(outcome, Outcome::Verified | Outcome::NotDelivered) {
-        r.consequence = Some(consequence(halt.fail_mode, f.last_contact));
+        r.consequence = Some(consequence(halt.fail_mode, f.last_contact, f.contact_on_record));
     }
     r
 }
 
 /// What happens to a supplier's practices while it is not verified: FAIL_CLOSED turns them off
-/// at its last contact plus the control TTL (unless the coordinator reaches it first);
-/// FAIL_STATIC keeps its last applied state.
-pub fn consequence(fail_mode: FailMode, last_contact: Option<SystemTime>) -> Consequence {
+/// at its last contact plus the control TTL (unless the coordinator reaches it first), or no
+/// earlier than the contact on record plus the TTL when there is none since this process
+/// started; FAIL_STATIC keeps its last applied state.
+pub fn consequence(
+    fail_mode: FailMode,
+    last_contact: Option<SystemTime>,
+    on_record: Option<SystemTime>,
+) -> Consequence {
     match fail_mode {
         FailMode::Static => Consequence {
             fail_mode: pb::FailMode::Static.into(),
@@ -132,6 +140,12 @@ pub fn consequence(fail_mode: FailMode, last_contact: Option<SystemTime>) -> Con
         FailMode::Closed { ttl } => Consequence {
             fail_mode: pb::FailMode::Closed.into(),
             off_time: last_contact.and_then(|t| t.checked_add(ttl)).map(wire::timestamp),
+            earliest_off_time: last_contact
+                .is_none()
+                .then_some(on_record)
+                .flatten()
+                .and_then(|t| t.checked_add(ttl))
+                .map(wire::timestamp),
             control_ttl: prost_types::Duration::try_from(ttl).ok(),
         },
     }
@@ -170,6 +184,7 @@ mod tests {
             delivered,
             applied_sequence: applied,
             last_contact: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000)),
+            contact_on_record: None,
             last_error: String::new(),
             read_back,
         }
@@ -275,23 +290,22 @@ mod tests {
     #[test]
     fn fail_closed_turns_off_at_last_contact_plus_ttl_and_fail_static_never() {
         let contact = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let c = consequence(
-            FailMode::Closed {
-                ttl: Duration::from_secs(60),
-            },
-            Some(contact),
-        );
+        let closed = FailMode::Closed {
+            ttl: Duration::from_secs(60),
+        };
+        let c = consequence(closed, Some(contact), Some(contact - Duration::from_secs(500)));
         assert_eq!(c.fail_mode(), pb::FailMode::Closed);
         assert_eq!(c.off_time.expect("off time").seconds, 1_060);
+        assert!(c.earliest_off_time.is_none(), "known: no bound needed");
         assert_eq!(c.control_ttl.expect("ttl").seconds, 60);
-        let never_heard = consequence(
-            FailMode::Closed {
-                ttl: Duration::from_secs(60),
-            },
-            None,
-        );
-        assert!(never_heard.off_time.is_none());
-        let c = consequence(FailMode::Static, Some(contact));
+        // Not heard from since the coordinator restarted: only a lower bound, never a time that
+        // could be too early.
+        let restarted = consequence(closed, None, Some(contact));
+        assert!(restarted.off_time.is_none());
+        assert_eq!(restarted.earliest_off_time.expect("earliest").seconds, 1_060);
+        let never = consequence(closed, None, None);
+        assert!(never.off_time.is_none() && never.earliest_off_time.is_none());
+        let c = consequence(FailMode::Static, Some(contact), None);
         assert_eq!(c.fail_mode(), pb::FailMode::Static);
         assert!(c.off_time.is_none() && c.control_ttl.is_none());
     }

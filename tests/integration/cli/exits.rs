@@ -24,7 +24,7 @@ async fn run(pki: &std::path::Path, args: &[&str]) -> Output {
 async fn a_command_line_not_understood_exits_64_and_help_exits_0() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki_init(dir.path());
-    let not_understood: [(&[&str], &str); 9] = [
+    let not_understood: [(&[&str], &str); 11] = [
         (
             &[
                 "halt",
@@ -59,6 +59,25 @@ async fn a_command_line_not_understood_exits_64_and_help_exits_0() {
                 "go-live", "f", "--scope", "national", "--reason", "r", "--at", "Tuesday",
             ],
             "use RFC 3339",
+        ),
+        (
+            &["verify", "x", "--supplier-timeout", "50ms"],
+            "50ms is outside 100ms to 30s",
+        ),
+        // Refused before the halt is sent, not after.
+        (
+            &[
+                "halt",
+                "f",
+                "--scope",
+                "national",
+                "--reason",
+                "r",
+                "--wait",
+                "--supplier-timeout",
+                "31s",
+            ],
+            "31s is outside 100ms to 30s",
         ),
     ];
     for (args, says) in not_understood {

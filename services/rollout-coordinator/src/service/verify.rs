@@ -58,6 +58,7 @@ async fn read_back(
     feature: String,
     scope: &Scope,
     deadline: Instant,
+    timeout: Duration,
 ) -> ReadBack {
     let (mut enabled, mut named) = (0, Vec::new());
     let mut token = String::new();
@@ -73,12 +74,7 @@ async fn read_back(
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let page = match client.list_practice_features(req).await {
             Ok(page) => page.into_inner(),
-            Err(status) => {
-                return ReadBack::Failed(rollout_core::audit::printable(
-                    &format!("answered {:?}: {}", status.code(), status.message()),
-                    crate::answers::MAX_FAULT_CHARS,
-                ));
-            }
+            Err(status) => return ReadBack::Failed(unanswered(&status, timeout)),
         };
         for answer in &page.practice_features {
             let covered = answer
@@ -107,6 +103,18 @@ async fn read_back(
     ));
     core.record_fault(supplier, &fault).await;
     ReadBack::Failed(format!("answered nonsense: {fault}"))
+}
+
+/// Why a read-back failed, in words: the timeout (the supplier's own deadline may end the call
+/// a moment before the coordinator's timer), a supplier not reached, or what it answered.
+fn unanswered(status: &Status, timeout: Duration) -> String {
+    use tonic::Code;
+    let why = match status.code() {
+        Code::Cancelled | Code::DeadlineExceeded => format!("did not answer within {timeout:?}"),
+        Code::Unavailable | Code::Unknown => format!("could not be reached: {}", status.message()),
+        code => format!("answered {code:?}: {}", status.message()),
+    };
+    rollout_core::audit::printable(&why, crate::answers::MAX_FAULT_CHARS)
 }
 
 /// `supplier_timeout`, checked: default 2 s, from 100 ms to 30 s.
@@ -209,10 +217,10 @@ async fn facts_now(core: &Core, scope: &Scope, only: &BTreeSet<SupplierId>) -> V
                     in_scope: in_scope(&id),
                     delivered,
                     applied_sequence: status.map_or(0, |s| u64::try_from(s.pb.applied_sequence).unwrap_or(0)),
-                    last_contact: status.and_then(|s| {
-                        s.last_contact
-                            .or_else(|| s.pb.last_contact_time.and_then(|t| SystemTime::try_from(t).ok()))
-                    }),
+                    last_contact: status.and_then(|s| s.last_contact),
+                    contact_on_record: status
+                        .and_then(|s| s.pb.last_contact_time)
+                        .and_then(|t| SystemTime::try_from(t).ok()),
                     last_error: status.map(|s| s.pb.last_error.clone()).unwrap_or_default(),
                     read_back: ReadBack::NotAsked,
                     supplier: id,
@@ -264,7 +272,7 @@ pub(super) async fn verify_command(
                 None => ReadBack::NotAsked,
                 Some(Err(e)) => ReadBack::Failed(e.message().to_owned()),
                 Some(Ok(client)) => {
-                    let read = read_back(&core, client, &f.supplier, feature, &scope, deadline);
+                    let read = read_back(&core, client, &f.supplier, feature, &scope, deadline, timeout);
                     tokio::time::timeout_at(deadline.into(), read)
                         .await
                         .unwrap_or_else(|_| ReadBack::Failed(format!("did not answer within {timeout:?}")))

@@ -29,7 +29,8 @@ pub struct Halt {
     /// it in full and print the time from issue to verified. On a timeout, the partial
     /// verification: each supplier's outcome and what happens meanwhile where it is not
     /// verified (exit 3). With --output name the halt's name is printed once; with --output
-    /// json, one document: {"command", "verification", "timeToVerifiedMs"}.
+    /// json, one document: {"command", "verification", "timeToVerifiedMs"}, with "timedOut":
+    /// true on a timeout.
     #[arg(long)]
     wait: bool,
     /// How long --wait waits for every supplier to apply it (the verification after it takes
@@ -37,7 +38,7 @@ pub struct Halt {
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     /// With --wait: how long each supplier has to answer a verification. From 100ms to 30s.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = verify::supplier_timeout)]
     supplier_timeout: Duration,
     /// Halt without asking. Without it, at a terminal, a national or supplier-wide halt first
     /// shows what it covers and needs `yes` typed; with standard input not a terminal, nothing
@@ -118,7 +119,9 @@ async fn wait_verified(
     let followed = watch::follow(ctx, &cmd.name, timeout, Some(supplier_timeout)).await?;
     let command = followed.last.unwrap_or(cmd);
     let verification = verify::check(ctx.client.clone(), &command.name, supplier_timeout, &[]).await;
+    // Verified is verified, even if a supplier with nothing in scope has not answered yet.
     let exit = match (&verification, followed.exit) {
+        (Ok(v), _) if v.verified => Exit::Success,
         (Ok(v), Exit::Success) => verify::exit(v),
         (Err(_), Exit::Success) => Exit::CheckFailed,
         (_, exit) => exit,
@@ -135,6 +138,9 @@ async fn wait_verified(
             }
             if let Some(ms) = elapsed {
                 doc["timeToVerifiedMs"] = u64::try_from(ms).unwrap_or(u64::MAX).into();
+            }
+            if exit == Exit::TimedOut {
+                doc["timedOut"] = true.into();
             }
             ctx.out
                 .line(serde_json::to_string_pretty(&doc).unwrap_or_default())?;

@@ -128,7 +128,9 @@ pub enum Op {
     /// Every supplier and whether it is in sync, then its practices' counts per feature as it
     /// last counted them, with how long ago.
     Status(status::Status),
-    /// List practices in a halt's scope still enabled at any supplier. Exits 2 if any.
+    /// Each supplier's outcome for a halt (VERIFIED, NOT VERIFIED with the practices still
+    /// enabled, NOT APPLIED, UNREACHABLE, NOT DELIVERED) and what happens meanwhile. Exits 2
+    /// unless verified.
     Verify(verify::Verify),
     /// A practice's live, explained answer from its supplier.
     #[command(subcommand)]

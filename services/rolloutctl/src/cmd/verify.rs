@@ -16,8 +16,19 @@ pub struct Verify {
     command: String,
     /// How long each supplier has to answer; one that has not is UNREACHABLE. The suppliers
     /// are asked at once, so verify answers within about this long. From 100ms to 30s.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = supplier_timeout)]
     supplier_timeout: Duration,
+}
+
+/// `--supplier-timeout`: a duration from 100ms to 30s (as the coordinator accepts), checked
+/// here so that a mistyped value is a usage error (exit 64) before anything is sent.
+pub fn supplier_timeout(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if (Duration::from_millis(100)..=Duration::from_secs(30)).contains(&d) {
+        Ok(d)
+    } else {
+        Err(format!("{text} is outside 100ms to 30s"))
+    }
 }
 
 impl Verify {

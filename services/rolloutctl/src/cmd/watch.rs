@@ -112,17 +112,23 @@ async fn updates(
         {
             let suppliers = std::mem::take(&mut applied);
             let (client, name) = (ctx.client.clone(), name.to_owned());
-            checks.spawn(async move { verify::check(client, &name, timeout, &suppliers).await });
+            checks.spawn(async move {
+                let checked = verify_now(client, &name, timeout, &suppliers).await;
+                (suppliers, checked)
+            });
         }
         tokio::select! {
             Some(checked) = checks.join_next(), if !checks.is_empty() => match checked {
-                Ok(Ok(r)) => {
+                Ok((_, Ok(r))) => {
                     for s in &r.suppliers {
                         ctx.out.progress(render::supplier_verified(s))?;
                     }
                 }
-                Ok(Err(e)) => ctx.out.progress(format_args!("could not verify yet: {e}"))?,
-                Err(e) => ctx.out.progress(format_args!("could not verify yet: {e}"))?,
+                Ok((suppliers, Err(e))) => ctx.out.progress(format_args!(
+                    "could not verify {} yet ({e}); the verification at the end covers it",
+                    suppliers.iter().map(|s| short(s)).collect::<Vec<_>>().join(", ")
+                ))?,
+                Err(e) => ctx.out.progress(format_args!("could not verify yet ({e}); the verification at the end covers it"))?,
             },
             message = stream.message(), if !complete => {
                 let Some(update) = message? else { break };
@@ -137,6 +143,30 @@ async fn updates(
         }
     }
     Ok(())
+}
+
+/// Verifies `name` at `suppliers`, waiting for a turn while the caller's VerifyCommand budget
+/// is spent (another `verify` of the same operator running): up to five tries over about 4 s.
+/// The error in one line when it cannot.
+async fn verify_now(
+    client: crate::client::Client,
+    name: &str,
+    timeout: Duration,
+    suppliers: &[String],
+) -> Result<pb::VerifyCommandResponse, String> {
+    let mut pause = Duration::from_millis(250);
+    for _ in 0..5 {
+        match verify::check(client.clone(), name, timeout, suppliers).await {
+            Ok(r) => return Ok(r),
+            Err(CliError::Status(s)) if s.code() == tonic::Code::ResourceExhausted => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(CliError::Status(s)) => return Err(format!("{:?}: {}", s.code(), s.message())),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("the coordinator refused it each time: this identity's VerifyCommand calls are all in use".into())
 }
 
 /// Prints a command update for people: waiting for approval, or a line per supplier that has

@@ -105,14 +105,10 @@ fn unapplied_halts(r: &pb::ListSuppliersResponse, now: SystemTime, w: &mut dyn W
     }
     for s in behind {
         let count = s.unapplied_halt_count;
-        let (halts, they) = if count == 1 {
-            ("halt", "it does")
-        } else {
-            ("halts", "they do")
-        };
+        let halts = if count == 1 { "halt" } else { "halts" };
         writeln!(
             w,
-            "\n{} has not applied {count} {halts} yet, so {they} not hold at its practices (applied sequence {} of {}):",
+            "\n{} has not applied {count} {halts} yet (applied sequence {} of {}): not in force there until it does",
             short(&s.name),
             s.applied_sequence,
             s.target_sequence
@@ -470,7 +466,7 @@ mod tests {
             now,
         );
         assert!(
-            text.contains("tpp has not applied 23 halts yet, so they do not hold at its practices (applied sequence 4 of 27):"),
+            text.contains("tpp has not applied 23 halts yet (applied sequence 4 of 27): not in force there until it does"),
             "{text}"
         );
         assert!(

@@ -9,7 +9,7 @@ use std::{
 
 use rollout_proto::v1::{
     self as pb,
-    verify_command_response::{Outcome, SupplierResult},
+    verify_command_response::{Consequence, Outcome, SupplierResult},
 };
 
 use super::{View, resource::ago, short};
@@ -50,10 +50,19 @@ impl View for pb::VerifyCommandResponse {
             }
         }
         if !self.verified && self.unverified_count > 0 {
+            let undelivered = self.suppliers.iter().any(|s| {
+                s.in_scope_count > 0 && matches!(s.outcome(), Outcome::NotApplied | Outcome::NotDelivered)
+            });
             writeln!(
                 w,
-                "The halt stands and the coordinator keeps delivering it. Next: docs/RUNBOOK.md, \
-                 \"A supplier does not acknowledge\"; `rolloutctl verify {}` checks again",
+                "{} Next: docs/RUNBOOK.md, \"A supplier does not acknowledge\"; `rolloutctl verify {}` \
+                 checks again",
+                if undelivered {
+                    "The halt stands and the coordinator keeps delivering it."
+                } else {
+                    "Every supplier with practices in scope acknowledged the halt; some could not \
+                     confirm it now."
+                },
                 short(&self.command)
             )?;
         }
@@ -192,53 +201,74 @@ fn practices(s: &SupplierResult) -> String {
     }
 }
 
-/// What happens to a not-verified supplier's practices in scope, by the fail mode.
+/// What happens to a not-verified supplier's practices in scope, by the fail mode; nothing for
+/// a supplier with none in scope.
 fn meanwhile(s: &SupplierResult, now: SystemTime) -> Option<String> {
     let c = s.consequence.as_ref()?;
+    if s.in_scope_count == 0 && s.enabled_count == 0 {
+        return None;
+    }
+    Some(match (s.outcome(), c.fail_mode()) {
+        (Outcome::Unreachable, _) => format!(
+            "it acknowledged the halt, so its practices in scope should be off; {} stay \
+             unverified until it answers",
+            s.unverified_count
+        ),
+        (_, pb::FailMode::Closed) => fail_closed(c, now),
+        (Outcome::NotVerified, _) => format!(
+            "fail-static: its {} practices still enabled stay on until it turns them off",
+            s.enabled_count
+        ),
+        _ => format!(
+            "fail-static: its practices keep their last applied state until it applies the halt: \
+             those on stay on ({} in scope unverified)",
+            s.unverified_count
+        ),
+    })
+}
+
+/// When a fail-closed supplier's practices turn off by themselves.
+fn fail_closed(c: &Consequence, now: SystemTime) -> String {
+    let time = |t: Option<prost_types::Timestamp>| t.and_then(|t| SystemTime::try_from(t).ok());
     let ttl = c
         .control_ttl
         .and_then(|d| Duration::try_from(d).ok())
         .map(|d| humantime::format_duration(d).to_string())
         .unwrap_or_default();
-    Some(
-        match (
-            c.fail_mode(),
-            c.off_time.and_then(|t| SystemTime::try_from(t).ok()),
-        ) {
-            (pb::FailMode::Closed, Some(off)) if off > now => format!(
-                "fail-closed: its practices turn the feature off by themselves at {} ({} from now; its \
+    let at = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let from_now = |t: SystemTime| {
+        humantime::format_duration(Duration::from_secs(
+            t.duration_since(now).unwrap_or_default().as_secs(),
+        ))
+        .to_string()
+    };
+    match (time(c.off_time), time(c.earliest_off_time)) {
+        (Some(off), _) if off > now => format!(
+            "fail-closed: its practices turn the feature off by themselves at {} ({} from now: its \
              last contact plus the control TTL of {ttl}), unless the coordinator reaches it first",
-                humantime::format_rfc3339_seconds(off),
-                humantime::format_duration(Duration::from_secs(
-                    off.duration_since(now).unwrap_or_default().as_secs()
-                ))
-            ),
-            (pb::FailMode::Closed, Some(off)) => format!(
-                "fail-closed: its practices turned the feature off by themselves at {}, by its own \
-             clock (its last contact plus the control TTL of {ttl}), until the coordinator \
-             reaches it",
-                humantime::format_rfc3339_seconds(off)
-            ),
-            (pb::FailMode::Closed, None) => format!(
-                "fail-closed: never heard from since the coordinator started; its practices turn \
-             the feature off once {ttl} pass without contact"
-            ),
-            _ => match s.outcome() {
-                Outcome::NotVerified => format!(
-                    "fail-static: its {} practices still enabled stay on until it turns them off",
-                    s.enabled_count
-                ),
-                Outcome::Unreachable => format!(
-                    "fail-static: its practices keep their last applied state, which includes the \
-                 halt by its acknowledgement; {} in scope stay unverified until it answers",
-                    s.unverified_count
-                ),
-                _ => format!(
-                    "fail-static: its practices keep their last applied state until it applies the \
-                 halt: those on stay on ({} in scope unverified)",
-                    s.unverified_count
-                ),
-            },
-        },
-    )
+            at(off),
+            from_now(off)
+        ),
+        (Some(off), _) => format!(
+            "fail-closed: its practices turned the feature off by themselves at {} by its own clock \
+             (its last contact plus the control TTL of {ttl}); they stay off until it is in contact \
+             and has applied everything, this halt included",
+            at(off)
+        ),
+        (None, Some(earliest)) => format!(
+            "fail-closed: not heard from since the coordinator restarted; its practices turn the \
+             feature off by themselves no earlier than {} (the last contact on record plus the \
+             control TTL of {ttl}{}), later if it was in contact since",
+            at(earliest),
+            if earliest > now {
+                format!("; {} from now", from_now(earliest))
+            } else {
+                String::new()
+            }
+        ),
+        (None, None) => format!(
+            "fail-closed: never heard from; its practices turn the feature off once {ttl} pass \
+             without contact"
+        ),
+    }
 }
