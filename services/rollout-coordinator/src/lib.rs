@@ -527,9 +527,10 @@ pub async fn serve(
     let auth =
         AuthLayer::new(policy.clone(), access_table(), Some(refusals.observer())).with_trust(tls.clone());
     // The server's own files are re-read by its acceptor; these by this loop.
+    let reloaded = trust.clone();
     tokio::spawn(tls::every_reload_check(stop_rx.clone(), move || {
         policy_file.reload_if_changed();
-        trust.reload_if_changed();
+        reloaded.reload_if_changed();
     }));
 
     let handlers = service::Handlers::new(
@@ -539,7 +540,8 @@ pub async fn serve(
         &config.budgets,
         policy,
         refusals,
-    );
+    )
+    .with_tls_warnings(tls::TlsWarnings::new(tls.clone(), Some(trust.clone())));
     let admission = Admission::new(config.budgets.connection);
     let (reporter, health) = rollout_net::server::health();
     let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection(&[SERVICE])?;

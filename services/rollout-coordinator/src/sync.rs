@@ -130,6 +130,13 @@ impl Core {
             r.last_error = rollout_core::audit::printable(&r.last_error, 300);
             r
         });
+        // The supplier's words: kept bounded.
+        s.pb.tls_warnings = state
+            .tls_warnings
+            .iter()
+            .take(rollout_net::tls::TlsWarnings::MAX)
+            .map(|w| rollout_core::audit::printable(w, rollout_net::tls::TlsWarnings::MAX_CHARS))
+            .collect();
         s.pb.last_error = String::new();
         s.last_contact = Some(SystemTime::now());
         s.pb.last_contact_time = s.last_contact.map(wire::timestamp);

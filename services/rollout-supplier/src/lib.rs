@@ -383,7 +383,8 @@ pub async fn serve(
         stop_rx.clone(),
         config.budgets.watches_per_identity,
         refusals,
-    );
+    )
+    .with_tls_warnings(tls::TlsWarnings::new(tls.clone(), None));
     let admission = Admission::new(config.budgets.connection);
     let (reporter, health) = rollout_net::server::health();
     let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection(&SERVICES)?;

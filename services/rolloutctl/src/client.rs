@@ -204,6 +204,8 @@ impl Paged for pb::ListSuppliersResponse {
         if next.coordinator_refusal_audit.is_some() {
             self.coordinator_refusal_audit = next.coordinator_refusal_audit;
         }
+        // On every page: the last page's are the newest.
+        self.coordinator_tls_warnings = next.coordinator_tls_warnings;
     }
 }
 

@@ -211,10 +211,16 @@ impl DevCa {
 
     /// A certificate revocation list revoking `serials`, valid for a day.
     pub fn crl(&self, serials: &[u64]) -> Result<String, PkiError> {
+        self.crl_until(serials, Duration::days(1))
+    }
+
+    /// A certificate revocation list revoking `serials`, due to be replaced `next_update` from
+    /// now (negative: one already past its next update, as a CRL nobody refreshed looks).
+    pub fn crl_until(&self, serials: &[u64], next_update: Duration) -> Result<String, PkiError> {
         let now = OffsetDateTime::now_utc();
         let params = rcgen::CertificateRevocationListParams {
-            this_update: now - Duration::hours(1),
-            next_update: now + Duration::days(1),
+            this_update: now - Duration::days(2).max(-next_update + Duration::hours(1)),
+            next_update: now + next_update,
             crl_number: next_serial().into(),
             issuing_distribution_point: None,
             revoked_certs: serials

@@ -59,6 +59,8 @@ pub struct Handlers {
     policy: Arc<ArcSwap<RolePolicy>>,
     /// Where refused calls are recorded (summarised in a flood).
     refusals: Refusals,
+    /// What is wrong with this process's TLS files, for ListSuppliers.
+    tls_warnings: rollout_net::tls::TlsWarnings,
 }
 
 impl Handlers {
@@ -92,7 +94,14 @@ impl Handlers {
             )),
             policy,
             refusals,
+            tls_warnings: Default::default(),
         }
+    }
+
+    /// Reports `warnings` in ListSuppliers (see [`rollout_net::tls::TlsWarnings`]).
+    pub fn with_tls_warnings(mut self, warnings: rollout_net::tls::TlsWarnings) -> Self {
+        self.tls_warnings = warnings;
+        self
     }
 
     /// Runs a mutating call, recording a refusal in the audit log.

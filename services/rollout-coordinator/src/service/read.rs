@@ -121,6 +121,7 @@ pub(super) async fn list_suppliers(
         suppliers,
         next_page_token,
         coordinator_refusal_audit: Some(h.refusals.status()),
+        coordinator_tls_warnings: h.tls_warnings.list(),
     }))
 }
 

@@ -29,7 +29,7 @@ mod reload;
 
 pub use check::not_after;
 pub use connect::{channel, reloading_channel};
-pub use reload::{ClientTrust, ReloadingServerConfig, every_reload_check};
+pub use reload::{ClientTrust, ReloadingServerConfig, TlsWarnings, every_reload_check};
 
 pub use crate::accept::{
     Admission, AdmissionCounts, PeerInfo, PeerStream, RELOAD_CHECK_INTERVAL, incoming, incoming_for,

@@ -180,6 +180,7 @@ impl ReloadingServerConfig {
 
 /// What a client presents and trusts, read from its files.
 pub(super) struct ClientMaterial {
+    warnings: Vec<String>,
     roots: Arc<RootCertStore>,
     crls: Vec<CertificateRevocationListDer<'static>>,
     chain: Vec<CertificateDer<'static>>,
@@ -190,6 +191,7 @@ impl ClientMaterial {
     /// Reads the files.
     pub(super) fn read(files: &TlsFiles) -> Result<ClientMaterial, TlsError> {
         Ok(ClientMaterial {
+            warnings: check::stale_crls(&files.crls, SystemTime::now()),
             roots: roots(&files.ca)?,
             crls: crls(files)?,
             chain: certs(&files.cert)?,
@@ -267,6 +269,12 @@ impl ClientTrust {
     /// A configuration for a new connection, from the files in force.
     pub fn config(&self, expected: Option<Identity>) -> Result<ClientConfig, TlsError> {
         self.current.load().config(&self.files, expected)
+    }
+
+    /// What is wrong with the files in force that an operator should act on (a CRL past its
+    /// next update), in words; empty when nothing is.
+    pub fn warnings(&self) -> Vec<String> {
+        self.current.load().warnings.clone()
     }
 
     /// The generation of the files in force, to watch for the next.
@@ -466,5 +474,40 @@ mod tests {
         );
         assert!(trust.reload_if_changed());
         assert!(watching.has_changed().expect("sender"), "connections told to go");
+    }
+}
+
+/// The TLS warnings of one server process, for its status answers: its own files' and, for the
+/// coordinator, those it checks suppliers with. At most [`TlsWarnings::MAX`], each at most
+/// [`TlsWarnings::MAX_CHARS`] characters.
+#[derive(Debug, Clone, Default)]
+pub struct TlsWarnings {
+    server: Option<Arc<ReloadingServerConfig>>,
+    client: Option<Arc<ClientTrust>>,
+}
+
+impl TlsWarnings {
+    /// Most warnings reported.
+    pub const MAX: usize = 20;
+    /// Most characters of one warning.
+    pub const MAX_CHARS: usize = 500;
+
+    /// The warnings of `server`, and of `client` if given.
+    pub fn new(server: Arc<ReloadingServerConfig>, client: Option<Arc<ClientTrust>>) -> Self {
+        TlsWarnings {
+            server: Some(server),
+            client,
+        }
+    }
+
+    /// The warnings now, bounded.
+    pub fn list(&self) -> Vec<String> {
+        self.server
+            .iter()
+            .flat_map(|s| s.warnings())
+            .chain(self.client.iter().flat_map(|c| c.warnings()))
+            .take(Self::MAX)
+            .map(|w| w.chars().take(Self::MAX_CHARS).collect())
+            .collect()
     }
 }

@@ -78,6 +78,7 @@ impl Handlers {
             opt_out_change: version_i64(s.opt_out_change),
             held_practices: s.held.iter().map(ToString::to_string).collect(),
             refusal_audit: Some(self.refusals.status()),
+            tls_warnings: self.tls_warnings.list(),
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct Handlers {
     watches: Arc<IdentityBudget>,
     /// Where refused calls are recorded (summarised in a flood).
     refusals: Refusals,
+    /// What is wrong with the server's TLS files, for SyncState.
+    tls_warnings: rollout_net::tls::TlsWarnings,
 }
 
 impl Handlers {
@@ -69,7 +71,14 @@ impl Handlers {
                 watches_per_identity,
             )),
             refusals,
+            tls_warnings: Default::default(),
         }
+    }
+
+    /// Reports `warnings` in SyncState (see [`rollout_net::tls::TlsWarnings`]).
+    pub fn with_tls_warnings(mut self, warnings: rollout_net::tls::TlsWarnings) -> Self {
+        self.tls_warnings = warnings;
+        self
     }
 
     /// Runs a mutating call, recording a refusal in the audit log.

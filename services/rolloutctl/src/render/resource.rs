@@ -83,7 +83,8 @@ impl View for pb::ListSuppliersResponse {
         for feature in features {
             counts_table(self, feature, w)?;
         }
-        refusals_table(self, w)
+        refusals_table(self, w)?;
+        tls_warnings(self, w)
     }
 
     fn names(&self) -> Vec<String> {
@@ -148,6 +149,32 @@ fn issued(t: &Option<prost_types::Timestamp>, now: SystemTime) -> String {
         }
         None => "issue time unknown".to_owned(),
     }
+}
+
+/// What each server says is wrong with its TLS files (a CRL past its next update), when any
+/// does.
+fn tls_warnings(r: &pb::ListSuppliersResponse, w: &mut dyn Write) -> io::Result<()> {
+    let all: Vec<(&str, &String)> = r
+        .coordinator_tls_warnings
+        .iter()
+        .map(|t| ("coordinator", t))
+        .chain(
+            r.suppliers
+                .iter()
+                .flat_map(|s| s.tls_warnings.iter().map(|t| (short(&s.name), t))),
+        )
+        .collect();
+    if all.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        w,
+        "\nTLS warnings (see docs/RUNBOOK.md, \"Certificate rotation\"):"
+    )?;
+    for (who, warning) in all {
+        writeln!(w, "  {who}: {warning}")?;
+    }
+    Ok(())
 }
 
 /// How each server's refused calls reached its audit log, when any server refused one: how
