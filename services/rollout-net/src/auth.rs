@@ -174,11 +174,16 @@ impl AuthLayer {
     /// they have changed since the connection's handshake (or its last check): a certificate
     /// revoked, or whose CA was removed, is refused UNAUTHENTICATED at its connection's next
     /// call. Costs one atomic load per call while nothing changes.
-    pub fn with_trust(mut self, trust: Arc<ReloadingServerConfig>) -> Self {
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.trust = Some(trust);
+    pub fn with_trust(self, trust: Arc<ReloadingServerConfig>) -> Self {
+        let s = &self.shared;
+        AuthLayer {
+            shared: Arc::new(Shared {
+                policy: s.policy.clone(),
+                table: s.table.clone(),
+                observer: s.observer.clone(),
+                trust: Some(trust),
+            }),
         }
-        self
     }
 }
 
