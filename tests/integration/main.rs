@@ -3,6 +3,7 @@
 
 mod audit;
 mod budgets;
+mod cancel;
 mod cli;
 mod compaction;
 mod conflicts;

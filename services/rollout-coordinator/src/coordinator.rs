@@ -1,6 +1,7 @@
 //! The coordinator's write path and its delivery-side records, over the private [`Model`]:
 //! every change is computed first, committed to the store (with its audit event and
-//! idempotency record) and only then applied to the model, so a failed commit changes nothing.
+//! idempotency record) and only then applied to the model, so a failed commit changes nothing
+//! (`commit.rs`: the commit and the application run to their end whatever the caller does).
 //! A command's sequence is committed before the operator's call returns. Readers borrow the
 //! model in a closure ([`Core::read`]) and never hold its lock across anything else.
 
@@ -15,11 +16,8 @@ use rollout_core::{
 };
 use rollout_net::{ApiError, wire};
 use rollout_proto::v1 as pb;
-use rollout_store::{
-    RequestRecord,
-    coordinator::{CommandState, CoordinatorStore},
-};
-use tokio::sync::{Mutex, watch};
+use rollout_store::coordinator::{CommandState, CoordinatorStore};
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use tracing::info;
 
 pub use crate::{
@@ -75,7 +73,9 @@ pub type PersonOf<'a> = &'a (dyn Fn(&str) -> Option<String> + Sync);
 /// The coordinator core.
 pub struct Core {
     store: Arc<dyn CoordinatorStore>,
-    model: Mutex<Model>,
+    /// The model; a write owns its lock from computing a change to applying it
+    /// ([`Core::commit`]).
+    model: Arc<Mutex<Model>>,
     /// The last dispatched sequence, watched by the delivery tasks.
     pub target: watch::Sender<u64>,
     /// Bumped on every change, watched by WatchCommand streams.
@@ -123,7 +123,7 @@ impl Core {
         );
         Ok(Arc::new(Core {
             store,
-            model: Mutex::new(m),
+            model: Arc::new(Mutex::new(m)),
             target: watch::channel(last).0,
             changes: watch::channel(0).0,
             estate,
@@ -138,9 +138,10 @@ impl Core {
         read(&*self.model.lock().await)
     }
 
-    /// The model, locked, for a write: the caller computes a change, then [`Core::commit`]s it.
-    pub(crate) async fn lock(&self) -> tokio::sync::MutexGuard<'_, Model> {
-        self.model.lock().await
+    /// The model, locked, for a write: the caller computes a change, then [`Core::commit`]s it,
+    /// handing the lock over to the commit.
+    pub(crate) async fn lock(&self) -> OwnedMutexGuard<Model> {
+        Arc::clone(&self.model).lock_owned().await
     }
 
     /// The ids of the configured suppliers, in the order configured.
@@ -153,64 +154,9 @@ impl Core {
         &self.store
     }
 
-    pub(crate) async fn commit(
-        &self,
-        m: &mut Model,
-        change: Change,
-        request: Option<RequestRecord>,
-        audit: Option<AuditDraft>,
-    ) -> Result<(), ApiError> {
-        // API writes (audited) must not race another replica's; delivery records commute.
-        let guarded = audit.is_some();
-        let retired = m.retirements(&change);
-        let mut write = change.write(&retired, request, audit);
-        write.expected_version = guarded.then_some(m.store_version());
-        if let Err(e) = self.store.write(write).await {
-            return Err(match e {
-                rollout_store::StoreError::Conflict(message) => {
-                    if let Err(reload) = self.reload(m).await {
-                        tracing::error!(error = %reload, "could not reload after a conflict");
-                    }
-                    ApiError::new(
-                        tonic::Code::Aborted,
-                        "CONCURRENT_CHANGE",
-                        format!(
-                            "another coordinator replica changed the state first ({message}); retry the call"
-                        ),
-                    )
-                }
-                other => ApiError::internal("committing a change", other),
-            });
-        }
-        let before = m.last_sequence();
-        m.committed(change, guarded);
-        let after = m.last_sequence();
-        if after > before {
-            self.target.send_replace(after);
-        }
-        self.changes.send_modify(|n| *n += 1);
-        Ok(())
-    }
-
-    /// Replaces the model with what the store holds, keeping the contact times this replica
-    /// knows better (it may be the one talking to the suppliers).
+    /// Replaces the model with what the store holds (see [`crate::commit::Writer::reload`]).
     async fn reload(&self, m: &mut Model) -> Result<(), ApiError> {
-        let stored = self
-            .store
-            .load()
-            .await
-            .map_err(store_error("reloading the state"))?;
-        let mut fresh =
-            Model::from_store(stored).map_err(|e| ApiError::internal("reloading the state", e))?;
-        // What this replica knows better first, so that the rejections are judged against it.
-        fresh.keep_contact(m);
-        crate::rejections::file_all(self.store.as_ref(), &mut fresh)
-            .await
-            .map_err(|e| ApiError::internal("reloading the state", e))?;
-        *m = fresh;
-        self.target.send_replace(m.last_sequence());
-        self.changes.send_modify(|n| *n += 1);
-        Ok(())
+        self.writer().reload(m).await
     }
 
     /// Before an API write on a shared store: catch up if another replica wrote.
@@ -245,9 +191,12 @@ impl Core {
         }
     }
 
-    /// Returns the stored response of a retried request, or refuses a reused id.
+    /// Returns the stored response of a retried request, or refuses a reused id. Waits for the
+    /// write in progress, if any: it may be this request's first try, whose caller went away
+    /// while it committed.
     pub async fn recall(&self, idem: Option<&Idempotency>) -> Result<Option<Vec<u8>>, ApiError> {
         let Some(idem) = idem else { return Ok(None) };
+        let _after_writes = self.model.lock().await;
         match self.store.recall_request(&idem.request_id).await.map_err(store_error("reading a request id"))? {
             Some(r) if r.fingerprint == idem.fingerprint => Ok(Some(r.response)),
             Some(_) => Err(ApiError::new(
@@ -332,7 +281,7 @@ impl Core {
         change.commands.push(cmd);
         change.features.push((def, feature.clone()));
         let request = idem.map(|i| i.record(&feature));
-        self.commit(&mut m, change, request, Some(audit)).await?;
+        self.commit(m, change, request, Some(audit)).await?;
         Ok(feature)
     }
 
@@ -426,7 +375,7 @@ impl Core {
         if approvals == 0 {
             self.dispatch(&m, &mut cmd, &mut change, at)?;
         }
-        self.commit_command(&mut m, cmd, change, idem, audit).await
+        self.commit_command(m, cmd, change, idem, audit).await
     }
 
     /// Approves a pending command; the last approval needed dispatches it. Refused to the
@@ -465,14 +414,14 @@ impl Core {
             cmd.pb.approve_time = Some(wire::timestamp(at));
             self.dispatch(&m, &mut cmd, &mut change, at)?;
         }
-        self.commit_command(&mut m, cmd, change, idem, audit).await
+        self.commit_command(m, cmd, change, idem, audit).await
     }
 
     /// Commits `cmd` with `change` (its deliveries, if it was dispatched), its idempotency
     /// record and audit event; answers the command's view with those deliveries.
     pub(crate) async fn commit_command(
         &self,
-        m: &mut Model,
+        m: OwnedMutexGuard<Model>,
         cmd: Cmd,
         mut change: Change,
         idem: Option<Idempotency>,
@@ -517,7 +466,7 @@ impl Core {
             ..Change::default()
         };
         let request = idem.map(|i| i.record(&view));
-        self.commit(&mut m, change, request, Some(audit)).await?;
+        self.commit(m, change, request, Some(audit)).await?;
         Ok(view)
     }
 }

@@ -11,6 +11,7 @@
 
 mod answers;
 mod change;
+mod commit;
 mod conflicts;
 mod coordinator;
 mod delivery;

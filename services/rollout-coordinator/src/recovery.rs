@@ -328,7 +328,7 @@ impl Core {
             .map_err(|e| ApiError::internal("reading the commands a supplier rejected", e))?;
         change.suppliers.push((supplier.clone(), status));
         let request = idem.map(|i| i.record(&response));
-        self.commit(m, change, request, Some(audit)).await?;
+        self.commit(guard, change, request, Some(audit)).await?;
         info!(
             supplier = %supplier,
             from = last,

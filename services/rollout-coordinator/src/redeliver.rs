@@ -121,7 +121,7 @@ impl Core {
         }
         let id = cmd.domain.id.clone();
         let view = self
-            .commit_command(&mut m, cmd, Change::default(), r.idem, audit)
+            .commit_command(m, cmd, Change::default(), r.idem, audit)
             .await?;
         info!(command = %id, original = %r.original, supplier = %r.supplier, "redelivery waiting for approval");
         Ok(view)

@@ -145,7 +145,7 @@ impl Core {
                 suppliers: vec![(supplier.clone(), s)],
                 ..Change::default()
             };
-            self.commit(&mut m, change, None, None).await?;
+            self.commit(m, change, None, None).await?;
         } else {
             m.note_supplier(supplier.clone(), s);
         }
@@ -215,7 +215,7 @@ impl Core {
         outcomes: Vec<Outcome>,
         applied_sequence: u64,
     ) -> Result<(), ApiError> {
-        let mut m = self.lock().await;
+        let m = self.lock().await;
         let acknowledged = Some(wire::timestamp(now()));
         let mut change = Change::default();
         let mut rejected = Vec::new();
@@ -274,7 +274,7 @@ impl Core {
         status.pb.last_contact_time = status.last_contact.map(wire::timestamp);
         status.pb.last_error = String::new();
         change.suppliers.push((supplier.clone(), status));
-        self.commit(&mut m, change, None, None).await
+        self.commit(m, change, None, None).await
     }
 
     /// The API view of a supplier now.

@@ -7,13 +7,15 @@
 //! them ([`refusals`]), the one mapping from errors to `tonic::Status` ([`error`]), the message
 //! limits and the page byte budget ([`limits`]), health, reflection, HTTP/2 settings and the
 //! shutdown signal ([`server`]), what happens between that signal and the exit ([`drain`]),
-//! and logging set-up ([`telemetry`]).
+//! work that finishes whatever its caller does ([`detached`]), and logging set-up
+//! ([`telemetry`]).
 
 pub mod accept;
 pub mod audit_queue;
 pub mod auth;
 pub mod budget;
 pub mod cli;
+pub mod detached;
 pub mod drain;
 pub mod error;
 pub mod limits;

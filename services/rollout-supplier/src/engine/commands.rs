@@ -43,7 +43,7 @@ impl Engine {
     /// answers as it did the first time. With `previous`, the coordinator's history hash before
     /// the command, refuses a command that does not continue the history applied here.
     pub async fn apply(
-        &self,
+        self: &Arc<Self>,
         body: Vec<u8>,
         cmd: Command,
         previous: Option<HistoryHash>,
@@ -55,19 +55,7 @@ impl Engine {
         if cmd.sequence <= applied_sequence {
             return self.recorded(&cmd, applied_sequence).await;
         }
-        if let Some(previous) = previous
-            && cmd.sequence == applied_sequence + 1
-            && previous != current.head
-        {
-            return Err(diverged(
-                format!(
-                    "command {} at sequence {} does not continue the history applied here (history hash {} at sequence {applied_sequence}, the coordinator's is {previous}); recover the coordinator's log before delivering more",
-                    cmd.id, cmd.sequence, current.head
-                ),
-                applied_sequence,
-                cmd.sequence - 1,
-            ));
-        }
+        continues(current, &cmd, previous)?;
         let mut book = (*current.book).clone();
         // A command addressed to another supplier (a redelivery) is a no-op here: it takes its
         // sequence and its place in the history, and lifts, files and serves nothing.
@@ -108,11 +96,18 @@ impl Engine {
         };
         let version = current.store_version + 1;
         let hex = head.to_hex();
-        let write = self.store.append_command(&stored, &retire, &hex, version, audit);
+        let store = Arc::clone(&self.store);
+        let (id, action, rejected) = (cmd.id.clone(), cmd.action.name(), rejection.is_some());
+        let write = async move {
+            store
+                .append_command(&stored, &retire, &hex, version, audit)
+                .await?;
+            info!(sequence = stored.sequence, command = %id, action, rejected, retired = retire.len(), addressed_elsewhere = !acts_here, "command applied");
+            Ok(())
+        };
         let cause = format!("commands/{} applied", cmd.id);
-        self.commit(&w, write, next, &cause, "storing an applied command")
+        self.commit(w, write, next, cause, "storing an applied command")
             .await?;
-        info!(sequence = cmd.sequence, command = %cmd.id, action = cmd.action.name(), rejected = rejection.is_some(), retired = retire.len(), addressed_elsewhere = !acts_here, "command applied");
         Ok(Applied {
             id: cmd.id,
             rejection,
@@ -159,7 +154,7 @@ impl Engine {
     /// access on without this supplier judging it (a go-live it has not applied, or a halt it
     /// holds that the snapshot lifts). Returns how many commands the new state holds.
     pub async fn install_snapshot(
-        &self,
+        self: &Arc<Self>,
         header: SnapshotHeader,
         commands: Vec<(Vec<u8>, Command)>,
         audit: AuditDraft,
@@ -167,37 +162,65 @@ impl Engine {
         let w = self.begin().await?;
         let current = &w.current;
         let applied = current.book.applied_sequence();
-        if header.sequence < applied {
-            return Err(ApiError::failed_precondition(
-                "SUPPLIER_AHEAD",
-                format!(
-                    "this supplier has applied sequence {applied}; a snapshot as of {} would undo what it applied after. Recover the coordinator's log from this supplier",
-                    header.sequence
-                ),
-            )
-            .with_metadata("applied_sequence", applied.to_string())
-            .with_metadata("snapshot_sequence", header.sequence.to_string()));
-        }
-        if header.base_sequence != applied {
-            return Err(ApiError::failed_precondition(
-                "SNAPSHOT_BASE_MOVED",
-                format!(
-                    "the snapshot was built against applied sequence {}, but this supplier is at {applied}; read the sync state again",
-                    header.base_sequence
-                ),
-            )
-            .with_metadata("applied_sequence", applied.to_string()));
-        }
-        if header.base_history_hash != current.head {
-            return Err(diverged(
-                format!(
-                    "the snapshot's history at sequence {applied} ({}) is not the one applied here ({})",
-                    header.base_history_hash, current.head
-                ),
-                applied,
-                header.sequence,
-            ));
-        }
+        builds_on(current, &header)?;
+        let book = self.snapshot_book(current, &header, &commands)?;
+        let at = rollout_core::audit::now();
+        let count = commands.len();
+        let stored: Vec<StoredCommand> = commands
+            .into_iter()
+            .map(|(body, cmd)| StoredCommand {
+                sequence: cmd.sequence,
+                id: cmd.id.to_string(),
+                feature: cmd.feature.to_string(),
+                body,
+                rejection: None,
+                applied_at: at,
+                effective: true,
+            })
+            .collect();
+        let sync = SyncPoint {
+            applied_sequence: header.sequence,
+            history_hash: header.history_hash.to_hex(),
+            applied_at: at,
+        };
+        let next = Serving {
+            book: Arc::new(book),
+            head: header.history_hash,
+            last_apply_time: Some(at),
+            ..(**current).clone()
+        };
+        let version = current.store_version + 1;
+        let store = Arc::clone(&self.store);
+        let write = async move {
+            store.install_snapshot(&stored, &sync, version, audit).await?;
+            info!(
+                sequence = header.sequence,
+                from = applied,
+                commands = count,
+                "snapshot installed"
+            );
+            Ok(())
+        };
+        self.commit(
+            w,
+            write,
+            next,
+            "snapshot installed".into(),
+            "installing a snapshot",
+        )
+        .await?;
+        Ok(count)
+    }
+
+    /// The rule book a snapshot brings, refused if it does not keep what this supplier applied
+    /// itself or, under a change freeze, if it turns access on without this supplier judging it.
+    fn snapshot_book(
+        &self,
+        current: &Serving,
+        header: &SnapshotHeader,
+        commands: &[(Vec<u8>, Command)],
+    ) -> Result<RuleBook, ApiError> {
+        let applied = current.book.applied_sequence();
         let mut book = RuleBook::for_supplier(self.supplier.clone());
         for (i, (_, cmd)) in commands.iter().enumerate() {
             book.restore(cmd)
@@ -248,42 +271,62 @@ impl Engine {
                 .with_metadata("applied_sequence", applied.to_string()));
             }
         }
-        let at = rollout_core::audit::now();
-        let count = commands.len();
-        let stored: Vec<StoredCommand> = commands
-            .into_iter()
-            .map(|(body, cmd)| StoredCommand {
-                sequence: cmd.sequence,
-                id: cmd.id.to_string(),
-                feature: cmd.feature.to_string(),
-                body,
-                rejection: None,
-                applied_at: at,
-                effective: true,
-            })
-            .collect();
-        let sync = SyncPoint {
-            applied_sequence: header.sequence,
-            history_hash: header.history_hash.to_hex(),
-            applied_at: at,
-        };
-        let next = Serving {
-            book: Arc::new(book),
-            head: header.history_hash,
-            last_apply_time: Some(at),
-            ..(**current).clone()
-        };
-        let version = current.store_version + 1;
-        let write = self.store.install_snapshot(&stored, &sync, version, audit);
-        self.commit(&w, write, next, "snapshot installed", "installing a snapshot")
-            .await?;
-        info!(
-            sequence = header.sequence,
-            from = applied,
-            commands = count,
-            "snapshot installed"
-        );
-        Ok(count)
+        Ok(book)
+    }
+}
+
+/// Refuses a snapshot that would take this supplier back (older than what it applied) or that
+/// was built on another state than the one applied here.
+fn builds_on(current: &Serving, header: &SnapshotHeader) -> Result<(), ApiError> {
+    let applied = current.book.applied_sequence();
+    if header.sequence < applied {
+        return Err(ApiError::failed_precondition(
+            "SUPPLIER_AHEAD",
+            format!(
+                "this supplier has applied sequence {applied}; a snapshot as of {} would undo what it applied after. Recover the coordinator's log from this supplier",
+                header.sequence
+            ),
+        )
+        .with_metadata("applied_sequence", applied.to_string())
+        .with_metadata("snapshot_sequence", header.sequence.to_string()));
+    }
+    if header.base_sequence != applied {
+        return Err(ApiError::failed_precondition(
+            "SNAPSHOT_BASE_MOVED",
+            format!(
+                "the snapshot was built against applied sequence {}, but this supplier is at {applied}; read the sync state again",
+                header.base_sequence
+            ),
+        )
+        .with_metadata("applied_sequence", applied.to_string()));
+    }
+    if header.base_history_hash != current.head {
+        return Err(diverged(
+            format!(
+                "the snapshot's history at sequence {applied} ({}) is not the one applied here ({})",
+                header.base_history_hash, current.head
+            ),
+            applied,
+            header.sequence,
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses the next command if `previous`, the coordinator's history hash before it, is not the
+/// history applied here.
+fn continues(current: &Serving, cmd: &Command, previous: Option<HistoryHash>) -> Result<(), ApiError> {
+    let applied_sequence = current.book.applied_sequence();
+    match previous {
+        Some(previous) if cmd.sequence == applied_sequence + 1 && previous != current.head => Err(diverged(
+            format!(
+                "command {} at sequence {} does not continue the history applied here (history hash {} at sequence {applied_sequence}, the coordinator's is {previous}); recover the coordinator's log before delivering more",
+                cmd.id, cmd.sequence, current.head
+            ),
+            applied_sequence,
+            cmd.sequence - 1,
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -5,7 +5,9 @@
 //! with the store first if other replicas share it), the writer works out the next state beside
 //! it, and [`Engine::commit`] stores the change at the next stored version (compare and set)
 //! and only then swaps the new state in and tells the watchers. A failed commit changes nothing
-//! in memory.
+//! in memory. The commit and the swap run on a task of their own, holding the write lock, so
+//! a caller that goes away (a client's deadline or cancel) cannot leave a change stored but
+//! not served: the write finishes, or fails as a whole, either way.
 //!
 //! What is served and rebuilt at start is the effective state, not the history: the store
 //! keeps every command as received, but marks which are rules in force, and start-up reads
@@ -32,7 +34,7 @@ use rollout_store::{
     StoreError,
     supplier::{StoredCommand, SupplierState, SupplierStore, SyncPoint},
 };
-use tokio::sync::{Mutex, MutexGuard, Notify, broadcast, watch};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard, broadcast, watch};
 use tracing::{info, warn};
 
 use crate::fanout::{self, Hub};
@@ -51,7 +53,8 @@ pub use crate::{
 pub struct Engine {
     store: Arc<dyn SupplierStore>,
     state: ArcSwap<Serving>,
-    write: Mutex<()>,
+    /// The write lock: owned by a write from [`Engine::begin`] to the end of its commit task.
+    write: Arc<Mutex<()>>,
     /// Last coordinator contact in microseconds since the epoch; `i64::MIN` for never.
     last_contact: AtomicI64,
     /// When the last contact was written to the store.
@@ -80,8 +83,8 @@ impl std::fmt::Debug for Engine {
 }
 
 /// A write in progress: the write lock, and the state it started from.
-struct Write<'a> {
-    _guard: MutexGuard<'a, ()>,
+struct Write {
+    _guard: OwnedMutexGuard<()>,
     current: Arc<Serving>,
 }
 
@@ -219,7 +222,7 @@ impl Engine {
         let engine = Engine {
             store,
             state: ArcSwap::from_pointee(serving.clone()),
-            write: Mutex::new(()),
+            write: Arc::new(Mutex::new(())),
             last_contact: AtomicI64::new(last_contact),
             persisted_contact: AtomicI64::new(last_contact),
             hub: std::sync::Mutex::new(Hub::new(serving.version)),
@@ -261,8 +264,8 @@ impl Engine {
 
     /// Takes the write lock and the state to write from, first catching up with the store if
     /// another replica may have written to it.
-    async fn begin(&self) -> Result<Write<'_>, ApiError> {
-        let guard = self.write.lock().await;
+    async fn begin(&self) -> Result<Write, ApiError> {
+        let guard = Arc::clone(&self.write).lock_owned().await;
         let current = self.current();
         let current = if !self.store.shared() {
             current
@@ -286,26 +289,38 @@ impl Engine {
 
     /// Finishes a write: awaits `stored` (the store write the caller made at
     /// `current.store_version + 1`), then swaps in `next` and publishes what changed. On a
-    /// failed store write nothing changes in memory.
-    async fn commit<T>(
-        &self,
-        w: &Write<'_>,
-        stored: impl Future<Output = Result<T, StoreError>>,
+    /// failed store write nothing changes in memory. All of it runs on a task of its own that
+    /// keeps the write lock to its end ([`rollout_net::detached`]): dropping the returned future
+    /// (the caller's deadline passed) neither stops the write nor separates the swap from the
+    /// commit. A panic in it answers INTERNAL.
+    async fn commit<T, F>(
+        self: &Arc<Self>,
+        w: Write,
+        stored: F,
         next: Serving,
-        cause: &str,
+        cause: String,
         context: &'static str,
-    ) -> Result<T, ApiError> {
-        let value = match stored.await {
-            Ok(v) => v,
-            Err(e) => return Err(self.commit_failed(&w.current, e, context).await),
-        };
-        let next = Serving {
-            version: w.current.version + 1,
-            store_version: w.current.store_version + 1,
-            ..next
-        };
-        self.publish(&w.current, next, cause);
-        Ok(value)
+    ) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let engine = Arc::clone(self);
+        rollout_net::detached::to_completion(context, async move {
+            let value = match stored.await {
+                Ok(v) => v,
+                Err(e) => return Err(engine.commit_failed(&w.current, e, context).await),
+            };
+            let next = Serving {
+                version: w.current.version + 1,
+                store_version: w.current.store_version + 1,
+                ..next
+            };
+            engine.publish(&w.current, next, &cause);
+            drop(w);
+            Ok(value)
+        })
+        .await
     }
 
     /// Follows changes made through other replicas: reloads when the stored version moved and
@@ -471,8 +486,10 @@ impl Engine {
     }
 
     /// Looks up an idempotency record: `Ok(Some(response))` for a retry of the same request,
-    /// an error for the same id with a different body.
+    /// an error for the same id with a different body. Waits for the write in progress, if
+    /// any: it may be this request's first try, whose caller went away while it committed.
     pub async fn recall(&self, request_id: &str, fingerprint: &[u8]) -> Result<Option<Vec<u8>>, ApiError> {
+        let _after_writes = self.write.lock().await;
         match self.store.recall_request(request_id).await.map_err(store_error("reading a request id"))? {
             Some(r) if r.fingerprint == fingerprint => Ok(Some(r.response)),
             Some(_) => Err(ApiError::new(

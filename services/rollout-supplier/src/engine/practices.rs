@@ -39,7 +39,7 @@ impl Engine {
     /// existing one (or refuses) under the write lock; `respond` encodes the answer for the
     /// idempotency record.
     pub async fn put_opt_out(
-        &self,
+        self: &Arc<Self>,
         key: (OdsCode, FeatureKey),
         make: impl FnOnce(Option<&OptOutRecord>) -> Result<OptOutRecord, ApiError>,
         request: Option<(String, Vec<u8>)>,
@@ -71,10 +71,15 @@ impl Engine {
             "recorded"
         };
         let version = current.store_version + 1;
-        let write = self.store.put_opt_out(&record, version, request, audit);
-        self.commit(&w, write, next, &format!("opt-out {what}"), "storing an opt-out")
+        let store = Arc::clone(&self.store);
+        let stored = record.clone();
+        let write = async move {
+            store.put_opt_out(&stored, version, request, audit).await?;
+            info!(practice = %key.0, feature = %key.1, change = stored.change, "opt-out {what}");
+            Ok(())
+        };
+        self.commit(w, write, next, format!("opt-out {what}"), "storing an opt-out")
             .await?;
-        info!(practice = %key.0, feature = %key.1, change = record.change, "opt-out {what}");
         Ok(record)
     }
 
@@ -87,7 +92,7 @@ impl Engine {
     /// `audit` gives the caller, method and request of the events. Writes nothing when
     /// nothing changes.
     pub async fn import_opt_outs(
-        &self,
+        self: &Arc<Self>,
         records: Vec<OptOutRecord>,
         released: Vec<OdsCode>,
         audit: AuditDraft,
@@ -134,23 +139,30 @@ impl Engine {
             held: Arc::new(held),
             ..(**current).clone()
         };
+        let done = imported(change);
         let version = current.store_version + 1;
-        let write = self.store.import_opt_outs(&installed, &released, version, events);
+        let store = Arc::clone(&self.store);
+        let write = async move {
+            store
+                .import_opt_outs(&installed, &released, version, events)
+                .await?;
+            info!(
+                installed = installed.len(),
+                released = released.len(),
+                latest_change = change,
+                "opt-outs imported from the national register"
+            );
+            Ok(())
+        };
         self.commit(
-            &w,
+            w,
             write,
             next,
-            "opt-outs from the national register",
+            "opt-outs from the national register".into(),
             "installing opt-outs from the national register",
         )
         .await?;
-        info!(
-            installed = installed.len(),
-            released = released.len(),
-            latest_change = change,
-            "opt-outs imported from the national register"
-        );
-        Ok(imported(change))
+        Ok(done)
     }
 
     /// Makes the estate exactly `practices` (this supplier's only), keeping opt-outs and
@@ -158,7 +170,7 @@ impl Engine {
     /// DISABLED, awaiting the opt-out check) until the coordinator has sent the national
     /// register's records for them; practices gone from the estate are no longer held.
     pub async fn import_estate(
-        &self,
+        self: &Arc<Self>,
         practices: Vec<Practice>,
         audit: AuditDraft,
     ) -> Result<EstateChange, ApiError> {
@@ -179,22 +191,24 @@ impl Engine {
             .collect();
         let hold: Vec<OdsCode> = joined.into_iter().collect();
         let version = current.store_version + 1;
-        let write = self.store.import_estate(&practices, &hold, version, audit);
         let next = Serving {
             estate: Arc::new(estate),
             held: Arc::new(held),
             ..(**current).clone()
         };
-        let change = self
-            .commit(&w, write, next, "estate imported", "importing the estate")
-            .await?;
-        if !hold.is_empty() {
-            info!(
-                held = hold.len(),
-                "practices joined from another supplier: held off until the coordinator has sent the national register's opt-outs for them"
-            );
-        }
-        Ok(change)
+        let store = Arc::clone(&self.store);
+        let write = async move {
+            let change = store.import_estate(&practices, &hold, version, audit).await?;
+            if !hold.is_empty() {
+                info!(
+                    held = hold.len(),
+                    "practices joined from another supplier: held off until the coordinator has sent the national register's opt-outs for them"
+                );
+            }
+            Ok(change)
+        };
+        self.commit(w, write, next, "estate imported".into(), "importing the estate")
+            .await
     }
 }
 
