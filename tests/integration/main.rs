@@ -28,6 +28,7 @@ mod security;
 mod shutdown;
 mod stack;
 mod store;
+mod stuck_behind;
 mod supplier;
 mod support;
 mod unanswered;

@@ -39,6 +39,9 @@ pub struct Facts {
     pub applied_sequence: u64,
     /// When it last answered the coordinator.
     pub last_contact: Option<SystemTime>,
+    /// When it last answered having applied every command dispatched then: the contact its
+    /// fail-closed features count (unknown since this coordinator started, if never).
+    pub in_step_contact: Option<SystemTime>,
     /// The last error delivering to it, if any.
     pub last_error: String,
     /// The read-back.
@@ -115,15 +118,18 @@ pub fn judge(halt: &Halt, f: Facts) -> SupplierResult {
         r.unverified_count = f.in_scope;
     }
     if !matches!(outcome, Outcome::Verified | Outcome::NotDelivered) {
-        r.consequence = Some(consequence(halt.fail_mode, f.last_contact));
+        // The contact its fail-closed features count: the last in step; not known since the
+        // coordinator started, the last contact, which is then the latest it can be.
+        let counted = f.in_step_contact.or(f.last_contact);
+        r.consequence = Some(consequence(halt.fail_mode, counted));
     }
     r
 }
 
 /// What happens to a supplier's practices while it is not verified: FAIL_CLOSED turns them off
-/// at its last contact plus the control TTL (unless the coordinator reaches it first);
-/// FAIL_STATIC keeps its last applied state.
-pub fn consequence(fail_mode: FailMode, last_contact: Option<SystemTime>) -> Consequence {
+/// at `last_counted` (its last contact in step with the coordinator) plus the control TTL,
+/// unless it catches up first; FAIL_STATIC keeps its last applied state.
+pub fn consequence(fail_mode: FailMode, last_counted: Option<SystemTime>) -> Consequence {
     match fail_mode {
         FailMode::Static => Consequence {
             fail_mode: pb::FailMode::Static.into(),
@@ -131,7 +137,7 @@ pub fn consequence(fail_mode: FailMode, last_contact: Option<SystemTime>) -> Con
         },
         FailMode::Closed { ttl } => Consequence {
             fail_mode: pb::FailMode::Closed.into(),
-            off_time: last_contact.and_then(|t| t.checked_add(ttl)).map(wire::timestamp),
+            off_time: last_counted.and_then(|t| t.checked_add(ttl)).map(wire::timestamp),
             control_ttl: prost_types::Duration::try_from(ttl).ok(),
         },
     }
@@ -170,6 +176,7 @@ mod tests {
             delivered,
             applied_sequence: applied,
             last_contact: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000)),
+            in_step_contact: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000)),
             last_error: String::new(),
             read_back,
         }
@@ -294,6 +301,36 @@ mod tests {
         let c = consequence(FailMode::Static, Some(contact));
         assert_eq!(c.fail_mode(), pb::FailMode::Static);
         assert!(c.off_time.is_none() && c.control_ttl.is_none());
+    }
+
+    /// A supplier stuck behind does not count the coordinator's contact: its practices turn
+    /// the feature off at its last contact in step plus the TTL, however recently it answered.
+    #[test]
+    fn a_supplier_behind_turns_off_at_its_last_contact_in_step_plus_ttl() {
+        let stuck = Facts {
+            last_contact: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(5_000)),
+            in_step_contact: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000)),
+            ..facts(true, SEQ - 1, ReadBack::NotAsked)
+        };
+        let r = judge(&closed(), stuck.clone());
+        assert_eq!(r.outcome(), Outcome::NotApplied);
+        assert_eq!(
+            r.last_contact_time.expect("last contact").seconds,
+            5_000,
+            "shown as it is"
+        );
+        let off = r.consequence.and_then(|c| c.off_time).expect("off time");
+        assert_eq!(off.seconds, 1_060, "from the last contact in step");
+        // Not seen in step since the coordinator started: the last contact, the latest it can be.
+        let unknown = Facts {
+            in_step_contact: None,
+            ..stuck
+        };
+        let off = judge(&closed(), unknown)
+            .consequence
+            .and_then(|c| c.off_time)
+            .expect("off time");
+        assert_eq!(off.seconds, 5_060);
     }
 
     #[test]

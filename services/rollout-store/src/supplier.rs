@@ -207,7 +207,10 @@ pub trait SupplierStore: Send + Sync + 'static {
         audit: AuditDraft,
     ) -> Result<EstateChange, StoreError>;
 
-    /// Records when the coordinator was last heard from.
+    /// Records when the coordinator was last heard from: kept if later than the stored time
+    /// (replicas write in any order), or if the stored time is more than
+    /// [`rollout_core::rules::MAX_CONTACT_SKEW`] later than `at` (written before this clock was
+    /// stepped back: not to be believed).
     async fn record_contact(&self, at: SystemTime) -> Result<(), StoreError>;
 
     /// The stored version and last contact, cheaply (replicas poll it).

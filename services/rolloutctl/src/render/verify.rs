@@ -207,7 +207,8 @@ fn meanwhile(s: &SupplierResult, now: SystemTime) -> Option<String> {
         ) {
             (pb::FailMode::Closed, Some(off)) if off > now => format!(
                 "fail-closed: its practices turn the feature off by themselves at {} ({} from now; its \
-             last contact plus the control TTL of {ttl}), unless the coordinator reaches it first",
+             last contact in step with the coordinator plus the control TTL of {ttl}), unless it is \
+             reached and up to date first",
                 humantime::format_rfc3339_seconds(off),
                 humantime::format_duration(Duration::from_secs(
                     off.duration_since(now).unwrap_or_default().as_secs()
@@ -215,8 +216,8 @@ fn meanwhile(s: &SupplierResult, now: SystemTime) -> Option<String> {
             ),
             (pb::FailMode::Closed, Some(off)) => format!(
                 "fail-closed: its practices turned the feature off by themselves at {}, by its own \
-             clock (its last contact plus the control TTL of {ttl}), until the coordinator \
-             reaches it",
+             clock (its last contact in step with the coordinator plus the control TTL of {ttl}), \
+             until it is reached and up to date",
                 humantime::format_rfc3339_seconds(off)
             ),
             (pb::FailMode::Closed, None) => format!(
