@@ -22,6 +22,7 @@ mod preview;
 mod proxy;
 mod register;
 mod replicas;
+mod request_ids;
 mod resync;
 mod scopes;
 mod security;

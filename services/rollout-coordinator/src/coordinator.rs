@@ -245,10 +245,12 @@ impl Core {
         }
     }
 
-    /// Returns the stored response of a retried request, or refuses a reused id.
+    /// Returns the stored response of a retried request, or refuses an id its caller reused for
+    /// another request. Another identity's request with the same id is a request of its own.
     pub async fn recall(&self, idem: Option<&Idempotency>) -> Result<Option<Vec<u8>>, ApiError> {
         let Some(idem) = idem else { return Ok(None) };
-        match self.store.recall_request(&idem.request_id).await.map_err(store_error("reading a request id"))? {
+        let stored = self.store.recall_request(&idem.identity, &idem.request_id);
+        match stored.await.map_err(store_error("reading a request id"))? {
             Some(r) if r.fingerprint == idem.fingerprint => Ok(Some(r.response)),
             Some(_) => Err(ApiError::new(
                 tonic::Code::InvalidArgument,

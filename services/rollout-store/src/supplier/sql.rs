@@ -375,8 +375,12 @@ impl SupplierStore for SqlSupplierStore {
         Ok(())
     }
 
-    async fn recall_request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
-        common::recall_request(&self.pool, request_id).await
+    async fn recall_request(
+        &self,
+        identity: &str,
+        request_id: &str,
+    ) -> Result<Option<RequestRecord>, StoreError> {
+        common::recall_request(&self.pool, identity, request_id).await
     }
 
     async fn append_audit(&self, audit: AuditDraft) -> Result<AuditEvent, StoreError> {

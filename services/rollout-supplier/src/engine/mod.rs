@@ -449,10 +449,17 @@ impl Engine {
             .min()
     }
 
-    /// Looks up an idempotency record: `Ok(Some(response))` for a retry of the same request,
-    /// an error for the same id with a different body.
-    pub async fn recall(&self, request_id: &str, fingerprint: &[u8]) -> Result<Option<Vec<u8>>, ApiError> {
-        match self.store.recall_request(request_id).await.map_err(store_error("reading a request id"))? {
+    /// Looks up `identity`'s idempotency record: `Ok(Some(response))` for a retry of the same
+    /// request, an error for the same id with a different body. Another identity's request
+    /// with the same id is a request of its own.
+    pub async fn recall(
+        &self,
+        identity: &str,
+        request_id: &str,
+        fingerprint: &[u8],
+    ) -> Result<Option<Vec<u8>>, ApiError> {
+        let stored = self.store.recall_request(identity, request_id);
+        match stored.await.map_err(store_error("reading a request id"))? {
             Some(r) if r.fingerprint == fingerprint => Ok(Some(r.response)),
             Some(_) => Err(ApiError::new(
                 tonic::Code::InvalidArgument,
