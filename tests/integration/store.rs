@@ -20,6 +20,7 @@ use crate::support::pg_database;
 
 mod audit_chain;
 mod register;
+mod requests;
 
 pub(crate) fn audit(action: &str) -> AuditDraft {
     AuditDraft {
@@ -162,6 +163,7 @@ async fn supplier_suite(url: &str) {
         origin: Origin::Recorded,
     };
     let request = RequestRecord {
+        identity: "admin".into(),
         request_id: "6b2f1c1e-7c38-4c5e-9d6a-0f6e8f1f2a3b".into(),
         fingerprint: vec![9; 32],
         response: vec![1, 2, 3],
@@ -184,11 +186,13 @@ async fn supplier_suite(url: &str) {
         .put_opt_out(&withdrawn, 8, None, audit("withdraw"))
         .await
         .expect("withdraw");
+    let recall = |identity, id| store.recall_request(identity, id);
     assert_eq!(
-        store.recall_request(&request.request_id).await.expect("recall"),
-        Some(request)
+        recall("admin", &request.request_id).await.expect("recall"),
+        Some(request.clone())
     );
-    assert_eq!(store.recall_request("other").await.expect("recall"), None);
+    assert_eq!(recall("admin", "other").await.expect("recall"), None);
+    assert_eq!(recall("other", &request.request_id).await.expect("recall"), None);
     store.record_contact(at(30)).await.expect("contact");
 
     let state = store.load().await.expect("load");
@@ -303,6 +307,7 @@ async fn coordinator_suite(url: &str) {
             deliveries: vec![delivery(1, "emis", DeliveryState::Pending, 7)],
             suppliers: vec![record("emis", 3)],
             request: Some(RequestRecord {
+                identity: "alice".into(),
                 request_id: "r1".into(),
                 fingerprint: vec![1],
                 response: vec![2],
@@ -358,7 +363,12 @@ async fn coordinator_suite(url: &str) {
         [delivery(1, "emis", DeliveryState::Applied, 8)],
         "a settled delivery is still read by sequence"
     );
-    assert!(store.recall_request("r1").await.expect("recall").is_some());
+    let recalled = |identity| store.recall_request(identity, "r1");
+    assert!(recalled("alice").await.expect("recall").is_some());
+    assert!(
+        recalled("bob").await.expect("recall").is_none(),
+        "a request id is its caller's own"
+    );
     // A write computed from an old version is refused whole (another replica wrote first).
     let stale = store
         .write(Write {

@@ -107,9 +107,12 @@ pub fn delivery_state(d: &pb::Delivery) -> DeliveryState {
     }
 }
 
-/// An idempotency key with the request's fingerprint.
+/// An idempotency key with the request's fingerprint. A request id is its caller's own: the
+/// key is the identity that sent the request and its request id.
 #[derive(Debug, Clone)]
 pub struct Idempotency {
+    /// The identity that sent the request.
+    pub identity: String,
     /// The request id.
     pub request_id: String,
     /// The request's fingerprint.
@@ -120,6 +123,7 @@ impl Idempotency {
     /// The record that answers a retry of this request with `response`.
     pub fn record(self, response: &impl Message) -> RequestRecord {
         RequestRecord {
+            identity: self.identity,
             request_id: self.request_id,
             fingerprint: self.fingerprint,
             response: response.encode_to_vec(),

@@ -191,13 +191,15 @@ impl Core {
         }
     }
 
-    /// Returns the stored response of a retried request, or refuses a reused id. Waits for the
-    /// write in progress, if any: it may be this request's first try, whose caller went away
-    /// while it committed.
+    /// Returns the stored response of a retried request, or refuses an id its caller reused for
+    /// another request. Another identity's request with the same id is a request of its own.
+    /// Waits for the write in progress, if any: it may be this request's first try, whose caller
+    /// went away while it committed.
     pub async fn recall(&self, idem: Option<&Idempotency>) -> Result<Option<Vec<u8>>, ApiError> {
         let Some(idem) = idem else { return Ok(None) };
         let _after_writes = self.model.lock().await;
-        match self.store.recall_request(&idem.request_id).await.map_err(store_error("reading a request id"))? {
+        let stored = self.store.recall_request(&idem.identity, &idem.request_id);
+        match stored.await.map_err(store_error("reading a request id"))? {
             Some(r) if r.fingerprint == idem.fingerprint => Ok(Some(r.response)),
             Some(_) => Err(ApiError::new(
                 tonic::Code::InvalidArgument,

@@ -212,6 +212,7 @@ async fn sync(
             .apply_command(call(pb::ApplyCommandRequest {
                 command: Some(command),
                 previous_history_hash: previous.as_bytes().to_vec(),
+                target_sequence: i64::try_from(target).unwrap_or(i64::MAX),
             }))
             .await
         {

@@ -98,6 +98,10 @@ pub struct SupplierStatus {
     pub acked: u64,
     /// When it last answered (not persisted: it is fresh within a heartbeat after a restart).
     pub last_contact: Option<SystemTime>,
+    /// When it last answered having applied every command dispatched then (not persisted):
+    /// a supplier counts the coordinator's contact towards its fail-closed features' control
+    /// TTL only while it has, so this, not `last_contact`, is when their TTL last started.
+    pub in_step_contact: Option<SystemTime>,
 }
 
 type Deliveries = BTreeMap<SupplierId, pb::Delivery>;
@@ -399,6 +403,7 @@ impl Model {
         for (id, s) in &mut self.suppliers {
             if let Some(old) = old.suppliers.get(id) {
                 s.last_contact = s.last_contact.max(old.last_contact);
+                s.in_step_contact = s.in_step_contact.max(old.in_step_contact);
                 s.acked = s.acked.max(old.acked);
                 if s.freeze_reason.is_empty() {
                     s.freeze_reason = old.freeze_reason.clone();

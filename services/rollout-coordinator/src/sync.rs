@@ -140,6 +140,9 @@ impl Core {
         s.pb.last_error = String::new();
         s.last_contact = Some(SystemTime::now());
         s.pb.last_contact_time = s.last_contact.map(wire::timestamp);
+        if applied >= target {
+            s.in_step_contact = s.last_contact;
+        }
         if durable_change {
             let change = Change {
                 suppliers: vec![(supplier.clone(), s)],
@@ -272,6 +275,9 @@ impl Core {
         status.pb.applied_sequence = i64::try_from(applied_sequence).unwrap_or(i64::MAX);
         status.last_contact = Some(SystemTime::now());
         status.pb.last_contact_time = status.last_contact.map(wire::timestamp);
+        if applied_sequence >= m.last_sequence() {
+            status.in_step_contact = status.last_contact;
+        }
         status.pb.last_error = String::new();
         change.suppliers.push((supplier.clone(), status));
         self.commit(m, change, None, None).await

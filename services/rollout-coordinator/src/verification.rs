@@ -40,8 +40,11 @@ pub struct Facts {
     /// When it last answered this coordinator process (`None` if not since it started).
     pub last_contact: Option<SystemTime>,
     /// The last contact on record from before this process started (the store keeps contact
-    /// only with durable changes, so it may be older than the real one).
+    /// only with durable changes): shown, never used to time anything.
     pub contact_on_record: Option<SystemTime>,
+    /// When it last answered having applied every command dispatched then: the contact its
+    /// fail-closed features count (unknown since this coordinator started, if never).
+    pub in_step_contact: Option<SystemTime>,
     /// The last error delivering to it, if any.
     pub last_error: String,
     /// The read-back.
@@ -118,20 +121,18 @@ pub fn judge(halt: &Halt, f: Facts) -> SupplierResult {
         r.unverified_count = f.in_scope;
     }
     if !matches!(outcome, Outcome::Verified | Outcome::NotDelivered) {
-        r.consequence = Some(consequence(halt.fail_mode, f.last_contact, f.contact_on_record));
+        // The contact its fail-closed features count: the last in step with the coordinator,
+        // as this process saw it; not known if it has not seen one since it started.
+        r.consequence = Some(consequence(halt.fail_mode, f.in_step_contact));
     }
     r
 }
 
 /// What happens to a supplier's practices while it is not verified: FAIL_CLOSED turns them off
-/// at its last contact plus the control TTL (unless the coordinator reaches it first), or no
-/// earlier than the contact on record plus the TTL when there is none since this process
-/// started; FAIL_STATIC keeps its last applied state.
-pub fn consequence(
-    fail_mode: FailMode,
-    last_contact: Option<SystemTime>,
-    on_record: Option<SystemTime>,
-) -> Consequence {
+/// at `last_counted` (its last contact in step with the coordinator) plus the control TTL,
+/// unless it catches up first (unset when that contact is not known); FAIL_STATIC keeps its
+/// last applied state.
+pub fn consequence(fail_mode: FailMode, last_counted: Option<SystemTime>) -> Consequence {
     match fail_mode {
         FailMode::Static => Consequence {
             fail_mode: pb::FailMode::Static.into(),
@@ -139,13 +140,7 @@ pub fn consequence(
         },
         FailMode::Closed { ttl } => Consequence {
             fail_mode: pb::FailMode::Closed.into(),
-            off_time: last_contact.and_then(|t| t.checked_add(ttl)).map(wire::timestamp),
-            earliest_off_time: last_contact
-                .is_none()
-                .then_some(on_record)
-                .flatten()
-                .and_then(|t| t.checked_add(ttl))
-                .map(wire::timestamp),
+            off_time: last_counted.and_then(|t| t.checked_add(ttl)).map(wire::timestamp),
             control_ttl: prost_types::Duration::try_from(ttl).ok(),
         },
     }
@@ -185,6 +180,7 @@ mod tests {
             applied_sequence: applied,
             last_contact: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000)),
             contact_on_record: None,
+            in_step_contact: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000)),
             last_error: String::new(),
             read_back,
         }
@@ -293,21 +289,48 @@ mod tests {
         let closed = FailMode::Closed {
             ttl: Duration::from_secs(60),
         };
-        let c = consequence(closed, Some(contact), Some(contact - Duration::from_secs(500)));
+        let c = consequence(closed, Some(contact));
         assert_eq!(c.fail_mode(), pb::FailMode::Closed);
         assert_eq!(c.off_time.expect("off time").seconds, 1_060);
-        assert!(c.earliest_off_time.is_none(), "known: no bound needed");
         assert_eq!(c.control_ttl.expect("ttl").seconds, 60);
-        // Not heard from since the coordinator restarted: only a lower bound, never a time that
-        // could be too early.
-        let restarted = consequence(closed, None, Some(contact));
-        assert!(restarted.off_time.is_none());
-        assert_eq!(restarted.earliest_off_time.expect("earliest").seconds, 1_060);
-        let never = consequence(closed, None, None);
-        assert!(never.off_time.is_none() && never.earliest_off_time.is_none());
-        let c = consequence(FailMode::Static, Some(contact), None);
+        assert!(
+            consequence(closed, None).off_time.is_none(),
+            "not known: never guessed"
+        );
+        let c = consequence(FailMode::Static, Some(contact));
         assert_eq!(c.fail_mode(), pb::FailMode::Static);
         assert!(c.off_time.is_none() && c.control_ttl.is_none());
+    }
+
+    /// A supplier stuck behind does not count the coordinator's contact: its practices turn
+    /// the feature off at its last contact in step plus the TTL, however recently it answered.
+    #[test]
+    fn a_supplier_behind_turns_off_at_its_last_contact_in_step_plus_ttl() {
+        let stuck = Facts {
+            last_contact: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(5_000)),
+            in_step_contact: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000)),
+            ..facts(true, SEQ - 1, ReadBack::NotAsked)
+        };
+        let r = judge(&closed(), stuck.clone());
+        assert_eq!(r.outcome(), Outcome::NotApplied);
+        assert_eq!(
+            r.last_contact_time.expect("last contact").seconds,
+            5_000,
+            "shown as it is"
+        );
+        let off = r.consequence.and_then(|c| c.off_time).expect("off time");
+        assert_eq!(off.seconds, 1_060, "from the last contact in step");
+        // Not seen in step since the coordinator started (after a restart, the contact on
+        // record is shown but says nothing of when it was last in step): no time is given.
+        let unknown = Facts {
+            in_step_contact: None,
+            last_contact: None,
+            contact_on_record: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(4_000)),
+            ..stuck
+        };
+        let r = judge(&closed(), unknown);
+        assert_eq!(r.last_contact_time.expect("on record").seconds, 4_000);
+        assert!(r.consequence.and_then(|c| c.off_time).is_none());
     }
 
     #[test]

@@ -25,6 +25,11 @@ mod index;
 pub const MIN_CONTROL_TTL: Duration = Duration::from_secs(10);
 /// Longest control TTL a FAIL_CLOSED feature may declare.
 pub const MAX_CONTROL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How far ahead of a supplier's clock a coordinator contact time is still believed (clocks
+/// that NTP keeps in step differ by milliseconds). A contact time further ahead (the clock was
+/// stepped back, or another replica's clock is ahead) is taken as now, so that it cannot keep a
+/// FAIL_CLOSED feature fresh for longer than its TTL plus this.
+pub const MAX_CONTACT_SKEW: Duration = Duration::from_secs(2);
 /// Most approvals a feature may require.
 pub const MAX_APPROVALS: u32 = 5;
 /// Longest reason text, in characters.

@@ -23,9 +23,14 @@ pub(crate) async fn consistent_reads(
     Ok(())
 }
 
-/// An idempotency record: the request's fingerprint and the response first given.
+/// An idempotency record: the request's fingerprint and the response first given. A request
+/// id is its caller's own: the record is kept under the identity that sent it and its id, so
+/// another identity reusing the id is a request of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestRecord {
+    /// The identity that sent the request (the certificate's, without the person the policy
+    /// names behind it).
+    pub identity: String,
     /// The request id (UUID).
     pub request_id: String,
     /// A hash of the request without its id.
@@ -40,8 +45,10 @@ pub(crate) async fn insert_request(
     r: &RequestRecord,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO requests (request_id, fingerprint, response, created_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO requests (identity, request_id, fingerprint, response, created_at) \
+         VALUES ($1, $2, $3, $4, $5)",
     )
+    .bind(&r.identity)
     .bind(&r.request_id)
     .bind(&r.fingerprint)
     .bind(&r.response)
@@ -51,17 +58,21 @@ pub(crate) async fn insert_request(
     Ok(())
 }
 
-/// The idempotency record of a request id, if one is stored.
+/// The idempotency record of `identity`'s request id, if one is stored.
 pub(crate) async fn recall_request(
     pool: &AnyPool,
+    identity: &str,
     request_id: &str,
 ) -> Result<Option<RequestRecord>, StoreError> {
-    let row = sqlx::query("SELECT fingerprint, response FROM requests WHERE request_id = $1")
-        .bind(request_id)
-        .fetch_optional(pool)
-        .await?;
+    let row =
+        sqlx::query("SELECT fingerprint, response FROM requests WHERE identity = $1 AND request_id = $2")
+            .bind(identity)
+            .bind(request_id)
+            .fetch_optional(pool)
+            .await?;
     row.map(|r| {
         Ok(RequestRecord {
+            identity: identity.to_owned(),
             request_id: request_id.to_owned(),
             fingerprint: r.try_get("fingerprint")?,
             response: r.try_get("response")?,

@@ -278,8 +278,13 @@ pub trait CoordinatorStore: Send + Sync + 'static {
     async fn legacy_rows(&self) -> Result<LegacyRows, StoreError>;
     /// Fills in what [`CoordinatorStore::legacy_rows`] lacked, in one transaction.
     async fn upgrade(&self, upgrade: Upgrade) -> Result<(), StoreError>;
-    /// The idempotency record of a request id.
-    async fn recall_request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError>;
+    /// The idempotency record of a request id sent by `identity` (a request id is its
+    /// caller's own).
+    async fn recall_request(
+        &self,
+        identity: &str,
+        request_id: &str,
+    ) -> Result<Option<RequestRecord>, StoreError>;
     /// Appends an audit event on its own (refused calls).
     async fn append_audit(&self, audit: AuditDraft) -> Result<AuditEvent, StoreError>;
     /// Audit events after `after`, at most `limit`, in order.
@@ -361,6 +366,12 @@ const MIGRATIONS: &[MigrationSql] = &[
         "coordinator audit detail",
         include_str!("../migrations/sqlite/coordinator_0005_audit_detail.sql"),
         include_str!("../migrations/postgres/coordinator_0005_audit_detail.sql"),
+    ),
+    (
+        6,
+        "coordinator request ids per caller",
+        include_str!("../migrations/sqlite/coordinator_0006_request_caller.sql"),
+        include_str!("../migrations/postgres/coordinator_0006_request_caller.sql"),
     ),
 ];
 
@@ -515,8 +526,12 @@ impl CoordinatorStore for SqlCoordinatorStore {
         self.backend == Backend::Postgres
     }
 
-    async fn recall_request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
-        common::recall_request(&self.pool, request_id).await
+    async fn recall_request(
+        &self,
+        identity: &str,
+        request_id: &str,
+    ) -> Result<Option<RequestRecord>, StoreError> {
+        common::recall_request(&self.pool, identity, request_id).await
     }
 
     async fn append_audit(&self, audit: AuditDraft) -> Result<AuditEvent, StoreError> {

@@ -207,7 +207,10 @@ pub trait SupplierStore: Send + Sync + 'static {
         audit: AuditDraft,
     ) -> Result<EstateChange, StoreError>;
 
-    /// Records when the coordinator was last heard from.
+    /// Records when the coordinator was last heard from: kept if later than the stored time
+    /// (replicas write in any order), or if the stored time is more than
+    /// [`rollout_core::rules::MAX_CONTACT_SKEW`] later than `at` (written before this clock was
+    /// stepped back: not to be believed).
     async fn record_contact(&self, at: SystemTime) -> Result<(), StoreError>;
 
     /// The stored version and last contact, cheaply (replicas poll it).
@@ -217,8 +220,13 @@ pub trait SupplierStore: Send + Sync + 'static {
     /// follow their changes.
     fn shared(&self) -> bool;
 
-    /// The idempotency record of a request id, if one is stored.
-    async fn recall_request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError>;
+    /// The idempotency record of a request id sent by `identity`, if one is stored (a request
+    /// id is its caller's own).
+    async fn recall_request(
+        &self,
+        identity: &str,
+        request_id: &str,
+    ) -> Result<Option<RequestRecord>, StoreError>;
 
     /// Appends an audit event on its own (refused calls).
     async fn append_audit(&self, audit: AuditDraft) -> Result<AuditEvent, StoreError>;
@@ -251,5 +259,11 @@ const MIGRATIONS: &[MigrationSql] = &[
         "supplier audit detail",
         include_str!("../migrations/sqlite/supplier_0004_audit_detail.sql"),
         include_str!("../migrations/postgres/supplier_0004_audit_detail.sql"),
+    ),
+    (
+        5,
+        "supplier request ids per caller",
+        include_str!("../migrations/sqlite/supplier_0005_request_caller.sql"),
+        include_str!("../migrations/postgres/supplier_0005_request_caller.sql"),
     ),
 ];

@@ -245,6 +245,7 @@ async fn a_refusal_flood_at_a_supplier_on_postgres_never_fails_a_command() {
             .apply_command(pb::ApplyCommandRequest {
                 command: Some(command.clone()),
                 previous_history_hash: previous.as_bytes().to_vec(),
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|e| panic!("command {} failed during the flood: {e:?}", n + 1));

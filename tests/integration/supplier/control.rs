@@ -208,6 +208,7 @@ async fn apply_command_is_ordered_idempotent_and_a_snapshot_resyncs_but_never_go
         .apply_command(pb::ApplyCommandRequest {
             command: Some(halt(5, "halt-2", Scope::National)),
             previous_history_hash: history_of(&[&log[0]]).as_bytes().to_vec(),
+            ..Default::default()
         })
         .await
         .expect_err("wrong history");
@@ -222,6 +223,7 @@ async fn apply_command_is_ordered_idempotent_and_a_snapshot_resyncs_but_never_go
         .apply_command(pb::ApplyCommandRequest {
             command: Some(halt(5, "halt-2", Scope::National)),
             previous_history_hash: at4.as_bytes().to_vec(),
+            ..Default::default()
         })
         .await
         .expect("a command that continues the history")

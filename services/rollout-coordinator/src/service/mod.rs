@@ -193,14 +193,22 @@ fn draft<T>(req: &Request<T>, method: &str, target: &str, request_id: &str, reas
     }
 }
 
-/// The idempotency key of a request, with the fingerprint of the request without its id.
-fn idempotency(method: &str, request_id: &str, body: &impl Message) -> Result<Option<Idempotency>, ApiError> {
-    Ok(
-        wire::request_id("request_id", request_id)?.map(|request_id| Idempotency {
-            request_id,
-            fingerprint: wire::request_fingerprint(method, body),
-        }),
-    )
+/// The idempotency key of a request (its caller's identity and its request id), with the
+/// fingerprint of the request without its id.
+fn idempotency<T>(
+    req: &Request<T>,
+    method: &str,
+    request_id: &str,
+    body: &impl Message,
+) -> Result<Option<Idempotency>, ApiError> {
+    let Some(request_id) = wire::request_id("request_id", request_id)? else {
+        return Ok(None);
+    };
+    Ok(Some(Idempotency {
+        identity: identity(req)?,
+        request_id,
+        fingerprint: wire::request_fingerprint(method, body),
+    }))
 }
 
 fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ApiError> {
@@ -225,6 +233,7 @@ impl CoordinatorService for Handlers {
             Span::current().record("supplier", supplier.as_str());
             let reason = wire::text("reason", &r.reason)?;
             let idem = idempotency(
+                &req,
                 "RedeliverCommand",
                 &r.request_id,
                 &pb::RedeliverCommandRequest {
@@ -289,6 +298,7 @@ impl CoordinatorService for Handlers {
             let def = wire::feature_def("feature", key, f)?;
             let reason = wire::text("reason", &r.reason)?;
             let idem = idempotency(
+                &req,
                 "CreateFeature",
                 &r.request_id,
                 &pb::CreateFeatureRequest {
@@ -328,6 +338,7 @@ impl CoordinatorService for Handlers {
         let r = req.get_ref();
         let audit = draft(&req, "HaltFeature", &r.name, &r.request_id, &r.reason);
         let idem = idempotency(
+            &req,
             "HaltFeature",
             &r.request_id,
             &pb::HaltFeatureRequest {
@@ -355,6 +366,7 @@ impl CoordinatorService for Handlers {
         let r = req.get_ref();
         let audit = draft(&req, "ResumeFeature", &r.name, &r.request_id, &r.reason);
         let idem = idempotency(
+            &req,
             "ResumeFeature",
             &r.request_id,
             &pb::ResumeFeatureRequest {
@@ -385,6 +397,7 @@ impl CoordinatorService for Handlers {
         let r = req.get_ref();
         let audit = draft(&req, "ScheduleGoLive", &r.name, &r.request_id, &r.reason);
         let idem = idempotency(
+            &req,
             "ScheduleGoLive",
             &r.request_id,
             &pb::ScheduleGoLiveRequest {
@@ -422,6 +435,7 @@ impl CoordinatorService for Handlers {
             Span::current().record("command", id.as_str());
             let comment = wire::optional_text("comment", &r.comment, rollout_core::rules::MAX_REASON_CHARS)?;
             let idem = idempotency(
+                &req,
                 "ApproveCommand",
                 &r.request_id,
                 &pb::ApproveCommandRequest {
@@ -454,6 +468,7 @@ impl CoordinatorService for Handlers {
             Span::current().record("command", id.as_str());
             wire::text("reason", &r.reason)?;
             let idem = idempotency(
+                &req,
                 "CancelCommand",
                 &r.request_id,
                 &pb::CancelCommandRequest {
@@ -539,7 +554,7 @@ impl CoordinatorService for Handlers {
             let supplier = wire::supplier_name("supplier", &r.supplier)?;
             Span::current().record("supplier", supplier.as_str());
             wire::text("reason", &r.reason)?;
-            let idem = idempotency("RecoverCommands", &r.request_id, r)?;
+            let idem = idempotency(&req, "RecoverCommands", &r.request_id, r)?;
             if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
                 return decode(&bytes);
             }

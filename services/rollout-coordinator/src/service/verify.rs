@@ -221,6 +221,7 @@ async fn facts_now(core: &Core, scope: &Scope, only: &BTreeSet<SupplierId>) -> V
                     contact_on_record: status
                         .and_then(|s| s.pb.last_contact_time)
                         .and_then(|t| SystemTime::try_from(t).ok()),
+                    in_step_contact: status.and_then(|s| s.in_step_contact),
                     last_error: status.map(|s| s.pb.last_error.clone()).unwrap_or_default(),
                     read_back: ReadBack::NotAsked,
                     supplier: id,

@@ -364,17 +364,23 @@ impl SupplierStore for SqlSupplierStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO meta (key, value) VALUES ('last_contact', $1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE meta.value < excluded.value",
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value
+             WHERE meta.value < excluded.value OR meta.value > $2",
         )
         .bind(micros(at))
+        .bind(micros(at + rollout_core::rules::MAX_CONTACT_SKEW))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn recall_request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
-        common::recall_request(&self.pool, request_id).await
+    async fn recall_request(
+        &self,
+        identity: &str,
+        request_id: &str,
+    ) -> Result<Option<RequestRecord>, StoreError> {
+        common::recall_request(&self.pool, identity, request_id).await
     }
 
     async fn append_audit(&self, audit: AuditDraft) -> Result<AuditEvent, StoreError> {

@@ -17,17 +17,14 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64},
     },
     time::{Duration, SystemTime},
 };
 
 use arc_swap::ArcSwap;
 use prost::Message;
-use rollout_core::{
-    ApplyError, Command, Context, FailMode, HistoryHash, RuleBook, RuleKind, SupplierId,
-    audit::{from_micros, micros},
-};
+use rollout_core::{ApplyError, Command, Context, FailMode, HistoryHash, RuleBook, RuleKind, SupplierId};
 use rollout_net::{ApiError, wire};
 use rollout_proto::v1 as pb;
 use rollout_store::{
@@ -39,6 +36,7 @@ use tracing::{info, warn};
 
 use crate::fanout::{self, Hub};
 mod commands;
+mod contact;
 mod practices;
 
 pub use commands::SnapshotHeader;
@@ -55,10 +53,16 @@ pub struct Engine {
     state: ArcSwap<Serving>,
     /// The write lock: owned by a write from [`Engine::begin`] to the end of its commit task.
     write: Arc<Mutex<()>>,
-    /// Last coordinator contact in microseconds since the epoch; `i64::MIN` for never.
+    /// Last coordinator contact that counted (see `contact.rs`), in microseconds since the
+    /// epoch; `i64::MIN` for never.
     last_contact: AtomicI64,
     /// When the last contact was written to the store.
     persisted_contact: AtomicI64,
+    /// The coordinator's latest sequence as it last told this supplier: its last heartbeat's
+    /// target, raised by each command or snapshot it sent since.
+    target: AtomicU64,
+    /// Whether the last call from the coordinator found this supplier behind its target.
+    behind: AtomicBool,
     hub: std::sync::Mutex<Hub>,
     /// Where the state being served stands (applied sequence, history hash, opt-out change,
     /// held practices), for WatchSyncState: a watch channel holds only the latest, so a slow
@@ -208,7 +212,7 @@ impl Engine {
     ) -> Result<Arc<Engine>, LoadError> {
         let stored = store.load().await?;
         let store_id = stored.store_id.clone();
-        let last_contact = stored.last_contact.map_or(i64::MIN, micros);
+        let last_contact = contact::loaded(store.as_ref(), stored.last_contact).await;
         let epoch = u64::from(fastrand::u32(1..0x7fff_ffff)) << 32;
         let (mut serving, upgrade) = build(stored, &supplier, epoch + 1)?;
         if let Some((effective, sync)) = upgrade {
@@ -225,6 +229,8 @@ impl Engine {
             write: Arc::new(Mutex::new(())),
             last_contact: AtomicI64::new(last_contact),
             persisted_contact: AtomicI64::new(last_contact),
+            target: AtomicU64::new(0),
+            behind: AtomicBool::new(false),
             hub: std::sync::Mutex::new(Hub::new(serving.version)),
             sync_point: watch::Sender::new(serving.sync_mark()),
             clock: Notify::new(),
@@ -335,9 +341,8 @@ impl Engine {
             }
         };
         if let Some(contact) = head.1
-            && micros(contact) > self.last_contact.load(Ordering::Acquire)
+            && self.follow_contact(contact)
         {
-            self.last_contact.store(micros(contact), Ordering::Release);
             self.clock.notify_one();
         }
         if head.0 != self.current().store_version {
@@ -372,38 +377,12 @@ impl Engine {
         self.state.load_full()
     }
 
-    /// When the coordinator was last heard from.
-    pub fn last_contact(&self) -> Option<SystemTime> {
-        match self.last_contact.load(Ordering::Acquire) {
-            i64::MIN => None,
-            m => Some(from_micros(m)),
-        }
-    }
-
     /// The evaluation context now, for a snapshot.
     pub fn context(&self, s: &Serving) -> Context {
         Context {
             now: SystemTime::now(),
             synchronised: s.book.synchronised(),
             last_contact: self.last_contact(),
-        }
-    }
-
-    /// Records a heartbeat from the coordinator. Persisted at most once a second.
-    pub fn heartbeat(self: &Arc<Self>) {
-        let now = SystemTime::now();
-        let was = self.last_contact.swap(micros(now), Ordering::AcqRel);
-        // A fail-closed feature may come back from stale: let the clock re-evaluate.
-        self.clock.notify_one();
-        let persisted = self.persisted_contact.load(Ordering::Acquire);
-        if was == i64::MIN || micros(now).saturating_sub(persisted) > 1_000_000 {
-            self.persisted_contact.store(micros(now), Ordering::Release);
-            let engine = self.clone();
-            tokio::spawn(async move {
-                if let Err(error) = engine.store.record_contact(now).await {
-                    warn!(%error, "could not record the coordinator's last contact");
-                }
-            });
         }
     }
 
@@ -485,12 +464,19 @@ impl Engine {
             .min()
     }
 
-    /// Looks up an idempotency record: `Ok(Some(response))` for a retry of the same request,
-    /// an error for the same id with a different body. Waits for the write in progress, if
-    /// any: it may be this request's first try, whose caller went away while it committed.
-    pub async fn recall(&self, request_id: &str, fingerprint: &[u8]) -> Result<Option<Vec<u8>>, ApiError> {
+    /// Looks up `identity`'s idempotency record: `Ok(Some(response))` for a retry of the same
+    /// request, an error for the same id with a different body. Another identity's request
+    /// with the same id is a request of its own. Waits for the write in progress, if any: it
+    /// may be this request's first try, whose caller went away while it committed.
+    pub async fn recall(
+        &self,
+        identity: &str,
+        request_id: &str,
+        fingerprint: &[u8],
+    ) -> Result<Option<Vec<u8>>, ApiError> {
         let _after_writes = self.write.lock().await;
-        match self.store.recall_request(request_id).await.map_err(store_error("reading a request id"))? {
+        let stored = self.store.recall_request(identity, request_id);
+        match stored.await.map_err(store_error("reading a request id"))? {
             Some(r) if r.fingerprint == fingerprint => Ok(Some(r.response)),
             Some(_) => Err(ApiError::new(
                 tonic::Code::InvalidArgument,

@@ -37,12 +37,13 @@ impl Engine {
     /// Stores an opt-out change (new, updated or withdrawn) made here on the practice's
     /// instruction, at the next opt-out change number. `make` builds the record from the
     /// existing one (or refuses) under the write lock; `respond` encodes the answer for the
-    /// idempotency record.
+    /// idempotency record `request` (its caller, id and fingerprint; the response is filled in
+    /// here).
     pub async fn put_opt_out(
         self: &Arc<Self>,
         key: (OdsCode, FeatureKey),
         make: impl FnOnce(Option<&OptOutRecord>) -> Result<OptOutRecord, ApiError>,
-        request: Option<(String, Vec<u8>)>,
+        request: Option<RequestRecord>,
         respond: impl FnOnce(&OptOutRecord) -> Vec<u8>,
         audit: AuditDraft,
     ) -> Result<OptOutRecord, ApiError> {
@@ -53,10 +54,9 @@ impl Engine {
             origin: Origin::Recorded,
             ..make(current.opt_outs.get(&key))?
         };
-        let request = request.map(|(request_id, fingerprint)| RequestRecord {
-            request_id,
-            fingerprint,
+        let request = request.map(|r| RequestRecord {
             response: respond(&record),
+            ..r
         });
         let mut opt_outs = (*current.opt_outs).clone();
         opt_outs.insert(key.clone(), record.clone());

@@ -154,7 +154,6 @@ impl ControlService for Handlers {
         let r = req.get_ref();
         let target = r.command.as_ref().map(|c| c.name.clone()).unwrap_or_default();
         let audit = draft(&req, &method, &target, "");
-        self.engine.heartbeat();
         self.audited(audit.clone(), async {
             let pbc = r
                 .command
@@ -172,10 +171,17 @@ impl ControlService for Handlers {
                 ..audit.clone()
             }
             .naming(&cmd);
+            // The coordinator's latest sequence: at least this command's, and what it says it
+            // is (so that catching up counts as contact only once every missed command is in).
+            self.engine.heard_sequence(cmd.sequence);
+            self.engine
+                .heard_sequence(sequence("target_sequence", r.target_sequence)?);
             let applied = self
                 .engine
                 .apply(pbc.encode_to_vec(), cmd, previous, audit)
                 .await?;
+            // Contact, if it brought this supplier up to the coordinator's latest sequence.
+            self.engine.contact();
             Ok(pb::ApplyCommandResponse {
                 applied_sequence: version_i64(self.engine.current().book.applied_sequence()),
                 outcome: if applied.rejection.is_some() {
@@ -193,9 +199,13 @@ impl ControlService for Handlers {
 
     async fn get_sync_state(
         &self,
-        _req: Request<pb::GetSyncStateRequest>,
+        req: Request<pb::GetSyncStateRequest>,
     ) -> Result<Response<pb::SyncState>, Status> {
-        self.engine.heartbeat();
+        // The heartbeat: contact only if this supplier has applied up to the coordinator's
+        // latest sequence, which the heartbeat carries.
+        let target = sequence("target_sequence", req.get_ref().target_sequence)?;
+        self.engine.heard_target(target);
+        self.engine.contact();
         Ok(Response::new(self.sync_state(&self.engine.current())))
     }
 
@@ -206,7 +216,8 @@ impl ControlService for Handlers {
         &self,
         _req: Request<pb::WatchSyncStateRequest>,
     ) -> Result<Response<Self::WatchSyncStateStream>, Status> {
-        // Not a heartbeat: only the calls that do something are the coordinator's contact.
+        // Not a heartbeat: only GetSyncState, ApplyCommand and ReplaceRules are the
+        // coordinator's contact (see `engine/contact.rs`).
         // One message waits for the reader at most; changes in between coalesce in the engine's
         // watch channel, so a slow reader holds nothing but the latest state.
         let (tx, rx) = mpsc::channel(1);
@@ -223,7 +234,6 @@ impl ControlService for Handlers {
     ) -> Result<Response<pb::ReplaceRulesResponse>, Status> {
         let method = format!("{CONTROL}/ReplaceRules");
         let audit = draft(&req, &method, &format!("suppliers/{}", self.engine.supplier), "");
-        self.engine.heartbeat();
         let mut chunks = req.into_inner();
         self.audited(audit.clone(), async move {
             // Gather the whole transfer first: nothing is applied until the last chunk has
@@ -303,7 +313,10 @@ impl ControlService for Handlers {
                 ),
                 ..audit.clone()
             };
+            self.engine.heard_sequence(header.sequence);
             let count = self.engine.install_snapshot(header, commands, audit).await?;
+            // Contact, if it brought this supplier up to the coordinator's latest sequence.
+            self.engine.contact();
             Ok(pb::ReplaceRulesResponse {
                 applied_sequence: version_i64(header.sequence),
                 apply_time: Some(wire::timestamp(SystemTime::now())),

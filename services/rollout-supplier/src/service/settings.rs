@@ -1,6 +1,6 @@
 //! PracticeSettingsService: practice opt-outs.
 
-use rollout_store::supplier::Origin;
+use rollout_store::supplier::{Origin, RequestRecord};
 
 use super::*;
 
@@ -36,7 +36,7 @@ impl PracticeSettingsService for Handlers {
                 },
             );
             if let Some(id) = &request_id
-                && let Some(bytes) = self.engine.recall(id, &print).await?
+                && let Some(bytes) = self.engine.recall(&identity, id, &print).await?
             {
                 return pb::PracticeOptOut::decode(bytes.as_slice())
                     .map_err(|e| ApiError::internal("decoding a stored response", e));
@@ -73,7 +73,12 @@ impl PracticeSettingsService for Handlers {
                             origin: Origin::Recorded,
                         })
                     },
-                    request_id.map(|id| (id, print)),
+                    request_id.map(|request_id| RequestRecord {
+                        identity: identity.clone(),
+                        request_id,
+                        fingerprint: print,
+                        response: Vec::new(),
+                    }),
                     |rec| opt_out_pb(rec).encode_to_vec(),
                     audit,
                 )
@@ -107,7 +112,7 @@ impl PracticeSettingsService for Handlers {
                 },
             );
             if let Some(id) = &request_id
-                && let Some(bytes) = self.engine.recall(id, &print).await?
+                && let Some(bytes) = self.engine.recall(&identity, id, &print).await?
             {
                 return pb::PracticeOptOut::decode(bytes.as_slice())
                     .map_err(|e| ApiError::internal("decoding a stored response", e));
@@ -132,7 +137,12 @@ impl PracticeSettingsService for Handlers {
                         )),
                         Some(e) => Ok(withdrawn(e, &identity, reason)),
                     },
-                    request_id.map(|id| (id, print)),
+                    request_id.map(|request_id| RequestRecord {
+                        identity: identity.clone(),
+                        request_id,
+                        fingerprint: print,
+                        response: Vec::new(),
+                    }),
                     |rec| opt_out_pb(rec).encode_to_vec(),
                     audit,
                 )

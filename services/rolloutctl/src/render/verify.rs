@@ -236,39 +236,25 @@ fn fail_closed(c: &Consequence, now: SystemTime) -> String {
         .map(|d| humantime::format_duration(d).to_string())
         .unwrap_or_default();
     let at = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
-    let from_now = |t: SystemTime| {
-        humantime::format_duration(Duration::from_secs(
-            t.duration_since(now).unwrap_or_default().as_secs(),
-        ))
-        .to_string()
-    };
-    match (time(c.off_time), time(c.earliest_off_time)) {
-        (Some(off), _) if off > now => format!(
+    match time(c.off_time) {
+        Some(off) if off > now => format!(
             "fail-closed: its practices turn the feature off by themselves at {} ({} from now: its \
-             last contact plus the control TTL of {ttl}), unless the coordinator reaches it first",
+             last contact in step with the coordinator plus the control TTL of {ttl}), unless it \
+             is reached and up to date first",
             at(off),
-            from_now(off)
+            humantime::format_duration(Duration::from_secs(
+                off.duration_since(now).unwrap_or_default().as_secs()
+            ))
         ),
-        (Some(off), _) => format!(
+        Some(off) => format!(
             "fail-closed: its practices turned the feature off by themselves at {} by its own clock \
-             (its last contact plus the control TTL of {ttl}); they stay off until it is in contact \
-             and has applied everything, this halt included",
+             (its last contact in step with the coordinator plus the control TTL of {ttl}); they \
+             stay off until it is in contact and has applied everything, this halt included",
             at(off)
         ),
-        (None, Some(earliest)) => format!(
-            "fail-closed: not heard from since the coordinator restarted; its practices turn the \
-             feature off by themselves no earlier than {} (the last contact on record plus the \
-             control TTL of {ttl}{}), later if it was in contact since",
-            at(earliest),
-            if earliest > now {
-                format!("; {} from now", from_now(earliest))
-            } else {
-                String::new()
-            }
-        ),
-        (None, None) => format!(
-            "fail-closed: never heard from; its practices turn the feature off once {ttl} pass \
-             without contact"
+        None => format!(
+            "fail-closed: when is not known: the coordinator has not seen it up to date since it \
+             started; its practices turn the feature off once {ttl} pass without it being up to date"
         ),
     }
 }
