@@ -75,11 +75,18 @@ pub(super) fn identity_of(files: &TlsFiles) -> Option<Identity> {
         .and_then(|leaf| Identity::of_certificate(leaf))
 }
 
-/// One warning per CRL of `paths` past its nextUpdate at `now`: its revocations are still
-/// enforced, but revocations made since are not known. Unreadable CRLs are not judged here
-/// (loading them fails first).
-pub(super) fn stale_crls(paths: &[impl AsRef<Path>], now: SystemTime) -> Vec<String> {
-    let mut warnings = Vec::new();
+/// When one CRL is due to be replaced (its nextUpdate), to judge at any time whether it is
+/// stale: a CRL goes stale by time passing, not only by an old file being loaded.
+#[derive(Debug, Clone)]
+pub(super) struct CrlDue {
+    issuer: String,
+    path: String,
+    next_update: SystemTime,
+}
+
+/// The due time of every CRL of `paths` that has one (unreadable CRLs fail loading first).
+pub(super) fn crl_dues(paths: &[impl AsRef<Path>]) -> Vec<CrlDue> {
+    let mut dues = Vec::new();
     for path in paths {
         let path = path.as_ref();
         let Ok(crls) = pem_items::<CertificateRevocationListDer<'static>>(path, "CRL") else {
@@ -89,18 +96,31 @@ pub(super) fn stale_crls(paths: &[impl AsRef<Path>], now: SystemTime) -> Vec<Str
             let Ok((_, crl)) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der) else {
                 continue;
             };
-            if let Some(next) = crl.next_update().map(|t| time(t.timestamp()))
-                && next < now
-            {
-                warnings.push(format!(
-                    "the CRL of {} in {} was due to be replaced at {}: the revocations it lists \
-                     are still enforced, but any made since are not known; install a current CRL",
-                    crl.issuer(),
-                    path.display(),
-                    shown(next)
-                ));
+            if let Some(next) = crl.next_update() {
+                dues.push(CrlDue {
+                    issuer: crl.issuer().to_string(),
+                    path: path.display().to_string(),
+                    next_update: time(next.timestamp()),
+                });
             }
         }
     }
-    warnings
+    dues
+}
+
+/// One warning per CRL of `dues` past its nextUpdate at `now`: its revocations are still
+/// enforced, but revocations made since are not known.
+pub(super) fn stale_crls(dues: &[CrlDue], now: SystemTime) -> Vec<String> {
+    dues.iter()
+        .filter(|d| d.next_update < now)
+        .map(|d| {
+            format!(
+                "the CRL of {} in {} was due to be replaced at {}: the revocations it lists are \
+                 still enforced, but any made since are not known; install a current CRL",
+                d.issuer,
+                d.path,
+                shown(d.next_update)
+            )
+        })
+        .collect()
 }

@@ -161,8 +161,9 @@ struct Expiring<T> {
 }
 
 impl<T> Expiring<T> {
+    /// `generation` subscribed before the files of the connection were read: a reload since
+    /// then (during the handshake, say) counts, and closes the connection at once.
     fn new(inner: T, mut generation: watch::Receiver<u64>) -> Self {
-        generation.mark_unchanged();
         let superseded = Box::pin(async move {
             // A dropped sender (the trust gone with its process) never supersedes.
             if generation.changed().await.is_err() {
@@ -215,5 +216,40 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Expiring<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reload_during_the_handshake_still_closes_the_connection() {
+        let (generation, _) = watch::channel(1u64);
+        // Subscribed before the files were read; a reload lands before the connection is made.
+        let seen = generation.subscribe();
+        generation.send_modify(|g| *g += 1);
+        let (client, _server) = tokio::io::duplex(64);
+        let mut conn = Expiring::new(client, seen);
+        let mut buf = [0u8; 8];
+        let read = conn.read(&mut buf).await;
+        assert_eq!(read.expect_err("closed").kind(), io::ErrorKind::ConnectionAborted);
+    }
+
+    #[tokio::test]
+    async fn a_connection_stays_open_while_the_files_are_unchanged() {
+        let (generation, _) = watch::channel(1u64);
+        let (client, mut server) = tokio::io::duplex(64);
+        let mut conn = Expiring::new(client, generation.subscribe());
+        tokio::io::AsyncWriteExt::write_all(&mut server, b"ok")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 2];
+        conn.read_exact(&mut buf).await.expect("read");
+        assert_eq!(&buf, b"ok");
+        generation.send_modify(|g| *g += 1);
+        assert!(conn.read(&mut buf).await.is_err(), "closed once superseded");
     }
 }

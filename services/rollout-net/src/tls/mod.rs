@@ -20,7 +20,6 @@ use rustls::{
     RootCertStore, ServerConfig,
     crypto::CryptoProvider,
     pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, pem::PemObject},
-    server::{WebPkiClientVerifier, danger::ClientCertVerifier},
 };
 
 mod check;
@@ -122,13 +121,6 @@ impl TlsFiles {
             self.key.display()
         ))
     }
-
-    fn paths(&self) -> impl Iterator<Item = &Path> {
-        [&self.ca, &self.cert, &self.key]
-            .into_iter()
-            .chain(&self.crls)
-            .map(PathBuf::as_path)
-    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -197,24 +189,7 @@ const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13
 /// A server configuration requiring a client certificate that chains to `files.ca` and is not
 /// revoked by `files.crls`. TLS 1.2 and 1.3 only; ALPN h2.
 pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
-    server_trust(files).map(|(config, _)| config)
-}
-
-/// [`server_config`] and the client verifier in it, kept to check again, after a reload, the
-/// certificates of connections already open.
-fn server_trust(files: &TlsFiles) -> Result<(ServerConfig, Arc<dyn ClientCertVerifier>), TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, provider())
-        .with_crls(crls(files)?)
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(VERSIONS)
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier.clone())
-        .with_single_cert(certs(&files.cert)?, key(&files.key)?)
-        .map_err(|e| files.pair_error(e))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok((config, verifier))
+    reload::server_config(files)
 }
 
 /// Every CRL of `files`.
@@ -234,8 +209,7 @@ fn crls(files: &TlsFiles) -> Result<Vec<CertificateRevocationListDer<'static>>, 
 /// certificate must also carry that identity as a URI or DNS SAN (the coordinator's check of
 /// each supplier).
 pub fn client_config(files: &TlsFiles, expected: Option<Identity>) -> Result<rustls::ClientConfig, TlsError> {
-    let material = reload::ClientMaterial::read(files)?;
-    material.config(files, expected)
+    reload::ClientMaterial::read(files)?.config(files, expected)
 }
 
 /// A peer identity: the client certificate's first URI SAN, else its first DNS SAN.

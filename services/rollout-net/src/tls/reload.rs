@@ -1,23 +1,28 @@
 //! Certificate files re-read on change, on both sides of a connection.
 //!
-//! A reload is refused, and the files in force kept, when what it would present is unusable:
-//! a certificate expired or not yet valid, one carrying another identity than the process
-//! started with, a key that does not match it (for example the certificate replaced and the
-//! key not yet), a file half-written. The refusal is logged at WARN with the reason; the next
-//! change to any of the files is tried again, so replacing a certificate and its key as two
-//! files logs one refusal between the two writes and then takes effect.
+//! The files are two parts, judged apart. This side's **identity** (its certificate and key)
+//! is refused, and the one in force kept, when it is unusable: a certificate expired or not
+//! yet valid, one carrying another identity than the process started with, a key that does not
+//! match it (for example the certificate replaced and the key not yet), a file half-written.
+//! The **trust** files (the CA bundle and CRLs) are taken whenever they read, whatever the
+//! identity's state: a revocation must not wait for a server's own certificate to be fixed. A
+//! refusal is logged at WARN with the reason (once per reason), and a refused identity is tried
+//! again at every check, so a certificate not valid yet is taken once it is, and replacing a
+//! certificate and its key as two files takes effect once both are in place.
 //!
 //! Each reload that takes effect bumps a generation. A server checks an open connection's
 //! client certificate again at its next call once the generation has moved (so a CRL or CA
 //! bundle change reaches connections already open: `crate::auth`); a client closes the
 //! connections it made with older files (`connect.rs`), so that its new certificate is the one
-//! presented within one reload check ([`super::RELOAD_CHECK_INTERVAL`]).
+//! presented within one reload check ([`super::RELOAD_CHECK_INTERVAL`]). A CRL past its next
+//! update is still enforced; it is reported ([`ReloadingServerConfig::warnings`]) from the
+//! moment it goes stale, and logged at WARN then.
 
 use std::{
     fs,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::SystemTime,
 };
@@ -27,72 +32,231 @@ use rustls::{
     ClientConfig, RootCertStore, ServerConfig,
     client::WebPkiServerVerifier,
     pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime},
-    server::danger::ClientCertVerifier,
+    server::{WebPkiClientVerifier, danger::ClientCertVerifier},
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{
-    Identity, TlsError, TlsFiles, VERSIONS, certs, check, connect::ExpectIdentity, crls, key, provider,
-    roots, server_trust,
+    Identity, TlsError, TlsFiles, VERSIONS, certs, check, connect::ExpectIdentity, crls, key, provider, roots,
 };
 
-/// Modification time and size of each file, to notice a change.
-type Stamps = Vec<Option<(SystemTime, u64)>>;
+/// Modification time and size of each file, to notice a change: the identity's (certificate,
+/// key), then the trust files' (CA bundle, CRLs).
+type Stamps = (Vec<Option<(SystemTime, u64)>>, Vec<Option<(SystemTime, u64)>>);
 
 fn stamps(files: &TlsFiles) -> Stamps {
-    files
-        .paths()
-        .map(|p| {
-            fs::metadata(p)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
+    let of = |p: &std::path::Path| {
+        fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    };
+    (
+        [&files.cert, &files.key].into_iter().map(|p| of(p)).collect(),
+        std::iter::once(&files.ca)
+            .chain(&files.crls)
+            .map(|p| of(p))
+            .collect(),
+    )
+}
+
+/// This side's certificate chain and key.
+#[derive(Clone)]
+pub(super) struct Pair {
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl Pair {
+    fn read(files: &TlsFiles) -> Result<Pair, TlsError> {
+        Ok(Pair {
+            chain: certs(&files.cert)?,
+            key: Arc::new(key(&files.key)?),
         })
-        .collect()
-}
-
-/// Whether any file changed since `seen`; records the new stamps.
-fn changed(files: &TlsFiles, seen: &Mutex<Stamps>) -> bool {
-    let now = stamps(files);
-    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-    if *seen == now {
-        return false;
     }
-    *seen = now;
-    true
-}
 
-/// Logs each stale CRL of `files` at WARN and returns the warnings.
-fn warn_stale_crls(files: &TlsFiles) -> Vec<String> {
-    let warnings = check::stale_crls(&files.crls, SystemTime::now());
-    for w in &warnings {
-        warn!(warning = %w, "stale CRL");
+    fn same(&self, other: &Pair) -> bool {
+        self.chain == other.chain && self.key.secret_der() == other.key.secret_der()
     }
-    warnings
 }
 
-/// What a server presents and enforces, as of one generation.
-struct ServerTrust {
+/// The CA bundle and CRLs, with each CRL's due time.
+#[derive(Clone)]
+pub(super) struct Trust {
+    roots: Arc<RootCertStore>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    dues: Vec<check::CrlDue>,
+}
+
+impl Trust {
+    fn read(files: &TlsFiles) -> Result<Trust, TlsError> {
+        Ok(Trust {
+            roots: roots(&files.ca)?,
+            crls: crls(files)?,
+            dues: check::crl_dues(&files.crls),
+        })
+    }
+}
+
+/// What one side holds in force: its identity, its trust, and what was built of them.
+struct Loaded<T> {
+    pair: Pair,
+    trust: Trust,
+    built: T,
+}
+
+/// The bookkeeping of reloads shared by both sides: the files' stamps, whether the identity
+/// was refused (so it is tried again at every check), the last refusal logged, and how many
+/// stale CRLs were logged.
+struct Reloader {
+    files: TlsFiles,
+    identity: Option<Identity>,
+    stamps: Mutex<Stamps>,
+    retry_identity: AtomicBool,
+    last_refusal: Mutex<String>,
+    stale_logged: AtomicUsize,
+}
+
+impl Reloader {
+    fn new(files: TlsFiles) -> Reloader {
+        if let Err(e) = check::usable(&files, None, SystemTime::now()) {
+            warn!(error = %e, "this side's certificate is not valid now; presenting it until a usable one replaces it");
+        }
+        Reloader {
+            identity: check::identity_of(&files),
+            stamps: Mutex::new(stamps(&files)),
+            files,
+            retry_identity: AtomicBool::new(false),
+            last_refusal: Mutex::new(String::new()),
+            stale_logged: AtomicUsize::new(0),
+        }
+    }
+
+    /// Logs a refusal at WARN unless it is the one logged last.
+    fn refused(&self, error: &TlsError, what: &str) {
+        let text = error.to_string();
+        let mut last = self.last_refusal.lock().unwrap_or_else(|e| e.into_inner());
+        if *last != text {
+            warn!(%error, "{what} refused; keeping the one in force (retried at every check; a certificate and its key replaced as two files: this clears once both are in place)");
+            *last = text;
+        }
+    }
+
+    /// Logs each CRL that has gone stale since the last check, once.
+    fn log_stale(&self, dues: &[check::CrlDue]) {
+        let stale = check::stale_crls(dues, SystemTime::now());
+        if stale.len() > self.stale_logged.swap(stale.len(), Ordering::AcqRel) {
+            for w in &stale {
+                warn!(warning = %w, "stale CRL");
+            }
+        }
+    }
+
+    /// The next thing to hold, if anything new takes effect: the identity read again if a file
+    /// changed or it was refused before, the trust files if a file changed; each combination
+    /// checked by `build` (rustls refuses a key that does not match). `None` when nothing new
+    /// took effect.
+    fn next<T>(
+        &self,
+        current: &Loaded<T>,
+        build: impl Fn(&Pair, &Trust) -> Result<T, TlsError>,
+    ) -> Option<Loaded<T>> {
+        self.log_stale(&current.trust.dues);
+        let (identity_changed, trust_changed) = {
+            let now = stamps(&self.files);
+            let mut seen = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
+            let changed = (seen.0 != now.0, seen.1 != now.1);
+            *seen = now;
+            changed
+        };
+        let retry = self.retry_identity.load(Ordering::Acquire);
+        if !identity_changed && !trust_changed && !retry {
+            return None;
+        }
+        let trust = match trust_changed.then(|| Trust::read(&self.files)) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                self.refused(&e, "the CA bundle or CRL reload");
+                None
+            }
+            None => None,
+        };
+        let trust_in = trust.as_ref().unwrap_or(&current.trust);
+        let pair = check::usable(&self.files, self.identity.as_ref(), SystemTime::now())
+            .and_then(|()| Pair::read(&self.files))
+            .and_then(|p| build(&p, trust_in).map(|built| (p, built)));
+        match pair {
+            Ok((pair, built)) => {
+                self.retry_identity.store(false, Ordering::Release);
+                if trust.is_none() && pair.same(&current.pair) {
+                    return None;
+                }
+                let trust = trust.unwrap_or_else(|| current.trust.clone());
+                self.log_stale(&trust.dues);
+                Some(Loaded { pair, trust, built })
+            }
+            Err(e) => {
+                self.retry_identity.store(true, Ordering::Release);
+                self.refused(&e, "the certificate and key reload");
+                // The trust files still take effect, with the identity in force.
+                let trust = trust?;
+                match build(&current.pair, &trust) {
+                    Ok(built) => {
+                        self.log_stale(&trust.dues);
+                        Some(Loaded {
+                            pair: current.pair.clone(),
+                            trust,
+                            built,
+                        })
+                    }
+                    Err(e) => {
+                        self.refused(&e, "the CA bundle or CRL reload");
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A server's configuration and the client verifier in it (kept to check again, after a
+/// reload, the certificates of connections already open).
+struct Server {
     config: Arc<ServerConfig>,
     verifier: Arc<dyn ClientCertVerifier>,
-    warnings: Vec<String>,
+}
+
+fn server(files: &TlsFiles, pair: &Pair, trust: &Trust) -> Result<Server, TlsError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(trust.roots.clone(), provider())
+        .with_crls(trust.crls.iter().cloned())
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier.clone())
+        .with_single_cert(pair.chain.clone(), pair.key.clone_key())
+        .map_err(|e| files.pair_error(e))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Server {
+        config: Arc::new(config),
+        verifier,
+    })
 }
 
 /// A server TLS configuration that reloads itself when its files change on disk (see the module
-/// documentation for what a reload refuses).
+/// documentation for what a reload takes and refuses).
 pub struct ReloadingServerConfig {
-    files: TlsFiles,
-    identity: Option<Identity>,
-    current: ArcSwap<ServerTrust>,
+    reloader: Reloader,
+    current: ArcSwap<Loaded<Server>>,
     generation: AtomicU64,
-    stamps: Mutex<Stamps>,
 }
 
 impl std::fmt::Debug for ReloadingServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReloadingServerConfig")
-            .field("files", &self.files)
-            .field("identity", &self.identity)
+            .field("files", &self.reloader.files)
+            .field("identity", &self.reloader.identity)
             .field("generation", &self.generation())
             .finish_non_exhaustive()
     }
@@ -103,27 +267,20 @@ impl ReloadingServerConfig {
     /// is served all the same at start (and logged at WARN): refusing to start would not give
     /// a better one.
     pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
-        let (config, verifier) = server_trust(&files)?;
-        if let Err(e) = check::usable(&files, None, SystemTime::now()) {
-            warn!(error = %e, "the server certificate is not valid now; serving it until a usable one replaces it");
-        }
-        let stamps = Mutex::new(stamps(&files));
+        let (pair, trust) = (Pair::read(&files)?, Trust::read(&files)?);
+        let built = server(&files, &pair, &trust)?;
+        let reloader = Reloader::new(files);
+        reloader.log_stale(&trust.dues);
         Ok(Arc::new(ReloadingServerConfig {
-            identity: check::identity_of(&files),
-            current: ArcSwap::from_pointee(ServerTrust {
-                config: Arc::new(config),
-                verifier,
-                warnings: warn_stale_crls(&files),
-            }),
-            files,
+            reloader,
+            current: ArcSwap::from_pointee(Loaded { pair, trust, built }),
             generation: AtomicU64::new(1),
-            stamps,
         }))
     }
 
     /// The configuration new connections get.
     pub fn current(&self) -> Arc<ServerConfig> {
-        self.current.load().config.clone()
+        self.current.load().built.config.clone()
     }
 
     /// The generation of the files in force: 1 at load, one more for each reload that took
@@ -140,108 +297,102 @@ impl ReloadingServerConfig {
         };
         self.current
             .load()
+            .built
             .verifier
             .verify_client_cert(leaf, intermediates, UnixTime::now())
             .map(drop)
     }
 
     /// What is wrong with the files in force that an operator should act on (a CRL past its
-    /// next update), in words; empty when nothing is.
+    /// next update, judged now), in words; empty when nothing is.
     pub fn warnings(&self) -> Vec<String> {
-        self.current.load().warnings.clone()
+        check::stale_crls(&self.current.load().trust.dues, SystemTime::now())
     }
 
-    /// Reloads if any file's modification time or size changed. Returns whether a new
-    /// configuration took effect.
+    /// Reloads what changed (and an identity refused before); returns whether something new
+    /// took effect.
     pub fn reload_if_changed(&self) -> bool {
-        if !changed(&self.files, &self.stamps) {
+        let files = &self.reloader.files;
+        let Some(next) = self
+            .reloader
+            .next(&self.current.load(), |p, t| server(files, p, t))
+        else {
             return false;
-        }
-        let loaded = check::usable(&self.files, self.identity.as_ref(), SystemTime::now())
-            .and_then(|()| server_trust(&self.files));
-        match loaded {
-            Ok((config, verifier)) => {
-                self.current.store(Arc::new(ServerTrust {
-                    config: Arc::new(config),
-                    verifier,
-                    warnings: warn_stale_crls(&self.files),
-                }));
-                let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                info!(cert = %self.files.cert.display(), generation, "tls certificates reloaded");
-                true
-            }
-            Err(error) => {
-                warn!(%error, "tls reload refused; keeping the certificates in force (a certificate and its key replaced as two files: this clears once both are in place)");
-                false
-            }
-        }
+        };
+        self.current.store(Arc::new(next));
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        info!(cert = %self.reloader.files.cert.display(), generation, "tls certificates reloaded");
+        true
     }
 }
 
-/// What a client presents and trusts, read from its files.
+/// What a client presents and trusts.
 pub(super) struct ClientMaterial {
-    warnings: Vec<String>,
-    roots: Arc<RootCertStore>,
-    crls: Vec<CertificateRevocationListDer<'static>>,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    pair: Pair,
+    trust: Trust,
 }
 
 impl ClientMaterial {
     /// Reads the files.
     pub(super) fn read(files: &TlsFiles) -> Result<ClientMaterial, TlsError> {
         Ok(ClientMaterial {
-            warnings: check::stale_crls(&files.crls, SystemTime::now()),
-            roots: roots(&files.ca)?,
-            crls: crls(files)?,
-            chain: certs(&files.cert)?,
-            key: key(&files.key)?,
+            pair: Pair::read(files)?,
+            trust: Trust::read(files)?,
         })
     }
 
-    /// A client configuration from this material; with `expected`, the server must carry that
-    /// identity. Servers whose issuer has no CRL among `crls` are accepted (revocation status
-    /// unknown): a CRL given is one to enforce, not a requirement that every CA publish one.
+    /// A client configuration from this material; see [`client`].
     pub(super) fn config(
         &self,
         files: &TlsFiles,
         expected: Option<Identity>,
     ) -> Result<ClientConfig, TlsError> {
-        let mut webpki = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider());
-        if !self.crls.is_empty() {
-            webpki = webpki
-                .with_crls(self.crls.iter().cloned())
-                .allow_unknown_revocation_status();
-        }
-        let webpki = webpki.build().map_err(|e| TlsError::Config(e.to_string()))?;
-        let mut config = ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(VERSIONS)
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ExpectIdentity { webpki, expected }))
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|e| files.pair_error(e))?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(config)
+        client(files, &self.pair, &self.trust, expected)
     }
+}
+
+/// A client configuration presenting `pair` and trusting servers that chain to `trust`; with
+/// `expected`, the server must carry that identity. Servers whose issuer has no CRL in `trust`
+/// are accepted (revocation status unknown): a CRL given is one to enforce, not a requirement
+/// that every CA publish one.
+fn client(
+    files: &TlsFiles,
+    pair: &Pair,
+    trust: &Trust,
+    expected: Option<Identity>,
+) -> Result<ClientConfig, TlsError> {
+    let mut webpki = WebPkiServerVerifier::builder_with_provider(trust.roots.clone(), provider());
+    if !trust.crls.is_empty() {
+        webpki = webpki
+            .with_crls(trust.crls.iter().cloned())
+            .allow_unknown_revocation_status();
+    }
+    let webpki = webpki.build().map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ExpectIdentity { webpki, expected }))
+        .with_client_auth_cert(pair.chain.clone(), pair.key.clone_key())
+        .map_err(|e| files.pair_error(e))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
 }
 
 /// A client's certificate, key, CA bundle and CRLs, re-read when they change: each new
 /// connection is made with the files in force, and [`ClientTrust::generation`] tells the
 /// connections made with older ones to close.
 pub struct ClientTrust {
-    files: TlsFiles,
-    identity: Option<Identity>,
-    current: ArcSwap<ClientMaterial>,
+    reloader: Reloader,
+    current: ArcSwap<Loaded<()>>,
     generation: watch::Sender<u64>,
-    stamps: Mutex<Stamps>,
 }
 
 impl std::fmt::Debug for ClientTrust {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientTrust")
-            .field("files", &self.files)
-            .field("identity", &self.identity)
+            .field("files", &self.reloader.files)
+            .field("identity", &self.reloader.identity)
             .field("generation", &*self.generation.borrow())
             .finish_non_exhaustive()
     }
@@ -251,30 +402,31 @@ impl ClientTrust {
     /// Reads the files; fails if they cannot be used (a key that does not match is refused
     /// here, not at the first connection).
     pub fn load(files: TlsFiles) -> Result<Arc<ClientTrust>, TlsError> {
-        let material = ClientMaterial::read(&files)?;
-        material.config(&files, None)?;
-        if let Err(e) = check::usable(&files, None, SystemTime::now()) {
-            warn!(error = %e, "the client certificate is not valid now; presenting it until a usable one replaces it");
-        }
-        warn_stale_crls(&files);
+        let (pair, trust) = (Pair::read(&files)?, Trust::read(&files)?);
+        client(&files, &pair, &trust, None)?;
+        let reloader = Reloader::new(files);
+        reloader.log_stale(&trust.dues);
         Ok(Arc::new(ClientTrust {
-            identity: check::identity_of(&files),
-            stamps: Mutex::new(stamps(&files)),
-            current: ArcSwap::from_pointee(material),
+            reloader,
+            current: ArcSwap::from_pointee(Loaded {
+                pair,
+                trust,
+                built: (),
+            }),
             generation: watch::Sender::new(1),
-            files,
         }))
     }
 
     /// A configuration for a new connection, from the files in force.
     pub fn config(&self, expected: Option<Identity>) -> Result<ClientConfig, TlsError> {
-        self.current.load().config(&self.files, expected)
+        let current = self.current.load();
+        client(&self.reloader.files, &current.pair, &current.trust, expected)
     }
 
     /// What is wrong with the files in force that an operator should act on (a CRL past its
-    /// next update), in words; empty when nothing is.
+    /// next update, judged now), in words; empty when nothing is.
     pub fn warnings(&self) -> Vec<String> {
-        self.current.load().warnings.clone()
+        check::stale_crls(&self.current.load().trust.dues, SystemTime::now())
     }
 
     /// The generation of the files in force, to watch for the next.
@@ -282,32 +434,22 @@ impl ClientTrust {
         self.generation.subscribe()
     }
 
-    /// Reloads if any file changed and the new files are usable (see the module
-    /// documentation); returns whether they took effect.
+    /// Reloads what changed (and an identity refused before); returns whether something new
+    /// took effect, and then tells the connections made with the previous files to close.
     pub fn reload_if_changed(&self) -> bool {
-        if !changed(&self.files, &self.stamps) {
+        let Some(next) = self.reloader.next(&self.current.load(), |p, t| {
+            client(&self.reloader.files, p, t, None).map(drop)
+        }) else {
             return false;
-        }
-        let loaded = check::usable(&self.files, self.identity.as_ref(), SystemTime::now())
-            .and_then(|()| ClientMaterial::read(&self.files))
-            .and_then(|m| m.config(&self.files, None).map(|_| m));
-        match loaded {
-            Ok(material) => {
-                self.current.store(Arc::new(material));
-                warn_stale_crls(&self.files);
-                self.generation.send_modify(|g| *g += 1);
-                info!(
-                    cert = %self.files.cert.display(),
-                    generation = *self.generation.borrow(),
-                    "client tls certificates reloaded; connections made with the previous ones are being replaced"
-                );
-                true
-            }
-            Err(error) => {
-                warn!(%error, "client tls reload refused; keeping the certificates in force (a certificate and its key replaced as two files: this clears once both are in place)");
-                false
-            }
-        }
+        };
+        self.current.store(Arc::new(next));
+        self.generation.send_modify(|g| *g += 1);
+        info!(
+            cert = %self.reloader.files.cert.display(),
+            generation = *self.generation.borrow(),
+            "client tls certificates reloaded; connections made with the previous ones are being replaced"
+        );
+        true
     }
 }
 
@@ -323,6 +465,47 @@ pub async fn every_reload_check(mut stop: watch::Receiver<bool>, mut check: impl
             _ = tick.tick() => check(),
         }
     }
+}
+
+/// The TLS warnings of one server process, for its status answers: its own files' and, for the
+/// coordinator, those it checks suppliers with. At most [`TlsWarnings::MAX`], each at most
+/// [`TlsWarnings::MAX_CHARS`] characters.
+#[derive(Debug, Clone, Default)]
+pub struct TlsWarnings {
+    server: Option<Arc<ReloadingServerConfig>>,
+    client: Option<Arc<ClientTrust>>,
+}
+
+impl TlsWarnings {
+    /// Most warnings reported.
+    pub const MAX: usize = 20;
+    /// Most characters of one warning.
+    pub const MAX_CHARS: usize = 500;
+
+    /// The warnings of `server`, and of `client` if given.
+    pub fn new(server: Arc<ReloadingServerConfig>, client: Option<Arc<ClientTrust>>) -> Self {
+        TlsWarnings {
+            server: Some(server),
+            client,
+        }
+    }
+
+    /// The warnings now, bounded.
+    pub fn list(&self) -> Vec<String> {
+        self.server
+            .iter()
+            .flat_map(|s| s.warnings())
+            .chain(self.client.iter().flat_map(|c| c.warnings()))
+            .take(Self::MAX)
+            .map(|w| w.chars().take(Self::MAX_CHARS).collect())
+            .collect()
+    }
+}
+
+/// A server configuration of `files`, as [`ReloadingServerConfig`] builds it.
+pub(super) fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
+    let built = server(files, &Pair::read(files)?, &Trust::read(files)?)?;
+    Ok((*built.config).clone())
 }
 
 #[cfg(test)]
@@ -363,14 +546,30 @@ mod tests {
             (cert.pem(), key.serialize_pem())
         }
 
+        fn revoking(&self, serial: u64) -> String {
+            self.crl_of(Duration::days(1), vec![serial])
+        }
+
         fn crl(&self, next_update: Duration) -> String {
+            self.crl_of(next_update, Vec::new())
+        }
+
+        fn crl_of(&self, next_update: Duration, serials: Vec<u64>) -> String {
             let now = OffsetDateTime::now_utc();
             CertificateRevocationListParams {
                 this_update: now - Duration::days(2),
                 next_update: now + next_update,
                 crl_number: 1u64.into(),
                 issuing_distribution_point: None,
-                revoked_certs: Vec::new(),
+                revoked_certs: serials
+                    .into_iter()
+                    .map(|s| rcgen::RevokedCertParams {
+                        serial_number: s.into(),
+                        revocation_time: now - Duration::minutes(1),
+                        reason_code: None,
+                        invalidity_date: None,
+                    })
+                    .collect(),
                 key_identifier_method: KeyIdMethod::Sha256,
             }
             .signed_by(&self.0)
@@ -429,6 +628,70 @@ mod tests {
         assert!(!server.reload_if_changed(), "nothing changed since");
     }
 
+    /// A client certificate of `ca` for `uri` (no DNS name) and its DER chain.
+    fn client_chain(ca: &Ca, uri: &str) -> (Vec<CertificateDer<'static>>, u64) {
+        let serial = 4242;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().expect("uri"))];
+        params.serial_number = Some(serial.into());
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &ca.0).expect("cert");
+        (vec![cert.der().clone()], serial)
+    }
+
+    #[test]
+    fn a_revocation_takes_effect_while_the_servers_own_certificate_is_refused() {
+        crate::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new();
+        write(
+            dir.path(),
+            &ca.issue(EMIS, Duration::hours(-1), Duration::days(365)),
+        );
+        let mut files = files(dir.path(), &ca);
+        std::fs::write(dir.path().join("crl.pem"), ca.crl(Duration::days(1))).expect("write");
+        files.crls = vec![dir.path().join("crl.pem")];
+        let server = ReloadingServerConfig::load(files).expect("load");
+        let (alice, serial) = client_chain(&ca, "spiffe://gprollout.test/operator/alice");
+        server.recheck(&alice).expect("not revoked yet");
+        // The server's own certificate replaced by an expired one: refused.
+        write(
+            dir.path(),
+            &ca.issue(EMIS, Duration::days(-10), Duration::days(-1)),
+        );
+        assert!(!server.reload_if_changed());
+        // A CRL revoking alice still takes effect, with the certificate in force.
+        std::fs::write(dir.path().join("crl.pem"), ca.revoking(serial)).expect("write");
+        assert!(server.reload_if_changed(), "the trust files are taken");
+        assert!(server.recheck(&alice).is_err(), "alice revoked");
+    }
+
+    #[test]
+    fn a_certificate_not_valid_yet_is_taken_once_it_is_and_a_crl_going_stale_is_reported() {
+        crate::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new();
+        write(
+            dir.path(),
+            &ca.issue(EMIS, Duration::hours(-1), Duration::days(365)),
+        );
+        let mut files = files(dir.path(), &ca);
+        std::fs::write(dir.path().join("crl.pem"), ca.crl(Duration::seconds(2))).expect("write");
+        files.crls = vec![dir.path().join("crl.pem")];
+        let server = ReloadingServerConfig::load(files).expect("load");
+        assert!(server.warnings().is_empty());
+        write(
+            dir.path(),
+            &ca.issue(EMIS, Duration::seconds(2), Duration::days(365)),
+        );
+        assert!(!server.reload_if_changed(), "not valid yet");
+        // Time passes (the scenario itself): nothing is written in between.
+        std::thread::sleep(std::time::Duration::from_millis(2_500));
+        assert!(server.reload_if_changed(), "valid now: taken at the next check");
+        assert_eq!(server.generation(), 2);
+        assert_eq!(server.warnings().len(), 1, "the CRL went stale while running");
+    }
+
     #[test]
     fn a_crl_past_its_next_update_is_kept_and_warned_about() {
         crate::tls::install_crypto_provider();
@@ -474,40 +737,5 @@ mod tests {
         );
         assert!(trust.reload_if_changed());
         assert!(watching.has_changed().expect("sender"), "connections told to go");
-    }
-}
-
-/// The TLS warnings of one server process, for its status answers: its own files' and, for the
-/// coordinator, those it checks suppliers with. At most [`TlsWarnings::MAX`], each at most
-/// [`TlsWarnings::MAX_CHARS`] characters.
-#[derive(Debug, Clone, Default)]
-pub struct TlsWarnings {
-    server: Option<Arc<ReloadingServerConfig>>,
-    client: Option<Arc<ClientTrust>>,
-}
-
-impl TlsWarnings {
-    /// Most warnings reported.
-    pub const MAX: usize = 20;
-    /// Most characters of one warning.
-    pub const MAX_CHARS: usize = 500;
-
-    /// The warnings of `server`, and of `client` if given.
-    pub fn new(server: Arc<ReloadingServerConfig>, client: Option<Arc<ClientTrust>>) -> Self {
-        TlsWarnings {
-            server: Some(server),
-            client,
-        }
-    }
-
-    /// The warnings now, bounded.
-    pub fn list(&self) -> Vec<String> {
-        self.server
-            .iter()
-            .flat_map(|s| s.warnings())
-            .chain(self.client.iter().flat_map(|c| c.warnings()))
-            .take(Self::MAX)
-            .map(|w| w.chars().take(Self::MAX_CHARS).collect())
-            .collect()
     }
 }
