@@ -628,6 +628,22 @@ mod tests {
         assert!(!server.reload_if_changed(), "nothing changed since");
     }
 
+    /// A server of a new CA with a good certificate and a CRL due `next_update` from now.
+    fn with_crl(next_update: Duration) -> (tempfile::TempDir, Ca, Arc<ReloadingServerConfig>) {
+        crate::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new();
+        write(
+            dir.path(),
+            &ca.issue(EMIS, Duration::hours(-1), Duration::days(365)),
+        );
+        let mut files = files(dir.path(), &ca);
+        std::fs::write(dir.path().join("crl.pem"), ca.crl(next_update)).expect("write");
+        files.crls = vec![dir.path().join("crl.pem")];
+        let server = ReloadingServerConfig::load(files).expect("load");
+        (dir, ca, server)
+    }
+
     /// A client certificate of `ca` for `uri` (no DNS name) and its DER chain.
     fn client_chain(ca: &Ca, uri: &str) -> (Vec<CertificateDer<'static>>, u64) {
         let serial = 4242;
@@ -641,17 +657,7 @@ mod tests {
 
     #[test]
     fn a_revocation_takes_effect_while_the_servers_own_certificate_is_refused() {
-        crate::tls::install_crypto_provider();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = Ca::new();
-        write(
-            dir.path(),
-            &ca.issue(EMIS, Duration::hours(-1), Duration::days(365)),
-        );
-        let mut files = files(dir.path(), &ca);
-        std::fs::write(dir.path().join("crl.pem"), ca.crl(Duration::days(1))).expect("write");
-        files.crls = vec![dir.path().join("crl.pem")];
-        let server = ReloadingServerConfig::load(files).expect("load");
+        let (dir, ca, server) = with_crl(Duration::days(1));
         let (alice, serial) = client_chain(&ca, "spiffe://gprollout.test/operator/alice");
         server.recheck(&alice).expect("not revoked yet");
         // The server's own certificate replaced by an expired one: refused.
@@ -668,17 +674,7 @@ mod tests {
 
     #[test]
     fn a_certificate_not_valid_yet_is_taken_once_it_is_and_a_crl_going_stale_is_reported() {
-        crate::tls::install_crypto_provider();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = Ca::new();
-        write(
-            dir.path(),
-            &ca.issue(EMIS, Duration::hours(-1), Duration::days(365)),
-        );
-        let mut files = files(dir.path(), &ca);
-        std::fs::write(dir.path().join("crl.pem"), ca.crl(Duration::seconds(2))).expect("write");
-        files.crls = vec![dir.path().join("crl.pem")];
-        let server = ReloadingServerConfig::load(files).expect("load");
+        let (dir, ca, server) = with_crl(Duration::seconds(2));
         assert!(server.warnings().is_empty());
         write(
             dir.path(),
@@ -694,17 +690,7 @@ mod tests {
 
     #[test]
     fn a_crl_past_its_next_update_is_kept_and_warned_about() {
-        crate::tls::install_crypto_provider();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = Ca::new();
-        write(
-            dir.path(),
-            &ca.issue(EMIS, Duration::hours(-1), Duration::days(365)),
-        );
-        let mut files = files(dir.path(), &ca);
-        std::fs::write(dir.path().join("crl.pem"), ca.crl(Duration::days(1))).expect("write");
-        files.crls = vec![dir.path().join("crl.pem")];
-        let server = ReloadingServerConfig::load(files).expect("load");
+        let (dir, ca, server) = with_crl(Duration::days(1));
         assert!(server.warnings().is_empty(), "{:?}", server.warnings());
         std::fs::write(dir.path().join("crl.pem"), ca.crl(Duration::days(-1))).expect("write");
         assert!(server.reload_if_changed(), "a stale CRL is still enforced");
