@@ -9,7 +9,7 @@ use std::{
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use x509_parser::prelude::FromDer;
 
-use super::{Identity, TlsError, TlsFiles, certs, pem_items};
+use super::{Identity, TlsError, pem_items};
 
 /// A certificate's validity period, or `None` if it does not parse.
 pub(super) fn validity(der: &[u8]) -> Option<(SystemTime, SystemTime)> {
@@ -35,16 +35,19 @@ fn shown(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// Whether `files.cert` is one to present now: its leaf valid at `now`, and carrying
-/// `identity` when given (the identity this process started with). The key's match with it is
-/// rustls's check, when the configuration is built.
-pub(super) fn usable(files: &TlsFiles, identity: Option<&Identity>, now: SystemTime) -> Result<(), TlsError> {
-    let chain = certs(&files.cert)?;
+/// Whether `leaf` (the certificate of `path`, already read) is one to present now: valid at
+/// `now`, and carrying `identity` when given (the identity this process started with). The
+/// key's match with it is rustls's check, when the configuration is built.
+pub(super) fn usable(
+    path: &Path,
+    leaf: &CertificateDer<'_>,
+    identity: Option<&Identity>,
+    now: SystemTime,
+) -> Result<(), TlsError> {
     let unusable = |why: String| TlsError::Unusable {
-        path: files.cert.clone(),
+        path: path.to_owned(),
         why,
     };
-    let leaf = &chain[0];
     let (from, until) = validity(leaf).ok_or_else(|| unusable("the certificate does not parse".into()))?;
     if now < from {
         return Err(unusable(format!(
@@ -65,14 +68,6 @@ pub(super) fn usable(files: &TlsFiles, identity: Option<&Identity>, now: SystemT
         }
     }
     Ok(())
-}
-
-/// The identity of `files.cert`'s leaf, if it reads.
-pub(super) fn identity_of(files: &TlsFiles) -> Option<Identity> {
-    certs(&files.cert)
-        .ok()?
-        .first()
-        .and_then(|leaf| Identity::of_certificate(leaf))
 }
 
 /// When one CRL is due to be replaced (its nextUpdate), to judge at any time whether it is

@@ -209,7 +209,7 @@ fn crls(files: &TlsFiles) -> Result<Vec<CertificateRevocationListDer<'static>>, 
 /// certificate must also carry that identity as a URI or DNS SAN (the coordinator's check of
 /// each supplier).
 pub fn client_config(files: &TlsFiles, expected: Option<Identity>) -> Result<rustls::ClientConfig, TlsError> {
-    reload::ClientMaterial::read(files)?.config(files, expected)
+    reload::client_config(files, expected)
 }
 
 /// A peer identity: the client certificate's first URI SAN, else its first DNS SAN.

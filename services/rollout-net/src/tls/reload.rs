@@ -75,6 +75,16 @@ impl Pair {
         })
     }
 
+    /// The leaf certificate (`certs` never yields an empty chain).
+    fn leaf(&self) -> &CertificateDer<'static> {
+        &self.chain[0]
+    }
+
+    /// Whether this pair is one to present now (see [`check::usable`]).
+    fn usable(&self, files: &TlsFiles, identity: Option<&Identity>) -> Result<(), TlsError> {
+        check::usable(&files.cert, self.leaf(), identity, SystemTime::now())
+    }
+
     fn same(&self, other: &Pair) -> bool {
         self.chain == other.chain && self.key.secret_der() == other.key.secret_der()
     }
@@ -118,12 +128,13 @@ struct Reloader {
 }
 
 impl Reloader {
-    fn new(files: TlsFiles) -> Reloader {
-        if let Err(e) = check::usable(&files, None, SystemTime::now()) {
+    /// The bookkeeping of `files`, whose identity in force at start is `pair`.
+    fn new(files: TlsFiles, pair: &Pair) -> Reloader {
+        if let Err(e) = pair.usable(&files, None) {
             warn!(error = %e, "this side's certificate is not valid now; presenting it until a usable one replaces it");
         }
         Reloader {
-            identity: check::identity_of(&files),
+            identity: Identity::of_certificate(pair.leaf()),
             stamps: Mutex::new(stamps(&files)),
             files,
             retry_identity: AtomicBool::new(false),
@@ -182,8 +193,8 @@ impl Reloader {
             None => None,
         };
         let trust_in = trust.as_ref().unwrap_or(&current.trust);
-        let pair = check::usable(&self.files, self.identity.as_ref(), SystemTime::now())
-            .and_then(|()| Pair::read(&self.files))
+        let pair = Pair::read(&self.files)
+            .and_then(|p| p.usable(&self.files, self.identity.as_ref()).map(|()| p))
             .and_then(|p| build(&p, trust_in).map(|built| (p, built)));
         match pair {
             Ok((pair, built)) => {
@@ -269,7 +280,7 @@ impl ReloadingServerConfig {
     pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
         let (pair, trust) = (Pair::read(&files)?, Trust::read(&files)?);
         let built = server(&files, &pair, &trust)?;
-        let reloader = Reloader::new(files);
+        let reloader = Reloader::new(files, &pair);
         reloader.log_stale(&trust.dues);
         Ok(Arc::new(ReloadingServerConfig {
             reloader,
@@ -326,31 +337,6 @@ impl ReloadingServerConfig {
     }
 }
 
-/// What a client presents and trusts.
-pub(super) struct ClientMaterial {
-    pair: Pair,
-    trust: Trust,
-}
-
-impl ClientMaterial {
-    /// Reads the files.
-    pub(super) fn read(files: &TlsFiles) -> Result<ClientMaterial, TlsError> {
-        Ok(ClientMaterial {
-            pair: Pair::read(files)?,
-            trust: Trust::read(files)?,
-        })
-    }
-
-    /// A client configuration from this material; see [`client`].
-    pub(super) fn config(
-        &self,
-        files: &TlsFiles,
-        expected: Option<Identity>,
-    ) -> Result<ClientConfig, TlsError> {
-        client(files, &self.pair, &self.trust, expected)
-    }
-}
-
 /// A client configuration presenting `pair` and trusting servers that chain to `trust`; with
 /// `expected`, the server must carry that identity. Servers whose issuer has no CRL in `trust`
 /// are accepted (revocation status unknown): a CRL given is one to enforce, not a requirement
@@ -404,7 +390,7 @@ impl ClientTrust {
     pub fn load(files: TlsFiles) -> Result<Arc<ClientTrust>, TlsError> {
         let (pair, trust) = (Pair::read(&files)?, Trust::read(&files)?);
         client(&files, &pair, &trust, None)?;
-        let reloader = Reloader::new(files);
+        let reloader = Reloader::new(files, &pair);
         reloader.log_stale(&trust.dues);
         Ok(Arc::new(ClientTrust {
             reloader,
@@ -500,6 +486,11 @@ impl TlsWarnings {
             .map(|w| w.chars().take(Self::MAX_CHARS).collect())
             .collect()
     }
+}
+
+/// A client configuration of `files`, as [`ClientTrust`] builds it; see [`client`].
+pub(super) fn client_config(files: &TlsFiles, expected: Option<Identity>) -> Result<ClientConfig, TlsError> {
+    client(files, &Pair::read(files)?, &Trust::read(files)?, expected)
 }
 
 /// A server configuration of `files`, as [`ReloadingServerConfig`] builds it.
