@@ -105,12 +105,13 @@ pub fn impact_at(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use rollout_core::{IcbCode, OdsCode, Practice, RegionCode, SubIcbCode};
 
     use super::*;
 
-    fn practice(ods: &str, supplier: &str, icb: &str, status: PracticeStatus) -> Practice {
+    /// An estate practice in region Y56 and sub-ICB 07K (for the pure modules' tests).
+    pub(crate) fn practice(ods: &str, supplier: &str, icb: &str, status: PracticeStatus) -> Practice {
         Practice {
             ods: OdsCode::parse(ods).expect("valid"),
             name: ods.into(),

@@ -185,21 +185,10 @@ fn empty(field: &str, scope: &Scope) -> ApiError {
 
 #[cfg(test)]
 mod tests {
-    use rollout_core::{IcbCode, RegionCode, SubIcbCode};
+    use rollout_core::{IcbCode, RegionCode};
 
     use super::*;
-
-    fn practice(ods: &str, supplier: &str, icb: &str, status: PracticeStatus) -> rollout_core::Practice {
-        rollout_core::Practice {
-            ods: OdsCode::parse(ods).expect("valid"),
-            name: ods.into(),
-            region: RegionCode::parse_region("Y56").expect("valid"),
-            icb: IcbCode::parse(icb).expect("valid"),
-            sub_icb: SubIcbCode::parse("07K").expect("valid"),
-            supplier: SupplierId::parse(supplier).expect("valid"),
-            status,
-        }
-    }
+    use crate::impact::tests::practice;
 
     fn estate() -> Estate {
         [

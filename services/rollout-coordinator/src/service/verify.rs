@@ -137,14 +137,24 @@ fn supplier_timeout(given: Option<&prost_types::Duration>) -> Result<Duration, A
         })
 }
 
-/// The suppliers a request names (none: every supplier), each configured or in the estate.
-fn supplier_filter(known: &BTreeSet<SupplierId>, names: &[String]) -> Result<BTreeSet<SupplierId>, ApiError> {
+/// The suppliers a request names (none: every supplier), each configured or in the estate (the
+/// estate is read only when a filter is given).
+fn supplier_filter(h: &Handlers, names: &[String]) -> Result<BTreeSet<SupplierId>, ApiError> {
+    if names.is_empty() {
+        return Ok(BTreeSet::new());
+    }
     if names.len() > MAX_FILTER {
         return Err(ApiError::invalid_field(
             "suppliers",
             format!("names {} suppliers; at most {MAX_FILTER}", names.len()),
         ));
     }
+    let known: BTreeSet<SupplierId> = h
+        .core
+        .supplier_ids()
+        .into_iter()
+        .chain(h.core.estate.active_by_supplier().into_keys())
+        .collect();
     let mut only = BTreeSet::new();
     for (i, name) in names.iter().enumerate() {
         let field = format!("suppliers[{i}]");
@@ -242,13 +252,7 @@ pub(super) async fn verify_command(
     let r = req.get_ref();
     let id = wire::command_name("name", &r.name)?;
     let timeout = supplier_timeout(r.supplier_timeout.as_ref())?;
-    let known: BTreeSet<SupplierId> = h
-        .core
-        .supplier_ids()
-        .into_iter()
-        .chain(h.core.estate.active_by_supplier().into_keys())
-        .collect();
-    let only = supplier_filter(&known, &r.suppliers)?;
+    let only = supplier_filter(h, &r.suppliers)?;
     Span::current().record("command", id.as_str());
     let c = h.core.find_command(&id).await?;
     let scope = dispatched_halt(&c)?;
