@@ -9,6 +9,9 @@ const FILES: &[&str] = &[
     "nhs/gprollout/v1/resources.proto",
     "nhs/gprollout/v1/supplier.proto",
     "nhs/gprollout/v1/coordinator.proto",
+    // The OpenFeature flagd evaluation protocol, which the supplier serves to backends.
+    "flagd/evaluation/v1/evaluation.proto",
+    "flagd/evaluation/v2/evaluation.proto",
     // Not imported by the contracts, but every error carries its types in `grpc-status-details-bin`:
     // served by reflection so that grpcurl and other clients can print ErrorInfo and BadRequest.
     "google/rpc/error_details.proto",

@@ -18,6 +18,7 @@ mod hostile;
 mod limits;
 mod mtls;
 mod not_delivered;
+mod openfeature;
 mod outcomes;
 mod preview;
 mod proxy;

@@ -9,6 +9,7 @@
 //! is refused with a reason before it would pass the limit.
 
 use http::{HeaderName, Response};
+use rollout_proto::flagd::evaluation::{v1 as flagd_v1, v2 as flagd_v2};
 use rollout_proto::v1::{
     audit_service_client::AuditServiceClient,
     audit_service_server::{AuditService, AuditServiceServer},
@@ -71,6 +72,8 @@ message_limits!(
     ControlServiceServer<T> where T: ControlService,
     AuditServiceServer<T> where T: AuditService,
     CoordinatorServiceServer<T> where T: CoordinatorService,
+    flagd_v1::service_server::ServiceServer<T> where T: flagd_v1::service_server::Service,
+    flagd_v2::service_server::ServiceServer<T> where T: flagd_v2::service_server::Service,
     HealthServer<T> where T: Health,
     v1::ServerReflectionServer<T> where T: v1::ServerReflection,
     v1alpha::ServerReflectionServer<T> where T: v1alpha::ServerReflection,
@@ -78,6 +81,8 @@ message_limits!(
     AuditServiceClient<Channel>,
     ToggleServiceClient<Channel>,
     CoordinatorServiceClient<Channel>,
+    flagd_v1::service_client::ServiceClient<Channel>,
+    flagd_v2::service_client::ServiceClient<Channel>,
     HealthClient<Channel>,
 );
 

@@ -29,6 +29,9 @@ use rollout_net::{
     cli::{ConnectionArgs, LogArgs, ShutdownArgs, TlsArgs},
     tls::{self, ReloadingServerConfig, TlsFiles},
 };
+use rollout_proto::flagd::evaluation::{
+    v1::service_server::ServiceServer as FlagdV1Server, v2::service_server::ServiceServer as FlagdV2Server,
+};
 use rollout_proto::v1::{
     audit_service_server::AuditServiceServer, control_service_server::ControlServiceServer,
     practice_settings_service_server::PracticeSettingsServiceServer,
@@ -95,9 +98,9 @@ pub struct Args {
     pub freeze_reason: Option<String>,
     #[command(flatten)]
     pub connections: ConnectionArgs,
-    /// Most WatchPracticeFeatures streams one identity may have open at once on this replica
-    /// (a backend fleet sharing one certificate shares this). One more is answered
-    /// RESOURCE_EXHAUSTED (TOO_MANY_WATCH_STREAMS).
+    /// Most watch streams (WatchPracticeFeatures and flagd EventStream) one identity may have
+    /// open at once on this replica (a backend fleet sharing one certificate shares this). One
+    /// more is answered RESOURCE_EXHAUSTED (TOO_MANY_WATCH_STREAMS).
     #[arg(
         long,
         env = "ROLLOUT_MAX_WATCHES_PER_IDENTITY",
@@ -117,7 +120,7 @@ pub struct Args {
 pub struct Budgets {
     /// Connections, handshakes and streams per connection of the mutual-TLS port.
     pub connection: ConnectionBudget,
-    /// WatchPracticeFeatures streams open at once per identity.
+    /// Watch streams (WatchPracticeFeatures and flagd EventStream) open at once per identity.
     pub watches_per_identity: usize,
 }
 
@@ -229,11 +232,15 @@ pub fn access_table() -> AccessTable {
     static ADMIN: &[Role] = &[Role::PracticeAdmin];
     static COORDINATOR: &[Role] = &[Role::Coordinator];
     static AUDITOR: &[Role] = &[Role::Coordinator, Role::Auditor];
+    static FLAGD: &[Role] = &[Role::Backend];
     AccessTable::new()
         .allow("/nhs.gprollout.v1.ToggleService/", Access::AnyOf(BACKEND))
         .allow("/nhs.gprollout.v1.PracticeSettingsService/", Access::AnyOf(ADMIN))
         .allow("/nhs.gprollout.v1.ControlService/", Access::AnyOf(COORDINATOR))
         .allow("/nhs.gprollout.v1.AuditService/", Access::AnyOf(AUDITOR))
+        // The OpenFeature flagd evaluation protocol: backends only (docs/OPENFEATURE.md).
+        .allow("/flagd.evaluation.v1.Service/", Access::AnyOf(FLAGD))
+        .allow("/flagd.evaluation.v2.Service/", Access::AnyOf(FLAGD))
 }
 
 /// Reads the reference files and keeps this supplier's practices.
@@ -244,11 +251,13 @@ pub fn read_estate(practices: &Path, suppliers: &Path, supplier: &SupplierId) ->
 }
 
 /// The supplier's services, named as health reports them.
-const SERVICES: [&str; 4] = [
+const SERVICES: [&str; 6] = [
     "nhs.gprollout.v1.ToggleService",
     "nhs.gprollout.v1.PracticeSettingsService",
     "nhs.gprollout.v1.ControlService",
     "nhs.gprollout.v1.AuditService",
+    "flagd.evaluation.v1.Service",
+    "flagd.evaluation.v2.Service",
 ];
 
 /// Opens the store, loads the engine from it and imports the estate if configured.
@@ -412,7 +421,9 @@ pub async fn serve(
         .add_service(ToggleServiceServer::new(handlers.clone()).with_message_limits())
         .add_service(PracticeSettingsServiceServer::new(handlers.clone()).with_message_limits())
         .add_service(ControlServiceServer::new(handlers.clone()).with_message_limits())
-        .add_service(AuditServiceServer::new(handlers).with_message_limits())
+        .add_service(AuditServiceServer::new(handlers.clone()).with_message_limits())
+        .add_service(FlagdV1Server::new(handlers.clone()).with_message_limits())
+        .add_service(FlagdV2Server::new(handlers).with_message_limits())
         .serve_with_incoming_shutdown(tls::incoming_for(listener, tls, &admission), drain.begun());
     let servers = async {
         let (main, plaintext) = tokio::join!(main, plaintext);

@@ -26,7 +26,7 @@ fn deciding(p: &pb::PracticeFeature) -> Option<&str> {
 }
 
 /// A request to record an opt-out for `ods`.
-fn opt_out_request(ods: &str, request_id: &str) -> pb::SetPracticeOptOutRequest {
+pub(crate) fn opt_out_request(ods: &str, request_id: &str) -> pb::SetPracticeOptOutRequest {
     pb::SetPracticeOptOutRequest {
         opt_out: Some(pb::PracticeOptOut {
             name: format!("{}/optOut", practice_feature(ods)),

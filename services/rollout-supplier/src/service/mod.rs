@@ -1,10 +1,12 @@
 //! The gRPC handlers of the supplier, one file per service: [`toggle`] (ToggleService, with
 //! the watch task in [`watcher`]), [`settings`] (PracticeSettingsService) and [`control`]
-//! (ControlService, with the national opt-out register's two methods in [`register`]). They
+//! (ControlService, with the national opt-out register's two methods in [`register`]), and
+//! [`flagd`] (the OpenFeature flagd evaluation protocol, v1 and v2). They
 //! validate with `rollout_net::wire`, call the [`Engine`], and answer with `ApiError`s.
 
 mod audit;
 mod control;
+mod flagd;
 mod register;
 mod settings;
 mod toggle;
@@ -43,7 +45,7 @@ const SNAPSHOT_CHUNK: usize = 1_000;
 pub struct Handlers {
     engine: Arc<Engine>,
     shutdown: watch::Receiver<bool>,
-    /// WatchPracticeFeatures streams per identity.
+    /// Watch streams (WatchPracticeFeatures and flagd EventStream) per identity.
     watches: Arc<IdentityBudget>,
     /// Where refused calls are recorded (summarised in a flood).
     refusals: Refusals,
@@ -65,7 +67,7 @@ impl Handlers {
             engine,
             shutdown,
             watches: Arc::new(IdentityBudget::new(
-                "WatchPracticeFeatures streams",
+                "watch streams (WatchPracticeFeatures and flagd EventStream)",
                 "TOO_MANY_WATCH_STREAMS",
                 "--max-watches-per-identity",
                 watches_per_identity,

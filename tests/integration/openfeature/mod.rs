@@ -1,0 +1,7 @@
+//! The OpenFeature flagd evaluation protocol on the supplier: it agrees with GetPracticeFeature
+//! ([`agreement`]), and real OpenFeature providers evaluate through it: Python directly over
+//! mutual TLS ([`python`]), Node through a TLS-originating sidecar ([`node`]).
+
+mod agreement;
+mod node;
+mod python;
