@@ -3,5 +3,7 @@
 //! mutual TLS ([`python`]), Node through a TLS-originating sidecar ([`node`]).
 
 mod agreement;
+mod events;
+mod grpcurl;
 mod node;
 mod python;
