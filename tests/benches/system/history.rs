@@ -130,6 +130,10 @@ pub(crate) async fn long_history_part(dir: &Path, pki: &Path, s: &Sizes, pin: &P
         supplier("young, explained", 0, &explained),
         supplier("long, explained", 1, &explained),
         ReadTarget {
+            path: "/flagd.evaluation.v2.Service/ResolveBoolean",
+            ..supplier("long, flagd", 1, &encoded_flagd_requests(&names))
+        },
+        ReadTarget {
             label: "bare tonic echo".into(),
             addr: echo_addr,
             pid: echo_child.id().expect("echo pid"),
@@ -148,12 +152,19 @@ pub(crate) async fn long_history_part(dir: &Path, pki: &Path, s: &Sizes, pin: &P
         s.round.as_secs_f64()
     );
     let mut texts: Vec<String> = sizes.iter().map(|s| sizes_text(s)).collect();
+    texts.push("flagd ResolveBoolean, same practices".into());
     texts.push(format!("{} bytes", requests[0].len()));
     reads.print(&targets, &texts);
     let echo = targets.len() - 1;
-    for (i, label) in ["young", "long ", "young, explained", "long, explained "]
-        .iter()
-        .enumerate()
+    for (i, label) in [
+        "young",
+        "long ",
+        "young, explained",
+        "long, explained ",
+        "long, flagd",
+    ]
+    .iter()
+    .enumerate()
     {
         let (low, high) = reads.range(i);
         println!(

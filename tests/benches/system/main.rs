@@ -1,12 +1,14 @@
 //! System benchmarks with real servers and real mutual TLS, in one run:
-//! 1. read throughput of GetPracticeFeature on a `rollout-supplier` process against a bare
-//!    tonic unary echo server process behind the same TLS acceptor and HTTP/2 settings, with
-//!    the same requests from the same load generator, in alternating rounds;
+//! 1. read throughput of GetPracticeFeature, and of the flagd ResolveBoolean an OpenFeature
+//!    backend calls, on a `rollout-supplier` process against a bare tonic unary echo server
+//!    process behind the same TLS acceptor and HTTP/2 settings, with the same requests from the
+//!    same load generator, in alternating rounds;
 //! 2. propagation of a halt through the coordinator to four suppliers (SQLite, durable);
 //! 3. a halt listing every active practice;
 //! 4. watch fan-out: many WatchPracticeFeatures streams on one supplier process, one halt;
 //! 5. a long history (about 2,000 commands, 200 of them halts listing 5,000 practices) beside a
-//!    young one: read throughput against the echo, answer size, supplier start time and memory,
+//!    young one: read throughput against the echo (GetPracticeFeature plain and explained, and
+//!    flagd ResolveBoolean), answer size, supplier start time and memory,
 //!    and the resynchronisation of a supplier whose store was wiped.
 //!
 //! On two or more cores the server under test runs on core 1 and the load generator on core 0
@@ -25,6 +27,7 @@ use std::{
 
 use rollout_core::{Estate, OdsCode, Practice, PracticeStatus, Scope};
 use rollout_net::tls::{self, TlsFiles};
+use rollout_proto::flagd::evaluation::v2 as flagd;
 use rollout_proto::v1::{
     self as pb, control_service_client::ControlServiceClient,
     coordinator_service_client::CoordinatorServiceClient, toggle_service_client::ToggleServiceClient,

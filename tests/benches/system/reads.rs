@@ -41,7 +41,7 @@ impl Reads {
     pub(crate) fn print(&self, targets: &[ReadTarget], answers: &[String]) {
         for ((t, side), answer) in targets.iter().zip(&self.sides).zip(answers) {
             println!(
-                "   {:<18}  {:>7.0} rps   p50 {}   p99 {}   server CPU {:.1} us/call ({:.0}% of its core)   answer {answer}",
+                "   {:<20}  {:>7.0} rps   p50 {}   p99 {}   server CPU {:.1} us/call ({:.0}% of its core)   answer {answer}",
                 t.label,
                 side.rps(),
                 ms(percentile(&side.latencies, 0.5)),
@@ -197,11 +197,42 @@ pub(crate) async fn read_rounds(pki: &Path, s: &Sizes, pin: &Pinning, targets: &
     Reads { sides, ratios }
 }
 
+/// Each name's encoded flagd v2 ResolveBooleanRequest: the feature of the name, its practice as
+/// the targeting key (what an OpenFeature backend sends).
+pub(crate) fn encoded_flagd_requests(names: &[String]) -> Arc<Vec<prost::bytes::Bytes>> {
+    use prost_types::{Struct, Value, value::Kind};
+    let requests = names
+        .iter()
+        .map(|name| {
+            let ods = name
+                .trim_start_matches("practices/")
+                .split('/')
+                .next()
+                .unwrap_or_default();
+            let request = flagd::ResolveBooleanRequest {
+                flag_key: FEATURE.into(),
+                context: Some(Struct {
+                    fields: [(
+                        "targetingKey".to_owned(),
+                        Value {
+                            kind: Some(Kind::StringValue(ods.to_owned())),
+                        },
+                    )]
+                    .into(),
+                }),
+            };
+            prost::Message::encode_to_vec(&request).into()
+        })
+        .collect();
+    Arc::new(requests)
+}
+
 pub(crate) async fn read_throughput(dir: &Path, pki: &Path, s: &Sizes, pin: &Pinning) {
     let (supplier, addr) = supplier_process(dir, pki, pin, "info").await;
     let (echo_child, echo_addr) = echo_process(pki, pin).await;
     let names = emis_names();
     let requests = encoded_requests(&names, false);
+    let flagd_requests = encoded_flagd_requests(&names);
     let answer = ToggleServiceClient::new(channel(pki, "backend-emis", addr))
         .get_practice_feature(pb::GetPracticeFeatureRequest {
             name: names[0].clone(),
@@ -210,6 +241,14 @@ pub(crate) async fn read_throughput(dir: &Path, pki: &Path, s: &Sizes, pin: &Pin
         .await
         .expect("answer")
         .into_inner();
+    let flagd_answer = flagd::service_client::ServiceClient::new(channel(pki, "backend-emis", addr))
+        .resolve_boolean(
+            <flagd::ResolveBooleanRequest as prost::Message>::decode(flagd_requests[0].clone())
+                .expect("request"),
+        )
+        .await
+        .expect("flagd answer")
+        .into_inner();
     let targets = [
         ReadTarget {
             label: "GetPracticeFeature".into(),
@@ -217,6 +256,13 @@ pub(crate) async fn read_throughput(dir: &Path, pki: &Path, s: &Sizes, pin: &Pin
             pid: supplier.id().expect("supplier pid"),
             path: "/nhs.gprollout.v1.ToggleService/GetPracticeFeature",
             requests: requests.clone(),
+        },
+        ReadTarget {
+            label: "flagd ResolveBoolean".into(),
+            addr,
+            pid: supplier.id().expect("supplier pid"),
+            path: "/flagd.evaluation.v2.Service/ResolveBoolean",
+            requests: flagd_requests.clone(),
         },
         ReadTarget {
             label: "bare tonic echo".into(),
@@ -239,17 +285,25 @@ pub(crate) async fn read_throughput(dir: &Path, pki: &Path, s: &Sizes, pin: &Pin
         &targets,
         &[
             format!("{} bytes", prost::Message::encoded_len(&answer)),
+            format!("{} bytes", prost::Message::encoded_len(&flagd_answer)),
             format!("{} bytes", requests[0].len()),
         ],
     );
-    let (low, high) = reads.range(0);
+    for (i, label) in [(0, "GetPracticeFeature"), (1, "flagd ResolveBoolean")] {
+        let (low, high) = reads.range(i);
+        println!(
+            "   {label} / echo throughput: median of rounds {:.2} (rounds {low:.2} to {high:.2}), overall {:.2} (target >= 0.85)",
+            reads.median(i),
+            reads.overall(i)
+        );
+    }
     println!(
-        "   throughput ratio: median of rounds {:.2} (rounds {low:.2} to {high:.2}), overall {:.2} (target >= 0.85)",
-        reads.median(0),
-        reads.overall(0)
+        "   flagd ResolveBoolean / GetPracticeFeature throughput, overall: {:.2}",
+        reads.overall(1) / reads.overall(0)
     );
     println!(
-        "   server CPU per call, echo / GetPracticeFeature: {:.2}",
-        reads.cpu_per_call(1) / reads.cpu_per_call(0)
+        "   server CPU per call, echo / GetPracticeFeature: {:.2}; echo / flagd ResolveBoolean: {:.2}",
+        reads.cpu_per_call(2) / reads.cpu_per_call(0),
+        reads.cpu_per_call(2) / reads.cpu_per_call(1)
     );
 }
