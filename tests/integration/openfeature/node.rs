@@ -318,6 +318,9 @@ async fn node_provider_through_the_sidecar_answers_as_get_practice_feature() {
     let held = [EMIS_QRP, EMIS_A, EMIS_B, EMIS_CLOSED];
     let mut asked: Vec<&str> = held.to_vec();
     asked.push(&tpp);
+    // A targeting key that is not an ODS code: INVALID_ARGUMENT, which this provider reports as
+    // TYPE_MISMATCH.
+    asked.push("not-a-code!");
     let e = evaluate(&tools, tmp.path(), sidecar.port, &asked).await;
     assert!(
         e.ready,
@@ -381,6 +384,22 @@ async fn node_provider_through_the_sidecar_answers_as_get_practice_feature() {
     assert_eq!(
         not_held["flagMetadata"]["reason"], "PRACTICE_NOT_HELD",
         "{not_held}"
+    );
+    let bad = &e.answers[5];
+    assert_eq!(
+        (&bad["value"], &bad["reason"], &bad["errorCode"]),
+        (
+            &Value::from(false),
+            &Value::from("ERROR"),
+            &Value::from("TYPE_MISMATCH")
+        ),
+        "{bad}"
+    );
+    assert!(
+        bad["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("targetingKey")),
+        "{bad}"
     );
 
     let log = sidecar.stop().await;
