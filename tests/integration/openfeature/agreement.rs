@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use prost_types::{Struct, Value, value::Kind};
 use rollout_core::{Scope, SupplierId};
+use rollout_proto::v1::control_service_client::ControlServiceClient;
 use rollout_proto::{
     flagd::evaluation::{v1, v2},
     v1::{self as pb, practice_feature::Reason as R, practice_feature::State as S},
@@ -65,12 +66,21 @@ struct Clients {
     v1: v1::service_client::ServiceClient<Channel>,
     v2: v2::service_client::ServiceClient<Channel>,
     emis: Vec<String>,
+    /// The coordinator's heartbeat (its client and latest sequence), sent before the reference
+    /// is read and every [`HEARTBEAT_EVERY`] practices, so that a fail-closed feature with the
+    /// shortest TTL stays in contact however slowly a pass goes; none once the test wants
+    /// control to go stale.
+    heartbeat: Option<(ControlServiceClient<Channel>, i64)>,
 }
+
+/// Practices compared between two heartbeats.
+const HEARTBEAT_EVERY: usize = 100;
 
 impl Clients {
     /// Compares every EMIS practice's three answers; returns how many practices had each
     /// (state, reason).
     async fn agree(&mut self) -> BTreeMap<(S, R), usize> {
+        self.beat().await;
         let names = self.emis.iter().map(|o| practice_feature(o)).collect();
         let reference = self
             .toggle
@@ -80,7 +90,10 @@ impl Clients {
             .into_inner()
             .practice_features;
         let mut seen = BTreeMap::new();
-        for (ods, p) in self.emis.iter().zip(&reference) {
+        for (i, (ods, p)) in self.emis.clone().iter().zip(&reference).enumerate() {
+            if i % HEARTBEAT_EVERY == HEARTBEAT_EVERY - 1 {
+                self.beat().await;
+            }
             *seen.entry((p.state(), p.reason())).or_default() += 1;
             let want = expected(p);
             let a = self
@@ -129,6 +142,18 @@ impl Clients {
         seen
     }
 
+    /// Sends the coordinator's heartbeat, if the test keeps control fresh.
+    async fn beat(&mut self) {
+        if let Some((control, target)) = &mut self.heartbeat {
+            control
+                .get_sync_state(pb::GetSyncStateRequest {
+                    target_sequence: *target,
+                })
+                .await
+                .expect("heartbeat");
+        }
+    }
+
     async fn resolve_all(&mut self, ods: &str) -> BTreeMap<String, v1::AnyFlag> {
         self.v1
             .resolve_all(v1::ResolveAllRequest {
@@ -157,6 +182,7 @@ async fn flagd_answers_agree_with_get_practice_feature_in_every_state() {
             .practices()
             .map(|p| p.ods.to_string())
             .collect(),
+        heartbeat: None,
     };
     let mut control = control(&files, &server);
 
@@ -173,6 +199,7 @@ async fn flagd_answers_agree_with_get_practice_feature_in_every_state() {
         define(1, Some(rollout_core::rules::MIN_CONTROL_TTL)),
     )
     .await;
+    c.heartbeat = Some((control.clone(), 1));
     let seen = c.agree().await;
     assert!(seen.contains_key(&(S::Disabled, R::NotLive)), "{seen:?}");
     assert!(
@@ -187,6 +214,7 @@ async fn flagd_answers_agree_with_get_practice_feature_in_every_state() {
         go_live(2, "golive-later", Scope::National, Some(later)),
     )
     .await;
+    c.heartbeat = Some((control.clone(), 2));
     assert!(c.agree().await.contains_key(&(S::Disabled, R::Scheduled)));
 
     // Live, with one ICB halted and one practice opted out.
@@ -203,6 +231,7 @@ async fn flagd_answers_agree_with_get_practice_feature_in_every_state() {
         ))
         .await
         .expect("opt out");
+    c.heartbeat = Some((control.clone(), 4));
     let seen = c.agree().await;
     for state in [
         (S::Enabled, R::Live),
@@ -221,6 +250,7 @@ async fn flagd_answers_agree_with_get_practice_feature_in_every_state() {
 
     // Control goes stale (no contact for the TTL): every practice off, CONTROL_STALE. The
     // answers change when the supplier's clock task sees the TTL pass; wait on a watch stream.
+    c.heartbeat = None;
     let mut watch = c
         .toggle
         .watch_practice_features(pb::WatchPracticeFeaturesRequest {
