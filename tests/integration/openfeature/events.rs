@@ -1,5 +1,6 @@
 //! The flagd EventStream: `provider_ready` first, a `configuration_change` naming the feature
-//! when a halt changes its answers, and a clean end when the server shuts down.
+//! when a halt changes its answers, and an end UNAVAILABLE `SHUTTING_DOWN` when the server
+//! shuts down.
 
 use std::time::Duration;
 
@@ -55,7 +56,7 @@ async fn event_stream_says_ready_then_names_a_halted_feature_and_ends_at_shutdow
         .into_inner();
     let first = next(&mut stream).await.expect("stream").expect("event");
     assert_eq!(first.r#type, "provider_ready");
-    // v1 says the same to the Rust provider.
+    // v1 says the same.
     let mut old = v1::service_client::ServiceClient::new(channel)
         .event_stream(v1::EventStreamRequest {})
         .await
@@ -78,7 +79,9 @@ async fn event_stream_says_ready_then_names_a_halted_feature_and_ends_at_shutdow
     assert_eq!(changed_flags(&change), [FEATURE]);
 
     // A command that changes no answer (a halt of what is already halted) sends nothing; the
-    // shutdown then ends the stream cleanly (OK, no error), with no event before the end.
+    // shutdown then ends the stream UNAVAILABLE `SHUTTING_DOWN`, with no event before the end:
+    // an error, because the Node provider reconnects after an error only, never after an OK
+    // end.
     apply(
         &mut control,
         halt(4, "halt-qn7-again", Scope::Icb("QN7".parse().expect("icb"))),
@@ -86,8 +89,23 @@ async fn event_stream_says_ready_then_names_a_halted_feature_and_ends_at_shutdow
     .await;
     let stop = tokio::spawn(server.stop());
     match next(&mut stream).await {
-        Ok(None) => {}
-        other => panic!("the stream ends cleanly at shutdown, not with {other:?}"),
+        Err(status) => {
+            crate::support::assert_refused(&status, tonic::Code::Unavailable, "SHUTTING_DOWN", "at shutdown")
+        }
+        other => panic!("the stream ends UNAVAILABLE at shutdown, not with {other:?}"),
     }
+    // v1 ends alike, after the change it was sent.
+    let old_end = async {
+        loop {
+            match old.message().await {
+                Ok(Some(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+    };
+    let old_end = tokio::time::timeout(Duration::from_secs(10), old_end)
+        .await
+        .expect("v1 ends");
+    assert_eq!(old_end.map_err(|s| s.code()), Err(tonic::Code::Unavailable));
     stop.await.expect("stopped");
 }

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use prost_types::{Struct, Value, value::Kind};
-use rollout_net::IdentitySlot;
+use rollout_net::{ApiError, IdentitySlot};
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
 
@@ -54,9 +54,18 @@ pub(super) async fn run(
     let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
     loop {
         let event = tokio::select! {
-            // The server is shutting down: end the stream (OK); the provider reconnects, to
-            // another replica if there is one.
-            _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => return,
+            // The server is shutting down: end the stream with UNAVAILABLE, which every
+            // provider takes as a reason to open it again (the Node provider reconnects on an
+            // error only, never after an OK end), to another replica if there is one.
+            _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => {
+                let status = ApiError::unavailable(
+                    "SHUTTING_DOWN",
+                    "the server is shutting down: open the event stream again (on another \
+                     replica, or here once the server is back)",
+                );
+                let _ = tx.send(Err(status.into())).await;
+                return;
+            }
             _ = tx.closed() => return,
             _ = keep_alive.tick() => ("keep_alive".to_owned(), None),
             received = rx.recv() => match received {

@@ -218,7 +218,7 @@ impl Handlers {
 
     /// Starts an EventStream: `provider_ready`, then a `configuration_change` per feature whose
     /// answers change and a `keep_alive` every 20 s, until the client goes or the server shuts
-    /// down (then the stream ends with OK, and the provider reconnects). Counts against the
+    /// down (then the stream ends UNAVAILABLE `SHUTTING_DOWN`, and the provider reconnects). Counts against the
     /// caller's watch-stream budget, like WatchPracticeFeatures.
     pub(crate) fn events<T: Send + 'static>(
         &self,
