@@ -21,8 +21,13 @@ use crate::{
 const FREEZE: &str = "year-end change freeze";
 
 /// The stack (cegedim frozen with `freeze`) with the coordinator reaching `through` by a proxy.
+/// Its heartbeat is a minute: once the proxy holds answers, a heartbeat sent before the command
+/// under test would hold up delivery to `through` until that call's deadline, and every later
+/// call (a new connection's handshake included) is held too, so the command would never reach
+/// the supplier. Delivery itself needs no heartbeat: a command is sent when it is dispatched.
 async fn via_proxy(freeze: Option<&str>, through: &'static str) -> (Stack, Proxy) {
     let mut stack = Stack::suppliers(freeze).await;
+    stack.heartbeat = Duration::from_secs(60);
     let proxy = Proxy::start(stack.suppliers[through].2).await;
     stack.via.insert(through, proxy.addr);
     stack.start_coordinator().await;
