@@ -15,7 +15,7 @@ use tonic::{Code, transport::Channel};
 use crate::support::{
     FEATURE, assert_refused, channel_as, define, feature_name, go_live, halt, practice_feature,
     reference_estate,
-    supplier::{EMIS_B, EMIS_CLOSED, apply, control, emis, settings, toggle},
+    supplier::{EMIS_B, EMIS_CLOSED, apply, control, emis, toggle},
 };
 
 /// The evaluation context of a practice.
@@ -224,13 +224,7 @@ async fn flagd_answers_agree_with_get_practice_feature_in_every_state() {
         halt(4, "halt-qn7", Scope::Icb("QN7".parse().expect("icb"))),
     )
     .await;
-    settings(&files, "practice-admin-emis", &server)
-        .set_practice_opt_out(crate::supplier::opt_out_request(
-            EMIS_B,
-            "5f0c7a52-2d1e-4b8a-9c3f-7e6d5a4b3c21",
-        ))
-        .await
-        .expect("opt out");
+    super::opt_out_emis_b(&files, &server).await;
     c.heartbeat = Some((control.clone(), 4));
     let seen = c.agree().await;
     for state in [

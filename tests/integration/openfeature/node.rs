@@ -11,16 +11,15 @@ use std::{
     time::Duration,
 };
 
-use rollout_core::{Scope, SupplierId};
+use rollout_core::Scope;
 use rollout_proto::v1::practice_feature::State as S;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
 use crate::support::{
-    FEATURE, define, go_live, halt,
+    FEATURE, define, go_live,
     process::Process,
-    reference_estate,
-    supplier::{EMIS_A, EMIS_B, EMIS_CLOSED, EMIS_QRP, apply, control, emis, get, settings, toggle},
+    supplier::{EMIS_A, EMIS_B, EMIS_CLOSED, EMIS_QRP, apply, control, emis, get, toggle},
 };
 
 /// The programs and packages the test runs.
@@ -282,29 +281,10 @@ async fn evaluate(tools: &Tools, dir: &Path, port: u16, practices: &[&str]) -> E
 async fn node_provider_through_the_sidecar_answers_as_get_practice_feature() {
     let Some(tools) = tools() else { return };
     let (tmp, files, server) = emis().await;
-    let mut control = control(&files, &server);
-    apply(&mut control, define(1, None)).await;
-    apply(&mut control, go_live(2, "golive-1", Scope::National, None)).await;
-    // EMIS_A's ICB halted, EMIS_B opted out, EMIS_QRP enabled, EMIS_CLOSED closed.
-    apply(
-        &mut control,
-        halt(3, "halt-qn7", Scope::Icb("QN7".parse().expect("icb"))),
-    )
-    .await;
-    settings(&files, "practice-admin-emis", &server)
-        .set_practice_opt_out(crate::supplier::opt_out_request(
-            EMIS_B,
-            "0b8e3c1d-6f2a-4c5e-9a7b-1d2e3f4a5b6c",
-        ))
-        .await
-        .expect("opt out");
-    // A practice of another supplier: answered fail-closed, PRACTICE_NOT_HELD.
-    let tpp = reference_estate()
-        .for_supplier(&SupplierId::parse("tpp").expect("tpp"))
-        .practices()
-        .find(|p| p.status == rollout_core::PracticeStatus::Active)
-        .map(|p| p.ods.to_string())
-        .expect("a TPP practice");
+    // EMIS_A's ICB halted, EMIS_B opted out, EMIS_QRP enabled, EMIS_CLOSED closed; and a
+    // practice of another supplier, answered fail-closed, PRACTICE_NOT_HELD.
+    super::live_with_a_halt_and_an_opt_out(&files, &server, "QN7").await;
+    let tpp = super::tpp_practice();
 
     let sidecar = Sidecar::start(
         &tools,

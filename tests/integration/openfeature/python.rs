@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use rollout_core::{PracticeStatus, Scope, SupplierId};
+use rollout_core::{PracticeStatus, SupplierId};
 use rollout_proto::v1::practice_feature::Reason as R;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, BufReader},
@@ -21,8 +21,8 @@ use tokio::{
 };
 
 use crate::support::{
-    FEATURE, define, go_live, halt, practices, reference_estate,
-    supplier::{EMIS_A, EMIS_B, EMIS_CLOSED, EMIS_QRP, apply, control, emis, get, settings, toggle},
+    FEATURE, halt, practices, reference_estate,
+    supplier::{EMIS_A, EMIS_B, EMIS_CLOSED, EMIS_QRP, apply, emis, get, toggle},
 };
 
 /// The line the suite prints once it listens for configuration changes.
@@ -100,16 +100,6 @@ fn another_emis_practice() -> String {
         .expect("another active EMIS practice")
 }
 
-/// An active practice of another supplier.
-fn tpp_practice() -> String {
-    reference_estate()
-        .for_supplier(&SupplierId::parse("tpp").expect("tpp"))
-        .practices()
-        .find(|p| p.status == PracticeStatus::Active)
-        .map(|p| p.ods.to_string())
-        .expect("a TPP practice")
-}
-
 #[tokio::test]
 async fn the_python_sdk_and_flagd_provider_evaluate_over_mutual_tls() {
     let python = match python() {
@@ -125,25 +115,10 @@ async fn the_python_sdk_and_flagd_provider_evaluate_over_mutual_tls() {
         }
     };
     let (_tmp, files, server) = emis().await;
-    let mut control = control(&files, &server);
-    let (live_halt, not_held) = (another_emis_practice(), tpp_practice());
-
+    let (live_halt, not_held) = (another_emis_practice(), super::tpp_practice());
     // Live everywhere; ICB QRP halted; EMIS_B opted out by its practice admin; EMIS_CLOSED is
     // a closed practice.
-    apply(&mut control, define(1, None)).await;
-    apply(&mut control, go_live(2, "golive-1", Scope::National, None)).await;
-    apply(
-        &mut control,
-        halt(3, "halt-qrp", Scope::Icb("QRP".parse().expect("icb"))),
-    )
-    .await;
-    settings(&files, "practice-admin-emis", &server)
-        .set_practice_opt_out(crate::supplier::opt_out_request(
-            EMIS_B,
-            "0b9d3c1e-6f4a-4c2b-8e7d-1a2b3c4d5e6f",
-        ))
-        .await
-        .expect("opt out");
+    let mut control = super::live_with_a_halt_and_an_opt_out(&files, &server, "QRP").await;
     let mut toggle = toggle(&files, "backend-emis", &server);
     for (ods, reason) in [
         (EMIS_A, R::Live),
