@@ -17,8 +17,8 @@ use crate::support::{binary, grpcurl::grpcurl};
 /// A port base whose 15 ports are all free now.
 pub fn free_base() -> u16 {
     let all_free = |base: u16| {
-        (0..15u16)
-            .map(|i| if i < 5 { base + i } else { base + 5 + i })
+        ports(base)
+            .into_iter()
             .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
     };
     (0..200)
@@ -27,11 +27,11 @@ pub fn free_base() -> u16 {
         .expect("a free port range")
 }
 
-/// The stack's 10 ports for the port base `base`.
+/// The stack's 15 ports for the port base `base`: gRPC, plaintext health, metrics.
 pub fn ports(base: u16) -> Vec<u16> {
-    (0..5)
-        .map(|i| base + i)
-        .chain((10..15).map(|i| base + i))
+    [0, 10, 20]
+        .into_iter()
+        .flat_map(|offset| (offset..offset + 5).map(move |i| base + i))
         .collect()
 }
 

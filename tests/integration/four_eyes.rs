@@ -98,9 +98,13 @@ impl World {
             budgets: Default::default(),
         };
         let coordinator = Running::start(|listener, health, stop| async move {
-            rollout_coordinator::serve(config, listener, Some(health), async {
-                let _ = stop.await;
-            })
+            rollout_coordinator::serve(
+                config,
+                rollout_net::server::Listeners::new(listener, Some(health)),
+                async {
+                    let _ = stop.await;
+                },
+            )
             .await
         })
         .await;

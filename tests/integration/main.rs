@@ -16,6 +16,7 @@ mod four_eyes;
 mod history;
 mod hostile;
 mod limits;
+mod metrics;
 mod mtls;
 mod not_delivered;
 mod openfeature;

@@ -238,9 +238,13 @@ async fn restart_cegedim(stack: &mut Stack, freeze: Option<&str>, wiped: bool) {
     let config = entry.0.config(freeze);
     entry.1 = Some(
         Running::start_at(entry.2, |listener, health, stop| async move {
-            rollout_supplier::serve(config, listener, Some(health), async {
-                let _ = stop.await;
-            })
+            rollout_supplier::serve(
+                config,
+                rollout_net::server::Listeners::new(listener, Some(health)),
+                async {
+                    let _ = stop.await;
+                },
+            )
             .await
         })
         .await,

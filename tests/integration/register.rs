@@ -412,9 +412,13 @@ async fn restart_with_map(stack: &mut Stack, id: &str, map: &Path) {
     let mut config = entry.0.config(None);
     config.estate = Some((reference_files().0, map.to_owned()));
     let running = Running::start_at(entry.2, |listener, health, stop| async move {
-        rollout_supplier::serve(config, listener, Some(health), async {
-            let _ = stop.await;
-        })
+        rollout_supplier::serve(
+            config,
+            rollout_net::server::Listeners::new(listener, Some(health)),
+            async {
+                let _ = stop.await;
+            },
+        )
         .await
     })
     .await;
@@ -426,9 +430,13 @@ async fn start_coordinator_with_map(stack: &mut Stack, map: &Path) {
     let mut config = stack.coordinator_config();
     config.estate.1 = map.to_owned();
     let running = Running::start_at(stack.coordinator_addr, |listener, health, stop| async move {
-        rollout_coordinator::serve(config, listener, Some(health), async {
-            let _ = stop.await;
-        })
+        rollout_coordinator::serve(
+            config,
+            rollout_net::server::Listeners::new(listener, Some(health)),
+            async {
+                let _ = stop.await;
+            },
+        )
         .await
     })
     .await;

@@ -168,9 +168,13 @@ async fn world(kind: Kind) -> World {
             };
             Server::Supplier(
                 Running::start(|listener, health, stop| async move {
-                    rollout_supplier::serve(config, listener, Some(health), async {
-                        let _ = stop.await;
-                    })
+                    rollout_supplier::serve(
+                        config,
+                        rollout_net::server::Listeners::new(listener, Some(health)),
+                        async {
+                            let _ = stop.await;
+                        },
+                    )
                     .await
                 })
                 .await,
@@ -192,9 +196,13 @@ async fn world(kind: Kind) -> World {
             };
             Server::Coordinator(
                 Running::start(|listener, health, stop| async move {
-                    rollout_coordinator::serve(config, listener, Some(health), async {
-                        let _ = stop.await;
-                    })
+                    rollout_coordinator::serve(
+                        config,
+                        rollout_net::server::Listeners::new(listener, Some(health)),
+                        async {
+                            let _ = stop.await;
+                        },
+                    )
                     .await
                 })
                 .await,
@@ -404,9 +412,13 @@ async fn the_coordinator_refuses_a_supplier_with_an_unexpected_identity() {
         }
     }
     let running = Running::start(|listener, health, stop| async move {
-        rollout_coordinator::serve(config, listener, Some(health), async {
-            let _ = stop.await;
-        })
+        rollout_coordinator::serve(
+            config,
+            rollout_net::server::Listeners::new(listener, Some(health)),
+            async {
+                let _ = stop.await;
+            },
+        )
         .await
     })
     .await;

@@ -174,9 +174,13 @@ impl Stack {
     pub async fn start_coordinator(&mut self) {
         let config = self.coordinator_config();
         let run = |listener, health, stop: tokio::sync::oneshot::Receiver<()>| async move {
-            rollout_coordinator::serve(config, listener, Some(health), async {
-                let _ = stop.await;
-            })
+            rollout_coordinator::serve(
+                config,
+                rollout_net::server::Listeners::new(listener, Some(health)),
+                async {
+                    let _ = stop.await;
+                },
+            )
             .await
         };
         let running = if self.coordinator_addr.port() == 0 {
@@ -208,9 +212,13 @@ impl Stack {
         let entry = self.suppliers.get_mut(id).expect("supplier");
         let config = entry.0.config(None);
         let running = Running::start_at(entry.2, |listener, health, stop| async move {
-            rollout_supplier::serve(config, listener, Some(health), async {
-                let _ = stop.await;
-            })
+            rollout_supplier::serve(
+                config,
+                rollout_net::server::Listeners::new(listener, Some(health)),
+                async {
+                    let _ = stop.await;
+                },
+            )
             .await
         })
         .await;

@@ -54,12 +54,14 @@ use rollout_net::{
     Access, AccessTable, Admission, AuthLayer, ConnectionBudget, Drain, Identity, MessageLimits, PolicyFile,
     Role,
     cli::{ConnectionArgs, LogArgs, ShutdownArgs, TlsArgs},
+    metrics::Metrics,
+    server::Listeners,
     tls::{self, ClientTrust, ReloadingServerConfig, TlsFiles},
 };
 use rollout_proto::v1::coordinator_service_server::CoordinatorServiceServer;
 use rollout_store::coordinator::SqlCoordinatorStore;
 use serde::Deserialize;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 pub use crate::coordinator::SupplierEndpoint;
@@ -75,6 +77,10 @@ pub struct Args {
     /// Address of the plaintext health port for probes (health only). `off` disables it.
     #[arg(long, env = "ROLLOUT_HEALTH_LISTEN", default_value = "127.0.0.1:50060")]
     pub health_listen: String,
+    /// Address of the plaintext Prometheus metrics port (`GET /metrics`; keep it on loopback or
+    /// a pod network: it needs no certificate). `off` disables it.
+    #[arg(long, env = "ROLLOUT_METRICS_LISTEN", default_value = "127.0.0.1:9460")]
+    pub metrics_listen: String,
     /// The server's TLS files. The same certificate is the coordinator's client certificate
     /// towards the suppliers.
     #[command(flatten)]
@@ -458,15 +464,14 @@ fn supplier_channels(
     Ok(channels)
 }
 
-/// Runs the coordinator on `listener` (mutual TLS) and, if given, `health_listener` (plaintext
-/// health) until `shutdown` resolves; delivery tasks run alongside. Then, within the grace
+/// Runs the coordinator on `listeners` (mutual TLS, and the plaintext health and metrics ports
+/// that are on) until `shutdown` resolves; delivery tasks run alongside. Then, within the grace
 /// period, sets health NOT_SERVING, stops delivery and accepting, ends every stream with
 /// UNAVAILABLE, lets calls in flight finish, writes the queued refusals to the audit log and
 /// closes the store.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
-    health_listener: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let drain = Drain::new(config.shutdown_grace);
@@ -534,6 +539,13 @@ pub async fn serve(
         reloaded.reload_if_changed();
     }));
 
+    let admission = Admission::new(config.budgets.connection);
+    let metrics = listeners.metrics.map(|l| {
+        let mut m = Metrics::new("coordinator", &[rollout_proto::FILE_DESCRIPTOR_SET]);
+        m.observe_admission(&admission);
+        m.observe_refusals(&refusals);
+        (l, m)
+    });
     let handlers = service::Handlers::new(
         core.clone(),
         read_channels,
@@ -543,35 +555,23 @@ pub async fn serve(
         refusals,
     )
     .with_tls_warnings(tls::TlsWarnings::new(tls.clone(), Some(trust.clone())));
-    let admission = Admission::new(config.budgets.connection);
     let (reporter, health) = rollout_net::server::health();
     let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection(&[SERVICE])?;
     reporter
         .set_service_status(SERVICE, tonic_health::ServingStatus::Serving)
         .await;
-    info!(addr = ?listener.local_addr().ok(), health = ?health_listener.as_ref().and_then(|l| l.local_addr().ok()), grace = ?config.shutdown_grace, "coordinator listening");
+    info!(addr = ?listeners.grpc.local_addr().ok(), health = ?listeners.health.as_ref().and_then(|l| l.local_addr().ok()), grace = ?config.shutdown_grace, "coordinator listening");
 
-    let plaintext = async {
-        match health_listener {
-            Some(l) => rollout_net::server::serve_plaintext_health(l, health.clone(), &drain).await,
-            None => Ok(()),
-        }
-    };
-    let main = rollout_net::server::builder_for(&admission)
+    let main = rollout_net::server::builder_for(&admission, metrics.as_ref().map(|(_, m)| m.rpc()))
         .layer(auth)
         .layer(drain.layer())
         .add_service(health.clone())
         .add_service(reflect_v1)
         .add_service(reflect_v1alpha)
         .add_service(CoordinatorServiceServer::new(handlers).with_message_limits())
-        .serve_with_incoming_shutdown(tls::incoming_for(listener, tls, &admission), drain.begun());
-    let servers = async {
-        let (main, plaintext) = tokio::join!(main, plaintext);
-        if let Err(e) = &plaintext {
-            warn!(error = %e, "plaintext health server failed");
-        }
-        main
-    };
+        .serve_with_incoming_shutdown(tls::incoming_for(listeners.grpc, tls, &admission), drain.begun());
+    let plaintext = rollout_net::server::serve_plaintext(listeners.health, health.clone(), metrics, &drain);
+    let servers = async { tokio::join!(main, plaintext).0 };
     let stopping = async {
         rollout_net::server::set_not_serving(&reporter, &[SERVICE]).await;
         // Delivery stops; WatchCommand streams end themselves, saying how to resume.

@@ -14,14 +14,14 @@ static ALLOCATOR: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let (log, listen, health) = (args.log.clone(), args.listen, args.health_listen.clone());
+    let (log, listen) = (args.log.clone(), args.listen);
+    let (health, metrics) = (args.health_listen.clone(), args.metrics_listen.clone());
     rollout_net::server::run_binary(
         "rollout-coordinator",
         &log,
         listen,
         &health,
-        |listener, health, shutdown| async move {
-            serve(Config::try_from(args)?, listener, health, shutdown).await
-        },
+        &metrics,
+        |listeners, shutdown| async move { serve(Config::try_from(args)?, listeners, shutdown).await },
     )
 }

@@ -58,6 +58,76 @@ struct Shared {
     refused_connections: Refusals,
     queued_handshakes: Refusals,
     refused_streams: Arc<Refusals>,
+    /// Refused handshakes, by [`HandshakeFailure`].
+    handshake_failures: [AtomicU64; HandshakeFailure::ALL.len()],
+}
+
+/// Why a TLS handshake on the port failed, in a few kinds an operator acts on differently (a
+/// label of `gprollout_tls_handshake_failures_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The client presented no certificate.
+    NoClientCertificate,
+    /// The client's certificate has expired (or is not valid yet).
+    CertificateExpired,
+    /// The client's certificate is revoked by a CRL the server holds.
+    CertificateRevoked,
+    /// The client's certificate was not issued by a CA the server trusts.
+    UnknownIssuer,
+    /// Any other problem with the client's certificate.
+    BadCertificate,
+    /// Not completed within [`HANDSHAKE_TIMEOUT`].
+    Timeout,
+    /// Any other TLS error: not TLS at all, no common protocol version or cipher suite, an alert.
+    Protocol,
+    /// The connection failed or closed during the handshake.
+    Io,
+}
+
+impl HandshakeFailure {
+    /// Every kind, in the order of their counts.
+    pub const ALL: [HandshakeFailure; 8] = [
+        HandshakeFailure::NoClientCertificate,
+        HandshakeFailure::CertificateExpired,
+        HandshakeFailure::CertificateRevoked,
+        HandshakeFailure::UnknownIssuer,
+        HandshakeFailure::BadCertificate,
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Protocol,
+        HandshakeFailure::Io,
+    ];
+
+    /// The kind of a handshake's error.
+    pub fn of(error: &io::Error) -> HandshakeFailure {
+        use rustls::{CertificateError as C, Error as E};
+        let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<E>()) else {
+            return HandshakeFailure::Io;
+        };
+        match tls {
+            E::NoCertificatesPresented => HandshakeFailure::NoClientCertificate,
+            E::InvalidCertificate(
+                C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
+            ) => HandshakeFailure::CertificateExpired,
+            E::InvalidCertificate(C::Revoked) => HandshakeFailure::CertificateRevoked,
+            E::InvalidCertificate(C::UnknownIssuer) => HandshakeFailure::UnknownIssuer,
+            E::InvalidCertificate(_) => HandshakeFailure::BadCertificate,
+            _ => HandshakeFailure::Protocol,
+        }
+    }
+
+    /// The label value: the kind in snake case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::NoClientCertificate => "no_client_certificate",
+            HandshakeFailure::CertificateExpired => "certificate_expired",
+            HandshakeFailure::CertificateRevoked => "certificate_revoked",
+            HandshakeFailure::UnknownIssuer => "unknown_issuer",
+            HandshakeFailure::BadCertificate => "bad_certificate",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Protocol => "protocol",
+            HandshakeFailure::Io => "io",
+        }
+    }
 }
 
 /// An [`Admission`]'s counts at one moment.
@@ -89,6 +159,7 @@ impl Admission {
                 refused_connections: Refusals::new(),
                 queued_handshakes: Refusals::new(),
                 refused_streams: Arc::new(Refusals::new()),
+                handshake_failures: Default::default(),
             }),
         }
     }
@@ -109,6 +180,15 @@ impl Admission {
             queued_handshakes: s.queued_handshakes.total(),
             refused_streams: s.refused_streams.total(),
         }
+    }
+
+    /// Handshakes refused since start, by kind (in the order of [`HandshakeFailure::ALL`]).
+    pub fn handshake_failures(&self) -> [(HandshakeFailure, u64); HandshakeFailure::ALL.len()] {
+        HandshakeFailure::ALL.map(|k| (k, self.shared.handshake_failures[k as usize].load(Relaxed)))
+    }
+
+    fn handshake_failed(&self, kind: HandshakeFailure) {
+        self.shared.handshake_failures[kind as usize].fetch_add(1, Relaxed);
     }
 
     /// The layer that holds each connection to the stream budget, counting into this admission.
@@ -382,10 +462,13 @@ async fn handshake(
             })
         }
         Ok(Err(error)) => {
-            warn!(peer = %remote_addr, %error, "tls handshake refused");
+            let kind = HandshakeFailure::of(&error);
+            admission.handshake_failed(kind);
+            warn!(peer = %remote_addr, %error, reason = kind.as_str(), "tls handshake refused");
             None
         }
         Err(_) => {
+            admission.handshake_failed(HandshakeFailure::Timeout);
             warn!(peer = %remote_addr, "tls handshake timed out");
             None
         }

@@ -4,7 +4,13 @@
 //! and counts the rest into one summary event written when the window ends. At shutdown
 //! [`AuditQueue::flush`] writes what is still queued and every count, before the store closes.
 
-use std::{net::SocketAddr, pin::Pin, sync::Arc, time::SystemTime};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
 
 use rollout_core::audit::{AuditDraft, AuditOutcome};
 use tokio::{
@@ -35,6 +41,7 @@ pub struct Refusals {
     limiter: Arc<Limiter>,
     queue: mpsc::Sender<AuditDraft>,
     write: Writer,
+    by_reason: Arc<Mutex<BTreeMap<&'static str, u64>>>,
 }
 
 impl std::fmt::Debug for Refusals {
@@ -70,6 +77,7 @@ where
         limiter: limiter.clone(),
         queue: tx.clone(),
         write,
+        by_reason: Arc::default(),
     };
     let queue = AuditQueue {
         tx,
@@ -86,10 +94,12 @@ impl Refusals {
         Arc::new(self.clone())
     }
 
-    /// Records a handler's refusal (`draft` marked refused): written before this returns if
-    /// the limiter records it on its own (so it is in the log when the caller is answered), or
-    /// counted for its caller's summary. Never fails: a write that fails is counted instead.
-    pub async fn refused(&self, draft: AuditDraft) {
+    /// Records a handler's refusal (`draft` marked refused, `reason` its ErrorInfo reason):
+    /// written before this returns if the limiter records it on its own (so it is in the log
+    /// when the caller is answered), or counted for its caller's summary. Never fails: a write
+    /// that fails is counted instead.
+    pub async fn refused(&self, reason: &'static str, draft: AuditDraft) {
+        self.count(reason);
         let now = SystemTime::now();
         match self.limiter.admit(&draft, now) {
             Admit::Record => match (self.write)(draft.clone()).await {
@@ -105,6 +115,21 @@ impl Refusals {
                     summarising(&draft, self.limiter.limits());
                 }
             }
+        }
+    }
+
+    /// Refused calls since start by ErrorInfo reason (a reason is a constant of the code, so
+    /// the set is bounded), for the metrics.
+    pub fn by_reason(&self) -> Vec<(&'static str, u64)> {
+        match self.by_reason.lock() {
+            Ok(m) => m.iter().map(|(r, n)| (*r, *n)).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn count(&self, reason: &'static str) {
+        if let Ok(mut m) = self.by_reason.lock() {
+            *m.entry(reason).or_default() += 1;
         }
     }
 
@@ -129,6 +154,7 @@ fn summarising(d: &AuditDraft, limits: &Limits) {
 
 impl DenialObserver for Refusals {
     fn denied(&self, d: Denial) {
+        self.count(d.reason);
         let draft = denial_draft(&d);
         let now = SystemTime::now();
         match self.limiter.admit(&draft, now) {

@@ -142,13 +142,13 @@ impl From<ApiError> for Status {
     }
 }
 
-/// Runs a mutating call and, if it is refused, hands `draft` (marked refused, with the error as
-/// its reason) to `record` before answering. Acceptances are recorded by the write itself, in
+/// Runs a mutating call and, if it is refused, hands the error's ErrorInfo reason and `draft`
+/// (marked refused, with the error as its reason) to `record` before answering. Acceptances are recorded by the write itself, in
 /// the same transaction as the change.
 pub async fn audited<T, F>(
     draft: rollout_core::audit::AuditDraft,
     call: impl Future<Output = Result<T, ApiError>>,
-    record: impl FnOnce(rollout_core::audit::AuditDraft) -> F,
+    record: impl FnOnce(&'static str, rollout_core::audit::AuditDraft) -> F,
 ) -> Result<tonic::Response<T>, Status>
 where
     F: Future<Output = ()>,
@@ -156,11 +156,14 @@ where
     match call.await {
         Ok(v) => Ok(tonic::Response::new(v)),
         Err(e) => {
-            record(rollout_core::audit::AuditDraft {
-                outcome: rollout_core::audit::AuditOutcome::Refused,
-                reason: e.to_string(),
-                ..draft
-            })
+            record(
+                e.reason(),
+                rollout_core::audit::AuditDraft {
+                    outcome: rollout_core::audit::AuditOutcome::Refused,
+                    reason: e.to_string(),
+                    ..draft
+                },
+            )
             .await;
             Err(e.into())
         }

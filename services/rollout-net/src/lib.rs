@@ -7,8 +7,8 @@
 //! them ([`refusals`]), the one mapping from errors to `tonic::Status` ([`error`]), the message
 //! limits and the page byte budget ([`limits`]), health, reflection, HTTP/2 settings and the
 //! shutdown signal ([`server`]), what happens between that signal and the exit ([`drain`]),
-//! work that finishes whatever its caller does ([`detached`]), and logging set-up
-//! ([`telemetry`]).
+//! work that finishes whatever its caller does ([`detached`]), the Prometheus metrics both
+//! services share and their endpoint ([`metrics`]), and logging set-up ([`telemetry`]).
 
 pub mod accept;
 pub mod audit_queue;
@@ -19,6 +19,7 @@ pub mod detached;
 pub mod drain;
 pub mod error;
 pub mod limits;
+pub mod metrics;
 pub mod policy;
 pub mod refusals;
 pub mod server;

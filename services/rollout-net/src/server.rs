@@ -9,22 +9,89 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::server::{HealthReporter, health_reporter};
-use tower::layer::util::{Identity, Stack};
+use tower::{
+    layer::util::{Identity, Stack},
+    util::Either,
+};
 
 use crate::{
     accept::Admission,
     budget::{ConnectionBudget, StreamBudgetLayer},
     drain::Drain,
     limits::{MessageLimits, OverLimitLayer, over_limit_layer},
+    metrics::{Metrics, RpcMetrics, RpcMetricsLayer},
 };
+
+/// The `Server` builder of [`builder_for`]: its layers, outermost first, are the metrics (when
+/// on), the message limit and the stream budget.
+pub type Builder = Server<
+    Stack<StreamBudgetLayer, Stack<OverLimitLayer, Stack<Either<RpcMetricsLayer, Identity>, Identity>>>,
+>;
+
+/// The ports a server binary serves: the mutual-TLS port, and the plaintext health and metrics
+/// ports when they are on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The mutual-TLS gRPC port.
+    pub grpc: TcpListener,
+    /// The plaintext health port (`--health-listen`).
+    pub health: Option<TcpListener>,
+    /// The plaintext metrics port (`--metrics-listen`).
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// The mutual-TLS port and the health port, with metrics off.
+    pub fn new(grpc: TcpListener, health: Option<TcpListener>) -> Listeners {
+        Listeners {
+            grpc,
+            health,
+            metrics: None,
+        }
+    }
+
+    /// With metrics served on `metrics`.
+    pub fn with_metrics(self, metrics: TcpListener) -> Listeners {
+        Listeners {
+            metrics: Some(metrics),
+            ..self
+        }
+    }
+}
+
+/// Serves the plaintext ports, each if it is on, until `drain` begins: health (see
+/// [`serve_plaintext_health`]) and `/metrics` (see [`Metrics::serve`]). A failure of either is
+/// logged and ends only that port: the mutual-TLS port goes on serving.
+pub async fn serve_plaintext(
+    health_listener: Option<TcpListener>,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    metrics: Option<(TcpListener, Metrics)>,
+    drain: &Drain,
+) {
+    let health = async {
+        if let Some(l) = health_listener
+            && let Err(e) = serve_plaintext_health(l, health, drain).await
+        {
+            tracing::warn!(error = %e, "plaintext health server failed");
+        }
+    };
+    let metrics = async {
+        if let Some((l, m)) = metrics
+            && let Err(e) = std::sync::Arc::new(m).serve(l, drain.begun()).await
+        {
+            tracing::warn!(error = %e, "metrics server failed");
+        }
+    };
+    tokio::join!(health, metrics);
+}
 
 /// The error of setting up reflection.
 pub use tonic_reflection::server::Error as ReflectionError;
 
 /// [`builder_for`] with the default [`ConnectionBudget`] (for servers whose connections are
 /// not made by [`crate::accept::incoming_for`] with an admission of their own).
-pub fn builder() -> Server<Stack<StreamBudgetLayer, Stack<OverLimitLayer, Identity>>> {
-    builder_for(&Admission::new(ConnectionBudget::default()))
+pub fn builder() -> Builder {
+    builder_for(&Admission::new(ConnectionBudget::default()), None)
 }
 
 /// A `Server` builder with the HTTP/2 settings every server here uses: as many streams per
@@ -34,11 +101,11 @@ pub fn builder() -> Server<Stack<StreamBudgetLayer, Stack<OverLimitLayer, Identi
 /// that drop dead peers; with the [`OverLimitLayer`], which answers a request over the message
 /// limit RESOURCE_EXHAUSTED (the services' own limits are set on each with
 /// [`with_message_limits`](MessageLimits::with_message_limits)), and the
-/// [`StreamBudgetLayer`], which holds each connection to its stream budget.
-pub fn builder_for(
-    admission: &Admission,
-) -> Server<Stack<StreamBudgetLayer, Stack<OverLimitLayer, Identity>>> {
+/// [`StreamBudgetLayer`], which holds each connection to its stream budget; outside them
+/// `metrics`' layer, if given, so that it counts their refusals too.
+pub fn builder_for(admission: &Admission, metrics: Option<&RpcMetrics>) -> Builder {
     Server::builder()
+        .layer(tower::util::option_layer(metrics.map(RpcMetrics::layer)))
         .max_concurrent_streams(admission.budget().http2_max_concurrent_streams())
         .initial_connection_window_size(16 * 1024 * 1024)
         .initial_stream_window_size(1024 * 1024)
@@ -183,18 +250,20 @@ pub async fn shutdown_signal() {
 }
 
 /// The body of a server binary's `main`, after it has parsed its arguments: sets up logging and
-/// the crypto provider, binds the gRPC port at `listen` and the plaintext health port at
-/// `health` (unless it is `off`), runs `serve` until SIGINT or SIGTERM (passed to it as the
-/// shutdown future), and turns the outcome into an exit status with a one-line error.
+/// the crypto provider, binds the gRPC port at `listen` and the plaintext health and metrics
+/// ports at `health` and `metrics` (each unless it is `off`), runs `serve` until SIGINT or
+/// SIGTERM (passed to it as the shutdown future), and turns the outcome into an exit status
+/// with a one-line error.
 pub fn run_binary<F, Fut, E>(
     name: &str,
     log: &crate::cli::LogArgs,
     listen: SocketAddr,
     health: &str,
+    metrics: &str,
     serve: F,
 ) -> ExitCode
 where
-    F: FnOnce(TcpListener, Option<TcpListener>, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    F: FnOnce(Listeners, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: Display,
 {
@@ -215,14 +284,25 @@ where
             Ok(l) => l,
             Err(e) => return fail(format!("cannot listen on {listen}: {e}")),
         };
-        let health_listener = match health {
-            "off" => None,
-            addr => match TcpListener::bind(addr).await {
-                Ok(l) => Some(l),
-                Err(e) => return fail(format!("cannot listen on {addr} (health): {e}")),
-            },
+        let mut plaintext = [None, None];
+        for ((addr, what), slot) in [(health, "health"), (metrics, "metrics")]
+            .into_iter()
+            .zip(&mut plaintext)
+        {
+            if addr != "off" {
+                match TcpListener::bind(addr).await {
+                    Ok(l) => *slot = Some(l),
+                    Err(e) => return fail(format!("cannot listen on {addr} ({what}): {e}")),
+                }
+            }
+        }
+        let [health, metrics] = plaintext;
+        let listeners = Listeners {
+            grpc: listener,
+            health,
+            metrics,
         };
-        match serve(listener, health_listener, Box::pin(shutdown_signal())).await {
+        match serve(listeners, Box::pin(shutdown_signal())).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e.to_string()),
         }

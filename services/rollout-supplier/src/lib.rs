@@ -8,6 +8,7 @@
 
 mod engine;
 mod fanout;
+mod metrics;
 mod service;
 mod snapshot;
 
@@ -27,6 +28,8 @@ use rollout_core::{
 use rollout_net::{
     Access, AccessTable, Admission, AuthLayer, ConnectionBudget, Drain, MessageLimits, PolicyFile, Role,
     cli::{ConnectionArgs, LogArgs, ShutdownArgs, TlsArgs},
+    metrics::Metrics,
+    server::Listeners,
     tls::{self, ReloadingServerConfig, TlsFiles},
 };
 use rollout_proto::flagd::evaluation::{
@@ -38,7 +41,7 @@ use rollout_proto::v1::{
     toggle_service_server::ToggleServiceServer,
 };
 use rollout_store::supplier::SqlSupplierStore;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub use engine::Engine;
@@ -58,6 +61,10 @@ pub struct Args {
     /// pod network). Set to `off` to disable.
     #[arg(long, env = "ROLLOUT_HEALTH_LISTEN", default_value = "127.0.0.1:50061")]
     pub health_listen: String,
+    /// Address of the plaintext Prometheus metrics port (`GET /metrics`; keep it on loopback or
+    /// a pod network: it needs no certificate). Set to `off` to disable.
+    #[arg(long, env = "ROLLOUT_METRICS_LISTEN", default_value = "127.0.0.1:9461")]
+    pub metrics_listen: String,
     #[command(flatten)]
     pub tls: TlsArgs,
     /// Role policy (TOML): which client identities hold which roles. Roles used here:
@@ -352,15 +359,14 @@ async fn background(
     Ok(())
 }
 
-/// Runs the supplier service on `listener` (mutual TLS) and, if given, `health_listener`
-/// (plaintext health) until `shutdown` resolves; then, within the grace period, sets health
+/// Runs the supplier service on `listeners` (mutual TLS, and the plaintext health and metrics
+/// ports that are on) until `shutdown` resolves; then, within the grace period, sets health
 /// NOT_SERVING, stops accepting, ends every stream with UNAVAILABLE (watch streams with the
 /// version to resume from), lets calls in flight finish, writes the queued refusals to the
 /// audit log and closes the store.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
-    health_listener: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let drain = Drain::new(config.shutdown_grace);
@@ -387,6 +393,15 @@ pub async fn serve(
     }));
     background(&engine, &store_handle, &stop_rx).await?;
 
+    let admission = Admission::new(config.budgets.connection);
+    let metrics = listeners.metrics.map(|l| {
+        let mut m = Metrics::new("supplier", &[rollout_proto::FILE_DESCRIPTOR_SET]);
+        m.observe_admission(&admission);
+        m.observe_refusals(&refusals);
+        m.registry()
+            .register_collector(Box::new(metrics::SupplierCollector(engine.clone())));
+        (l, m)
+    });
     let handlers = service::Handlers::new(
         engine.clone(),
         stop_rx.clone(),
@@ -394,7 +409,6 @@ pub async fn serve(
         refusals,
     )
     .with_tls_warnings(tls::TlsWarnings::new(tls.clone(), None));
-    let admission = Admission::new(config.budgets.connection);
     let (reporter, health) = rollout_net::server::health();
     let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection(&SERVICES)?;
     for name in SERVICES {
@@ -402,17 +416,11 @@ pub async fn serve(
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
     }
-    let addr = listener.local_addr().ok();
-    let health_addr = health_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let addr = listeners.grpc.local_addr().ok();
+    let health_addr = listeners.health.as_ref().and_then(|l| l.local_addr().ok());
     info!(supplier = %config.supplier, addr = ?addr, health = ?health_addr, grace = ?config.shutdown_grace, "supplier service listening");
 
-    let plaintext = async {
-        match health_listener {
-            Some(l) => rollout_net::server::serve_plaintext_health(l, health.clone(), &drain).await,
-            None => Ok(()),
-        }
-    };
-    let main = rollout_net::server::builder_for(&admission)
+    let main = rollout_net::server::builder_for(&admission, metrics.as_ref().map(|(_, m)| m.rpc()))
         .layer(auth)
         .layer(drain.layer())
         .add_service(health.clone())
@@ -424,14 +432,9 @@ pub async fn serve(
         .add_service(AuditServiceServer::new(handlers.clone()).with_message_limits())
         .add_service(FlagdV1Server::new(handlers.clone()).with_message_limits())
         .add_service(FlagdV2Server::new(handlers).with_message_limits())
-        .serve_with_incoming_shutdown(tls::incoming_for(listener, tls, &admission), drain.begun());
-    let servers = async {
-        let (main, plaintext) = tokio::join!(main, plaintext);
-        if let Err(e) = &plaintext {
-            warn!(error = %e, "plaintext health server failed");
-        }
-        main
-    };
+        .serve_with_incoming_shutdown(tls::incoming_for(listeners.grpc, tls, &admission), drain.begun());
+    let plaintext = rollout_net::server::serve_plaintext(listeners.health, health.clone(), metrics, &drain);
+    let servers = async { tokio::join!(main, plaintext).0 };
     let stopping = async {
         rollout_net::server::set_not_serving(&reporter, &SERVICES).await;
         // The watch streams end themselves, with the version to resume from.

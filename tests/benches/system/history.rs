@@ -31,8 +31,8 @@ pub(crate) async fn long_history_part(dir: &Path, pki: &Path, s: &Sizes, pin: &P
     // them: one ApplyCommand after another.
     let addrs = [free_addr(), free_addr()];
     let mut children = [
-        spawn_supplier(dir, pki, pin, "info", "young", addrs[0]),
-        spawn_supplier(dir, pki, pin, "info", "long", addrs[1]),
+        spawn_supplier(dir, pki, pin, "info", ("young", addrs[0]), &[]),
+        spawn_supplier(dir, pki, pin, "info", ("long", addrs[1]), &[]),
     ];
     let mut built = Duration::ZERO;
     for (addr, commands) in addrs.iter().zip([&young, &long]) {
@@ -188,7 +188,7 @@ pub(crate) async fn long_history_part(dir: &Path, pki: &Path, s: &Sizes, pin: &P
     for _ in 0..s.restarts {
         for (i, name) in ["young", "long"].iter().enumerate() {
             let t = Instant::now();
-            let mut child = spawn_supplier(dir, pki, pin, "info", name, addrs[i]);
+            let mut child = spawn_supplier(dir, pki, pin, "info", (name, addrs[i]), &[]);
             answer_at(pki, addrs[i], &probe, targets_at[i]).await;
             figures[i].starts.push(t.elapsed());
             let pid = child.id().expect("pid");

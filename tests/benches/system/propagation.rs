@@ -44,7 +44,11 @@ pub(crate) async fn coordinator_stack(
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(rollout_coordinator::serve(config, listener, None, shutdown));
+    tokio::spawn(rollout_coordinator::serve(
+        config,
+        rollout_net::server::Listeners::new(listener, None),
+        shutdown,
+    ));
     let mut alice = CoordinatorServiceClient::new(channel(pki, "alice", addr));
     let bob = CoordinatorServiceClient::new(channel(pki, "bob", addr));
     alice

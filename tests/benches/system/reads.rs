@@ -13,11 +13,13 @@ pub(crate) struct ReadTarget {
     pub(crate) requests: Arc<Vec<prost::bytes::Bytes>>,
 }
 
-/// What a read comparison measured: each target's totals (the echo baseline last), and for
-/// each other target the ratio of its throughput to the echo's in each round, sorted.
+/// What a read comparison measured: each target's totals (the echo baseline last), for each
+/// other target the ratio of its throughput to the echo's in each round, sorted, and every
+/// target's throughput in each round.
 pub(crate) struct Reads {
     pub(crate) sides: Vec<Side>,
     pub(crate) ratios: Vec<Vec<f64>>,
+    pub(crate) rounds: Vec<Vec<f64>>,
 }
 
 impl Reads {
@@ -28,6 +30,25 @@ impl Reads {
 
     pub(crate) fn range(&self, i: usize) -> (f64, f64) {
         (self.ratios[i][0], self.ratios[i][self.ratios[i].len() - 1])
+    }
+
+    /// Target `i`'s throughput over target `j`'s in each round, sorted.
+    fn ratios_between(&self, i: usize, j: usize) -> Vec<f64> {
+        let mut r: Vec<f64> = self.rounds.iter().map(|rps| rps[i] / rps[j]).collect();
+        r.sort_by(f64::total_cmp);
+        r
+    }
+
+    /// The median of [`Reads::ratios_between`].
+    pub(crate) fn median_between(&self, i: usize, j: usize) -> f64 {
+        let r = self.ratios_between(i, j);
+        (r[(r.len() - 1) / 2] + r[r.len() / 2]) / 2.0
+    }
+
+    /// The lowest and highest of [`Reads::ratios_between`].
+    pub(crate) fn range_between(&self, i: usize, j: usize) -> (f64, f64) {
+        let r = self.ratios_between(i, j);
+        (r[0], r[r.len() - 1])
     }
 
     pub(crate) fn overall(&self, i: usize) -> f64 {
@@ -41,7 +62,7 @@ impl Reads {
     pub(crate) fn print(&self, targets: &[ReadTarget], answers: &[String]) {
         for ((t, side), answer) in targets.iter().zip(&self.sides).zip(answers) {
             println!(
-                "   {:<20}  {:>7.0} rps   p50 {}   p99 {}   server CPU {:.1} us/call ({:.0}% of its core)   answer {answer}",
+                "   {:<30}  {:>7.0} rps   p50 {}   p99 {}   server CPU {:.1} us/call ({:.0}% of its core)   answer {answer}",
                 t.label,
                 side.rps(),
                 ms(percentile(&side.latencies, 0.5)),
@@ -169,6 +190,7 @@ pub(crate) async fn read_rounds(pki: &Path, s: &Sizes, pin: &Pinning, targets: &
     let n = targets.len();
     let mut sides: Vec<Side> = (0..n).map(|_| Side::default()).collect();
     let mut ratios = vec![Vec::new(); n - 1];
+    let mut rounds = Vec::new();
     for r in 0..s.rounds {
         let mut rps = vec![0.0; n];
         for k in 0..n {
@@ -186,6 +208,7 @@ pub(crate) async fn read_rounds(pki: &Path, s: &Sizes, pin: &Pinning, targets: &
         for (i, ratio) in ratios.iter_mut().enumerate() {
             ratio.push(rps[i] / rps[n - 1]);
         }
+        rounds.push(rps);
     }
     pin.release();
     for ratio in &mut ratios {
@@ -194,7 +217,11 @@ pub(crate) async fn read_rounds(pki: &Path, s: &Sizes, pin: &Pinning, targets: &
     for side in &mut sides {
         side.latencies.sort();
     }
-    Reads { sides, ratios }
+    Reads {
+        sides,
+        ratios,
+        rounds,
+    }
 }
 
 /// Each name's encoded flagd v2 ResolveBooleanRequest: the feature of the name, its practice as
@@ -228,7 +255,17 @@ pub(crate) fn encoded_flagd_requests(names: &[String]) -> Arc<Vec<prost::bytes::
 }
 
 pub(crate) async fn read_throughput(dir: &Path, pki: &Path, s: &Sizes, pin: &Pinning) {
-    let (supplier, addr) = supplier_process(dir, pki, pin, "info").await;
+    let (supplier, addr) = supplier_process(dir, pki, pin, ("info", "supplier"), &[]).await;
+    // The same supplier with its metrics port on, so the layer that counts each call is there.
+    let metrics_addr = free_addr().to_string();
+    let (metered, metered_addr) = supplier_process(
+        dir,
+        pki,
+        pin,
+        ("info", "supplier-metrics"),
+        &["--metrics-listen", &metrics_addr],
+    )
+    .await;
     let (echo_child, echo_addr) = echo_process(pki, pin).await;
     let names = emis_names();
     let requests = encoded_requests(&names, false);
@@ -265,6 +302,13 @@ pub(crate) async fn read_throughput(dir: &Path, pki: &Path, s: &Sizes, pin: &Pin
             requests: flagd_requests.clone(),
         },
         ReadTarget {
+            label: "GetPracticeFeature, metrics on".into(),
+            addr: metered_addr,
+            pid: metered.id().expect("supplier pid"),
+            path: "/nhs.gprollout.v1.ToggleService/GetPracticeFeature",
+            requests: requests.clone(),
+        },
+        ReadTarget {
             label: "bare tonic echo".into(),
             addr: echo_addr,
             pid: echo_child.id().expect("echo pid"),
@@ -286,8 +330,17 @@ pub(crate) async fn read_throughput(dir: &Path, pki: &Path, s: &Sizes, pin: &Pin
         &[
             format!("{} bytes", prost::Message::encoded_len(&answer)),
             format!("{} bytes", prost::Message::encoded_len(&flagd_answer)),
+            format!("{} bytes", prost::Message::encoded_len(&answer)),
             format!("{} bytes", requests[0].len()),
         ],
+    );
+    let (low, high) = reads.range_between(2, 0);
+    println!(
+        "   metrics on / off (GetPracticeFeature) throughput: median of rounds {:.2} (rounds {low:.2} to {high:.2}), overall {:.2} (target >= 0.95); server CPU per call, off / on: {:.2}; calls the metered supplier counted: {}",
+        reads.median_between(2, 0),
+        reads.overall(2) / reads.overall(0),
+        reads.cpu_per_call(0) / reads.cpu_per_call(2),
+        counted_calls(&metrics_addr).await,
     );
     for (i, label) in [(0, "GetPracticeFeature"), (1, "flagd ResolveBoolean")] {
         let (low, high) = reads.range(i);
@@ -303,7 +356,34 @@ pub(crate) async fn read_throughput(dir: &Path, pki: &Path, s: &Sizes, pin: &Pin
     );
     println!(
         "   server CPU per call, echo / GetPracticeFeature: {:.2}; echo / flagd ResolveBoolean: {:.2}",
-        reads.cpu_per_call(2) / reads.cpu_per_call(0),
-        reads.cpu_per_call(2) / reads.cpu_per_call(1)
+        reads.cpu_per_call(3) / reads.cpu_per_call(0),
+        reads.cpu_per_call(3) / reads.cpu_per_call(1)
     );
+}
+
+/// The GetPracticeFeature calls a supplier's `/metrics` at `addr` says it completed (so that
+/// the figures above are known to have gone through the layer).
+async fn counted_calls(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else {
+        return "none (metrics port not answering)".into();
+    };
+    let mut text = String::new();
+    if tcp
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .is_err()
+        || tcp.read_to_string(&mut text).await.is_err()
+    {
+        return "none (metrics not read)".into();
+    }
+    text.lines()
+        .find(|l| {
+            l.starts_with("gprollout_grpc_server_handled_total{")
+                && l.contains("grpc_method=\"GetPracticeFeature\"")
+                && l.contains("grpc_code=\"OK\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or("none")
+        .to_owned()
 }

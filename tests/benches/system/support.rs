@@ -70,8 +70,7 @@ impl InProcess {
         self.stop = Some(stop);
         self.task = Some(tokio::spawn(rollout_supplier::serve(
             config,
-            listener,
-            None,
+            rollout_net::server::Listeners::new(listener, None),
             async {
                 let _ = stopped.await;
             },
@@ -368,14 +367,15 @@ pub(crate) fn free_addr() -> SocketAddr {
 }
 
 /// Spawns a `rollout-supplier` process for EMIS on `addr`, on the SQLite store `NAME.db` in
-/// `dir` (created if missing), importing the synthetic estate at start, logging to `NAME.log`.
+/// `dir` (created if missing), importing the synthetic estate at start, logging to `NAME.log`;
+/// `args` are added to its command line (metrics are off unless they turn them on).
 pub(crate) fn spawn_supplier(
     dir: &Path,
     pki: &Path,
     pin: &Pinning,
     log: &str,
-    name: &str,
-    addr: SocketAddr,
+    (name, addr): (&str, SocketAddr),
+    args: &[&str],
 ) -> tokio::process::Child {
     let policy = policy(
         dir,
@@ -400,6 +400,8 @@ pub(crate) fn spawn_supplier(
             "--health-listen",
             "off",
         ])
+        // Metrics off unless a part asks (`--metrics-listen` overrides it).
+        .env("ROLLOUT_METRICS_LISTEN", "off")
         .arg("--tls-ca")
         .arg(pki.join("ca.pem"))
         .arg("--tls-cert")
@@ -416,6 +418,7 @@ pub(crate) fn spawn_supplier(
         .arg(practices)
         .arg("--supplier-map")
         .arg(map)
+        .args(args)
         .env("ROLLOUT_LOG", log)
         .stderr(log_file)
         .kill_on_drop(true)
@@ -424,15 +427,17 @@ pub(crate) fn spawn_supplier(
 }
 
 /// Starts a `rollout-supplier` process for EMIS on SQLite with the synthetic estate, waits until
-/// it answers, and makes the feature live nationally.
+/// it answers, and makes the feature live nationally; its store and log are named `name`, and
+/// `args` are added to its command line.
 pub(crate) async fn supplier_process(
     dir: &Path,
     pki: &Path,
     pin: &Pinning,
-    log: &str,
+    (log, name): (&str, &str),
+    args: &[&str],
 ) -> (tokio::process::Child, SocketAddr) {
     let addr = free_addr();
-    let child = spawn_supplier(dir, pki, pin, log, "supplier", addr);
+    let child = spawn_supplier(dir, pki, pin, log, (name, addr), args);
     let mut control = ControlServiceClient::new(channel(pki, "coordinator", addr));
     let start = Instant::now();
     while control

@@ -18,7 +18,7 @@ pub(crate) fn memory_mib(pid: u32, field: &str) -> f64 {
 }
 
 pub(crate) async fn watch_fan_out(dir: &Path, pki: &Path, s: &Sizes, pin: &Pinning) {
-    let (mut child, addr) = supplier_process(dir, pki, pin, "warn").await;
+    let (mut child, addr) = supplier_process(dir, pki, pin, ("warn", "supplier"), &[]).await;
     let mut control = ControlServiceClient::new(channel(pki, "coordinator", addr));
     let estate = rollout_store::reference::read_estate(&data().0, &data().1).expect("estate");
     let codes: Vec<String> = estate

@@ -191,7 +191,7 @@ async fn handshakes_past_the_budget_wait_their_turn_and_connections_past_it_are_
     });
     let (_reporter, health) = rollout_net::server::health();
     tokio::spawn(
-        rollout_net::server::builder_for(&admission)
+        rollout_net::server::builder_for(&admission, None)
             .add_service(health)
             .serve_with_incoming(rollout_net::tls::incoming_for(listener, tls, &admission)),
     );

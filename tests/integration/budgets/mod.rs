@@ -49,9 +49,13 @@ pub async fn emis_within(
         ..files.config(None)
     };
     let running = Running::start(|listener, health, stop| async move {
-        rollout_supplier::serve(config, listener, Some(health), async {
-            let _ = stop.await;
-        })
+        rollout_supplier::serve(
+            config,
+            rollout_net::server::Listeners::new(listener, Some(health)),
+            async {
+                let _ = stop.await;
+            },
+        )
         .await
     })
     .await;

@@ -50,9 +50,13 @@ async fn coordinator_with_held_emis(
         budgets: rollout_coordinator::Budgets::default(),
     };
     let coordinator = Running::start(|listener, health, stop| async move {
-        rollout_coordinator::serve(config, listener, Some(health), async {
-            let _ = stop.await;
-        })
+        rollout_coordinator::serve(
+            config,
+            rollout_net::server::Listeners::new(listener, Some(health)),
+            async {
+                let _ = stop.await;
+            },
+        )
         .await
     })
     .await;

@@ -96,7 +96,10 @@ pub fn coordinator_command(
         .arg("--practice-file")
         .arg(practices)
         .arg("--supplier-map")
-        .arg(map);
+        .arg(map)
+        // Metrics off unless a test asks (`--metrics-listen` overrides it): processes of tests
+        // running at once would all want the default port.
+        .env("ROLLOUT_METRICS_LISTEN", "off");
     command
 }
 

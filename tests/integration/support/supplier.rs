@@ -109,16 +109,40 @@ impl SupplierFiles {
         .arg("--practice-file")
         .arg(practices)
         .arg("--supplier-map")
-        .arg(map);
+        .arg(map)
+        // Metrics off unless a test asks (`--metrics-listen` overrides it).
+        .env("ROLLOUT_METRICS_LISTEN", "off");
         cmd
+    }
+
+    /// As [`SupplierFiles::start`], with the metrics port on too: the server and its address.
+    pub async fn start_with_metrics(&self) -> (Running<rollout_supplier::Error>, std::net::SocketAddr) {
+        let config = self.config(None);
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind metrics");
+        let metrics_addr = metrics.local_addr().expect("metrics address");
+        let running = Running::start(|listener, health, stop| async move {
+            let listeners = rollout_net::server::Listeners::new(listener, Some(health)).with_metrics(metrics);
+            rollout_supplier::serve(config, listeners, async {
+                let _ = stop.await;
+            })
+            .await
+        })
+        .await;
+        (running, metrics_addr)
     }
 
     pub async fn start(&self, freeze: Option<&str>) -> Running<rollout_supplier::Error> {
         let config = self.config(freeze);
         Running::start(|listener, health, stop| async move {
-            rollout_supplier::serve(config, listener, Some(health), async {
-                let _ = stop.await;
-            })
+            rollout_supplier::serve(
+                config,
+                rollout_net::server::Listeners::new(listener, Some(health)),
+                async {
+                    let _ = stop.await;
+                },
+            )
             .await
         })
         .await

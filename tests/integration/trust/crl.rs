@@ -30,9 +30,13 @@ async fn a_revoked_supplier_is_refused_and_a_stale_crl_is_enforced_and_shown_in_
     config.tls.crls = vec![crl.clone()];
     config.supplier_crls = vec![crl];
     let running = Running::start(|listener, health, stop| async move {
-        rollout_coordinator::serve(config, listener, Some(health), async {
-            let _ = stop.await;
-        })
+        rollout_coordinator::serve(
+            config,
+            rollout_net::server::Listeners::new(listener, Some(health)),
+            async {
+                let _ = stop.await;
+            },
+        )
         .await
     })
     .await;

@@ -110,7 +110,10 @@ impl Handlers {
         draft: AuditDraft,
         call: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<Response<T>, Status> {
-        rollout_net::audited(draft, call, |refused| self.refusals.refused(refused)).await
+        rollout_net::audited(draft, call, |reason, refused| {
+            self.refusals.refused(reason, refused)
+        })
+        .await
     }
 
     /// A halt, resume or go-live: validates (the action last, after the feature name),

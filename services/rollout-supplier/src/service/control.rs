@@ -4,7 +4,10 @@ use rollout_core::HistoryHash;
 use tokio_stream::StreamExt;
 
 use super::*;
-use crate::engine::SnapshotHeader;
+use crate::{
+    engine::SnapshotHeader,
+    metrics::{ANSWERS, answer},
+};
 
 pub(super) const CONTROL: &str = "/nhs.gprollout.v1.ControlService";
 /// Most chunks one snapshot may take (at most 1 MiB each, a snapshot of 1 GiB): past that
@@ -44,23 +47,20 @@ impl Handlers {
             .answers
             .iter()
             .map(|(feature, answers)| {
-                let mut c = pb::FeatureCounts {
+                let mut n = [0; ANSWERS.len()];
+                for (_, state, reason) in answers {
+                    n[answer(*state, *reason)] += 1;
+                }
+                pb::FeatureCounts {
                     feature: format!("features/{feature}"),
                     practices: i32::try_from(answers.len()).unwrap_or(i32::MAX),
-                    ..Default::default()
-                };
-                for (_, state, reason) in answers {
-                    let slot = match (state, reason) {
-                        (State::Enabled, _) => &mut c.enabled,
-                        (State::Unknown, _) => &mut c.unknown,
-                        (_, Reason::Halted) => &mut c.halted,
-                        (_, Reason::OptedOut) => &mut c.opted_out,
-                        (_, Reason::NotLive | Reason::Scheduled) => &mut c.not_live,
-                        _ => &mut c.other_disabled,
-                    };
-                    *slot += 1;
+                    enabled: n[0],
+                    halted: n[1],
+                    opted_out: n[2],
+                    not_live: n[3],
+                    other_disabled: n[4],
+                    unknown: n[5],
                 }
-                c
             })
             .collect();
         counts.sort_by(|a, b| a.feature.cmp(&b.feature));

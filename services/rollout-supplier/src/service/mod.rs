@@ -89,7 +89,10 @@ impl Handlers {
         draft: AuditDraft,
         call: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<Response<T>, Status> {
-        rollout_net::audited(draft, call, |refused| self.refusals.refused(refused)).await
+        rollout_net::audited(draft, call, |reason, refused| {
+            self.refusals.refused(reason, refused)
+        })
+        .await
     }
 }
 

@@ -21,7 +21,8 @@ pub enum Dev {
         /// Where the PKI, databases, configuration and logs live.
         #[arg(long, env = "ROLLOUT_DEV_STATE_DIR", default_value = ".gprollout-dev")]
         state_dir: PathBuf,
-        /// Coordinator on N, suppliers on N+1..N+4, plaintext health on N+10..N+14.
+        /// Coordinator on N, suppliers on N+1..N+4, plaintext health on N+10..N+14, Prometheus
+        /// metrics on N+20..N+24.
         #[arg(long, env = "ROLLOUT_DEV_PORT_BASE", default_value_t = 50050)]
         port_base: u16,
         /// On Ctrl-C or SIGTERM: each server's --shutdown-grace (the time it has to end its
@@ -45,9 +46,9 @@ impl Dev {
             port_base,
             shutdown_grace,
         } = self;
-        if port_base > u16::MAX - 20 {
+        if port_base > u16::MAX - 24 {
             return Err(usage(format!(
-                "--port-base {port_base} leaves no room for the stack's 15 ports"
+                "--port-base {port_base} leaves no room for the stack's ports (N to N+24)"
             )));
         }
         dev::up(

@@ -3,7 +3,8 @@
 //! estate, and a national go-live then halt run through the coordinator, until Ctrl-C.
 //!
 //! Ports (README.md, "What runs"): coordinator on N, suppliers emis, tpp, cegedim,
-//! microtest on N+1..N+4, plaintext health on N+10 (coordinator) and N+11..N+14.
+//! microtest on N+1..N+4, plaintext health on N+10 (coordinator) and N+11..N+14, Prometheus
+//! metrics on N+20 (coordinator) and N+21..N+24.
 
 use std::{
     fmt,
@@ -77,6 +78,11 @@ impl Layout {
         self.base + 10 + i as u16
     }
 
+    /// The plaintext metrics ports: coordinator first, then the suppliers.
+    pub fn metrics(&self, i: usize) -> u16 {
+        self.base + 20 + i as u16
+    }
+
     fn pki(&self) -> PathBuf {
         self.dir.join("pki")
     }
@@ -94,7 +100,8 @@ fn write(path: &Path, contents: &[u8]) -> Result<(), CliError> {
 fn check_ports(layout: &Layout) -> Result<(), CliError> {
     let ports = std::iter::once(layout.coordinator())
         .chain((0..4).map(|i| layout.supplier(i)))
-        .chain((0..5).map(|i| layout.health(i)));
+        .chain((0..5).map(|i| layout.health(i)))
+        .chain((0..5).map(|i| layout.metrics(i)));
     for port in ports {
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
             return Err(fail(format!(
@@ -335,6 +342,8 @@ fn supplier_args(layout: &Layout, i: usize, s: &str, grace: Duration) -> Vec<Str
         format!("127.0.0.1:{}", layout.supplier(i)),
         "--health-listen".into(),
         format!("127.0.0.1:{}", layout.health(i + 1)),
+        "--metrics-listen".into(),
+        format!("127.0.0.1:{}", layout.metrics(i + 1)),
         "--policy".into(),
         layout.dir.join(format!("policy-{s}.toml")).display().to_string(),
         "--database-url".into(),
@@ -361,6 +370,8 @@ fn coordinator_args(layout: &Layout, grace: Duration) -> Vec<String> {
         format!("127.0.0.1:{}", layout.coordinator()),
         "--health-listen".into(),
         format!("127.0.0.1:{}", layout.health(0)),
+        "--metrics-listen".into(),
+        format!("127.0.0.1:{}", layout.metrics(0)),
         "--policy".into(),
         layout.dir.join("policy-coordinator.toml").display().to_string(),
         "--suppliers".into(),
@@ -388,17 +399,19 @@ async fn start(layout: &Layout, grace: Duration, procs: &mut Vec<Proc>) -> Resul
         let args = supplier_args(layout, i, s, grace);
         procs.push(spawn(layout, &format!("supplier-{s}"), &supplier_bin, args)?);
         say!(
-            "starting supplier {s} on localhost:{} (health localhost:{})",
+            "starting supplier {s} on localhost:{} (health localhost:{}, metrics http://localhost:{}/metrics)",
             layout.supplier(i),
-            layout.health(i + 1)
+            layout.health(i + 1),
+            layout.metrics(i + 1)
         );
     }
     let args = coordinator_args(layout, grace);
     procs.push(spawn(layout, "coordinator", &coordinator_bin, args)?);
     say!(
-        "starting coordinator on localhost:{} (health localhost:{})",
+        "starting coordinator on localhost:{} (health localhost:{}, metrics http://localhost:{}/metrics)",
         layout.coordinator(),
-        layout.health(0)
+        layout.health(0),
+        layout.metrics(0)
     );
 
     let deadline = Instant::now() + Duration::from_secs(60);

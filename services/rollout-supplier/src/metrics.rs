@@ -1,0 +1,114 @@
+//! The supplier's own Prometheus metrics, read from the serving snapshot at each scrape (never
+//! on a call's path): the applied sequence, each feature's practices by answer, the age of the
+//! coordinator's last contact that counted, and whether each fail-closed feature is off for
+//! want of it. The `feature` label is a feature key: features are defined by commands, a
+//! handful at most, never a practice.
+
+use std::{fmt, sync::Arc, time::SystemTime};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, gauge::ConstGauge},
+};
+use rollout_core::{Reason, State, rules::FailMode};
+
+use crate::engine::Engine;
+
+/// The answers a practice's state and reason are counted under.
+pub(crate) const ANSWERS: [&str; 6] = [
+    "enabled",
+    "halted",
+    "opted_out",
+    "not_live",
+    "other_disabled",
+    "unknown",
+];
+
+/// The index in [`ANSWERS`] of an answer.
+pub(crate) fn answer(state: State, reason: Reason) -> usize {
+    match (state, reason) {
+        (State::Enabled, _) => 0,
+        (State::Unknown, _) => 5,
+        (_, Reason::Halted) => 1,
+        (_, Reason::OptedOut) => 2,
+        (_, Reason::NotLive | Reason::Scheduled) => 3,
+        _ => 4,
+    }
+}
+
+/// Reports the engine's state at each scrape.
+#[derive(Debug)]
+pub(crate) struct SupplierCollector(pub(crate) Arc<Engine>);
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> fmt::Result {
+    let g = ConstGauge::new(value);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for SupplierCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let s = self.0.current();
+        gauge(
+            &mut encoder,
+            "supplier_applied_sequence",
+            "The last command sequence this supplier has applied (or rejected)",
+            s.book.applied_sequence() as f64,
+        )?;
+        if let Some(contact) = self.0.last_contact() {
+            let age = SystemTime::now()
+                .duration_since(contact)
+                .unwrap_or_default()
+                .as_secs_f64();
+            gauge(
+                &mut encoder,
+                "supplier_contact_age_seconds",
+                "Seconds since the coordinator's last contact that counted (absent until the \
+                 first)",
+                age,
+            )?;
+        }
+        let mut features: Vec<_> = s.answers.iter().collect();
+        features.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        {
+            let mut family = encoder.encode_descriptor(
+                "supplier_practices",
+                "Practices this supplier holds, by feature and answer (enabled, halted, \
+                 opted_out, not_live, other_disabled: not active, held or control stale; \
+                 unknown: never synchronised)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (feature, answers) in &features {
+                let mut counts = [0i64; ANSWERS.len()];
+                for (_, state, reason) in answers.iter() {
+                    counts[answer(*state, *reason)] += 1;
+                }
+                for (name, n) in ANSWERS.iter().zip(counts) {
+                    ConstGauge::new(n)
+                        .encode(family.encode_family(&[("feature", feature.as_str()), ("answer", name)])?)?;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "supplier_control_stale",
+            "1 while a fail-closed feature is off everywhere for want of the coordinator's \
+             contact (its control TTL passed), else 0",
+            None,
+            MetricType::Gauge,
+        )?;
+        for f in s.book.features() {
+            if !matches!(f.def.fail_mode, FailMode::Closed { .. }) {
+                continue;
+            }
+            let stale = s.answers.get(&f.def.key).is_some_and(|answers| {
+                answers
+                    .iter()
+                    .any(|(_, _, reason)| *reason == Reason::ControlStale)
+            });
+            ConstGauge::new(i64::from(stale))
+                .encode(family.encode_family(&[("feature", f.def.key.as_str())])?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,47 @@
+//! The Prometheus metrics of both services, scraped from their plaintext `/metrics` ports:
+//! per-method gRPC figures, refusals and TLS handshake failures counted by reason.
+
+mod rpc;
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `GET /metrics` at `addr` over plain HTTP/1.1, as Prometheus scrapes it: the content type and
+/// the body.
+pub async fn scrape(addr: SocketAddr) -> (String, String) {
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to /metrics");
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send the request");
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.expect("read the answer");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .expect("a content type");
+    (content_type, body.to_owned())
+}
+
+/// The value of the sample `name` whose labels include every one of `labels`, if there is one.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let (series, _) = l.rsplit_once(' ').unwrap_or((l, ""));
+            let bare = series.split('{').next().unwrap_or(series);
+            bare == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
