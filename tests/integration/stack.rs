@@ -34,6 +34,8 @@ pub struct Stack {
     >,
     pub coordinator: Option<Running<rollout_coordinator::Error>>,
     pub coordinator_addr: SocketAddr,
+    /// The coordinator's `/metrics` address, once it has started (its metrics are always on).
+    pub coordinator_metrics: Option<SocketAddr>,
     pub coordinator_db: PathBuf,
     /// The coordinator's database URL when it is not the SQLite file `coordinator_db`.
     pub coordinator_url: Option<String>,
@@ -103,6 +105,7 @@ impl Stack {
             suppliers,
             coordinator: None,
             coordinator_addr: "127.0.0.1:0".parse().expect("addr"),
+            coordinator_metrics: None,
             estate,
             via: BTreeMap::new(),
             heartbeat: Duration::from_millis(200),
@@ -173,10 +176,14 @@ impl Stack {
     /// Starts (or restarts, on the same port) the coordinator.
     pub async fn start_coordinator(&mut self) {
         let config = self.coordinator_config();
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind metrics");
+        self.coordinator_metrics = Some(metrics.local_addr().expect("metrics address"));
         let run = |listener, health, stop: tokio::sync::oneshot::Receiver<()>| async move {
             rollout_coordinator::serve(
                 config,
-                rollout_net::server::Listeners::new(listener, Some(health)),
+                rollout_net::server::Listeners::new(listener, Some(health)).with_metrics(metrics),
                 async {
                     let _ = stop.await;
                 },

@@ -22,6 +22,7 @@ mod impact;
 mod in_force;
 #[cfg(test)]
 mod measure;
+mod metrics;
 mod model;
 mod preview;
 mod recovery;
@@ -544,6 +545,7 @@ pub async fn serve(
         let mut m = Metrics::new("coordinator", &[rollout_proto::FILE_DESCRIPTOR_SET]);
         m.observe_admission(&admission);
         m.observe_refusals(&refusals);
+        metrics::CoordinatorMetrics::observe(&mut m, &core);
         (l, m)
     });
     let handlers = service::Handlers::new(

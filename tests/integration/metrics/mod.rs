@@ -1,6 +1,7 @@
 //! The Prometheus metrics of both services, scraped from their plaintext `/metrics` ports:
 //! per-method gRPC figures, refusals and TLS handshake failures counted by reason.
 
+mod coordinator;
 mod rpc;
 
 use std::net::SocketAddr;

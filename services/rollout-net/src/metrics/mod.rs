@@ -10,7 +10,7 @@
 
 pub mod rpc;
 
-use std::{fmt, net::SocketAddr, sync::Arc};
+use std::{fmt, net::SocketAddr, pin::Pin, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
@@ -28,12 +28,23 @@ use crate::{Admission, audit_queue::Refusals};
 /// The content type of the OpenMetrics text format.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// Work done before each scrape (see [`Metrics::before_scrape`]).
+type Refresh = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 /// A server's metrics, built before it serves: [`Metrics::registry`] takes the service's own,
 /// then [`Metrics::serve`] answers scrapes.
-#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     rpc: RpcMetrics,
+    refresh: Vec<Refresh>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics")
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Metrics {
@@ -54,7 +65,28 @@ impl Metrics {
         ];
         let sets: Vec<&[u8]> = descriptor_sets.iter().copied().chain(standard).collect();
         let rpc = RpcMetrics::new(&mut registry, &sets);
-        Metrics { registry, rpc }
+        Metrics {
+            registry,
+            rpc,
+            refresh: Vec::new(),
+        }
+    }
+
+    /// Runs `refresh` before each scrape is encoded: for figures read from state that only an
+    /// `await` reaches (a model behind an async lock), set into the service's own gauges.
+    pub fn before_scrape<F>(&mut self, refresh: impl Fn() -> F + Send + Sync + 'static)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.refresh.push(Box::new(move || Box::pin(refresh())));
+    }
+
+    /// The metrics now, after every [`Metrics::before_scrape`] refresh.
+    pub async fn scrape(&self) -> String {
+        for refresh in &self.refresh {
+            refresh().await;
+        }
+        self.encode()
     }
 
     /// The per-method figures, whose [`RpcMetrics::layer`] the server wears outermost.
@@ -102,7 +134,7 @@ impl Metrics {
             "/metrics",
             get(move || {
                 let metrics = self.clone();
-                async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.encode()) }
+                async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.scrape().await) }
             }),
         );
         axum::serve(listener, app).with_graceful_shutdown(shutdown).await

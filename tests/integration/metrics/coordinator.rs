@@ -1,0 +1,115 @@
+//! The coordinator's figures during a halt, scraped as Prometheus scrapes them: a stopped
+//! supplier's lag rises and it shows STALE, every other supplier stays synced, the lag returns
+//! to 0 once it is back and has applied the halt; a refused HaltFeature counted by reason.
+
+use std::time::{Duration, Instant};
+
+use rollout_proto::v1 as pb;
+use tonic::Code;
+
+use super::{sample, scrape};
+use crate::stack::{Stack, delivered, feature_live, halt, national};
+
+/// Scrapes the coordinator until `ok` holds, for at most 30 s.
+async fn until(stack: &Stack, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let addr = stack.coordinator_metrics.expect("the coordinator's metrics");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = scrape(addr).await;
+        if ok(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{what} within 30 s:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn state(text: &str, supplier: &str, state: &str) -> Option<f64> {
+    sample(
+        text,
+        "gprollout_coordinator_supplier_state",
+        &[("supplier", supplier), ("state", state)],
+    )
+}
+
+fn lag(text: &str, supplier: &str) -> Option<f64> {
+    sample(
+        text,
+        "gprollout_coordinator_supplier_lag_commands",
+        &[("supplier", supplier)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_supplier_lags_then_shows_stale_and_catches_up_to_no_lag() {
+    let mut stack = Stack::start(None).await;
+    feature_live(&stack).await;
+    let text = until(&stack, "every supplier synced", |t| {
+        ["emis", "tpp", "cegedim", "microtest"]
+            .iter()
+            .all(|s| state(t, s, "synced") == Some(1.0) && lag(t, s) == Some(0.0))
+    })
+    .await;
+    assert_eq!(
+        sample(&text, "gprollout_coordinator_target_sequence", &[]),
+        Some(2.0)
+    );
+    assert_eq!(state(&text, "tpp", "stale"), Some(0.0), "{text}");
+    assert!(
+        sample(
+            &text,
+            "gprollout_coordinator_supplier_contact_age_seconds",
+            &[("supplier", "tpp")]
+        )
+        .is_some(),
+        "{text}"
+    );
+
+    // A viewer may not halt: refused, counted by reason.
+    let refused = stack
+        .client("viewer")
+        .halt_feature(pb::HaltFeatureRequest {
+            name: format!("features/{}", crate::support::FEATURE),
+            scope: Some(national()),
+            reason: "not mine to halt".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a viewer cannot halt");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    stack.stop_supplier("tpp").await;
+    let h = halt(&stack, national()).await;
+    let text = until(&stack, "tpp behind by the halt, then stale", |t| {
+        lag(t, "tpp") == Some(1.0) && state(t, "tpp", "stale") == Some(1.0)
+    })
+    .await;
+    assert_eq!(state(&text, "emis", "synced"), Some(1.0), "{text}");
+    assert_eq!(lag(&text, "emis"), Some(0.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "gprollout_refused_calls_total",
+            &[("reason", "ROLE_REQUIRED")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "gprollout_grpc_server_handled_total",
+            &[("grpc_method", "HaltFeature"), ("grpc_code", "OK")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+
+    stack.start_supplier("tpp").await;
+    delivered(&stack, &h.name).await;
+    until(&stack, "tpp caught up", |t| {
+        lag(t, "tpp") == Some(0.0) && state(t, "tpp", "synced") == Some(1.0)
+    })
+    .await;
+    stack.stop().await;
+}
