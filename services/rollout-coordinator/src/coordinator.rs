@@ -86,6 +86,8 @@ pub struct Core {
     pub suppliers: Vec<SupplierEndpoint>,
     /// No contact for this long makes a supplier STALE.
     pub stale_after: Duration,
+    /// This replica holds the delivery leadership now (for the metrics).
+    pub leading: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Core {
@@ -129,6 +131,7 @@ impl Core {
             estate,
             suppliers,
             stale_after,
+            leading: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 

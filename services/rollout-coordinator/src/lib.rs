@@ -20,6 +20,7 @@ mod gap;
 mod history;
 mod impact;
 mod in_force;
+mod leader;
 #[cfg(test)]
 mod measure;
 mod metrics;
@@ -63,7 +64,7 @@ use rollout_proto::v1::coordinator_service_server::CoordinatorServiceServer;
 use rollout_store::coordinator::SqlCoordinatorStore;
 use serde::Deserialize;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::info;
 
 pub use crate::coordinator::SupplierEndpoint;
 
@@ -373,74 +374,6 @@ pub fn access_table() -> AccessTable {
         )
 }
 
-/// Holds delivery leadership when it can, running one delivery task per supplier while it
-/// does; gives it up (stopping delivery) if its lock connection is lost, and tries again.
-async fn lead(
-    store: SqlCoordinatorStore,
-    core: Arc<crate::coordinator::Core>,
-    channels: BTreeMap<SupplierId, tonic::transport::Channel>,
-    heartbeat: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    // Stopped: told to, or the server is gone.
-    let stopping = |stop: &watch::Receiver<bool>| *stop.borrow() || stop.has_changed().is_err();
-    while !stopping(&stop) {
-        let mut leadership = match store.try_lead().await {
-            Ok(Some(l)) => l,
-            Ok(None) => {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {}
-                }
-                continue;
-            }
-            Err(error) => {
-                warn!(%error, "cannot try for delivery leadership");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {}
-                }
-                continue;
-            }
-        };
-        // Deliver from what the store holds now, not from what this replica last saw.
-        core.follow_store().await;
-        info!("delivery leader: delivering to every supplier");
-        let (deliver_tx, deliver_rx) = watch::channel(false);
-        // One task per supplier, each started again if it panics.
-        let tasks: Vec<_> = channels
-            .iter()
-            .map(|(id, channel)| {
-                let (core, id, channel, stop) =
-                    (core.clone(), id.clone(), channel.clone(), deliver_rx.clone());
-                tokio::spawn(async move {
-                    let start =
-                        || delivery::run(core.clone(), id.clone(), channel.clone(), heartbeat, stop.clone());
-                    supervise::supervised(&core, &id, stop.clone(), start).await
-                })
-            })
-            .collect();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {
-                    if let Err(error) = leadership.check().await {
-                        error!(%error, "delivery leadership lost; stopping delivery");
-                        break;
-                    }
-                }
-                _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => break,
-            }
-        }
-        let _ = deliver_tx.send(true);
-        for task in tasks {
-            if let Err(e) = task.await {
-                warn!(error = %e, "delivery supervisor failed");
-            }
-        }
-        drop(leadership);
-    }
-}
-
 /// The coordinator's client side towards the suppliers: its own certificate and key (the
 /// server's), the suppliers' CA bundle and CRLs, re-read when they change.
 fn client_trust(config: &Config) -> Result<Arc<ClientTrust>, Error> {
@@ -503,7 +436,7 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every replica serves the API; exactly one (the holder of the leadership lock) delivers.
-    let leader = tokio::spawn(lead(
+    let leader = tokio::spawn(leader::lead(
         store_handle.clone(),
         core.clone(),
         channels,

@@ -1,7 +1,7 @@
 //! The coordinator's own Prometheus metrics, read from its model before each scrape (never on
 //! a call's path): per supplier, its sync state, applied sequence, lag behind the latest
-//! sequence and the age of its last contact; the latest sequence; commands waiting for
-//! approval. The `supplier` label is a configured supplier's id (a handful, from
+//! sequence, the age of its last contact and the halts it has not applied; the latest
+//! sequence; commands waiting for approval; whether this replica leads delivery. The `supplier` label is a configured supplier's id (a handful, from
 //! `--suppliers`), never a practice.
 
 use std::{sync::Arc, sync::atomic::AtomicU64, time::SystemTime};
@@ -44,8 +44,10 @@ pub(crate) struct CoordinatorMetrics {
     applied: Family<SupplierLabels, Gauge>,
     lag: Family<SupplierLabels, Gauge>,
     contact_age: Family<SupplierLabels, Gauge<f64, AtomicU64>>,
+    unapplied_halts: Family<SupplierLabels, Gauge>,
     target: Gauge,
     pending_approval: Gauge,
+    leader: Gauge,
 }
 
 fn state_name(state: State) -> &'static str {
@@ -88,6 +90,17 @@ impl CoordinatorMetrics {
             m.contact_age.clone(),
         );
         registry.register(
+            "coordinator_supplier_unapplied_halts",
+            "Halts in force that each supplier has not applied yet (its practices they cover \
+             may still be on there)",
+            m.unapplied_halts.clone(),
+        );
+        registry.register(
+            "coordinator_delivery_leader",
+            "1 while this replica holds the delivery leadership (exactly one replica should)",
+            m.leader.clone(),
+        );
+        registry.register(
             "coordinator_target_sequence",
             "The latest command sequence issued: what every supplier should have applied",
             m.target.clone(),
@@ -122,6 +135,8 @@ impl CoordinatorMetrics {
         let as_gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.target.set(as_gauge(target));
         self.pending_approval.set(as_gauge(pending as u64));
+        self.leader
+            .set(i64::from(core.leading.load(std::sync::atomic::Ordering::Relaxed)));
         for v in views {
             let supplier = v.name.trim_start_matches("suppliers/").to_owned();
             let labels = SupplierLabels {
@@ -136,6 +151,9 @@ impl CoordinatorMetrics {
                     .set(i64::from(v.state() == state));
             }
             self.applied.get_or_create(&labels).set(v.applied_sequence);
+            self.unapplied_halts
+                .get_or_create(&labels)
+                .set(i64::from(v.unapplied_halt_count));
             self.lag
                 .get_or_create(&labels)
                 .set((as_gauge(target) - v.applied_sequence).max(0));

@@ -133,6 +133,11 @@ impl Refusals {
         }
     }
 
+    /// Writes to the audit log that failed since start, for the metrics.
+    pub fn write_failures(&self) -> u64 {
+        self.limiter.write_failures()
+    }
+
     /// The counters, for the status APIs.
     pub fn status(&self) -> rollout_proto::v1::RefusalAudit {
         self.limiter.status()

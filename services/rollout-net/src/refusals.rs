@@ -187,6 +187,7 @@ struct Counters {
     summarised: AtomicU64,
     summaries: AtomicU64,
     pending: AtomicU64,
+    write_failures: AtomicU64,
 }
 
 /// The refusals' bookkeeping, shared by the request path and the writer.
@@ -293,6 +294,7 @@ impl Limiter {
 
     /// Notes a failed write.
     pub(crate) fn failed(&self, error: String) {
+        self.counters.write_failures.fetch_add(1, Relaxed);
         *self
             .last_error
             .lock()
@@ -322,6 +324,12 @@ impl Limiter {
     }
 
     /// The counters, as the status APIs report them.
+    /// Writes of a refusal or summary to the audit log that failed since start (each counted
+    /// again for a later summary, never dropped).
+    pub fn write_failures(&self) -> u64 {
+        self.counters.write_failures.load(Relaxed)
+    }
+
     pub fn status(&self) -> pb::RefusalAudit {
         let c = &self.counters;
         let i = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);

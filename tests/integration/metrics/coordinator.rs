@@ -1,5 +1,6 @@
 //! The coordinator's figures during a halt, scraped as Prometheus scrapes them: a stopped
-//! supplier's lag rises and it shows STALE, every other supplier stays synced, the lag returns
+//! supplier's lag rises, the halt is listed unapplied there and it shows STALE, every other
+//! supplier stays synced (this replica leading delivery), the lag returns
 //! to 0 once it is back and has applied the halt; a refused HaltFeature counted by reason.
 
 use std::time::{Duration, Instant};
@@ -86,6 +87,23 @@ async fn a_stopped_supplier_lags_then_shows_stale_and_catches_up_to_no_lag() {
     .await;
     assert_eq!(state(&text, "emis", "synced"), Some(1.0), "{text}");
     assert_eq!(lag(&text, "emis"), Some(0.0), "{text}");
+    let unapplied = |s: &str| {
+        sample(
+            &text,
+            "gprollout_coordinator_supplier_unapplied_halts",
+            &[("supplier", s)],
+        )
+    };
+    assert_eq!(
+        (unapplied("tpp"), unapplied("emis")),
+        (Some(1.0), Some(0.0)),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "gprollout_coordinator_delivery_leader", &[]),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(
         sample(
             &text,

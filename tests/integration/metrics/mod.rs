@@ -1,26 +1,32 @@
 //! The Prometheus metrics of both services, scraped from their plaintext `/metrics` ports:
-//! per-method gRPC figures, refusals and TLS handshake failures counted by reason.
+//! per-method gRPC figures, refusals and TLS handshake failures counted by reason, each
+//! service's own figures, and a real Prometheus server scraping them with the shipped rules.
 
 mod coordinator;
+mod prometheus;
 mod rpc;
 
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// `GET /metrics` at `addr` over plain HTTP/1.1, as Prometheus scrapes it: the content type and
+/// `GET /metrics` at `addr` over plain HTTP, as Prometheus scrapes it: the content type and
 /// the body.
 pub async fn scrape(addr: SocketAddr) -> (String, String) {
-    let mut tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to /metrics");
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    get(addr, "/metrics").await.expect("connect to /metrics")
+}
+
+/// `GET path` at `addr` over HTTP/1.0 (so that no server chunks its answer): the content type
+/// and the body of a 200 answer; `None` if nothing listens there.
+pub async fn get(addr: SocketAddr, path: &str) -> Option<(String, String)> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .await
         .expect("send the request");
     let mut response = String::new();
     tcp.read_to_string(&mut response).await.expect("read the answer");
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(head.split(' ').nth(1), Some("200"), "{head}\n{body}");
     let content_type = head
         .lines()
         .find_map(|l| {
@@ -29,7 +35,7 @@ pub async fn scrape(addr: SocketAddr) -> (String, String) {
                 .then(|| value.trim().to_owned())
         })
         .expect("a content type");
-    (content_type, body.to_owned())
+    Some((content_type, body.to_owned()))
 }
 
 /// The value of the sample `name` whose labels include every one of `labels`, if there is one.

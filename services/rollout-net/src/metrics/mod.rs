@@ -225,6 +225,13 @@ impl Collector for RefusalCollector {
         )?;
         one(
             &mut encoder,
+            "audit_write_failures",
+            "Writes of refused calls (one by one or in summaries) to the audit log that failed; \
+             each is counted again for a later summary, and the store's error is logged",
+            &ConstCounter::new(self.0.write_failures()),
+        )?;
+        one(
+            &mut encoder,
             "audit_refusals_pending",
             "Refused calls counted and not in the audit log yet (the summary window not over, \
              or the store failing)",
