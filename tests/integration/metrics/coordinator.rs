@@ -3,26 +3,16 @@
 //! supplier stays synced (this replica leading delivery), the lag returns
 //! to 0 once it is back and has applied the halt; a refused HaltFeature counted by reason.
 
-use std::time::{Duration, Instant};
-
 use rollout_proto::v1 as pb;
 use tonic::Code;
 
-use super::{sample, scrape};
+use super::{sample, scrape_until};
 use crate::stack::{Stack, delivered, feature_live, halt, national};
 
 /// Scrapes the coordinator until `ok` holds, for at most 30 s.
 async fn until(stack: &Stack, what: &str, ok: impl Fn(&str) -> bool) -> String {
     let addr = stack.coordinator_metrics.expect("the coordinator's metrics");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, text) = scrape(addr).await;
-        if ok(&text) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "{what} within 30 s:\n{text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    scrape_until(addr, what, ok).await
 }
 
 fn state(text: &str, supplier: &str, state: &str) -> Option<f64> {

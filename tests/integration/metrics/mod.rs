@@ -6,7 +6,10 @@ mod coordinator;
 mod prometheus;
 mod rpc;
 
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -51,4 +54,18 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
                     .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
         })
         .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
+/// Scrapes until `ok` holds of the text, for at most 30 s: a stream's end reaches the server
+/// when the client's reset does, and control goes stale once its TTL has passed.
+pub async fn scrape_until(addr: std::net::SocketAddr, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = scrape(addr).await;
+        if ok(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{what} within 30 s:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -1,15 +1,14 @@
 //! What both services count on their mTLS port, as a supplier shows it: calls by method and
-//! code, handling times, open streams, refusals by reason, failed handshakes by reason; and
-//! that a path no contract declares cannot add a label value.
-
-use std::time::{Duration, Instant};
+//! code, handling times, open streams, refusals by reason, failed handshakes by reason; that
+//! a path no contract declares cannot add a label value; and the supplier's own figures
+//! through a go-live, a halt and control going stale.
 
 use rollout_core::{Scope, rules::MIN_CONTROL_TTL};
 use rollout_net::tls;
 use rollout_proto::v1 as pb;
 use tonic::Code;
 
-use super::{sample, scrape};
+use super::{sample, scrape, scrape_until};
 use crate::support::{
     define, feature_name, go_live, halt,
     supplier::{EMIS_A, EMIS_ACTIVE, apply, control, supplier_files, toggle},
@@ -40,20 +39,6 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
     x509_parser::pem::Pem::iter_from_buffer(pem)
         .map(|p| rustls::pki_types::CertificateDer::from(p.expect("pem").contents))
         .collect()
-}
-
-/// Scrapes until `ok` holds of the text, for at most 30 s: a stream's end reaches the server
-/// when the client's reset does, and control goes stale once its TTL has passed.
-async fn scrape_until(addr: std::net::SocketAddr, what: &str, ok: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, text) = scrape(addr).await;
-        if ok(&text) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "{what} within 30 s:\n{text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
