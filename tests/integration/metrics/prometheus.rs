@@ -1,6 +1,7 @@
 //! A real Prometheus server (Debian package `prometheus`) with the shipped alert rules scrapes a
-//! running coordinator: the target is up, a coordinator figure is queryable, and every rule of
-//! `deploy/prometheus/alerts.yml` is loaded. Without the binary the test says so, and fails in
+//! running coordinator: the target is up, a coordinator figure is queryable, every rule of
+//! `deploy/prometheus/alerts.yml` is loaded, and every query of the Grafana dashboard in
+//! `deploy/grafana/` is valid PromQL (those of the coordinator's figures finding their series). Without the binary the test says so, and fails in
 //! CI.
 
 use std::{
@@ -45,6 +46,19 @@ async fn until(addr: SocketAddr, path: &str, what: &str, ok: impl Fn(&serde_json
         assert!(Instant::now() < deadline, "{what} within 60 s: {last:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `s` with every byte but an ASCII letter or digit percent-encoded, for a URL's query.
+fn percent_encoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -120,6 +134,35 @@ async fn a_real_prometheus_scrapes_the_coordinator_and_loads_the_alert_rules() {
         .all(|n| names.contains(n))
     })
     .await;
+    // Every query of the shipped dashboard is valid PromQL, and each of the coordinator's
+    // finds its series (a misspelt metric name would find none).
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/gprollout-national.json"),
+        )
+        .expect("read the dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let queries: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    assert!(queries.len() >= 10, "{queries:?}");
+    for q in queries {
+        let path = format!("/api/v1/query?query={}", percent_encoded(q));
+        let (_, body) = get(web, &path).await.expect("prometheus answers");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(v["status"], "success", "{q}: {v}");
+        if q.starts_with("gprollout_coordinator_") {
+            assert!(
+                v["data"]["result"].as_array().is_some_and(|r| !r.is_empty()),
+                "{q} finds the coordinator's series: {v}"
+            );
+        }
+    }
     // The delivery leader is there: its alert stays inactive.
     until(
         web,
