@@ -4,7 +4,14 @@
 //! want of it. The `feature` label is a feature key: features are defined by commands, a
 //! handful at most, never a practice.
 
-use std::{fmt, sync::Arc, time::SystemTime};
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::SystemTime,
+};
 
 use prometheus_client::{
     collector::Collector,
@@ -34,6 +41,31 @@ pub(crate) fn answer(state: State, reason: Reason) -> usize {
         (_, Reason::OptedOut) => 2,
         (_, Reason::NotLive | Reason::Scheduled) => 3,
         _ => 4,
+    }
+}
+
+/// Answers served to backends since start, by state: each GetPracticeFeature, each answer of a
+/// BatchGetPracticeFeatures or a ListPracticeFeatures page, each flagd ResolveBoolean and each
+/// flag of a ResolveAll. One
+/// relaxed atomic increment an answer.
+#[derive(Debug, Default)]
+pub struct Evaluations([AtomicU64; 3]);
+
+impl Evaluations {
+    const STATES: [(State, &'static str); 3] = [
+        (State::Enabled, "enabled"),
+        (State::Disabled, "disabled"),
+        (State::Unknown, "unknown"),
+    ];
+
+    /// Counts one answer in `state`.
+    pub(crate) fn served(&self, state: State) {
+        let i = match state {
+            State::Enabled => 0,
+            State::Disabled => 1,
+            State::Unknown => 2,
+        };
+        self.0[i].fetch_add(1, Relaxed);
     }
 }
 
@@ -88,6 +120,19 @@ impl Collector for SupplierCollector {
                     ConstGauge::new(n)
                         .encode(family.encode_family(&[("feature", feature.as_str()), ("answer", name)])?)?;
                 }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "supplier_evaluations",
+                "Answers served to backends (GetPracticeFeature, each answer of a batch or a list \
+                 page, flagd ResolveBoolean and ResolveAll), by state",
+                None,
+                MetricType::Counter,
+            )?;
+            for ((_, name), n) in Evaluations::STATES.iter().zip(&self.0.evaluations.0) {
+                prometheus_client::metrics::counter::ConstCounter::new(n.load(Relaxed))
+                    .encode(family.encode_family(&[("state", *name)])?)?;
             }
         }
         let mut family = encoder.encode_descriptor(

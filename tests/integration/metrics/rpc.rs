@@ -178,6 +178,16 @@ async fn a_supplier_counts_calls_by_method_and_code_and_refusals_and_handshakes_
         sample(&text, "gprollout_supplier_applied_sequence", &[]),
         Some(2.0)
     );
+    // The three answers the backend was served (the viewer's call was refused before any).
+    assert_eq!(
+        sample(
+            &text,
+            "gprollout_supplier_evaluations_total",
+            &[("state", "enabled")]
+        ),
+        Some(3.0),
+        "{text}"
+    );
     assert_eq!(
         practices(&text, "enabled"),
         Some(f64::from(EMIS_ACTIVE)),

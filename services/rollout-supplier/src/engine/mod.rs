@@ -76,6 +76,8 @@ pub struct Engine {
     pub freeze: Option<String>,
     /// The store's identity (SyncState.store_id): the same for every replica of one store.
     pub store_id: String,
+    /// Answers served to backends, by state (for the metrics).
+    pub(crate) evaluations: crate::metrics::Evaluations,
 }
 
 impl std::fmt::Debug for Engine {
@@ -237,6 +239,7 @@ impl Engine {
             supplier,
             freeze,
             store_id,
+            evaluations: Default::default(),
         };
         serving.answers = Arc::new(serving.compute_answers(&engine.context(&serving)));
         info!(

@@ -127,9 +127,9 @@ fn feature_not_found(key: &FeatureKey) -> ApiError {
     ApiError::not_found("FEATURE_NOT_FOUND", format!("features/{key}"))
 }
 
-/// The explained (or plain) answer for one practice.
+/// The explained (or plain) answer for one practice, counted in `served`.
 fn answer(
-    s: &Serving,
+    (s, served): (&Serving, &crate::metrics::Evaluations),
     p: &Practice,
     key: &FeatureKey,
     ctx: &rollout_core::Context,
@@ -138,6 +138,7 @@ fn answer(
     let e = s
         .evaluate(p, key, ctx, explain)
         .ok_or_else(|| feature_not_found(key))?;
+    served.served(e.state);
     let mut out = wire::evaluation_pb(wire::practice_feature_resource(&p.ods, key), &e);
     out.practice = Some(wire::practice_pb(p));
     out.applied_sequence = i64::try_from(s.book.applied_sequence()).unwrap_or(i64::MAX);
