@@ -244,17 +244,7 @@ async fn a_client_without_a_certificate_cannot_connect() {
     let server = start(&pki).await;
 
     // Trusts the server's CA but presents no certificate of its own.
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = std::fs::read(pki.join("ca.pem")).expect("ca");
-    for cert in <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(&ca)
-    {
-        roots.add(cert.expect("pem")).expect("add");
-    }
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let channel = tls::channel(&format!("localhost:{}", server.addr.port()), config).expect("channel");
+    let channel = crate::support::channel_without_certificate(&pki, server.addr);
     let status = ToggleServiceClient::new(channel)
         .get_practice_feature(get(NAME))
         .await

@@ -20,27 +20,6 @@ fn handled(text: &str, method: &str, code: &str) -> f64 {
     sample(text, HANDLED, &[("grpc_method", method), ("grpc_code", code)]).unwrap_or(0.0)
 }
 
-/// A mutual-TLS client of `addr` that presents no certificate, trusting the CA in `pki`.
-fn anonymous(pki: &std::path::Path, addr: std::net::SocketAddr) -> tonic::transport::Channel {
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = std::fs::read(pki.join("ca.pem")).expect("ca");
-    for cert in rustls_pemfile_certs(&ca) {
-        roots.add(cert).expect("root");
-    }
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    tls::channel(&format!("localhost:{}", addr.port()), config).expect("channel")
-}
-
-/// The certificates of a PEM bundle.
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    x509_parser::pem::Pem::iter_from_buffer(pem)
-        .map(|p| rustls::pki_types::CertificateDer::from(p.expect("pem").contents))
-        .collect()
-}
-
 #[tokio::test]
 async fn a_supplier_counts_calls_by_method_and_code_and_refusals_and_handshakes_by_reason() {
     tls::install_crypto_provider();
@@ -76,10 +55,12 @@ async fn a_supplier_counts_calls_by_method_and_code_and_refusals_and_handshakes_
         .await
         .expect_err("a viewer is not a backend");
     assert_eq!(refused.code(), Code::PermissionDenied);
-    let no_certificate = tonic_health::pb::health_client::HealthClient::new(anonymous(&pki, server.addr))
-        .check(tonic_health::pb::HealthCheckRequest::default())
-        .await
-        .expect_err("no certificate");
+    let no_certificate = tonic_health::pb::health_client::HealthClient::new(
+        crate::support::channel_without_certificate(&pki, server.addr),
+    )
+    .check(tonic_health::pb::HealthCheckRequest::default())
+    .await
+    .expect_err("no certificate");
     assert!(format!("{no_certificate:?}").contains("CertificateRequired"));
     // A path no contract declares (an old client, a scanner): counted, but as `unknown`.
     let mut grpc = tonic::client::Grpc::new(crate::support::channel_as(&pki, "backend-emis", server.addr));

@@ -55,6 +55,22 @@ pub fn pki_init(parent: &Path) -> PathBuf {
     dir
 }
 
+/// A mutual-TLS channel to `addr` that trusts the CA in `pki` but presents no client
+/// certificate of its own.
+pub fn channel_without_certificate(pki: &Path, addr: SocketAddr) -> Channel {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(pki.join("ca.pem")).expect("ca");
+    for cert in <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(&ca)
+    {
+        roots.add(cert.expect("pem")).expect("add");
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    rollout_net::tls::channel(&format!("localhost:{}", addr.port()), config).expect("channel")
+}
+
 /// A lazily connecting mTLS channel to `addr` as the identity whose files are `name` in `pki`.
 pub fn channel_as(pki: &Path, name: &str, addr: SocketAddr) -> Channel {
     let config = tls::client_config(&TlsFiles::from_pki_dir(pki, name), None).expect("client config");
