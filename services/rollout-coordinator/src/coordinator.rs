@@ -88,6 +88,8 @@ pub struct Core {
     pub stale_after: Duration,
     /// This replica holds the delivery leadership now (for the metrics).
     pub leading: std::sync::atomic::AtomicBool,
+    /// Metrics recorded as delivery and verification happen.
+    pub(crate) recorded: crate::metrics::Recorded,
 }
 
 impl std::fmt::Debug for Core {
@@ -132,6 +134,7 @@ impl Core {
             suppliers,
             stale_after,
             leading: std::sync::atomic::AtomicBool::new(false),
+            recorded: crate::metrics::Recorded::default(),
         }))
     }
 

@@ -23,6 +23,8 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::{
     answers::{self, Fault},
     coordinator::Core,
+    failure::{Cause, Failure},
+    metrics::Timed,
     register::RegisterLink,
     state_watch::StateWatch,
     sync::SyncCheck,
@@ -100,7 +102,10 @@ pub async fn run(
             // sensibly up to the latest command (a fault found meanwhile, say by the register,
             // stands).
             let (asked, began) = (known.is_none(), std::time::SystemTime::now());
-            match sync(&core, &supplier, &mut client, &mut register, known).await {
+            let result = sync(&core, &supplier, &mut client, &mut register, known).await;
+            core.recorded
+                .delivery_pass(&supplier, result.as_ref().err().map(|f| f.cause));
+            match result {
                 Ok(now) => {
                     // A diverged supplier is asked again at every heartbeat: its answer is the
                     // contact its fail-closed features need, and it is how the coordinator sees
@@ -130,8 +135,8 @@ pub async fn run(
                     watch.supplier_lost();
                     register.supplier_lost();
                     let delay = backoff.next();
-                    warn!(%error, retry_in = ?delay, "supplier not reached");
-                    core.record_error(&supplier, &error).await;
+                    warn!(%error, cause = error.cause.as_str(), retry_in = ?delay, "supplier not reached");
+                    core.record_error(&supplier, &error.to_string()).await;
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stop.wait_for(|s| *s) => return,
@@ -164,7 +169,7 @@ async fn sync(
     client: &mut ControlServiceClient<Channel>,
     register: &mut RegisterLink,
     known: Option<u64>,
-) -> Result<Known, String> {
+) -> Result<Known, Failure> {
     let target = *core.target.borrow();
     let mut applied = match known {
         Some(a) => a,
@@ -205,9 +210,13 @@ async fn sync(
     while applied < target {
         let sequence = applied + 1;
         let Some((command, previous)) = core.sequenced(sequence).await else {
-            return Err(format!("sequence {sequence} is not in the command log"));
+            return Err(Failure::new(
+                Cause::CoordinatorStore,
+                format!("sequence {sequence} is not in the command log"),
+            ));
         };
         core.record_attempt(supplier, sequence).await;
+        let timed = Timed::of(&command);
         match client
             .apply_command(call(pb::ApplyCommandRequest {
                 command: Some(command),
@@ -228,15 +237,20 @@ async fn sync(
                     warn!(sequence, reason, "supplier rejected the command");
                 }
                 applied = sequence;
-                core.record_applied(supplier, vec![outcome], applied)
+                let apply_time = outcome.2.and_then(|t| std::time::SystemTime::try_from(t).ok());
+                let first = core
+                    .record_applied(supplier, vec![outcome], applied)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(Failure::store)?;
+                if let Some(timed) = timed.filter(|_| !first.is_empty()) {
+                    core.recorded.propagated(supplier, timed, apply_time);
+                }
             }
             Err(status) if status.code() == Code::FailedPrecondition => {
                 // Out of step (a gap, or a history that does not match): ask its state again.
-                return Err(format!("supplier is out of step: {}", describe(&status)));
+                return Err(Failure::call(&status).context("supplier is out of step"));
             }
-            Err(status) => return Err(describe(&status)),
+            Err(status) => return Err(Failure::call(&status)),
         }
     }
     Ok(Known::Applied(applied))
@@ -254,13 +268,14 @@ async fn keep_register(
     client: &mut ControlServiceClient<Channel>,
     register: &mut RegisterLink,
     state: &pb::SyncState,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let Err(error) = register.sync(core, supplier, client, state).await else {
         return Ok(());
     };
     if error.restore_owed && state.applied_sequence == 0 {
-        return Err(format!(
-            "opt-out register: {error}; no rule is sent until its opt-outs are back"
+        return Err(Failure::new(
+            Cause::Register,
+            format!("opt-out register: {error}; no rule is sent until its opt-outs are back"),
         ));
     }
     warn!(%error, "opt-out register not brought up to date with the supplier; delivering commands all the same");
@@ -277,22 +292,19 @@ async fn heartbeat(
     supplier: &SupplierId,
     client: &mut ControlServiceClient<Channel>,
     target: u64,
-) -> Result<(pb::SyncState, SyncCheck), String> {
+) -> Result<(pb::SyncState, SyncCheck), Failure> {
     let state = client
         .get_sync_state(call(pb::GetSyncStateRequest {
             target_sequence: i64::try_from(target).unwrap_or(i64::MAX),
         }))
         .await
-        .map_err(|s| describe(&s))?
+        .map_err(|s| Failure::call(&s))?
         .into_inner();
     let state = match core.checked_sync_state(supplier, state).await {
         Ok(state) => state,
-        Err(fault) => return Err(fault.to_string()),
+        Err(fault) => return Err(Failure::new(Cause::SupplierFault, fault.to_string())),
     };
-    let check = core
-        .record_sync(supplier, &state)
-        .await
-        .map_err(|e| e.to_string())?;
+    let check = core.record_sync(supplier, &state).await.map_err(Failure::store)?;
     Ok((state, check))
 }
 
@@ -305,14 +317,26 @@ async fn replace(
     client: &mut ControlServiceClient<Channel>,
     applied: u64,
     frozen: bool,
-) -> Result<u64, String> {
+) -> Result<u64, Failure> {
     let started = Instant::now();
-    let Some(snapshot) = core.snapshot(supplier, applied, frozen).await? else {
+    let snapshot = core
+        .snapshot(supplier, applied, frozen)
+        .await
+        .map_err(|e| Failure::new(Cause::CoordinatorStore, e))?;
+    let Some(snapshot) = snapshot else {
         return Ok(applied);
     };
     let sequence = u64::try_from(snapshot.header.sequence).unwrap_or(0);
     let count = snapshot.chunks.len();
     let commands: usize = snapshot.chunks.iter().map(Vec::len).sum();
+    // The timed commands it carries (the halts in force, the feature definitions), whose
+    // propagation is observed once the supplier has them.
+    let timed: std::collections::BTreeMap<u64, Timed> = snapshot
+        .chunks
+        .iter()
+        .flatten()
+        .filter_map(|c| Some((u64::try_from(c.sequence).ok()?, Timed::of(c)?)))
+        .collect();
     let mut header = Some(snapshot.header);
     let requests: Vec<pb::ReplaceRulesRequest> = snapshot
         .chunks
@@ -333,7 +357,7 @@ async fn replace(
     let resp = client
         .replace_rules(request)
         .await
-        .map_err(|s| describe(&s))?
+        .map_err(|s| Failure::call(&s))?
         .into_inner();
     let apply_time = match answers::replaced(&resp, sequence) {
         Ok(at) => at,
@@ -345,9 +369,16 @@ async fn replace(
         .filter(|s| !snapshot.rejected.contains(s))
         .map(|s| (s, None, apply_time))
         .collect();
-    core.record_applied(supplier, outcomes, sequence)
+    let first = core
+        .record_applied(supplier, outcomes, sequence)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(Failure::store)?;
+    let apply_time = apply_time.and_then(|t| std::time::SystemTime::try_from(t).ok());
+    for s in first {
+        if let Some(t) = timed.get(&s) {
+            core.recorded.propagated(supplier, *t, apply_time);
+        }
+    }
     info!(
         from = applied,
         to = sequence,
@@ -361,20 +392,7 @@ async fn replace(
 
 /// Records `fault` as the supplier's and returns it as delivery's error: the task backs off
 /// and tries again, as after any failure.
-pub(crate) async fn faulty(core: &Core, supplier: &SupplierId, fault: Fault) -> String {
+pub(crate) async fn faulty(core: &Core, supplier: &SupplierId, fault: Fault) -> Failure {
     core.record_fault(supplier, &fault).await;
-    fault.to_string()
-}
-
-/// The status with its chain of causes (a refused handshake says why, not just "transport
-/// error").
-pub(crate) fn describe(status: &tonic::Status) -> String {
-    let mut text = format!("{:?}: {}", status.code(), status.message());
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
+    Failure::new(Cause::SupplierFault, fault.to_string())
 }

@@ -17,7 +17,8 @@ use tracing::info;
 use crate::{
     answers::{self, Fault, Outcome},
     coordinator::Core,
-    delivery::{call, describe, faulty},
+    delivery::{call, faulty},
+    failure::Failure,
 };
 
 /// Commands asked for in one ListAppliedCommands (the most a supplier gives).
@@ -31,7 +32,7 @@ pub(crate) async fn settle(
     client: &mut ControlServiceClient<Channel>,
     acked: u64,
     applied: u64,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let rejected = core.read(|m| m.rejected_by(supplier)).await;
     let mut reached = acked;
     let mut page_token = String::new();
@@ -43,7 +44,7 @@ pub(crate) async fn settle(
                 page_token: std::mem::take(&mut page_token),
             }))
             .await
-            .map_err(|s| describe(&s))?
+            .map_err(|s| Failure::call(&s))?
             .into_inner();
         let (listed, beyond) = match checked(core, &page, reached, applied).await {
             Ok(listed) => listed,
@@ -66,7 +67,7 @@ pub(crate) async fn settle(
         let outcomes = outcomes(reached, upto, listed, &rejected);
         core.record_applied(supplier, outcomes, upto)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(Failure::store)?;
         reached = upto;
         page_token = page.next_page_token;
     }

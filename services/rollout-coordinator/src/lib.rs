@@ -15,6 +15,7 @@ mod commit;
 mod conflicts;
 mod coordinator;
 mod delivery;
+mod failure;
 mod four_eyes;
 mod gap;
 mod history;
@@ -478,6 +479,11 @@ pub async fn serve(
         let mut m = Metrics::new("coordinator", &[rollout_proto::FILE_DESCRIPTOR_SET]);
         m.observe_admission(&admission);
         m.observe_refusals(&refusals);
+        let store = core.store().clone();
+        m.observe_audit_chain(move || {
+            let store = store.clone();
+            async move { store.audit_head().await.ok() }
+        });
         metrics::CoordinatorMetrics::observe(&mut m, &core);
         (l, m)
     });

@@ -1,19 +1,27 @@
-//! The coordinator's own Prometheus metrics, read from its model before each scrape (never on
-//! a call's path): per supplier, its sync state, applied sequence, lag behind the latest
-//! sequence, the age of its last contact and the halts it has not applied; the latest
-//! sequence; commands waiting for approval; whether this replica leads delivery. The `supplier` label is a configured supplier's id (a handful, from
+//! The coordinator's own Prometheus metrics. Gauges read from its model before each scrape
+//! (never on a call's path): per supplier, its sync state, applied sequence, lag behind the
+//! latest sequence, the age of its last contact and the halts it has not applied; the latest
+//! sequence; commands waiting for approval; whether this replica leads delivery. Counters and
+//! histograms recorded as things happen ([`Recorded`]): delivery passes and their failures by
+//! cause, how long commands took to reach each supplier, and how long halts took to be
+//! verified there. The `supplier` label is a configured supplier's id (a handful, from
 //! `--suppliers`), never a practice.
 
-use std::{sync::Arc, sync::atomic::AtomicU64, time::SystemTime};
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex, atomic::AtomicU64},
+    time::SystemTime,
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
-use rollout_proto::v1::supplier::State;
+use rollout_core::SupplierId;
+use rollout_proto::v1::{self as pb, supplier::State};
 
-use crate::coordinator::Core;
+use crate::{coordinator::Core, failure::Cause};
 
 /// The states a supplier's `state` gauge has a series for (named in lower case, without their
 /// `STATE_` prefix).
@@ -35,6 +43,185 @@ struct SupplierLabels {
 struct StateLabels {
     supplier: String,
     state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    supplier: String,
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    supplier: String,
+    action: &'static str,
+}
+
+/// Upper bounds, in seconds, of the propagation and verification histograms: from a few
+/// milliseconds (a supplier in step on a local network) to a day (one that was down), with a
+/// bound at 10 s, the alert's threshold for a halt applied everywhere.
+const PROPAGATION_BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3_600.0, 86_400.0,
+];
+
+/// How many (halt, supplier) pairs [`Recorded`] remembers as verified, so that each counts once
+/// in `halt_verified_seconds` however often it is verified again. The oldest halts are forgotten
+/// first; a halt verified again after it was forgotten counts again.
+const VERIFIED_REMEMBERED: usize = 4_096;
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn propagation_histogram() -> Histogram {
+    Histogram::new(PROPAGATION_BUCKETS)
+}
+
+/// The figures the coordinator records as things happen, on every replica (the delivery
+/// task's only on the replica that leads delivery). Each is one atomic update, or a few.
+#[derive(Debug)]
+pub(crate) struct Recorded {
+    attempts: Family<SupplierLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    applied: Histograms<ActionLabels>,
+    acknowledged: Histograms<ActionLabels>,
+    verified: Histograms<SupplierLabels>,
+    verified_seen: Mutex<BTreeSet<(u64, SupplierId)>>,
+}
+
+impl Default for Recorded {
+    fn default() -> Self {
+        Recorded {
+            attempts: Family::default(),
+            failures: Family::default(),
+            applied: Family::new_with_constructor(propagation_histogram),
+            acknowledged: Family::new_with_constructor(propagation_histogram),
+            verified: Family::new_with_constructor(propagation_histogram),
+            verified_seen: Mutex::default(),
+        }
+    }
+}
+
+/// A command whose propagation is timed: its action and issue time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timed {
+    action: &'static str,
+    issued: SystemTime,
+}
+
+impl Timed {
+    /// The clock of `command` as sent to suppliers, if it is timed. Only commands dispatched
+    /// when issued are (halts and feature definitions): a resume or go-live is dispatched at
+    /// its last approval, which the command as sent does not carry, so its issue time would
+    /// measure the wait for approvers.
+    pub(crate) fn of(command: &pb::Command) -> Option<Timed> {
+        use pb::command::Action as A;
+        let action = match command.action {
+            Some(A::Halt(_)) => "halt",
+            Some(A::CreateFeature(_)) => "create_feature",
+            _ => return None,
+        };
+        let issued = SystemTime::try_from(command.create_time?).ok()?;
+        Some(Timed { action, issued })
+    }
+}
+
+/// Seconds from `from` to `to`, or `None` if `to` is earlier (a supplier clock behind ours).
+fn seconds_between(from: SystemTime, to: SystemTime) -> Option<f64> {
+    to.duration_since(from).ok().map(|d| d.as_secs_f64())
+}
+
+impl Recorded {
+    /// Counts one delivery pass at `supplier` (a heartbeat, then whatever it had still to
+    /// apply), and its failure's cause if it failed.
+    pub(crate) fn delivery_pass(&self, supplier: &SupplierId, failed: Option<Cause>) {
+        let supplier = supplier.to_string();
+        if let Some(cause) = failed {
+            self.failures
+                .get_or_create(&FailureLabels {
+                    supplier: supplier.clone(),
+                    cause: cause.as_str(),
+                })
+                .inc();
+        }
+        self.attempts.get_or_create(&SupplierLabels { supplier }).inc();
+    }
+
+    /// Observes how long a command, `timed` ([`Timed::of`]), took to reach `supplier`, which
+    /// has just applied it for the first time: from its issue to the supplier's apply time (the
+    /// supplier's clock, as reported) and to now (its acknowledgement here).
+    pub(crate) fn propagated(&self, supplier: &SupplierId, timed: Timed, apply_time: Option<SystemTime>) {
+        let (action, issued) = (timed.action, timed.issued);
+        let labels = ActionLabels {
+            supplier: supplier.to_string(),
+            action,
+        };
+        if let Some(s) = apply_time.and_then(|t| seconds_between(issued, t)) {
+            self.applied.get_or_create(&labels).observe(s);
+        }
+        if let Some(s) = seconds_between(issued, SystemTime::now()) {
+            self.acknowledged.get_or_create(&labels).observe(s);
+        }
+    }
+
+    /// Observes how long the halt at `sequence`, issued at `issued`, took to be verified at
+    /// `supplier` (its read-back showed no practice in scope ENABLED), the first time this
+    /// replica finds it so.
+    pub(crate) fn halt_verified(&self, sequence: u64, supplier: &SupplierId, issued: SystemTime) {
+        {
+            let mut seen = self.verified_seen.lock().unwrap_or_else(|e| e.into_inner());
+            if !seen.insert((sequence, supplier.clone())) {
+                return;
+            }
+            while seen.len() > VERIFIED_REMEMBERED {
+                seen.pop_first();
+            }
+        }
+        if let Some(s) = seconds_between(issued, SystemTime::now()) {
+            self.verified
+                .get_or_create(&SupplierLabels {
+                    supplier: supplier.to_string(),
+                })
+                .observe(s);
+        }
+    }
+
+    /// Registers the figures in `registry` (prefixed `gprollout_`).
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "coordinator_delivery_attempts",
+            "Delivery passes at each supplier: a heartbeat (GetSyncState), then the commands \
+             or snapshot it had still to apply; on the replica that leads delivery",
+            self.attempts.clone(),
+        );
+        registry.register(
+            "coordinator_delivery_failures",
+            "Delivery passes that failed, by supplier and cause (unreachable, timeout, \
+             out_of_step, refused, error, supplier_fault, coordinator_store, register); each \
+             is retried with backoff",
+            self.failures.clone(),
+        );
+        registry.register_with_unit(
+            "coordinator_propagation_applied",
+            "Seconds from a halt's (or feature definition's) issue to its apply time at each \
+             supplier, by the supplier's clock, observed when the supplier first reports it \
+             applied",
+            Unit::Seconds,
+            self.applied.clone(),
+        );
+        registry.register_with_unit(
+            "coordinator_propagation_acknowledged",
+            "Seconds from a halt's (or feature definition's) issue to this coordinator \
+             recording each supplier's acknowledgement that it applied it",
+            Unit::Seconds,
+            self.acknowledged.clone(),
+        );
+        registry.register_with_unit(
+            "coordinator_halt_verified",
+            "Seconds from a halt's issue to the first VerifyCommand on this replica that found \
+             it verified at each supplier (no practice in scope still enabled there)",
+            Unit::Seconds,
+            self.verified.clone(),
+        );
+    }
 }
 
 /// The gauges, set from the model before each scrape.
@@ -116,6 +303,7 @@ impl CoordinatorMetrics {
     /// Registers the coordinator's gauges in `metrics`, set from `core` before each scrape.
     pub(crate) fn observe(metrics: &mut rollout_net::metrics::Metrics, core: &Arc<Core>) {
         let gauges = CoordinatorMetrics::register(metrics.registry());
+        core.recorded.register(metrics.registry());
         let core = core.clone();
         metrics.before_scrape(move || {
             let (gauges, core) = (gauges.clone(), core.clone());

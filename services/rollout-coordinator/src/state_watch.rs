@@ -13,7 +13,8 @@ use tonic::{Code, Streaming, transport::Channel};
 use tracing::info;
 
 use crate::{
-    delivery::{Backoff, Known, describe},
+    delivery::{Backoff, Known},
+    failure::describe,
     register::RegisterLink,
 };
 

@@ -211,17 +211,19 @@ impl Core {
     /// applied sequence. The supplier's latest word stands: an outcome unlike the one recorded
     /// (a supplier that lost its store judged the command again, perhaps under a freeze) takes
     /// its place. A rejection is filed as a conflict, and every rejection of this supplier's
-    /// that a command it has now applied resolves is resolved (see `conflicts.rs`).
+    /// that a command it has now applied resolves is resolved (see `conflicts.rs`). Returns the
+    /// sequences recorded APPLIED that were pending until now (not those judged again).
     pub async fn record_applied(
         &self,
         supplier: &SupplierId,
         outcomes: Vec<Outcome>,
         applied_sequence: u64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Vec<u64>, ApiError> {
         let m = self.lock().await;
         let acknowledged = Some(wire::timestamp(now()));
         let mut change = Change::default();
         let mut rejected = Vec::new();
+        let mut first_applied = Vec::new();
         let mut status = m.supplier(supplier).cloned().unwrap_or_default();
         // Deliveries of settled sequences are in the store only: read them at once.
         let settled: Vec<u64> = outcomes
@@ -263,6 +265,8 @@ impl Core {
             d.last_error = String::new();
             if rejection.is_some() {
                 rejected.push((supplier.clone(), sequence));
+            } else if !matches!(was, pb::delivery::State::Applied | pb::delivery::State::Rejected) {
+                first_applied.push(sequence);
             }
             change.deliveries.push(((sequence, supplier.clone()), d));
         }
@@ -280,7 +284,8 @@ impl Core {
         }
         status.pb.last_error = String::new();
         change.suppliers.push((supplier.clone(), status));
-        self.commit(m, change, None, None).await
+        self.commit(m, change, None, None).await?;
+        Ok(first_applied)
     }
 
     /// The API view of a supplier now.

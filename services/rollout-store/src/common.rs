@@ -227,6 +227,14 @@ pub(crate) async fn append_audit(pool: &AnyPool, audit: AuditDraft) -> Result<Au
     .await
 }
 
+/// The last audit event's sequence, 0 for none (one step down the primary key's index).
+pub(crate) async fn audit_head(pool: &AnyPool) -> Result<u64, StoreError> {
+    let last: Option<(i64,)> = sqlx::query_as("SELECT sequence FROM audit ORDER BY sequence DESC LIMIT 1")
+        .fetch_optional(pool)
+        .await?;
+    last.map_or(Ok(0), |(s,)| unsigned(s, "audit sequence"))
+}
+
 /// Audit events after `after`, at most `limit`, in order.
 pub(crate) async fn list_audit(
     pool: &AnyPool,

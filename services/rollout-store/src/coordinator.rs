@@ -289,6 +289,8 @@ pub trait CoordinatorStore: Send + Sync + 'static {
     async fn append_audit(&self, audit: AuditDraft) -> Result<AuditEvent, StoreError>;
     /// Audit events after `after`, at most `limit`, in order.
     async fn list_audit(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
+    /// The sequence of the last audit event (0 for none): how many events the chain holds.
+    async fn audit_head(&self) -> Result<u64, StoreError>;
     /// The stored version and change count, cheaply (replicas poll it).
     async fn head(&self) -> Result<(u64, u64), StoreError>;
     /// Whether other processes may write to the same store (PostgreSQL).
@@ -540,6 +542,10 @@ impl CoordinatorStore for SqlCoordinatorStore {
 
     async fn list_audit(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
         common::list_audit(&self.pool, after, limit).await
+    }
+
+    async fn audit_head(&self) -> Result<u64, StoreError> {
+        common::audit_head(&self.pool).await
     }
 
     async fn opt_out_cursors(&self) -> Result<Vec<(String, OptOutCursor)>, StoreError> {

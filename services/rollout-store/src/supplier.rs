@@ -233,6 +233,8 @@ pub trait SupplierStore: Send + Sync + 'static {
 
     /// Audit events after `after`, at most `limit`, in order.
     async fn list_audit(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
+    /// The sequence of the last audit event (0 for none): how many events the chain holds.
+    async fn audit_head(&self) -> Result<u64, StoreError>;
 }
 
 const MIGRATIONS: &[MigrationSql] = &[

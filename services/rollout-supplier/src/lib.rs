@@ -398,6 +398,11 @@ pub async fn serve(
         let mut m = Metrics::new("supplier", &[rollout_proto::FILE_DESCRIPTOR_SET]);
         m.observe_admission(&admission);
         m.observe_refusals(&refusals);
+        let store = engine.store().clone();
+        m.observe_audit_chain(move || {
+            let store = store.clone();
+            async move { store.audit_head().await.ok() }
+        });
         m.registry()
             .register_collector(Box::new(metrics::SupplierCollector(engine.clone())));
         (l, m)

@@ -1,8 +1,9 @@
-//! The supplier's own Prometheus metrics, read from the serving snapshot at each scrape (never
+//! The supplier's own Prometheus metrics. Read from the serving snapshot at each scrape (never
 //! on a call's path): the applied sequence, each feature's practices by answer, the age of the
 //! coordinator's last contact that counted, and whether each fail-closed feature is off for
-//! want of it. The `feature` label is a feature key: features are defined by commands, a
-//! handful at most, never a practice.
+//! want of it. Recorded as things happen ([`Recorded`]): answers served by state, watchers
+//! that fell behind, store commit times. The `feature` label is a feature key: features are
+//! defined by commands, a handful at most, never a practice.
 
 use std::{
     fmt,
@@ -16,7 +17,7 @@ use std::{
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{MetricType, gauge::ConstGauge},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge, histogram::Histogram},
 };
 use rollout_core::{Reason, State, rules::FailMode};
 
@@ -66,6 +67,44 @@ impl Evaluations {
             State::Unknown => 2,
         };
         self.0[i].fetch_add(1, Relaxed);
+    }
+}
+
+/// Upper bounds, in seconds, of the store commit histogram: from half a millisecond (SQLite on
+/// a local disk) to 10 s (a PostgreSQL server in trouble).
+const COMMIT_BUCKETS: [f64; 14] = [
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The figures the supplier records as things happen, each one atomic update or a few.
+#[derive(Debug)]
+pub struct Recorded {
+    /// Answers served to backends, by state.
+    pub(crate) evaluations: Evaluations,
+    lagged_watchers: AtomicU64,
+    commits: Histogram,
+}
+
+impl Default for Recorded {
+    fn default() -> Self {
+        Recorded {
+            evaluations: Evaluations::default(),
+            lagged_watchers: AtomicU64::new(0),
+            commits: Histogram::new(COMMIT_BUCKETS),
+        }
+    }
+}
+
+impl Recorded {
+    /// Counts a watcher (WatchPracticeFeatures or a flagd EventStream) that fell behind the
+    /// change fan-out and was sent a fresh snapshot (or told to refetch) instead.
+    pub(crate) fn watcher_lagged(&self) {
+        self.lagged_watchers.fetch_add(1, Relaxed);
+    }
+
+    /// Observes one store write of a change, `seconds` long, whether it committed or failed.
+    pub(crate) fn commit_took(&self, seconds: f64) {
+        self.commits.observe(seconds);
     }
 }
 
@@ -130,11 +169,27 @@ impl Collector for SupplierCollector {
                 None,
                 MetricType::Counter,
             )?;
-            for ((_, name), n) in Evaluations::STATES.iter().zip(&self.0.evaluations.0) {
-                prometheus_client::metrics::counter::ConstCounter::new(n.load(Relaxed))
-                    .encode(family.encode_family(&[("state", *name)])?)?;
+            for ((_, name), n) in Evaluations::STATES.iter().zip(&self.0.recorded.evaluations.0) {
+                ConstCounter::new(n.load(Relaxed)).encode(family.encode_family(&[("state", *name)])?)?;
             }
         }
+        let recorded = &self.0.recorded;
+        let lagged = ConstCounter::new(recorded.lagged_watchers.load(Relaxed));
+        lagged.encode(encoder.encode_descriptor(
+            "supplier_watchers_lagged",
+            "Watchers (WatchPracticeFeatures, flagd EventStream) that fell behind the change \
+             fan-out and were sent a fresh snapshot, or told to refetch, instead of the changes \
+             they missed",
+            None,
+            lagged.metric_type(),
+        )?)?;
+        recorded.commits.encode(encoder.encode_descriptor(
+            "supplier_store_commit",
+            "Seconds each store write of a change took (an applied command, a snapshot, an \
+             opt-out, an estate import), committed or failed",
+            Some(&prometheus_client::registry::Unit::Seconds),
+            recorded.commits.metric_type(),
+        )?)?;
         let mut family = encoder.encode_descriptor(
             "supplier_control_stale",
             "1 while a fail-closed feature is off everywhere for want of the coordinator's \

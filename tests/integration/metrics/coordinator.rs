@@ -1,7 +1,9 @@
 //! The coordinator's figures during a halt, scraped as Prometheus scrapes them: a stopped
-//! supplier's lag rises, the halt is listed unapplied there and it shows STALE, every other
-//! supplier stays synced (this replica leading delivery), the lag returns
-//! to 0 once it is back and has applied the halt; a refused HaltFeature counted by reason.
+//! supplier's lag rises, the halt is listed unapplied there, its delivery fails as
+//! unreachable and it shows STALE, every other supplier stays synced (this replica leading
+//! delivery) with the halt's propagation observed; the lag returns to 0 once it is back and
+//! has applied the halt, whose propagation there is then observed too, and whose verification
+//! is timed once; a refused HaltFeature counted by reason, the audit chain's events counted.
 
 use rollout_proto::v1 as pb;
 use tonic::Code;
@@ -21,6 +23,17 @@ fn state(text: &str, supplier: &str, state: &str) -> Option<f64> {
         "gprollout_coordinator_supplier_state",
         &[("supplier", supplier), ("state", state)],
     )
+}
+
+/// How many halts' propagation to `supplier` the `which` histogram (`applied` or
+/// `acknowledged`) has observed.
+fn propagated(text: &str, which: &str, supplier: &str) -> f64 {
+    sample(
+        text,
+        &format!("gprollout_coordinator_propagation_{which}_seconds_count"),
+        &[("supplier", supplier), ("action", "halt")],
+    )
+    .unwrap_or(0.0)
 }
 
 fn lag(text: &str, supplier: &str) -> Option<f64> {
@@ -55,6 +68,12 @@ async fn a_stopped_supplier_lags_then_shows_stale_and_catches_up_to_no_lag() {
         .is_some(),
         "{text}"
     );
+    let audited = |t: &str| sample(t, "gprollout_audit_events_appended_total", &[]).unwrap_or(0.0);
+    let audited_before = audited(&text);
+    assert!(
+        audited_before >= 2.0,
+        "the feature and its go-live audited:\n{text}"
+    );
 
     // A viewer may not halt: refused, counted by reason.
     let refused = stack
@@ -71,10 +90,37 @@ async fn a_stopped_supplier_lags_then_shows_stale_and_catches_up_to_no_lag() {
 
     stack.stop_supplier("tpp").await;
     let h = halt(&stack, national()).await;
-    let text = until(&stack, "tpp behind by the halt, then stale", |t| {
-        lag(t, "tpp") == Some(1.0) && state(t, "tpp", "stale") == Some(1.0)
-    })
+    let text = until(
+        &stack,
+        "tpp behind by the halt, then stale; emis's propagation observed",
+        |t| {
+            lag(t, "tpp") == Some(1.0)
+                && state(t, "tpp", "stale") == Some(1.0)
+                && propagated(t, "acknowledged", "emis") == 1.0
+        },
+    )
     .await;
+    assert_eq!(propagated(&text, "applied", "emis"), 1.0, "{text}");
+    assert_eq!(propagated(&text, "acknowledged", "tpp"), 0.0, "{text}");
+    assert!(
+        sample(
+            &text,
+            "gprollout_coordinator_delivery_failures_total",
+            &[("supplier", "tpp"), ("cause", "unreachable")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "gprollout_coordinator_delivery_attempts_total",
+            &[("supplier", "emis")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(audited(&text) > audited_before, "the halt audited:\n{text}");
     assert_eq!(state(&text, "emis", "synced"), Some(1.0), "{text}");
     assert_eq!(lag(&text, "emis"), Some(0.0), "{text}");
     let unapplied = |s: &str| {
@@ -115,9 +161,34 @@ async fn a_stopped_supplier_lags_then_shows_stale_and_catches_up_to_no_lag() {
 
     stack.start_supplier("tpp").await;
     delivered(&stack, &h.name).await;
-    until(&stack, "tpp caught up", |t| {
+    let text = until(&stack, "tpp caught up", |t| {
         lag(t, "tpp") == Some(0.0) && state(t, "tpp", "synced") == Some(1.0)
     })
     .await;
+    assert_eq!(propagated(&text, "acknowledged", "tpp"), 1.0, "{text}");
+
+    // Each supplier's verification of the halt is timed once, however often it is verified.
+    let verified = |t: &str| {
+        sample(
+            t,
+            "gprollout_coordinator_halt_verified_seconds_count",
+            &[("supplier", "emis")],
+        )
+    };
+    assert_eq!(verified(&text), None, "{text}");
+    for _ in 0..2 {
+        let v = stack
+            .client("viewer")
+            .verify_command(pb::VerifyCommandRequest {
+                name: h.name.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("verify the halt")
+            .into_inner();
+        assert!(v.verified, "{v:?}");
+    }
+    let (_, text) = super::scrape(stack.coordinator_metrics.expect("metrics")).await;
+    assert_eq!(verified(&text), Some(1.0), "{text}");
     stack.stop().await;
 }

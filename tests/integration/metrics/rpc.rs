@@ -176,12 +176,39 @@ async fn a_supplier_counts_calls_by_method_and_code_and_refusals_and_handshakes_
     );
     assert_eq!(practices(&text, "halted"), Some(0.0), "{text}");
     assert!(sample(&text, "gprollout_supplier_contact_age_seconds", &[]).is_some());
+    assert_eq!(
+        sample(&text, "gprollout_supplier_watchers_lagged_total", &[]),
+        Some(0.0),
+        "{text}"
+    );
+    let commits = |t: &str| sample(t, "gprollout_supplier_store_commit_seconds_count", &[]).unwrap_or(0.0);
+    let audited = |t: &str| sample(t, "gprollout_audit_events_appended_total", &[]).unwrap_or(0.0);
+    let (commits_before, audited_before) = (commits(&text), audited(&text));
+    // The feature's definition and its go-live, each committed with its audit event.
+    assert!(commits_before >= 2.0 && audited_before >= 2.0, "{text}");
     apply(
         &mut control,
         halt(3, "halt-qn7", Scope::Icb("QN7".parse().expect("icb"))),
     )
     .await;
     let (_, text) = scrape(metrics).await;
+    assert!(
+        commits(&text) > commits_before,
+        "the halt's commit timed:\n{text}"
+    );
+    assert!(
+        audited(&text) > audited_before,
+        "the halt's audit event counted:\n{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "gprollout_supplier_store_commit_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
+        Some(commits(&text)),
+        "{text}"
+    );
     let halted = practices(&text, "halted").unwrap_or_default();
     assert!(halted > 0.0, "{text}");
     assert_eq!(

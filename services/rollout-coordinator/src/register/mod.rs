@@ -32,11 +32,7 @@ use rollout_store::coordinator::{OptOutCursor, RegisterEntry, RegisterQuery};
 use tonic::{Code, transport::Channel};
 use tracing::{info, warn};
 
-use crate::{
-    answers::Fault,
-    coordinator::Core,
-    delivery::{call, describe},
-};
+use crate::{answers::Fault, coordinator::Core, delivery::call, failure::describe};
 
 /// Records asked for in one ListOptOutChanges (the most a supplier gives).
 const CHANGES_PAGE: i32 = 1_000;

@@ -298,6 +298,18 @@ pub(super) async fn verify_command(
         .await?
         .map(|r| format!("commands/{r}"))
         .unwrap_or_default();
+    if lifted_by.is_empty() {
+        for r in results
+            .iter()
+            .filter(|r| r.outcome() == pb::verify_command_response::Outcome::Verified)
+        {
+            if let Ok(supplier) = SupplierId::parse(r.supplier.trim_start_matches("suppliers/")) {
+                h.core
+                    .recorded
+                    .halt_verified(halt.sequence, &supplier, c.domain.issued_at);
+            }
+        }
+    }
     let sum =
         |count: fn(&pb::verify_command_response::SupplierResult) -> i32| results.iter().map(count).sum();
     Ok(Response::new(pb::VerifyCommandResponse {

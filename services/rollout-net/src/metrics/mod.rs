@@ -10,7 +10,15 @@
 
 pub mod rpc;
 
-use std::{fmt, net::SocketAddr, pin::Pin, sync::Arc};
+use std::{
+    fmt,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
 
 use prometheus_client::{
     collector::Collector,
@@ -111,6 +119,30 @@ impl Metrics {
             .register_collector(Box::new(RefusalCollector(refusals.clone())));
     }
 
+    /// Reports the service's audit chain at each scrape: `head` reads the last event's
+    /// sequence from the store, which is how many events the chain holds (sequences start at 1
+    /// and have no gaps), as `gprollout_audit_events_appended_total`. A read that fails or
+    /// takes over [`AUDIT_HEAD_TIMEOUT`] leaves the series out of that scrape, so that a store
+    /// in trouble never stalls a scrape nor shows a stale count.
+    pub fn observe_audit_chain<F>(&mut self, head: impl Fn() -> F + Send + Sync + 'static)
+    where
+        F: Future<Output = Option<u64>> + Send + 'static,
+    {
+        let last = Arc::new(AtomicU64::new(UNKNOWN));
+        self.registry
+            .register_collector(Box::new(AuditChainCollector(last.clone())));
+        self.before_scrape(move || {
+            let (read, last) = (head(), last.clone());
+            async move {
+                let head = tokio::time::timeout(AUDIT_HEAD_TIMEOUT, read)
+                    .await
+                    .ok()
+                    .flatten();
+                last.store(head.unwrap_or(UNKNOWN), Relaxed);
+            }
+        });
+    }
+
     /// The metrics now, in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -138,6 +170,30 @@ impl Metrics {
             }),
         );
         axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    }
+}
+
+/// The longest a scrape waits for the audit chain's head ([`Metrics::observe_audit_chain`]).
+pub const AUDIT_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The audit chain's head not read at the last scrape.
+const UNKNOWN: u64 = u64::MAX;
+
+#[derive(Debug)]
+struct AuditChainCollector(Arc<AtomicU64>);
+
+impl Collector for AuditChainCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        match self.0.load(Relaxed) {
+            UNKNOWN => Ok(()),
+            n => one(
+                &mut encoder,
+                "audit_events_appended",
+                "Events in this service's audit chain: accepted changes and refused calls, by \
+                 every replica of its store (the last event's sequence, read at each scrape)",
+                &ConstCounter::new(n),
+            ),
+        }
     }
 }
 

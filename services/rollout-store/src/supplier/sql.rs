@@ -390,4 +390,8 @@ impl SupplierStore for SqlSupplierStore {
     async fn list_audit(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
         common::list_audit(&self.pool, after, limit).await
     }
+
+    async fn audit_head(&self) -> Result<u64, StoreError> {
+        common::audit_head(&self.pool).await
+    }
 }

@@ -76,8 +76,8 @@ pub struct Engine {
     pub freeze: Option<String>,
     /// The store's identity (SyncState.store_id): the same for every replica of one store.
     pub store_id: String,
-    /// Answers served to backends, by state (for the metrics).
-    pub(crate) evaluations: crate::metrics::Evaluations,
+    /// Figures recorded for the metrics as things happen.
+    pub(crate) recorded: crate::metrics::Recorded,
 }
 
 impl std::fmt::Debug for Engine {
@@ -239,7 +239,7 @@ impl Engine {
             supplier,
             freeze,
             store_id,
-            evaluations: Default::default(),
+            recorded: Default::default(),
         };
         serving.answers = Arc::new(serving.compute_answers(&engine.context(&serving)));
         info!(
@@ -316,7 +316,10 @@ impl Engine {
     {
         let engine = Arc::clone(self);
         rollout_net::detached::to_completion(context, async move {
-            let value = match stored.await {
+            let started = std::time::Instant::now();
+            let stored = stored.await;
+            engine.recorded.commit_took(started.elapsed().as_secs_f64());
+            let value = match stored {
                 Ok(v) => v,
                 Err(e) => return Err(engine.commit_failed(&w.current, e, context).await),
             };

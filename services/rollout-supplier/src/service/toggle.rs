@@ -21,7 +21,7 @@ impl ToggleService for Handlers {
         let s = self.engine.current();
         let p = practice(&s, ods, &self.engine.supplier)?;
         let ctx = self.engine.context(&s);
-        let served = &self.engine.evaluations;
+        let served = &self.engine.recorded.evaluations;
         Ok(Response::new(answer(
             (&s, served),
             p,
@@ -54,7 +54,7 @@ impl ToggleService for Handlers {
         for (i, name) in r.names.iter().enumerate() {
             let (ods, key) = wire::practice_feature_name(&format!("names[{i}]"), name)?;
             let p = practice(&s, ods, &self.engine.supplier)?;
-            let a = answer((&s, &self.engine.evaluations), p, &key, &ctx, r.explain)?;
+            let a = answer((&s, &self.engine.recorded.evaluations), p, &key, &ctx, r.explain)?;
             bytes += element_len(&a);
             if bytes > MAX_MESSAGE_BYTES {
                 return Err(response_too_large(r.names.len(), i, r.explain).into());
@@ -119,7 +119,13 @@ impl ToggleService for Handlers {
         // bytes as well as by count.
         let mut page = Page::new(size);
         for p in matching {
-            if !page.push(answer((&s, &self.engine.evaluations), p, &key, &ctx, r.explain)?) {
+            if !page.push(answer(
+                (&s, &self.engine.recorded.evaluations),
+                p,
+                &key,
+                &ctx,
+                r.explain,
+            )?) {
                 break;
             }
         }

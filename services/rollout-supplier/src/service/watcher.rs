@@ -153,6 +153,7 @@ impl Watcher {
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, feature = %self.feature, "watcher fell behind; sending a fresh snapshot");
+                        self.engine.recorded.watcher_lagged();
                         match self.snapshot(&self.engine.current()).await {
                             Some(v) => seen = v,
                             None => return,

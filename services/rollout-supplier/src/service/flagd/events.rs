@@ -72,6 +72,7 @@ pub(super) async fn run(
                 Ok(batch) => ("configuration_change".to_owned(), Some(changed([batch.feature.as_str()]))),
                 // Changes were missed: every feature may have changed.
                 Err(broadcast::error::RecvError::Lagged(_)) => {
+                    engine.recorded.watcher_lagged();
                     let s = engine.current();
                     let keys = s.book.features().map(|f| f.def.key.as_str());
                     ("configuration_change".to_owned(), Some(changed(keys)))

@@ -191,7 +191,7 @@ impl Handlers {
         deciding: Option<&Applicable<'_>>,
         applied: u64,
     ) -> Resolved {
-        self.engine.evaluations.served(state);
+        self.engine.recorded.evaluations.served(state);
         let (value, variant, of_reason) = mapping(state);
         let mut fields = BTreeMap::new();
         fields.insert("reason".to_owned(), string(reason.trim_start_matches("REASON_")));
