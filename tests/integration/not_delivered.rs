@@ -6,7 +6,7 @@ use rollout_core::Scope;
 use rollout_proto::v1::{self as pb, verify_command_response::Outcome};
 
 use crate::{
-    stack::{SUPPLIERS, Stack, delivered, feature_live, halt, national},
+    stack::{SUPPLIERS, Stack, delivered, feature_live, halt, national, verify},
     support::FEATURE,
 };
 
@@ -90,15 +90,7 @@ async fn an_impact_marks_the_supplier_the_coordinator_has_no_endpoint_for() {
     // Verified everywhere it was sent, and still not verified: microtest's practices are
     // NOT_DELIVERED, counted unverified.
     delivered(&stack, &issued.name).await;
-    let verified = stack
-        .client("viewer")
-        .verify_command(pb::VerifyCommandRequest {
-            name: issued.name.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("verify")
-        .into_inner();
+    let verified = verify(&stack, &issued.name).await;
     assert!(!verified.verified, "{verified:?}");
     assert_eq!(verified.unverified_count, left_out);
     for r in &verified.suppliers {

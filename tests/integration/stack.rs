@@ -415,6 +415,20 @@ pub async fn halt(stack: &Stack, scope: pb::Scope) -> pb::Command {
         .into_inner()
 }
 
+/// VerifyCommand of the halt `name` (`commands/...`) as a viewer, with the default timeout, for
+/// every supplier.
+pub async fn verify(stack: &Stack, name: &str) -> pb::VerifyCommandResponse {
+    stack
+        .client("viewer")
+        .verify_command(pb::VerifyCommandRequest {
+            name: name.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("verify")
+        .into_inner()
+}
+
 /// The coordinator's audit log, every page.
 pub async fn audit_events(stack: &Stack) -> Vec<pb::AuditEvent> {
     let mut auditor = stack.client("auditor");

@@ -15,7 +15,7 @@ use rollout_proto::v1::{self as pb, practice_feature::Reason as R, practice_feat
 use tonic::Code;
 
 use crate::{
-    stack::{SUPPLIERS, Stack, delivered, feature_live, halt, national},
+    stack::{SUPPLIERS, Stack, delivered, feature_live, halt, national, verify},
     support::{assert_refused, feature_name, practice_feature},
 };
 
@@ -77,15 +77,7 @@ async fn a_national_halt_is_applied_by_every_supplier_and_verified() {
             "{s} is halted"
         );
     }
-    let verified = stack
-        .client("viewer")
-        .verify_command(pb::VerifyCommandRequest {
-            name: h.name.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("verify")
-        .into_inner();
+    let verified = verify(&stack, &h.name).await;
     assert!(verified.verified, "{verified:?}");
     assert_eq!(verified.enabled_count, 0);
     assert_eq!(

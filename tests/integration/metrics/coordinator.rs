@@ -9,7 +9,7 @@ use rollout_proto::v1 as pb;
 use tonic::Code;
 
 use super::{sample, scrape_until};
-use crate::stack::{Stack, delivered, feature_live, halt, national};
+use crate::stack::{Stack, delivered, feature_live, halt, national, verify};
 
 /// Scrapes the coordinator until `ok` holds, for at most 30 s.
 async fn until(stack: &Stack, what: &str, ok: impl Fn(&str) -> bool) -> String {
@@ -177,15 +177,7 @@ async fn a_stopped_supplier_lags_then_shows_stale_and_catches_up_to_no_lag() {
     };
     assert_eq!(verified(&text), None, "{text}");
     for _ in 0..2 {
-        let v = stack
-            .client("viewer")
-            .verify_command(pb::VerifyCommandRequest {
-                name: h.name.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("verify the halt")
-            .into_inner();
+        let v = verify(&stack, &h.name).await;
         assert!(v.verified, "{v:?}");
     }
     let (_, text) = super::scrape(stack.coordinator_metrics.expect("metrics")).await;
