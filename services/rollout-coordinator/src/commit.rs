@@ -12,6 +12,7 @@ use rollout_core::audit::AuditDraft;
 use rollout_net::ApiError;
 use rollout_store::{RequestRecord, StoreError, coordinator::CoordinatorStore};
 use tokio::sync::{OwnedMutexGuard, watch};
+use tracing::Instrument;
 
 use crate::{
     change::Change,
@@ -43,7 +44,8 @@ impl Core {
     /// change is applied or has failed), wakes the delivery tasks if it dispatched a command,
     /// and tells the watchers. A failed commit changes nothing in the model; a conflict with
     /// another replica reloads it and answers ABORTED. Runs to its end on its own task even if
-    /// the caller goes away; a panic in it answers INTERNAL.
+    /// the caller goes away; a panic in it answers INTERNAL. Within a traced call the store write
+    /// is its `commit` span.
     pub(crate) async fn commit(
         &self,
         mut m: OwnedMutexGuard<Model>,
@@ -57,8 +59,15 @@ impl Core {
         let mut write = change.write(&retired, request, audit);
         write.expected_version = guarded.then_some(m.store_version());
         let writer = self.writer();
+        let commands = change.commands.len();
         rollout_net::detached::to_completion("committing a change", async move {
-            if let Err(e) = writer.store.write(write).await {
+            // Within a traced call, the store write is a span of the call's trace.
+            let span = if rollout_net::trace::active() {
+                tracing::info_span!(target: rollout_net::trace::TARGET, "commit", gprollout.commands = commands)
+            } else {
+                tracing::Span::none()
+            };
+            if let Err(e) = writer.store.write(write).instrument(span).await {
                 return Err(writer.failed(&mut m, e).await);
             }
             let before = m.last_sequence();

@@ -18,8 +18,9 @@ use rollout_net::{ApiError, wire};
 use rollout_proto::v1 as pb;
 use rollout_store::coordinator::{CommandState, CoordinatorStore};
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
-use tracing::info;
+use tracing::{Span, info};
 
+use crate::traces::DispatchTraces;
 pub use crate::{
     change::{Change, Idempotency},
     model::{Cmd, LoadError, Model, SupplierStatus},
@@ -90,6 +91,8 @@ pub struct Core {
     pub leading: std::sync::atomic::AtomicBool,
     /// Metrics recorded as delivery and verification happen.
     pub(crate) recorded: crate::metrics::Recorded,
+    /// The trace each recently dispatched command was dispatched in, for its delivery.
+    pub(crate) traces: DispatchTraces,
 }
 
 impl std::fmt::Debug for Core {
@@ -135,6 +138,7 @@ impl Core {
             stale_after,
             leading: std::sync::atomic::AtomicBool::new(false),
             recorded: crate::metrics::Recorded::default(),
+            traces: DispatchTraces::default(),
         }))
     }
 
@@ -221,7 +225,8 @@ impl Core {
         }
     }
 
-    /// Gives `cmd` the next sequence and pending deliveries to every configured supplier.
+    /// Gives `cmd` the next sequence and pending deliveries to every configured supplier, and
+    /// notes the trace of the call dispatching it (if it is traced) for its delivery.
     /// Refused while a supplier holds commands the log does not (the sequence would clash).
     fn dispatch(
         &self,
@@ -247,6 +252,9 @@ impl Core {
                 },
             ));
         }
+        let parent = rollout_net::trace::Parent::of(&Span::current());
+        self.traces
+            .dispatched(sequence, &cmd.domain.id, parent, self.suppliers.len());
         info!(sequence, command = %cmd.domain.id, action = cmd.domain.action.name(), feature = %cmd.domain.feature, "command dispatched");
         Ok(())
     }

@@ -217,14 +217,12 @@ async fn sync(
         };
         core.record_attempt(supplier, sequence).await;
         let timed = Timed::of(&command);
-        match client
-            .apply_command(call(pb::ApplyCommandRequest {
-                command: Some(command),
-                previous_history_hash: previous.as_bytes().to_vec(),
-                target_sequence: i64::try_from(target).unwrap_or(i64::MAX),
-            }))
-            .await
-        {
+        let request = pb::ApplyCommandRequest {
+            command: Some(command),
+            previous_history_hash: previous.as_bytes().to_vec(),
+            target_sequence: i64::try_from(target).unwrap_or(i64::MAX),
+        };
+        match apply(core, supplier, client, sequence, request).await {
             Ok(resp) => {
                 // The answer is the supplier's word, for the sequence sent and no other: an
                 // answer that cannot be true is recorded as the supplier's fault, not as an
@@ -254,6 +252,50 @@ async fn sync(
         }
     }
     Ok(Known::Applied(applied))
+}
+
+/// Sends `request`, the command at `sequence`, to the supplier in a `dispatch` span
+/// (docs/OBSERVABILITY.md, "Traces"): a child of the call that dispatched the command while this
+/// replica still holds that trace ([`crate::traces`]), else the start of a trace of its own. The
+/// call carries the span as W3C `traceparent` and the command's id in
+/// [`rollout_net::trace::COMMAND_ID_HEADER`], with the deadline of one call to a supplier.
+async fn apply(
+    core: &Core,
+    supplier: &SupplierId,
+    client: &mut ControlServiceClient<Channel>,
+    sequence: u64,
+    request: pb::ApplyCommandRequest,
+) -> Result<tonic::Response<pb::ApplyCommandResponse>, tonic::Status> {
+    let id = request
+        .command
+        .as_ref()
+        .and_then(|c| c.name.strip_prefix("commands/"))
+        .unwrap_or_default()
+        .to_owned();
+    let span = tracing::info_span!(
+        target: rollout_net::trace::TARGET,
+        "dispatch",
+        otel.kind = "client",
+        gprollout.supplier = %supplier,
+        gprollout.sequence = sequence,
+        gprollout.command_id = %id,
+    );
+    if let Some(parent) = core.traces.parent(sequence, &id) {
+        parent.adopt(&span);
+    }
+    let mut request = call(request);
+    rollout_net::trace::inject(&span, request.metadata_mut());
+    if let Some(Ok(value)) = (!id.is_empty()).then(|| id.parse()) {
+        request
+            .metadata_mut()
+            .insert(rollout_net::trace::COMMAND_ID_HEADER, value);
+    }
+    let answer = client.apply_command(request).instrument(span.clone()).await;
+    rollout_net::trace::outcome(&span, &answer);
+    if answer.is_ok() {
+        core.traces.answered(sequence);
+    }
+    answer
 }
 
 /// Brings the opt-out register up to date with the supplier that reported `state`, before

@@ -39,6 +39,7 @@ mod supervise;
 mod sync;
 #[cfg(test)]
 mod tests;
+mod traces;
 mod upgrade;
 mod verification;
 
@@ -56,7 +57,7 @@ use rollout_core::SupplierId;
 use rollout_net::{
     Access, AccessTable, Admission, AuthLayer, ConnectionBudget, Drain, Identity, MessageLimits, PolicyFile,
     Role,
-    cli::{ConnectionArgs, LogArgs, ShutdownArgs, TlsArgs},
+    cli::{ConnectionArgs, LogArgs, ShutdownArgs, TlsArgs, TraceArgs},
     metrics::Metrics,
     server::Listeners,
     tls::{self, ClientTrust, ReloadingServerConfig, TlsFiles},
@@ -153,6 +154,8 @@ pub struct Args {
     pub shutdown: ShutdownArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 /// The suppliers file.

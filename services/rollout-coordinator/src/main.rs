@@ -14,14 +14,20 @@ static ALLOCATOR: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let (log, listen) = (args.log.clone(), args.listen);
-    let (health, metrics) = (args.health_listen.clone(), args.metrics_listen.clone());
-    rollout_net::server::run_binary(
-        "rollout-coordinator",
-        &log,
-        listen,
-        &health,
-        &metrics,
-        |listeners, shutdown| async move { serve(Config::try_from(args)?, listeners, shutdown).await },
-    )
+    let (log, health, metrics) = (
+        args.log.clone(),
+        args.health_listen.clone(),
+        args.metrics_listen.clone(),
+    );
+    let binary = rollout_net::server::Binary {
+        name: "rollout-coordinator",
+        log: &log,
+        trace: args.trace.export("gprollout-coordinator", vec![]),
+        listen: args.listen,
+        health: &health,
+        metrics: &metrics,
+    };
+    rollout_net::server::run_binary(binary, |listeners, shutdown| async move {
+        serve(Config::try_from(args)?, listeners, shutdown).await
+    })
 }

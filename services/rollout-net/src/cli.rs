@@ -2,7 +2,11 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::{budget::ConnectionBudget, telemetry::LogFormat, tls::TlsFiles};
+use crate::{
+    budget::ConnectionBudget,
+    telemetry::{Export, LogFormat},
+    tls::TlsFiles,
+};
 
 /// The server's mutual-TLS files.
 #[derive(Debug, Clone, clap::Args)]
@@ -89,6 +93,31 @@ pub struct LogArgs {
     /// Which events to log, in RUST_LOG syntax (for example `info,rollout_supplier=debug`).
     #[arg(long, env = "ROLLOUT_LOG", default_value = "info")]
     pub log_filter: String,
+}
+
+/// Trace export (docs/OBSERVABILITY.md, "Traces").
+#[derive(Debug, Clone, clap::Args)]
+pub struct TraceArgs {
+    /// Send traces of the write paths (commands issued, dispatched, applied, committed and
+    /// published) to this OpenTelemetry collector over OTLP/gRPC: `http://HOST:PORT`, usually an
+    /// agent or sidecar on this host (port 4317). Unset (the default), no span is exported. The
+    /// standard OTEL_BSP_* variables tune the batching (OTEL_BSP_SCHEDULE_DELAY, in ms) and
+    /// OTEL_EXPORTER_OTLP_TIMEOUT/HEADERS the calls; a collector that is down costs no call
+    /// anything (its spans are dropped, told at WARN at most once a minute).
+    #[arg(long, env = "ROLLOUT_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+}
+
+impl TraceArgs {
+    /// The export these settings ask for, as `service` (its `service.name`) with the resource
+    /// `attributes`; `None` when tracing is off.
+    pub fn export(&self, service: &'static str, attributes: Vec<(&'static str, String)>) -> Option<Export> {
+        self.otlp_endpoint.clone().map(|endpoint| Export {
+            endpoint,
+            service,
+            attributes,
+        })
+    }
 }
 
 /// How long the server has to stop.

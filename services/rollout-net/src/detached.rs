@@ -5,21 +5,24 @@
 //! write dropped there, between its store transaction and the in-memory swap that serves it,
 //! would be on disk (and answered to a retry of its request id) but not served or delivered.
 //! [`to_completion`] runs such work on a task of its own that the caller awaits: if the caller
-//! goes away, the task still finishes, so the write is done or failed as a whole.
+//! goes away, the task still finishes, so the write is done or failed as a whole. The task runs
+//! in the caller's span, so its log lines and spans (a commit's, with tracing on) are the call's.
 
 use std::future::Future;
 
+use tracing::Instrument;
+
 use crate::ApiError;
 
-/// Runs `work` on its own task and answers what it answers. The task runs to its end even if
-/// the returned future is dropped. A panic in `work` is an internal error (logged, with
+/// Runs `work` on its own task, in the current span, and answers what it answers. The task runs
+/// to its end even if the returned future is dropped. A panic in `work` is an internal error (logged, with
 /// `context`), never a call left hanging.
 pub async fn to_completion<T, W>(context: &'static str, work: W) -> Result<T, ApiError>
 where
     T: Send + 'static,
     W: Future<Output = Result<T, ApiError>> + Send + 'static,
 {
-    match tokio::spawn(work).await {
+    match tokio::spawn(work.in_current_span()).await {
         Ok(result) => result,
         // A panic, or the runtime shutting down under the task.
         Err(e) => Err(ApiError::internal(context, e)),

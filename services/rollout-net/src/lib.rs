@@ -8,7 +8,9 @@
 //! limits and the page byte budget ([`limits`]), health, reflection, HTTP/2 settings and the
 //! shutdown signal ([`server`]), what happens between that signal and the exit ([`drain`]),
 //! work that finishes whatever its caller does ([`detached`]), the Prometheus metrics both
-//! services share and their endpoint ([`metrics`]), and logging set-up ([`telemetry`]).
+//! services share and their endpoint ([`metrics`]), logging and trace export set-up
+//! ([`telemetry`]), and the spans that are exported with the trace context carried between the
+//! services ([`trace`]).
 
 pub mod accept;
 pub mod audit_queue;
@@ -25,6 +27,7 @@ pub mod refusals;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 pub mod wire;
 
 pub use accept::{Admission, AdmissionCounts};

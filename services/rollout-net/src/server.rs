@@ -249,66 +249,101 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// The body of a server binary's `main`, after it has parsed its arguments: sets up logging and
-/// the crypto provider, binds the gRPC port at `listen` and the plaintext health and metrics
-/// ports at `health` and `metrics` (each unless it is `off`), runs `serve` until SIGINT or
-/// SIGTERM (passed to it as the shutdown future), and turns the outcome into an exit status
-/// with a one-line error.
-pub fn run_binary<F, Fut, E>(
-    name: &str,
-    log: &crate::cli::LogArgs,
-    listen: SocketAddr,
-    health: &str,
-    metrics: &str,
-    serve: F,
-) -> ExitCode
+/// How long a server waits, once stopped, for the spans still queued to reach the collector
+/// (with `--otlp-endpoint`): beyond `--shutdown-grace`, and only when tracing is on.
+pub const SPANS_AT_EXIT: Duration = Duration::from_secs(1);
+
+/// What a server binary's `main` hands [`run_binary`]: its name, its logging and trace export,
+/// and the addresses of its ports (`off` turns the health or metrics port off).
+#[derive(Debug)]
+pub struct Binary<'a> {
+    /// The binary's name, before each error it prints.
+    pub name: &'a str,
+    /// Log format and filter.
+    pub log: &'a crate::cli::LogArgs,
+    /// Where the spans go, if tracing is on.
+    pub trace: Option<crate::telemetry::Export>,
+    /// The mutual-TLS gRPC port.
+    pub listen: SocketAddr,
+    /// The plaintext health port, or `off`.
+    pub health: &'a str,
+    /// The plaintext metrics port, or `off`.
+    pub metrics: &'a str,
+}
+
+/// The body of a server binary's `main`, after it has parsed its arguments: sets up the runtime,
+/// logging (and the trace export, with the runtime entered) and the crypto provider, binds the
+/// gRPC port and the plaintext health and metrics ports that are on, runs `serve` until SIGINT
+/// or SIGTERM (passed to it as the shutdown future), sends the spans still queued (within
+/// [`SPANS_AT_EXIT`]), and turns the outcome into an exit status with a one-line error (1 for
+/// any failure, a setting refused at start included).
+pub fn run_binary<F, Fut, E>(binary: Binary<'_>, serve: F) -> ExitCode
 where
     F: FnOnce(Listeners, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: Display,
 {
+    let name = binary.name;
     let fail = |message: String| {
         eprintln!("{name}: {message}");
         ExitCode::FAILURE
     };
-    if let Err(e) = crate::telemetry::init(log.log_format, &log.log_filter) {
-        return fail(e);
-    }
-    crate::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
+    let tracing = {
+        // The exporter's connection is made on the runtime.
+        let _entered = runtime.enter();
+        let log = binary.log;
+        match crate::telemetry::init(log.log_format, &log.log_filter, binary.trace.as_ref()) {
+            Ok(tracing) => tracing,
+            Err(e) => return fail(e),
+        }
+    };
+    crate::tls::install_crypto_provider();
     let code = runtime.block_on(async {
-        let listener = match TcpListener::bind(listen).await {
-            Ok(l) => l,
-            Err(e) => return fail(format!("cannot listen on {listen}: {e}")),
-        };
-        let mut plaintext = [None, None];
-        for ((addr, what), slot) in [(health, "health"), (metrics, "metrics")]
-            .into_iter()
-            .zip(&mut plaintext)
-        {
-            if addr != "off" {
-                match TcpListener::bind(addr).await {
-                    Ok(l) => *slot = Some(l),
-                    Err(e) => return fail(format!("cannot listen on {addr} ({what}): {e}")),
-                }
-            }
+        let outcome = bind_and_serve(&binary, serve).await;
+        if let Some(tracing) = tracing {
+            tracing.shutdown(SPANS_AT_EXIT).await;
         }
-        let [health, metrics] = plaintext;
-        let listeners = Listeners {
-            grpc: listener,
-            health,
-            metrics,
-        };
-        match serve(listeners, Box::pin(shutdown_signal())).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(e.to_string()),
-        }
+        outcome.map_or_else(fail, |()| ExitCode::SUCCESS)
     });
     // `serve` has kept to its grace period: what is left (a connection the grace period ran
     // out on, a name lookup in a blocking thread) ends with the process, not waited for.
     runtime.shutdown_background();
     code
+}
+
+/// Binds the ports of `binary` and runs `serve` on them until SIGINT or SIGTERM; the error is
+/// the one line a failure prints.
+async fn bind_and_serve<F, Fut, E>(binary: &Binary<'_>, serve: F) -> Result<(), String>
+where
+    F: FnOnce(Listeners, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let listen = binary.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let mut plaintext = [None, None];
+    for ((addr, what), slot) in [(binary.health, "health"), (binary.metrics, "metrics")]
+        .into_iter()
+        .zip(&mut plaintext)
+    {
+        if addr != "off" {
+            let bound = TcpListener::bind(addr).await;
+            *slot = Some(bound.map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))?);
+        }
+    }
+    let [health, metrics] = plaintext;
+    let listeners = Listeners {
+        grpc: listener,
+        health,
+        metrics,
+    };
+    serve(listeners, Box::pin(shutdown_signal()))
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -112,6 +112,11 @@ impl Hub {
         let _ = self.tx.send(batch);
     }
 
+    /// Live watchers now (watch streams and flagd event streams, each one receiver).
+    pub fn watchers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
     /// Subscribes a watcher: resumes after `start_version` if the changes since are held,
     /// else starts from a snapshot of `state` (the state current under the hub's lock).
     pub fn subscribe(

@@ -27,7 +27,7 @@ use rollout_core::{
 };
 use rollout_net::{
     Access, AccessTable, Admission, AuthLayer, ConnectionBudget, Drain, MessageLimits, PolicyFile, Role,
-    cli::{ConnectionArgs, LogArgs, ShutdownArgs, TlsArgs},
+    cli::{ConnectionArgs, LogArgs, ShutdownArgs, TlsArgs, TraceArgs},
     metrics::Metrics,
     server::Listeners,
     tls::{self, ReloadingServerConfig, TlsFiles},
@@ -120,6 +120,8 @@ pub struct Args {
     pub shutdown: ShutdownArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 /// How much of the supplier service one peer may hold (docs/RELIABILITY.md, "Budgets").

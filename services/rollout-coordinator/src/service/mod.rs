@@ -1,4 +1,6 @@
-//! The CoordinatorService handlers: the writes here, the reads in `read.rs`, WatchCommand (each
+//! The CoordinatorService handlers: the writes in `writes.rs`, each run here in its exported
+//! span (`rollout_net::call_span!`, a child of the caller's W3C trace context if it sends one),
+//! the reads in `read.rs`, WatchCommand (each
 //! command's view computed once per change for all its watchers) in `views.rs`, VerifyCommand
 //! in `verify.rs`, GetPracticeStatus in `practice_status.rs`, the national opt-out register
 //! (ListOptOuts) in `register.rs`. WatchCommand and VerifyCommand are held to budgets per
@@ -17,13 +19,11 @@ use rollout_proto::v1::{
     self as pb, coordinator_service_server::CoordinatorService, toggle_service_client::ToggleServiceClient,
 };
 use tokio::sync::watch;
-use tonic::{Request, Response, Status, transport::Channel};
-use tracing::{Span, instrument};
+use tonic::{Request, Response, Status, metadata::MetadataMap, transport::Channel};
+use tracing::Span;
 
 use crate::{
-    coordinator::{Core, Idempotency, Model, Who},
-    recovery::{self, Recovery},
-    redeliver::Redelivery,
+    coordinator::{Core, Idempotency, Who},
     scope_check::Allowances,
 };
 
@@ -32,6 +32,7 @@ mod read;
 mod register;
 mod verify;
 mod views;
+mod writes;
 
 pub(crate) use views::CommandViews;
 
@@ -132,7 +133,7 @@ impl Handlers {
         let call = async {
             let who = who?;
             let key = wire::feature_name("name", name)?;
-            Span::current().record("feature", key.as_str());
+            Span::current().record("gprollout.feature", key.as_str());
             let action = action()?;
             let reason = wire::text("reason", reason)?;
             let idem = idem?;
@@ -218,48 +219,39 @@ fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ApiError> {
     M::decode(bytes).map_err(|e| ApiError::internal("decoding a stored response", e))
 }
 
+/// Runs a call that answers with a command in `span` (of `rollout_net::call_span!`, see
+/// [`rollout_net::trace::traced`]), recording the command's id and, once dispatched, its
+/// sequence on the span.
+async fn command_call(
+    span: Span,
+    metadata: &MetadataMap,
+    call: impl Future<Output = Result<Response<pb::Command>, Status>>,
+) -> Result<Response<pb::Command>, Status> {
+    let traced = span.clone();
+    rollout_net::trace::traced(span, metadata, async move {
+        let result = call.await;
+        if let Ok(answer) = &result {
+            let c = answer.get_ref();
+            if let Some(id) = c.name.strip_prefix("commands/") {
+                traced.record("gprollout.command_id", id);
+            }
+            if c.sequence > 0 {
+                traced.record("gprollout.sequence", c.sequence);
+            }
+        }
+        result
+    })
+    .await
+}
+
 #[tonic::async_trait]
 impl CoordinatorService for Handlers {
-    #[instrument(skip_all, fields(command, supplier))]
     async fn redeliver_command(
         &self,
         req: Request<pb::RedeliverCommandRequest>,
     ) -> Result<Response<pb::Command>, Status> {
-        let r = req.get_ref();
-        let target = format!("{} {}", r.name, r.supplier);
-        let audit = draft(&req, "RedeliverCommand", &target, &r.request_id, &r.reason);
-        let call = async {
-            let who = who(&req)?;
-            let original = wire::command_name("name", &r.name)?;
-            Span::current().record("command", original.as_str());
-            let supplier = wire::supplier_name("supplier", &r.supplier)?;
-            Span::current().record("supplier", supplier.as_str());
-            let reason = wire::text("reason", &r.reason)?;
-            let idem = idempotency(
-                &req,
-                "RedeliverCommand",
-                &r.request_id,
-                &pb::RedeliverCommandRequest {
-                    request_id: String::new(),
-                    ..r.clone()
-                },
-            )?;
-            if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
-                return decode(&bytes);
-            }
-            let redelivery = Redelivery {
-                original,
-                supplier,
-                reason,
-                dry_run: r.dry_run,
-                idem,
-            };
-            self.core.redeliver(&who, redelivery, audit.clone()).await
-        };
-        if r.dry_run {
-            return Ok(Response::new(call.await?));
-        }
-        self.audited(audit.clone(), call).await
+        let span = rollout_net::call_span!("RedeliverCommand");
+        command_call(span, req.metadata(), self.redeliver(&req)).await
     }
 
     async fn list_opt_outs(
@@ -269,54 +261,19 @@ impl CoordinatorService for Handlers {
         register::list_opt_outs(self, req).await
     }
 
-    #[instrument(skip_all, fields(feature))]
     async fn create_feature(
         &self,
         req: Request<pb::CreateFeatureRequest>,
     ) -> Result<Response<pb::Feature>, Status> {
-        let r = req.get_ref();
-        let audit = draft(
-            &req,
-            "CreateFeature",
-            &format!("features/{}", r.feature_id),
-            &r.request_id,
-            &r.reason,
-        );
-        self.audited(audit.clone(), async {
-            let who = who(&req)?;
-            let key = rollout_core::FeatureKey::parse(&r.feature_id)
-                .map_err(|e| ApiError::invalid_field("feature_id", e))?;
-            Span::current().record("feature", key.as_str());
-            let f = r
-                .feature
-                .as_ref()
-                .ok_or_else(|| ApiError::invalid_field("feature", "is required"))?;
-            // The description travels in the feature's definition to every supplier: checked
-            // here, where it is written, as a reason is.
-            wire::optional_text(
-                "feature.description",
-                &f.description,
-                rollout_core::rules::MAX_REASON_CHARS,
-            )?;
-            let def = wire::feature_def("feature", key, f)?;
-            let reason = wire::text("reason", &r.reason)?;
-            let idem = idempotency(
-                &req,
-                "CreateFeature",
-                &r.request_id,
-                &pb::CreateFeatureRequest {
-                    request_id: String::new(),
-                    ..r.clone()
-                },
-            )?;
-            if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
-                return decode(&bytes);
-            }
-            self.core
-                .create_feature(&who, def, reason, idem, audit.clone())
-                .await
-        })
-        .await
+        let span = rollout_net::call_span!("CreateFeature");
+        let traced = span.clone();
+        let call = async {
+            let answer = self.create(&req).await?;
+            // The definition's command id is not in the answer; its dispatch spans carry it.
+            traced.record("gprollout.sequence", answer.get_ref().sequence);
+            Ok(answer)
+        };
+        rollout_net::trace::traced(span, req.metadata(), call).await
     }
 
     async fn get_feature(
@@ -333,158 +290,44 @@ impl CoordinatorService for Handlers {
         read::list_features(self, req).await
     }
 
-    #[instrument(skip_all, fields(feature))]
     async fn halt_feature(
         &self,
         req: Request<pb::HaltFeatureRequest>,
     ) -> Result<Response<pb::Command>, Status> {
-        let r = req.get_ref();
-        let audit = draft(&req, "HaltFeature", &r.name, &r.request_id, &r.reason);
-        let idem = idempotency(
-            &req,
-            "HaltFeature",
-            &r.request_id,
-            &pb::HaltFeatureRequest {
-                request_id: String::new(),
-                ..r.clone()
-            },
-        );
-        self.issue(who(&req), audit, &r.name, &r.reason, r.dry_run, idem, || {
-            let allow = Allowances {
-                unknown_practices: r.allow_unknown_practices,
-                empty_scope: r.allow_empty_scope,
-            };
-            Ok(Action::Halt {
-                scope: self.known_scope(r.scope.as_ref(), allow)?,
-            })
-        })
-        .await
+        let span = rollout_net::call_span!("HaltFeature");
+        command_call(span, req.metadata(), self.halt(&req)).await
     }
 
-    #[instrument(skip_all, fields(feature))]
     async fn resume_feature(
         &self,
         req: Request<pb::ResumeFeatureRequest>,
     ) -> Result<Response<pb::Command>, Status> {
-        let r = req.get_ref();
-        let audit = draft(&req, "ResumeFeature", &r.name, &r.request_id, &r.reason);
-        let idem = idempotency(
-            &req,
-            "ResumeFeature",
-            &r.request_id,
-            &pb::ResumeFeatureRequest {
-                request_id: String::new(),
-                ..r.clone()
-            },
-        );
-        self.issue(who(&req), audit, &r.name, &r.reason, r.dry_run, idem, || {
-            if r.halts.is_empty() {
-                return Err(ApiError::invalid_field("halts", "name at least one halt to lift"));
-            }
-            let halts = r
-                .halts
-                .iter()
-                .enumerate()
-                .map(|(i, h)| wire::command_name(&format!("halts[{i}]"), h))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Action::Resume { halts })
-        })
-        .await
+        let span = rollout_net::call_span!("ResumeFeature");
+        command_call(span, req.metadata(), self.resume(&req)).await
     }
 
-    #[instrument(skip_all, fields(feature))]
     async fn schedule_go_live(
         &self,
         req: Request<pb::ScheduleGoLiveRequest>,
     ) -> Result<Response<pb::Command>, Status> {
-        let r = req.get_ref();
-        let audit = draft(&req, "ScheduleGoLive", &r.name, &r.request_id, &r.reason);
-        let idem = idempotency(
-            &req,
-            "ScheduleGoLive",
-            &r.request_id,
-            &pb::ScheduleGoLiveRequest {
-                request_id: String::new(),
-                ..r.clone()
-            },
-        );
-        self.issue(who(&req), audit, &r.name, &r.reason, r.dry_run, idem, || {
-            let allow = Allowances {
-                unknown_practices: r.allow_unknown_practices,
-                empty_scope: r.allow_empty_scope,
-            };
-            Ok(Action::GoLive {
-                scope: self.known_scope(r.scope.as_ref(), allow)?,
-                effective_at: r
-                    .effective_time
-                    .as_ref()
-                    .map(|t| wire::time("effective_time", t))
-                    .transpose()?,
-            })
-        })
-        .await
+        let span = rollout_net::call_span!("ScheduleGoLive");
+        command_call(span, req.metadata(), self.go_live(&req)).await
     }
 
-    #[instrument(skip_all, fields(command))]
     async fn approve_command(
         &self,
         req: Request<pb::ApproveCommandRequest>,
     ) -> Result<Response<pb::Command>, Status> {
-        let r = req.get_ref();
-        let audit = draft(&req, "ApproveCommand", &r.name, &r.request_id, &r.comment);
-        self.audited(audit.clone(), async {
-            let who = who(&req)?;
-            let id = wire::command_name("name", &r.name)?;
-            Span::current().record("command", id.as_str());
-            let comment = wire::optional_text("comment", &r.comment, rollout_core::rules::MAX_REASON_CHARS)?;
-            let idem = idempotency(
-                &req,
-                "ApproveCommand",
-                &r.request_id,
-                &pb::ApproveCommandRequest {
-                    request_id: String::new(),
-                    ..r.clone()
-                },
-            )?;
-            if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
-                return decode(&bytes);
-            }
-            let policy = self.policy.load_full();
-            let person_of = |identity: &str| policy.person(identity).map(str::to_owned);
-            self.core
-                .approve(&who, &person_of, &id, comment, idem, audit.clone())
-                .await
-        })
-        .await
+        let span = rollout_net::call_span!("ApproveCommand");
+        command_call(span, req.metadata(), self.approve(&req)).await
     }
 
-    #[instrument(skip_all, fields(command))]
     async fn cancel_command(
         &self,
         req: Request<pb::CancelCommandRequest>,
     ) -> Result<Response<pb::Command>, Status> {
-        let r = req.get_ref();
-        let audit = draft(&req, "CancelCommand", &r.name, &r.request_id, &r.reason);
-        self.audited(audit.clone(), async {
-            let who = identity(&req)?;
-            let id = wire::command_name("name", &r.name)?;
-            Span::current().record("command", id.as_str());
-            wire::text("reason", &r.reason)?;
-            let idem = idempotency(
-                &req,
-                "CancelCommand",
-                &r.request_id,
-                &pb::CancelCommandRequest {
-                    request_id: String::new(),
-                    ..r.clone()
-                },
-            )?;
-            if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
-                return decode(&bytes);
-            }
-            self.core.cancel(&who, &id, idem, audit.clone()).await
-        })
-        .await
+        let span = rollout_net::call_span!("CancelCommand");
+        command_call(span, req.metadata(), self.cancel(&req)).await
     }
 
     async fn get_command(
@@ -545,39 +388,11 @@ impl CoordinatorService for Handlers {
         read::list_audit_events(self, req).await
     }
 
-    #[instrument(skip_all, fields(supplier))]
     async fn recover_commands(
         &self,
         req: Request<pb::RecoverCommandsRequest>,
     ) -> Result<Response<pb::RecoverCommandsResponse>, Status> {
-        let r = req.get_ref();
-        let audit = draft(&req, "RecoverCommands", &r.supplier, &r.request_id, &r.reason);
-        let call = async {
-            identity(&req)?;
-            let supplier = wire::supplier_name("supplier", &r.supplier)?;
-            Span::current().record("supplier", supplier.as_str());
-            wire::text("reason", &r.reason)?;
-            let idem = idempotency(&req, "RecoverCommands", &r.request_id, r)?;
-            if let Some(bytes) = self.core.recall(idem.as_ref()).await? {
-                return decode(&bytes);
-            }
-            let channel =
-                self.channels.get(&supplier).cloned().ok_or_else(|| {
-                    ApiError::not_found("SUPPLIER_NOT_FOUND", format!("suppliers/{supplier}"))
-                })?;
-            let after = self.core.read(Model::last_sequence).await;
-            let held = recovery::read_held(&supplier, channel, after).await?;
-            let recovery = Recovery {
-                supplier,
-                held,
-                dry_run: r.dry_run,
-                idem,
-            };
-            self.core.recover(recovery, audit.clone()).await
-        };
-        if r.dry_run {
-            return Ok(Response::new(call.await?));
-        }
-        self.audited(audit.clone(), call).await
+        let span = rollout_net::call_span!("RecoverCommands");
+        rollout_net::trace::traced(span, req.metadata(), self.recover(&req)).await
     }
 }

@@ -32,7 +32,7 @@ use rollout_store::{
     supplier::{StoredCommand, SupplierState, SupplierStore, SyncPoint},
 };
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard, broadcast, watch};
-use tracing::{info, warn};
+use tracing::{Instrument, Span, field::Empty, info, info_span, warn};
 
 use crate::fanout::{self, Hub};
 mod commands;
@@ -301,7 +301,8 @@ impl Engine {
     /// failed store write nothing changes in memory. All of it runs on a task of its own that
     /// keeps the write lock to its end ([`rollout_net::detached`]): dropping the returned future
     /// (the caller's deadline passed) neither stops the write nor separates the swap from the
-    /// commit. A panic in it answers INTERNAL.
+    /// commit. A panic in it answers INTERNAL. Within a traced call the store write is its
+    /// `commit` span and the swap with the publication to watchers its `publish` span.
     async fn commit<T, F>(
         self: &Arc<Self>,
         w: Write,
@@ -316,8 +317,17 @@ impl Engine {
     {
         let engine = Arc::clone(self);
         rollout_net::detached::to_completion(context, async move {
+            // Within a traced call (ApplyCommand, ReplaceRules), the store write and the
+            // publication are spans of the call's trace.
+            let traced = rollout_net::trace::active();
+            let commit = if traced {
+                let version = w.current.store_version + 1;
+                info_span!(target: rollout_net::trace::TARGET, "commit", gprollout.store_version = version)
+            } else {
+                Span::none()
+            };
             let started = std::time::Instant::now();
-            let stored = stored.await;
+            let stored = stored.instrument(commit).await;
             engine.recorded.commit_took(started.elapsed().as_secs_f64());
             let value = match stored {
                 Ok(v) => v,
@@ -328,7 +338,18 @@ impl Engine {
                 store_version: w.current.store_version + 1,
                 ..next
             };
-            engine.publish(&w.current, next, &cause);
+            let publish = if traced {
+                info_span!(
+                    target: rollout_net::trace::TARGET,
+                    "publish",
+                    gprollout.version = next.version,
+                    gprollout.changed_answers = Empty,
+                    gprollout.watchers = Empty,
+                )
+            } else {
+                Span::none()
+            };
+            publish.in_scope(|| engine.publish(&w.current, next, &cause));
             drop(w);
             Ok(value)
         })
@@ -400,9 +421,14 @@ impl Engine {
         let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
         let point = next.sync_mark();
         self.state.store(Arc::new(next));
+        let changed: usize = batches.iter().map(|b| b.changes.len()).sum();
         for batch in batches {
             hub.send(batch);
         }
+        // For the `publish` span, when there is one (nothing otherwise).
+        Span::current()
+            .record("gprollout.changed_answers", changed)
+            .record("gprollout.watchers", hub.watchers());
         drop(hub);
         // Told after the swap, so a reader woken by it reads (at least) this state.
         self.sync_point.send_if_modified(|p| {

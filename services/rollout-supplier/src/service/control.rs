@@ -145,56 +145,13 @@ impl ControlService for Handlers {
         self.import(req).await
     }
 
-    #[instrument(skip_all, fields(sequence, command))]
     async fn apply_command(
         &self,
         req: Request<pb::ApplyCommandRequest>,
     ) -> Result<Response<pb::ApplyCommandResponse>, Status> {
-        let method = format!("{CONTROL}/ApplyCommand");
-        let r = req.get_ref();
-        let target = r.command.as_ref().map(|c| c.name.clone()).unwrap_or_default();
-        let audit = draft(&req, &method, &target, "");
-        self.audited(audit.clone(), async {
-            let pbc = r
-                .command
-                .as_ref()
-                .ok_or_else(|| ApiError::invalid_field("command", "is required"))?;
-            let cmd = wire::command("command", pbc)?;
-            let previous = (!r.previous_history_hash.is_empty())
-                .then(|| history_hash("previous_history_hash", &r.previous_history_hash))
-                .transpose()?;
-            Span::current()
-                .record("sequence", cmd.sequence)
-                .record("command", cmd.id.as_str());
-            let audit = AuditDraft {
-                reason: format!("{} {}: {}", cmd.action.name(), cmd.feature, cmd.reason),
-                ..audit.clone()
-            }
-            .naming(&cmd);
-            // The coordinator's latest sequence: at least this command's, and what it says it
-            // is (so that catching up counts as contact only once every missed command is in).
-            self.engine.heard_sequence(cmd.sequence);
-            self.engine
-                .heard_sequence(sequence("target_sequence", r.target_sequence)?);
-            let applied = self
-                .engine
-                .apply(pbc.encode_to_vec(), cmd, previous, audit)
-                .await?;
-            // Contact, if it brought this supplier up to the coordinator's latest sequence.
-            self.engine.contact();
-            Ok(pb::ApplyCommandResponse {
-                applied_sequence: version_i64(self.engine.current().book.applied_sequence()),
-                outcome: if applied.rejection.is_some() {
-                    pb::apply_command_response::Outcome::Rejected
-                } else {
-                    pb::apply_command_response::Outcome::Applied
-                }
-                .into(),
-                rejection_reason: applied.rejection.unwrap_or_default(),
-                apply_time: Some(wire::timestamp(applied.at)),
-            })
-        })
-        .await
+        let span = rollout_net::call_span!("ApplyCommand");
+        span.record("gprollout.supplier", self.engine.supplier.as_str());
+        rollout_net::trace::traced(span, req.metadata(), self.apply(&req)).await
     }
 
     async fn get_sync_state(
@@ -227,8 +184,125 @@ impl ControlService for Handlers {
         ))))
     }
 
-    #[instrument(skip_all, fields(sequence))]
     async fn replace_rules(
+        &self,
+        req: Request<tonic::Streaming<pb::ReplaceRulesRequest>>,
+    ) -> Result<Response<pb::ReplaceRulesResponse>, Status> {
+        let span = rollout_net::call_span!("ReplaceRules");
+        span.record("gprollout.supplier", self.engine.supplier.as_str());
+        let metadata = req.metadata().clone();
+        rollout_net::trace::traced(span, &metadata, self.replace(req)).await
+    }
+
+    async fn list_applied_commands(
+        &self,
+        req: Request<pb::ListAppliedCommandsRequest>,
+    ) -> Result<Response<pb::ListAppliedCommandsResponse>, Status> {
+        let r = req.get_ref();
+        let run = async {
+            let after = sequence("after_sequence", r.after_sequence)?;
+            let size = wire::page_size("page_size", r.page_size, 100, 500)?;
+            let query = r.after_sequence.to_string();
+            let from = match wire::page_token_after("page_token", &r.page_token, &query)? {
+                Some(last) => last.parse::<u64>().map_err(|_| {
+                    ApiError::invalid_field("page_token", "is not a token this service issued")
+                })?,
+                None => after,
+            };
+            let applied = self.engine.current().book.applied_sequence();
+            let rows = self
+                .engine
+                .store()
+                .list_commands(from, u32::try_from(size + 1).unwrap_or(u32::MAX))
+                .await
+                .map_err(|e| ApiError::internal("reading the command log", e))?;
+            let mut page = rollout_net::Page::new(size);
+            for row in &rows {
+                let command = pb::Command::decode(row.body.as_slice())
+                    .map_err(|e| ApiError::internal("decoding a stored command", e))?;
+                let item = pb::AppliedCommand {
+                    command: Some(command),
+                    rejection_reason: row.rejection.clone().unwrap_or_default(),
+                    apply_time: Some(wire::timestamp(row.applied_at)),
+                };
+                if !page.push(item) {
+                    break;
+                }
+            }
+            let (commands, next_page_token) = page.finish(|c| {
+                let sequence = c.command.as_ref().map_or(0, |c| c.sequence);
+                wire::page_token(&query, &sequence.to_string())
+            });
+            Ok::<_, ApiError>(pb::ListAppliedCommandsResponse {
+                commands,
+                next_page_token,
+                applied_sequence: version_i64(applied),
+            })
+        };
+        run.await.map(Response::new).map_err(Status::from)
+    }
+}
+
+impl Handlers {
+    /// ApplyCommand, in its span (a child of the coordinator's `dispatch`, whose W3C trace
+    /// context the call carries): the command applied through the engine's one write path, whose
+    /// store commit and publication to watchers are spans of their own.
+    async fn apply(
+        &self,
+        req: &Request<pb::ApplyCommandRequest>,
+    ) -> Result<Response<pb::ApplyCommandResponse>, Status> {
+        let method = format!("{CONTROL}/ApplyCommand");
+        let r = req.get_ref();
+        let target = r.command.as_ref().map(|c| c.name.clone()).unwrap_or_default();
+        let audit = draft(req, &method, &target, "");
+        self.audited(audit.clone(), async {
+            let pbc = r
+                .command
+                .as_ref()
+                .ok_or_else(|| ApiError::invalid_field("command", "is required"))?;
+            let cmd = wire::command("command", pbc)?;
+            let previous = (!r.previous_history_hash.is_empty())
+                .then(|| history_hash("previous_history_hash", &r.previous_history_hash))
+                .transpose()?;
+            let span = Span::current();
+            span.record("gprollout.sequence", cmd.sequence);
+            if rollout_net::trace::command_id(req.metadata()) != Some(cmd.id.as_str()) {
+                span.record("gprollout.command_id", cmd.id.as_str());
+            }
+            let audit = AuditDraft {
+                reason: format!("{} {}: {}", cmd.action.name(), cmd.feature, cmd.reason),
+                ..audit.clone()
+            }
+            .naming(&cmd);
+            // The coordinator's latest sequence: at least this command's, and what it says it
+            // is (so that catching up counts as contact only once every missed command is in).
+            self.engine.heard_sequence(cmd.sequence);
+            self.engine
+                .heard_sequence(sequence("target_sequence", r.target_sequence)?);
+            let applied = self
+                .engine
+                .apply(pbc.encode_to_vec(), cmd, previous, audit)
+                .await?;
+            // Contact, if it brought this supplier up to the coordinator's latest sequence.
+            self.engine.contact();
+            Ok(pb::ApplyCommandResponse {
+                applied_sequence: version_i64(self.engine.current().book.applied_sequence()),
+                outcome: if applied.rejection.is_some() {
+                    pb::apply_command_response::Outcome::Rejected
+                } else {
+                    pb::apply_command_response::Outcome::Applied
+                }
+                .into(),
+                rejection_reason: applied.rejection.unwrap_or_default(),
+                apply_time: Some(wire::timestamp(applied.at)),
+            })
+        })
+        .await
+    }
+
+    /// ReplaceRules, in its span: the whole snapshot gathered first, then installed through the
+    /// engine's one write path.
+    async fn replace(
         &self,
         req: Request<tonic::Streaming<pb::ReplaceRulesRequest>>,
     ) -> Result<Response<pb::ReplaceRulesResponse>, Status> {
@@ -291,7 +365,7 @@ impl ControlService for Handlers {
                 base_sequence: sequence("header.base_sequence", h.base_sequence)?,
                 base_history_hash: history_hash("header.base_history_hash", &h.base_history_hash)?,
             };
-            Span::current().record("sequence", header.sequence);
+            Span::current().record("gprollout.sequence", header.sequence);
             let mut previous = 0;
             for (i, (_, c)) in commands.iter().enumerate() {
                 if c.sequence > header.sequence || c.sequence <= previous {
@@ -324,53 +398,5 @@ impl ControlService for Handlers {
             })
         })
         .await
-    }
-
-    async fn list_applied_commands(
-        &self,
-        req: Request<pb::ListAppliedCommandsRequest>,
-    ) -> Result<Response<pb::ListAppliedCommandsResponse>, Status> {
-        let r = req.get_ref();
-        let run = async {
-            let after = sequence("after_sequence", r.after_sequence)?;
-            let size = wire::page_size("page_size", r.page_size, 100, 500)?;
-            let query = r.after_sequence.to_string();
-            let from = match wire::page_token_after("page_token", &r.page_token, &query)? {
-                Some(last) => last.parse::<u64>().map_err(|_| {
-                    ApiError::invalid_field("page_token", "is not a token this service issued")
-                })?,
-                None => after,
-            };
-            let applied = self.engine.current().book.applied_sequence();
-            let rows = self
-                .engine
-                .store()
-                .list_commands(from, u32::try_from(size + 1).unwrap_or(u32::MAX))
-                .await
-                .map_err(|e| ApiError::internal("reading the command log", e))?;
-            let mut page = rollout_net::Page::new(size);
-            for row in &rows {
-                let command = pb::Command::decode(row.body.as_slice())
-                    .map_err(|e| ApiError::internal("decoding a stored command", e))?;
-                let item = pb::AppliedCommand {
-                    command: Some(command),
-                    rejection_reason: row.rejection.clone().unwrap_or_default(),
-                    apply_time: Some(wire::timestamp(row.applied_at)),
-                };
-                if !page.push(item) {
-                    break;
-                }
-            }
-            let (commands, next_page_token) = page.finish(|c| {
-                let sequence = c.command.as_ref().map_or(0, |c| c.sequence);
-                wire::page_token(&query, &sequence.to_string())
-            });
-            Ok::<_, ApiError>(pb::ListAppliedCommandsResponse {
-                commands,
-                next_page_token,
-                applied_sequence: version_i64(applied),
-            })
-        };
-        run.await.map(Response::new).map_err(Status::from)
     }
 }
