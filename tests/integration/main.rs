@@ -35,6 +35,7 @@ mod store;
 mod stuck_behind;
 mod supplier;
 mod support;
+mod traces;
 mod trust;
 mod unanswered;
 mod unapplied;
