@@ -39,3 +39,4 @@ mod traces;
 mod trust;
 mod unanswered;
 mod unapplied;
+mod web;

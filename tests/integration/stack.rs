@@ -36,6 +36,8 @@ pub struct Stack {
     pub coordinator_addr: SocketAddr,
     /// The coordinator's `/metrics` address, once it has started (its metrics are always on).
     pub coordinator_metrics: Option<SocketAddr>,
+    /// The coordinator's status page address, once it has started (always on).
+    pub coordinator_web: Option<SocketAddr>,
     pub coordinator_db: PathBuf,
     /// The coordinator's database URL when it is not the SQLite file `coordinator_db`.
     pub coordinator_url: Option<String>,
@@ -106,6 +108,7 @@ impl Stack {
             coordinator: None,
             coordinator_addr: "127.0.0.1:0".parse().expect("addr"),
             coordinator_metrics: None,
+            coordinator_web: None,
             estate,
             via: BTreeMap::new(),
             heartbeat: Duration::from_millis(200),
@@ -180,10 +183,16 @@ impl Stack {
             .await
             .expect("bind metrics");
         self.coordinator_metrics = Some(metrics.local_addr().expect("metrics address"));
+        let web = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind web");
+        self.coordinator_web = Some(web.local_addr().expect("web address"));
         let run = |listener, health, stop: tokio::sync::oneshot::Receiver<()>| async move {
             rollout_coordinator::serve(
                 config,
-                rollout_net::server::Listeners::new(listener, Some(health)).with_metrics(metrics),
+                rollout_net::server::Listeners::new(listener, Some(health))
+                    .with_metrics(metrics)
+                    .with_web(web),
                 async {
                     let _ = stop.await;
                 },

@@ -42,6 +42,7 @@ mod tests;
 mod traces;
 mod upgrade;
 mod verification;
+pub mod web;
 
 use std::{
     collections::BTreeMap,
@@ -85,6 +86,11 @@ pub struct Args {
     /// a pod network: it needs no certificate). `off` disables it.
     #[arg(long, env = "ROLLOUT_METRICS_LISTEN", default_value = "127.0.0.1:9460")]
     pub metrics_listen: String,
+    /// Address of the status page's HTTPS port (read-only, for browsers): the same
+    /// certificate, CA bundle, CRLs and role policy as the gRPC port; roles viewer and above,
+    /// the audit view auditor. `off` (the default) disables it.
+    #[arg(long, env = "ROLLOUT_WEB_LISTEN", default_value = "off")]
+    pub web_listen: String,
     /// The server's TLS files. The same certificate is the coordinator's client certificate
     /// towards the suppliers.
     #[command(flatten)]
@@ -258,6 +264,9 @@ pub enum Error {
     /// Reflection set-up failure.
     #[error("reflection set-up failed: {0}")]
     Reflection(#[from] rollout_net::server::ReflectionError),
+    /// A port could not be listened on.
+    #[error("cannot listen: {0}")]
+    Listen(#[from] std::io::Error),
 }
 
 /// Reads the suppliers file.
@@ -470,6 +479,18 @@ pub async fn serve(
     let policy = policy_file.policy();
     let auth =
         AuthLayer::new(policy.clone(), access_table(), Some(refusals.observer())).with_trust(tls.clone());
+    let web_tls = match &listeners.web {
+        Some(_) => Some(ReloadingServerConfig::load_https(config.tls.clone())?),
+        None => None,
+    };
+    let web_auth = web_tls.as_ref().map(|t| {
+        AuthLayer::new(
+            policy.clone(),
+            web::access_table(&access_table()),
+            Some(refusals.observer()),
+        )
+        .with_trust(t.clone())
+    });
     // The server's own files are re-read by its acceptor; these by this loop.
     let reloaded = trust.clone();
     tokio::spawn(tls::every_reload_check(stop_rx.clone(), move || {
@@ -493,12 +514,21 @@ pub async fn serve(
     let handlers = service::Handlers::new(
         core.clone(),
         read_channels,
-        stop_rx,
+        stop_rx.clone(),
         &config.budgets,
         policy,
         refusals,
     )
     .with_tls_warnings(tls::TlsWarnings::new(tls.clone(), Some(trust.clone())));
+    let web = match (listeners.web, web_tls, web_auth) {
+        (Some(l), Some(t), Some(a)) => {
+            let page = web::Web::new(handlers.clone(), core.clone(), a, stop_rx.clone());
+            let listener = rollout_net::https::HttpsListener::new(l, t, &admission)?;
+            info!(page = %web::address(listener.addr()), "status page");
+            Some(web::serve(listener, page, drain.begun()))
+        }
+        _ => None,
+    };
     let (reporter, health) = rollout_net::server::health();
     let (reflect_v1, reflect_v1alpha) = rollout_net::server::reflection(&[SERVICE])?;
     reporter
@@ -515,7 +545,14 @@ pub async fn serve(
         .add_service(CoordinatorServiceServer::new(handlers).with_message_limits())
         .serve_with_incoming_shutdown(tls::incoming_for(listeners.grpc, tls, &admission), drain.begun());
     let plaintext = rollout_net::server::serve_plaintext(listeners.health, health.clone(), metrics, &drain);
-    let servers = async { tokio::join!(main, plaintext).0 };
+    let web = async {
+        if let Some(web) = web
+            && let Err(e) = web.await
+        {
+            tracing::warn!(error = %e, "status page server failed");
+        }
+    };
+    let servers = async { tokio::join!(main, plaintext, web).0 };
     let stopping = async {
         rollout_net::server::set_not_serving(&reporter, &[SERVICE]).await;
         // Delivery stops; WatchCommand streams end themselves, saying how to resume.

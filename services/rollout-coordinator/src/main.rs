@@ -14,10 +14,11 @@ static ALLOCATOR: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let (log, health, metrics) = (
+    let (log, health, metrics, web) = (
         args.log.clone(),
         args.health_listen.clone(),
         args.metrics_listen.clone(),
+        args.web_listen.clone(),
     );
     let binary = rollout_net::server::Binary {
         name: "rollout-coordinator",
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         listen: args.listen,
         health: &health,
         metrics: &metrics,
+        web: &web,
     };
     rollout_net::server::run_binary(binary, |listeners, shutdown| async move {
         serve(Config::try_from(args)?, listeners, shutdown).await

@@ -8,7 +8,7 @@
 //! `--suppliers`), never a practice.
 
 use std::{
-    collections::BTreeSet,
+    collections::BTreeMap,
     sync::{Arc, Mutex, atomic::AtomicU64},
     time::SystemTime,
 };
@@ -64,10 +64,11 @@ const PROPAGATION_BUCKETS: [f64; 16] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3_600.0, 86_400.0,
 ];
 
-/// How many (halt, supplier) pairs [`Recorded`] remembers as verified, so that each counts once
-/// in `halt_verified_seconds` however often it is verified again. The oldest halts are forgotten
-/// first; a halt verified again after it was forgotten counts again.
-const VERIFIED_REMEMBERED: usize = 4_096;
+/// How many halts [`Recorded`] remembers as verified (with the suppliers where, a handful
+/// each), so that each (halt, supplier) counts once in `halt_verified_seconds` however often it
+/// is verified again. The oldest halts are forgotten first; a halt verified again after it was
+/// forgotten counts again.
+const VERIFIED_REMEMBERED: usize = 1_024;
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -84,7 +85,8 @@ pub(crate) struct Recorded {
     applied: Histograms<ActionLabels>,
     acknowledged: Histograms<ActionLabels>,
     verified: Histograms<SupplierLabels>,
-    verified_seen: Mutex<BTreeSet<(u64, SupplierId)>>,
+    /// The halts verified, by sequence: each supplier where, and the seconds it took.
+    verified_seen: Mutex<BTreeMap<u64, Vec<(SupplierId, f64)>>>,
 }
 
 impl Default for Recorded {
@@ -166,22 +168,32 @@ impl Recorded {
     /// `supplier` (its read-back showed no practice in scope ENABLED), the first time this
     /// replica finds it so.
     pub(crate) fn halt_verified(&self, sequence: u64, supplier: &SupplierId, issued: SystemTime) {
+        let Some(s) = seconds_between(issued, SystemTime::now()) else {
+            return;
+        };
         {
             let mut seen = self.verified_seen.lock().unwrap_or_else(|e| e.into_inner());
-            if !seen.insert((sequence, supplier.clone())) {
+            let at = seen.entry(sequence).or_default();
+            if at.iter().any(|(s, _)| s == supplier) {
                 return;
             }
+            at.push((supplier.clone(), s));
             while seen.len() > VERIFIED_REMEMBERED {
                 seen.pop_first();
             }
         }
-        if let Some(s) = seconds_between(issued, SystemTime::now()) {
-            self.verified
-                .get_or_create(&SupplierLabels {
-                    supplier: supplier.to_string(),
-                })
-                .observe(s);
-        }
+        self.verified
+            .get_or_create(&SupplierLabels {
+                supplier: supplier.to_string(),
+            })
+            .observe(s);
+    }
+
+    /// The suppliers at which this replica has found the halt at `sequence` verified, with
+    /// the seconds from its issue that took (while remembered: see [`VERIFIED_REMEMBERED`]).
+    pub(crate) fn verified_times(&self, sequence: u64) -> Vec<(SupplierId, f64)> {
+        let seen = self.verified_seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(&sequence).cloned().unwrap_or_default()
     }
 
     /// Registers the figures in `registry` (prefixed `gprollout_`).

@@ -279,14 +279,23 @@ pub struct ChainError {
 
 /// Checks a whole chain, in order from its first event. Returns how many events verified.
 pub fn verify_chain<'a>(events: impl IntoIterator<Item = &'a AuditEvent>) -> Result<u64, ChainError> {
-    let mut previous: Option<&AuditEvent> = None;
+    verify_chain_after(None, events)
+}
+
+/// Checks events that continue a chain verified up to `previous` (its last event's sequence
+/// and hash; `None` for a chain from its first event), in order. Returns how many verified.
+pub fn verify_chain_after<'a>(
+    previous: Option<(u64, &str)>,
+    events: impl IntoIterator<Item = &'a AuditEvent>,
+) -> Result<u64, ChainError> {
+    let mut previous: Option<(u64, &str)> = previous;
     let mut count = 0;
     for e in events {
         let fail = |problem: String| ChainError {
             sequence: e.sequence,
             problem,
         };
-        let (want_seq, want_prev) = previous.map_or((1, ""), |p| (p.sequence + 1, p.hash.as_str()));
+        let (want_seq, want_prev) = previous.map_or((1, ""), |(seq, hash)| (seq + 1, hash));
         if e.sequence != want_seq {
             return Err(fail(format!(
                 "expected event {want_seq} here (an event is missing or out of order)"
@@ -300,7 +309,7 @@ pub fn verify_chain<'a>(events: impl IntoIterator<Item = &'a AuditEvent>) -> Res
         if e.compute_hash() != e.hash {
             return Err(fail("its contents do not match its hash (it was changed)".into()));
         }
-        previous = Some(e);
+        previous = Some((e.sequence, e.hash.as_str()));
         count += 1;
     }
     Ok(count)

@@ -293,6 +293,11 @@ pub struct PeerStream {
 }
 
 impl PeerStream {
+    /// What the server knows of the peer.
+    pub fn info(&self) -> &PeerInfo {
+        &self.info
+    }
+
     /// Yields once per flush cycle (see the type's documentation).
     fn consolidate(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.yielded {

@@ -170,6 +170,13 @@ impl AuthLayer {
         }
     }
 
+    /// The caller of a request to `path` from `peer`, by the same checks as a call through the
+    /// layer (its certificate still trusted, its identity and the role `path` needs); a
+    /// refusal is reported to the observer like a refused call, and returned.
+    pub fn authorize(&self, peer: Option<&PeerInfo>, path: &str) -> Result<Caller, ApiError> {
+        self.shared.authorize(peer, path)
+    }
+
     /// Checks each call's client certificate again against `trust`'s CA bundle and CRLs once
     /// they have changed since the connection's handshake (or its last check): a certificate
     /// revoked, or whose CA was removed, is refused UNAUTHENTICATED at its connection's next
@@ -261,6 +268,31 @@ impl Shared {
                 refuse(reason(index), message(&e))
             }
         }
+    }
+
+    /// [`Shared::check`], with a refusal reported to the observer (or logged at WARN).
+    fn authorize(&self, peer: Option<&PeerInfo>, path: &str) -> Result<Caller, ApiError> {
+        self.check(peer, path).map_err(|(identity, error)| {
+            let peer = peer.map(|p| p.remote_addr);
+            if let Some(observer) = &self.observer {
+                observer.denied(Denial {
+                    identity,
+                    method: path.to_owned(),
+                    reason: error.reason(),
+                    message: error.to_string(),
+                    peer,
+                });
+            } else {
+                warn!(
+                    identity = identity.as_ref().map(Identity::as_str).unwrap_or("-"),
+                    peer = peer.map(|p| p.to_string()).as_deref().unwrap_or("-"),
+                    method = path,
+                    reason = error.reason(),
+                    "call refused"
+                );
+            }
+            error
+        })
     }
 
     fn check(&self, peer: Option<&PeerInfo>, path: &str) -> Result<Caller, (Option<Identity>, ApiError)> {
@@ -368,30 +400,12 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let path = req.uri().path();
-        match self.shared.check(req.extensions().get::<PeerInfo>(), path) {
+        match self.shared.authorize(req.extensions().get::<PeerInfo>(), path) {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);
                 Box::pin(self.inner.call(req))
             }
-            Err((identity, error)) => {
-                let peer = req.extensions().get::<PeerInfo>().map(|p| p.remote_addr);
-                if let Some(observer) = &self.shared.observer {
-                    observer.denied(Denial {
-                        identity,
-                        method: path.to_owned(),
-                        reason: error.reason(),
-                        message: error.to_string(),
-                        peer,
-                    });
-                } else {
-                    warn!(
-                        identity = identity.as_ref().map(Identity::as_str).unwrap_or("-"),
-                        peer = peer.map(|p| p.to_string()).as_deref().unwrap_or("-"),
-                        method = path,
-                        reason = error.reason(),
-                        "call refused"
-                    );
-                }
+            Err(error) => {
                 let response = tonic::Status::from(error).into_http();
                 Box::pin(async move { Ok(response) })
             }

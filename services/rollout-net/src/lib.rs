@@ -20,6 +20,7 @@ pub mod cli;
 pub mod detached;
 pub mod drain;
 pub mod error;
+pub mod https;
 pub mod limits;
 pub mod metrics;
 pub mod policy;

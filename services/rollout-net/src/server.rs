@@ -28,8 +28,8 @@ pub type Builder = Server<
     Stack<StreamBudgetLayer, Stack<OverLimitLayer, Stack<Either<RpcMetricsLayer, Identity>, Identity>>>,
 >;
 
-/// The ports a server binary serves: the mutual-TLS port, and the plaintext health and metrics
-/// ports when they are on.
+/// The ports a server binary serves: the mutual-TLS port, the plaintext health and metrics
+/// ports when they are on, and the coordinator's status page when it is on.
 #[derive(Debug)]
 pub struct Listeners {
     /// The mutual-TLS gRPC port.
@@ -38,6 +38,8 @@ pub struct Listeners {
     pub health: Option<TcpListener>,
     /// The plaintext metrics port (`--metrics-listen`).
     pub metrics: Option<TcpListener>,
+    /// The HTTPS port of the coordinator's status page (`--web-listen`).
+    pub web: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -47,6 +49,7 @@ impl Listeners {
             grpc,
             health,
             metrics: None,
+            web: None,
         }
     }
 
@@ -54,6 +57,14 @@ impl Listeners {
     pub fn with_metrics(self, metrics: TcpListener) -> Listeners {
         Listeners {
             metrics: Some(metrics),
+            ..self
+        }
+    }
+
+    /// With the status page served on `web`.
+    pub fn with_web(self, web: TcpListener) -> Listeners {
+        Listeners {
+            web: Some(web),
             ..self
         }
     }
@@ -269,11 +280,13 @@ pub struct Binary<'a> {
     pub health: &'a str,
     /// The plaintext metrics port, or `off`.
     pub metrics: &'a str,
+    /// The coordinator's status page (HTTPS), or `off`.
+    pub web: &'a str,
 }
 
 /// The body of a server binary's `main`, after it has parsed its arguments: sets up the runtime,
 /// logging (and the trace export, with the runtime entered) and the crypto provider, binds the
-/// gRPC port and the plaintext health and metrics ports that are on, runs `serve` until SIGINT
+/// gRPC port, the plaintext health and metrics ports and the status page that are on, runs `serve` until SIGINT
 /// or SIGTERM (passed to it as the shutdown future), sends the spans still queued (within
 /// [`SPANS_AT_EXIT`]), and turns the outcome into an exit status with a one-line error (1 for
 /// any failure, a setting refused at start included).
@@ -327,21 +340,24 @@ where
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let mut plaintext = [None, None];
-    for ((addr, what), slot) in [(binary.health, "health"), (binary.metrics, "metrics")]
-        .into_iter()
-        .zip(&mut plaintext)
-    {
+    let mut others = [None, None, None];
+    let ports = [
+        (binary.health, "health"),
+        (binary.metrics, "metrics"),
+        (binary.web, "status page"),
+    ];
+    for ((addr, what), slot) in ports.into_iter().zip(&mut others) {
         if addr != "off" {
             let bound = TcpListener::bind(addr).await;
             *slot = Some(bound.map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))?);
         }
     }
-    let [health, metrics] = plaintext;
+    let [health, metrics, web] = others;
     let listeners = Listeners {
         grpc: listener,
         health,
         metrics,
+        web,
     };
     serve(listeners, Box::pin(shutdown_signal()))
         .await

@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         listen: args.listen,
         health: &health,
         metrics: &metrics,
+        web: "off",
     };
     rollout_net::server::run_binary(binary, |listeners, shutdown| async move {
         serve(Config::try_from(args)?, listeners, shutdown).await

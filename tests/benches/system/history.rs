@@ -202,7 +202,7 @@ pub(crate) async fn long_history_part(dir: &Path, pki: &Path, s: &Sizes, pin: &P
     let stack = dir.join("stack");
     std::fs::create_dir_all(&stack).expect("dir");
     let (stop_coordinator, coordinator_stopped) = oneshot::channel::<()>();
-    let (mut alice, mut bob, mut suppliers) = coordinator_stack(&stack, pki, async {
+    let (mut alice, mut bob, mut suppliers, web) = coordinator_stack(&stack, pki, async {
         let _ = coordinator_stopped.await;
     })
     .await;
@@ -218,6 +218,7 @@ pub(crate) async fn long_history_part(dir: &Path, pki: &Path, s: &Sizes, pin: &P
     let issued = t.elapsed();
     converged(&mut alice, long_target).await;
     let delivered = t.elapsed();
+    status_page_figures(pki, web, &probe, long_target).await;
     for _ in 0..s.restarts {
         let r = wipe_and_resync(&mut suppliers[0], pki, &probe, long_target, &events).await;
         figures[1].resyncs.push(r);

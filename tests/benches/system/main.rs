@@ -93,6 +93,7 @@ mod reads;
 mod resync;
 mod support;
 mod watch;
+mod web;
 
 use baseline::*;
 use history::*;
@@ -102,6 +103,7 @@ use reads::*;
 use resync::*;
 use support::*;
 use watch::*;
+use web::*;
 
 fn main() {
     rollout_net::tls::install_crypto_provider();

@@ -4,7 +4,8 @@
 use super::*;
 
 /// A coordinator and four suppliers in this process, the feature defined and live nationally
-/// (issued by alice, approved by bob); the coordinator runs until `shutdown`.
+/// (issued by alice, approved by bob); the coordinator runs until `shutdown`, its status page
+/// at the address returned last (for the viewer and the auditor).
 pub(crate) async fn coordinator_stack(
     dir: &Path,
     pki: &Path,
@@ -13,6 +14,7 @@ pub(crate) async fn coordinator_stack(
     CoordinatorServiceClient<Channel>,
     CoordinatorServiceClient<Channel>,
     Vec<InProcess>,
+    SocketAddr,
 ) {
     let mut suppliers = Vec::new();
     for id in SUPPLIERS {
@@ -25,7 +27,12 @@ pub(crate) async fn coordinator_stack(
         policy: policy(
             dir,
             "policy-coordinator.toml",
-            &[(ALICE, "operator"), (BOB, "approver")],
+            &[
+                (ALICE, "operator"),
+                (BOB, "approver"),
+                ("spiffe://gprollout.test/viewer", "viewer"),
+                ("spiffe://gprollout.test/auditor", "auditor"),
+            ],
         ),
         suppliers: suppliers
             .iter()
@@ -44,9 +51,11 @@ pub(crate) async fn coordinator_stack(
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let web = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let web_addr = web.local_addr().expect("addr");
     tokio::spawn(rollout_coordinator::serve(
         config,
-        rollout_net::server::Listeners::new(listener, None),
+        rollout_net::server::Listeners::new(listener, None).with_web(web),
         shutdown,
     ));
     let mut alice = CoordinatorServiceClient::new(channel(pki, "alice", addr));
@@ -83,7 +92,7 @@ pub(crate) async fn coordinator_stack(
         .await
         .expect("approve");
     wait_delivered(&mut alice.clone(), &go.name).await;
-    (alice, bob, suppliers)
+    (alice, bob, suppliers, web_addr)
 }
 
 pub(crate) async fn wait_delivered(c: &mut CoordinatorServiceClient<Channel>, name: &str) {
@@ -108,7 +117,7 @@ pub(crate) fn practice_list(codes: Vec<String>) -> Option<pb::Scope> {
 }
 
 pub(crate) async fn propagation_and_large_scope(dir: &Path, pki: &Path, s: &Sizes) {
-    let (mut alice, _bob, suppliers) = coordinator_stack(dir, pki, std::future::pending()).await;
+    let (mut alice, _bob, suppliers, _) = coordinator_stack(dir, pki, std::future::pending()).await;
     let estate = rollout_store::reference::read_estate(&data().0, &data().1).expect("estate");
     let active: Vec<_> = estate
         .practices()

@@ -7,11 +7,7 @@
 //! The interpreter is `$ROLLOUT_TEST_PYTHON` with `tests/openfeature/python/requirements.txt`
 //! installed (scripts/test.sh sets up both in `target/test-venv`).
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{process::Stdio, time::Duration};
 
 use rollout_core::{PracticeStatus, SupplierId};
 use rollout_proto::v1::practice_feature::Reason as R;
@@ -31,59 +27,11 @@ const READY_FOR_HALT: &str = "READY-FOR-HALT";
 /// How long the whole suite may take.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The workspace root (the suite's paths are relative to it).
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate is in the workspace")
-        .to_owned()
-}
-
 /// The suite's directory, relative to the workspace root.
 const SUITE: &str = "tests/openfeature/python";
 
-/// Prints every pinned requirement of the file named by its argument that is not installed at
-/// its version (nothing when all are).
-const CHECK_REQUIREMENTS: &str = r##"
-import sys
-from importlib.metadata import PackageNotFoundError, version
-
-missing = []
-for line in open(sys.argv[1]):
-    line = line.split("#")[0].strip()
-    if not line:
-        continue
-    name, wanted = line.split("==")
-    try:
-        installed = version(name)
-    except PackageNotFoundError:
-        installed = "none"
-    if installed != wanted:
-        missing.append(f"{name}=={wanted} (installed: {installed})")
-print(", ".join(missing))
-"##;
-
-/// The Python interpreter with the suite's requirements, or why there is none.
-fn python() -> Result<PathBuf, String> {
-    let python = std::env::var_os("ROLLOUT_TEST_PYTHON")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .ok_or("ROLLOUT_TEST_PYTHON is not set (a Python with the suite's requirements)")?;
-    let out = std::process::Command::new(&python)
-        .arg("-c")
-        .arg(CHECK_REQUIREMENTS)
-        .arg(workspace().join(SUITE).join("requirements.txt"))
-        .output()
-        .map_err(|e| format!("ROLLOUT_TEST_PYTHON={} cannot run: {e}", python.display()))?;
-    let missing = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if !out.status.success() || !missing.is_empty() {
-        return Err(format!(
-            "ROLLOUT_TEST_PYTHON={} lacks {missing}{}",
-            python.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(python)
+fn python() -> Result<std::path::PathBuf, String> {
+    crate::support::python::python(&format!("{SUITE}/requirements.txt"))
 }
 
 /// An active EMIS practice other than the named ones, outside ICB QRP (halted here).
@@ -159,7 +107,7 @@ async fn the_python_sdk_and_flagd_provider_evaluate_over_mutual_tls() {
 
     let mut child = Command::new(&python)
         .args(["-m", "pytest", "-q", SUITE])
-        .current_dir(workspace())
+        .current_dir(crate::support::python::workspace())
         .env("ROLLOUT_OPENFEATURE_TEST", env.to_string())
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1")

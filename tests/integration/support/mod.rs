@@ -6,6 +6,7 @@ pub mod grpcurl;
 pub mod held;
 pub mod pki;
 pub mod process;
+pub mod python;
 pub mod supplier;
 
 use std::{

@@ -237,7 +237,12 @@ struct Server {
     verifier: Arc<dyn ClientCertVerifier>,
 }
 
-fn server(files: &TlsFiles, pair: &Pair, trust: &Trust) -> Result<Server, TlsError> {
+/// The application protocols a gRPC port offers (RFC 7301): HTTP/2 alone.
+const GRPC_ALPN: &[&[u8]] = &[b"h2"];
+/// The application protocols an HTTPS port for browsers offers: HTTP/2, then HTTP/1.1.
+const HTTPS_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+fn server(files: &TlsFiles, pair: &Pair, trust: &Trust, alpn: &[&[u8]]) -> Result<Server, TlsError> {
     let verifier = WebPkiClientVerifier::builder_with_provider(trust.roots.clone(), provider())
         .with_crls(trust.crls.iter().cloned())
         .build()
@@ -248,7 +253,7 @@ fn server(files: &TlsFiles, pair: &Pair, trust: &Trust) -> Result<Server, TlsErr
         .with_client_cert_verifier(verifier.clone())
         .with_single_cert(pair.chain.clone(), pair.key.clone_key())
         .map_err(|e| files.pair_error(e))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Server {
         config: Arc::new(config),
         verifier,
@@ -261,6 +266,7 @@ pub struct ReloadingServerConfig {
     reloader: Reloader,
     current: ArcSwap<Loaded<Server>>,
     generation: AtomicU64,
+    alpn: &'static [&'static [u8]],
 }
 
 impl std::fmt::Debug for ReloadingServerConfig {
@@ -278,14 +284,25 @@ impl ReloadingServerConfig {
     /// is served all the same at start (and logged at WARN): refusing to start would not give
     /// a better one.
     pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
+        Self::load_for(files, GRPC_ALPN)
+    }
+
+    /// [`ReloadingServerConfig::load`] for an HTTPS port that browsers use: the same
+    /// certificates and client verification, offering HTTP/1.1 besides HTTP/2.
+    pub fn load_https(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
+        Self::load_for(files, HTTPS_ALPN)
+    }
+
+    fn load_for(files: TlsFiles, alpn: &'static [&'static [u8]]) -> Result<Arc<Self>, TlsError> {
         let (pair, trust) = (Pair::read(&files)?, Trust::read(&files)?);
-        let built = server(&files, &pair, &trust)?;
+        let built = server(&files, &pair, &trust, alpn)?;
         let reloader = Reloader::new(files, &pair);
         reloader.log_stale(&trust.dues);
         Ok(Arc::new(ReloadingServerConfig {
             reloader,
             current: ArcSwap::from_pointee(Loaded { pair, trust, built }),
             generation: AtomicU64::new(1),
+            alpn,
         }))
     }
 
@@ -326,7 +343,7 @@ impl ReloadingServerConfig {
         let files = &self.reloader.files;
         let Some(next) = self
             .reloader
-            .next(&self.current.load(), |p, t| server(files, p, t))
+            .next(&self.current.load(), |p, t| server(files, p, t, self.alpn))
         else {
             return false;
         };
@@ -495,7 +512,7 @@ pub(super) fn client_config(files: &TlsFiles, expected: Option<Identity>) -> Res
 
 /// A server configuration of `files`, as [`ReloadingServerConfig`] builds it.
 pub(super) fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
-    let built = server(files, &Pair::read(files)?, &Trust::read(files)?)?;
+    let built = server(files, &Pair::read(files)?, &Trust::read(files)?, GRPC_ALPN)?;
     Ok((*built.config).clone())
 }
 

@@ -6,13 +6,16 @@
 //! field in a `BadRequest` violation. Handlers never touch raw wire strings.
 //!
 //! `mod.rs` holds names, text, request ids, pages and times; `commands.rs` scopes, feature
-//! definitions and commands; `answers.rs` practices, answers and audit events.
+//! definitions and commands; `answers.rs` practices, answers and audit events; `json.rs` any
+//! message as protobuf JSON.
 
 mod answers;
 mod commands;
+mod json;
 
 pub use answers::*;
 pub use commands::*;
+pub use json::json_value;
 
 use std::time::{Duration, SystemTime};
 

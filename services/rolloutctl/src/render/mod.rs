@@ -13,13 +13,11 @@ mod verify;
 use std::{
     fmt::{self, Display},
     io::{self, Write},
-    sync::LazyLock,
     time::SystemTime,
 };
 
 use clap::ValueEnum;
 use prost::{Message, Name};
-use prost_reflect::{DescriptorPool, DynamicMessage};
 use rollout_proto::v1 as pb;
 
 pub use command::answered;
@@ -129,26 +127,11 @@ pub fn warn(line: impl Display) {
 
 /// `msg` as protobuf JSON, through its descriptor in the compiled descriptor set.
 pub fn json<M: Message + Name>(msg: &M) -> String {
-    serde_json::to_string_pretty(&dynamic(msg)).expect("JSON")
+    serde_json::to_string_pretty(&json_value(msg)).expect("JSON")
 }
 
 /// `msg` as a protobuf JSON value, to place in a larger document.
-pub fn json_value<M: Message + Name>(msg: &M) -> serde_json::Value {
-    serde_json::to_value(dynamic(msg)).expect("JSON")
-}
-
-/// `msg` as a dynamic message of its descriptor, which serialises as protobuf JSON.
-fn dynamic<M: Message + Name>(msg: &M) -> DynamicMessage {
-    static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-        DescriptorPool::decode(rollout_proto::FILE_DESCRIPTOR_SET)
-            .expect("the compiled descriptor set decodes")
-    });
-    let desc = POOL
-        .get_message_by_name(&M::full_name())
-        .expect("every message is in the descriptor set");
-    DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
-        .expect("a message re-decodes with its own descriptor")
-}
+pub use rollout_net::wire::json_value;
 
 /// The last segment of a resource name: `emis` for `suppliers/emis`.
 pub fn short(name: &str) -> &str {
