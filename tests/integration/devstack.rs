@@ -27,11 +27,13 @@ pub fn free_base() -> u16 {
         .expect("a free port range")
 }
 
-/// The stack's 15 ports for the port base `base`: gRPC, plaintext health, metrics.
+/// The stack's 16 ports for the port base `base`: gRPC, plaintext health, metrics, and the
+/// coordinator's status page.
 pub fn ports(base: u16) -> Vec<u16> {
     [0, 10, 20]
         .into_iter()
         .flat_map(|offset| (offset..offset + 5).map(move |i| base + i))
+        .chain([base + 30])
         .collect()
 }
 
@@ -162,6 +164,23 @@ async fn dev_up_runs_the_readme_tour_and_stops_cleanly_on_ctrl_c() {
         String::from_utf8_lossy(&status.stderr)
     );
 
+    // The status page it prints answers the viewer's certificate, and the viewer's PKCS#12
+    // export for a browser is there.
+    let page = up
+        .seen
+        .lines()
+        .find_map(|l| l.split("status page https://").nth(1))
+        .and_then(|rest| rest.split('/').next())
+        .expect("the status page's address is printed")
+        .to_owned();
+    let addr = format!("127.0.0.1:{}", page.rsplit(':').next().expect("a port"))
+        .parse()
+        .expect("an address");
+    let (code, body) = crate::web::https::get(&state.join("pki"), "viewer", addr, "/api/national").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(state.join("pki/viewer.p12").is_file(), "{}", up.seen);
+    up.until("viewer.p12 (password gprollout-dev)").await;
+
     // A second stack on the same ports is refused with a clear error.
     let second = Command::new(binary("rolloutctl"))
         .args(["dev", "up", "--state-dir"])
@@ -222,6 +241,7 @@ async fn dev_up_runs_the_readme_tour_and_stops_cleanly_on_ctrl_c() {
         "audit chain verified",
         "grpc.health.v1.Health",
         "\"status\": \"SERVING\"",
+        "{\"features\":[",
     ] {
         assert!(
             text.contains(expected),

@@ -4,6 +4,8 @@ Run by tests/integration/web/browser.rs with ROLLOUT_WEB_TEST, a JSON object:
   origin       https://localhost:PORT of the page
   chromium     the browser to launch (Debian's /usr/bin/chromium)
   identities   {name: {"cert": PEM path, "key": PEM path}} of the dev PKI
+  viewer_pkcs12, pkcs12_password   the viewer's PKCS#12 export and its password (the viewer
+               presents it, as a browser that imported it would)
   practice     an ODS code to search for
   screenshots  a directory for one screenshot of each view
 
@@ -79,7 +81,12 @@ def main():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CFG["chromium"], args=["--no-sandbox"])
 
-        viewer = context(browser, "viewer").new_page()
+        # The viewer as a browser holds it after importing the dev PKI's PKCS#12 export.
+        viewer = browser.new_context(
+            client_certificates=[{"origin": ORIGIN, "pfxPath": CFG["viewer_pkcs12"], "passphrase": CFG["pkcs12_password"]}],
+            ignore_https_errors=True,
+            viewport={"width": 1280, "height": 900},
+        ).new_page()
         load(viewer, "/commands", "Commands", viewer.get_by_text("Commands, newest first"))
         shot(viewer, "commands")
 
@@ -113,6 +120,8 @@ def main():
         assert viewer.evaluate("() => window.notReloaded === true"), "the page was reloaded"
         assert int(viewer.evaluate("() => document.body.dataset.updates")) > updates
         shot(viewer, "national")
+        # The first screenful, as the README shows it.
+        viewer.screenshot(path=os.path.join(SHOTS, "national-first-screen.png"))
 
         backend = context(browser, "backend-emis").new_page()
         response = backend.goto(ORIGIN + "/")

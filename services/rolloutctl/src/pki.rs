@@ -42,7 +42,25 @@ pub enum PkiError {
     /// Certificate generation failed.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
+    /// A file of the PKI could not be read, or is not what it should be.
+    #[error("cannot read {path}: {message}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The PKCS#12 file could not be made.
+    #[error("cannot make the PKCS#12 file: {0}")]
+    Pkcs12(String),
 }
+
+/// The password of the PKCS#12 files [`write_pkcs12`] writes for the local stack (they hold
+/// development keys, which are no secret: browsers will not import a file without one).
+pub const DEV_PKCS12_PASSWORD: &str = "gprollout-dev";
+
+/// The identity [`init`] also exports as PKCS#12, for a browser to show the status page.
+pub const BROWSER_IDENTITY: &str = "viewer";
 
 /// One certificate to issue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,6 +257,15 @@ impl DevCa {
 }
 
 fn write(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
+    write_bytes(path, contents.as_bytes(), secret)
+}
+
+/// Writes a file only its owner may read.
+fn write_secret_bytes(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+    write_bytes(path, contents, true)
+}
+
+fn write_bytes(path: &Path, contents: &[u8], secret: bool) -> Result<(), PkiError> {
     let err = |source| PkiError::Write {
         path: path.to_owned(),
         source,
@@ -254,13 +281,14 @@ fn write(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
     let _ = secret;
     options
         .open(path)
-        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .and_then(|mut f| f.write_all(contents))
         .map_err(err)
 }
 
 /// Writes `DIR/ca.pem`, `DIR/ca-key.pem` and `DIR/NAME.pem`, `DIR/NAME-key.pem` for every
-/// identity of the local stack. Refuses a directory that exists and is not empty unless
-/// `force`. Returns the files written.
+/// identity of the local stack, and `DIR/viewer.p12` ([`write_pkcs12`], password
+/// [`DEV_PKCS12_PASSWORD`]) for a browser. Refuses a directory that exists and is not empty
+/// unless `force`. Returns the files written.
 pub fn init(dir: &Path, force: bool) -> Result<Vec<PathBuf>, PkiError> {
     let occupied = fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
     if occupied && !force {
@@ -285,7 +313,49 @@ pub fn init(dir: &Path, force: bool) -> Result<Vec<PathBuf>, PkiError> {
         put(format!("{}.pem", spec.name), &issued.cert_pem, false)?;
         put(format!("{}-key.pem", spec.name), &issued.key_pem, true)?;
     }
+    written.push(write_pkcs12(dir, BROWSER_IDENTITY, DEV_PKCS12_PASSWORD)?);
     Ok(written)
+}
+
+/// Writes `NAME.p12` in `dir`: the identity `NAME.pem` and `NAME-key.pem` of the PKI in `dir`
+/// with its CA `ca.pem`, as a PKCS#12 file (RFC 7292; PBES2 with AES-256-CBC and an
+/// HMAC-SHA-256 MAC) under `password`, readable only by its owner, for importing into a
+/// browser. Returns its path.
+pub fn write_pkcs12(dir: &Path, name: &str, password: &str) -> Result<PathBuf, PkiError> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let read = |file: &str| {
+        let path = dir.join(file);
+        let bytes = fs::read(&path).map_err(|e| PkiError::Read {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok::<_, PkiError>((path, bytes))
+    };
+    let bad = |path: &Path, e: &dyn std::fmt::Display| PkiError::Read {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    let mut chain = Vec::new();
+    for file in [format!("{name}.pem"), "ca.pem".to_owned()] {
+        let (path, pem) = read(&file)?;
+        let der = CertificateDer::from_pem_slice(&pem).map_err(|e| bad(&path, &e))?;
+        chain.push(p12_keystore::Certificate::from_der(&der).map_err(|e| bad(&path, &e))?);
+    }
+    let (path, pem) = read(&format!("{name}-key.pem"))?;
+    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| bad(&path, &e))?;
+    let key = p12_keystore::PrivateKey::from_der(key.secret_der()).map_err(|e| bad(&path, &e))?;
+    let mut store = p12_keystore::KeyStore::new();
+    store.add_entry(
+        name,
+        p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(name, key, chain)),
+    );
+    let bytes = store
+        .writer(password)
+        .write()
+        .map_err(|e| PkiError::Pkcs12(e.to_string()))?;
+    let path = dir.join(format!("{name}.p12"));
+    write_secret_bytes(&path, &bytes)?;
+    Ok(path)
 }
 
 #[cfg(test)]
@@ -297,8 +367,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = dir.path().join("pki");
         let files = init(&pki, false).expect("first init");
-        // CA pair plus a pair for each of 1 + 4*3 + 2 + 2 identities.
-        assert_eq!(files.len(), 2 + 2 * 17);
+        // CA pair plus a pair for each of 1 + 4*3 + 2 + 2 identities, and the viewer's PKCS#12.
+        assert_eq!(files.len(), 2 + 2 * 17 + 1);
         for name in [
             "ca.pem",
             "coordinator.pem",
@@ -325,6 +395,36 @@ mod tests {
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o077, 0, "keys are private to their owner");
+        }
+    }
+
+    #[test]
+    fn the_viewer_is_exported_as_pkcs12_with_its_key_and_chain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        init(dir.path(), false).expect("init");
+        let bytes = fs::read(dir.path().join("viewer.p12")).expect("the PKCS#12 file");
+        let wrong =
+            p12_keystore::KeyStore::from_pkcs12(&bytes, "wrong", p12_keystore::Pkcs12ImportPolicy::Relaxed);
+        assert!(wrong.is_err(), "another password does not open it");
+        let store = p12_keystore::KeyStore::from_pkcs12(
+            &bytes,
+            DEV_PKCS12_PASSWORD,
+            p12_keystore::Pkcs12ImportPolicy::Relaxed,
+        )
+        .expect("it opens with the dev password");
+        let (_, chain) = store.private_key_chain().expect("a key and its chain");
+        let pem = fs::read(dir.path().join("viewer.pem")).expect("viewer.pem");
+        let leaf = x509_parser::pem::parse_x509_pem(&pem).expect("pem").1.contents;
+        assert_eq!(chain.certs().len(), 2, "the viewer's certificate and the CA");
+        assert_eq!(chain.certs()[0].as_der(), leaf.as_slice());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.path().join("viewer.p12"))
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "the key inside is private to its owner");
         }
     }
 

@@ -59,6 +59,8 @@ async fn the_page_in_chromium_shows_a_halt_without_a_reload() {
     let stack = Stack::start(None).await;
     feature_live(&stack).await;
     let web = stack.coordinator_web.expect("the status page");
+    let pkcs12 = rolloutctl::pki::write_pkcs12(&stack.pki, "viewer", rolloutctl::pki::DEV_PKCS12_PASSWORD)
+        .expect("the viewer's PKCS#12 export");
     let screenshots = workspace().join("target/status-page-screenshots");
     std::fs::create_dir_all(&screenshots).expect("screenshot directory");
     let pem = |file: String| stack.pki.join(file).display().to_string();
@@ -73,6 +75,8 @@ async fn the_page_in_chromium_shows_a_halt_without_a_reload() {
         },
         "practice": stack.practice_of("emis"),
         "screenshots": screenshots,
+        "viewer_pkcs12": pkcs12,
+        "pkcs12_password": rolloutctl::pki::DEV_PKCS12_PASSWORD,
     });
 
     let mut child = Command::new(&python)

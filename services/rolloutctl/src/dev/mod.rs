@@ -4,7 +4,7 @@
 //!
 //! Ports (README.md, "What runs"): coordinator on N, suppliers emis, tpp, cegedim,
 //! microtest on N+1..N+4, plaintext health on N+10 (coordinator) and N+11..N+14, Prometheus
-//! metrics on N+20 (coordinator) and N+21..N+24.
+//! metrics on N+20 (coordinator) and N+21..N+24, the coordinator's status page (HTTPS) on N+30.
 
 use std::{
     fmt,
@@ -83,6 +83,11 @@ impl Layout {
         self.base + 20 + i as u16
     }
 
+    /// The coordinator's status page (HTTPS with client certificates).
+    pub fn web(&self) -> u16 {
+        self.base + 30
+    }
+
     fn pki(&self) -> PathBuf {
         self.dir.join("pki")
     }
@@ -101,7 +106,8 @@ fn check_ports(layout: &Layout) -> Result<(), CliError> {
     let ports = std::iter::once(layout.coordinator())
         .chain((0..4).map(|i| layout.supplier(i)))
         .chain((0..5).map(|i| layout.health(i)))
-        .chain((0..5).map(|i| layout.metrics(i)));
+        .chain((0..5).map(|i| layout.metrics(i)))
+        .chain([layout.web()]);
     for port in ports {
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
             return Err(fail(format!(
@@ -120,6 +126,15 @@ fn prepare(layout: &Layout) -> Result<bool, CliError> {
     let reused = layout.pki().join("ca.pem").is_file();
     if !reused {
         pki::init(&layout.pki(), false).map_err(|e| fail(e.to_string()))?;
+    }
+    // A PKI made before the status page has no browser identity yet.
+    if !layout
+        .pki()
+        .join(format!("{}.p12", pki::BROWSER_IDENTITY))
+        .is_file()
+    {
+        pki::write_pkcs12(&layout.pki(), pki::BROWSER_IDENTITY, pki::DEV_PKCS12_PASSWORD)
+            .map_err(|e| fail(e.to_string()))?;
     }
     std::fs::create_dir_all(dir.join("data")).map_err(|e| fail(e.to_string()))?;
     write(&dir.join("data/epraccur.csv"), EPRACCUR)?;
@@ -327,8 +342,16 @@ fn tour(layout: &Layout) {
          rolloutctl --coordinator localhost:{c} --pki-dir {p} --as viewer practice show L56296 --feature {FEATURE}\n\n\
          # the plaintext health port, as probes call it (no certificate)\n\
          grpcurl -plaintext localhost:{h} grpc.health.v1.Health/Check\n\n\
+         # the status page, in a browser: https://localhost:{w}/\n\
+         # It asks for a client certificate. Import the viewer's, {p}/{b}.p12 (password {pw}):\n\
+         #   Chromium or Chrome: Settings > Privacy and security > Security > Manage certificates > Your certificates > Import\n\
+         #   Firefox: Settings > Privacy & Security > Certificates > View Certificates > Your Certificates > Import\n\
+         # Its server certificate is from the development CA: import {p}/ca.pem as an authority, or accept the warning.\n\n\
          Each process logs to {}/logs/NAME.log (coordinator, supplier-emis, ...). Press Ctrl-C to stop everything.",
-        layout.dir.display()
+        layout.dir.display(),
+        w = layout.web(),
+        b = pki::BROWSER_IDENTITY,
+        pw = pki::DEV_PKCS12_PASSWORD,
     );
 }
 
@@ -372,6 +395,8 @@ fn coordinator_args(layout: &Layout, grace: Duration) -> Vec<String> {
         format!("127.0.0.1:{}", layout.health(0)),
         "--metrics-listen".into(),
         format!("127.0.0.1:{}", layout.metrics(0)),
+        "--web-listen".into(),
+        format!("127.0.0.1:{}", layout.web()),
         "--policy".into(),
         layout.dir.join("policy-coordinator.toml").display().to_string(),
         "--suppliers".into(),
@@ -408,10 +433,11 @@ async fn start(layout: &Layout, grace: Duration, procs: &mut Vec<Proc>) -> Resul
     let args = coordinator_args(layout, grace);
     procs.push(spawn(layout, "coordinator", &coordinator_bin, args)?);
     say!(
-        "starting coordinator on localhost:{} (health localhost:{}, metrics http://localhost:{}/metrics)",
+        "starting coordinator on localhost:{} (health localhost:{}, metrics http://localhost:{}/metrics, status page https://localhost:{}/)",
         layout.coordinator(),
         layout.health(0),
-        layout.metrics(0)
+        layout.metrics(0),
+        layout.web()
     );
 
     let deadline = Instant::now() + Duration::from_secs(60);
