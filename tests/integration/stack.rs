@@ -287,11 +287,9 @@ impl Stack {
     }
 }
 
-/// Creates the feature and switches it on nationally (alice requests, bob approves), waiting
-/// until every supplier has applied both.
-pub async fn feature_live(stack: &Stack) {
-    let mut alice = stack.client("alice");
-    alice
+/// Defines the feature (fail static) as `operator`.
+pub async fn define_feature(operator: &mut CoordinatorServiceClient<Channel>) {
+    operator
         .create_feature(pb::CreateFeatureRequest {
             feature_id: FEATURE.into(),
             feature: Some(pb::Feature {
@@ -304,6 +302,13 @@ pub async fn feature_live(stack: &Stack) {
         })
         .await
         .expect("create feature");
+}
+
+/// Creates the feature and switches it on nationally (alice requests, bob approves), waiting
+/// until every supplier has applied both.
+pub async fn feature_live(stack: &Stack) {
+    let mut alice = stack.client("alice");
+    define_feature(&mut alice).await;
     let live = alice
         .schedule_go_live(pb::ScheduleGoLiveRequest {
             name: format!("features/{FEATURE}"),

@@ -45,7 +45,11 @@ def load(page, path, heading, ready):
     started = time.monotonic()
     page.goto(ORIGIN + path)
     expect(page.get_by_role("heading", level=1)).to_have_text(heading)
-    expect(ready).to_be_visible()
+    try:
+        expect(ready).to_be_visible()
+    except AssertionError:
+        print("the page showed:", page.locator("main").inner_text(), file=sys.stderr, flush=True)
+        raise
     expect(page.locator("#connection")).to_have_text("Live")
     expect(page.locator("#updated")).to_contain_text("Last updated")
     elapsed = (time.monotonic() - started) * 1000
@@ -111,14 +115,20 @@ def main():
         shot(viewer, "national-before-halt")
         # A mark that a reload would wipe.
         viewer.evaluate("() => { window.notReloaded = true; }")
-        updates = int(viewer.evaluate("() => document.body.dataset.updates || '0'"))
+        events = int(viewer.evaluate("() => document.body.dataset.events || '0'"))
         print("READY-FOR-HALT", flush=True)
         if not sys.stdin.readline():
             raise SystemExit("the driver went away before halting")
-        # Every ICB's row names the national halt now, none says "none".
-        expect(halted.first).not_to_contain_text("none", timeout=5000)
+        # Every ICB's row names the national halt now, none says "none": within 2 s, sooner
+        # than the page's own 5 s refresh, so through its event stream.
+        expect(halted.first).not_to_contain_text("none", timeout=2000)
         assert viewer.evaluate("() => window.notReloaded === true"), "the page was reloaded"
-        assert int(viewer.evaluate("() => document.body.dataset.updates")) > updates
+        assert int(viewer.evaluate("() => document.body.dataset.events")) > events, "told by the event stream"
+        # Each supplier's own count of halted practices follows, from its next heartbeat.
+        counts = viewer.locator("table", has=viewer.locator("caption", has_text="Practices at each supplier"))
+        for supplier in ["cegedim", "emis", "microtest", "tpp"]:
+            row = counts.first.locator("tr", has=viewer.locator("td", has_text=supplier))
+            expect(row.locator("td").nth(3)).not_to_have_text("0", timeout=5000)
         shot(viewer, "national")
         # The first screenful, as the README shows it.
         viewer.screenshot(path=os.path.join(SHOTS, "national-first-screen.png"))

@@ -523,7 +523,8 @@ pub async fn serve(
     let web = match (listeners.web, web_tls, web_auth) {
         (Some(l), Some(t), Some(a)) => {
             let page = web::Web::new(handlers.clone(), core.clone(), a, stop_rx.clone());
-            let listener = rollout_net::https::HttpsListener::new(l, t, &admission)?;
+            let budget = Admission::new(web::BUDGET);
+            let listener = rollout_net::https::HttpsListener::new(l, t, &budget)?;
             info!(page = %web::address(listener.addr()), "status page");
             Some(web::serve(listener, page, drain.begun()))
         }

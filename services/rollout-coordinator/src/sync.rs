@@ -113,6 +113,7 @@ impl Core {
             || !s.pb.last_error.is_empty()
             || contact_due;
         let diverged = !divergence.is_empty();
+        let counts_changed = s.pb.feature_counts != state.feature_counts;
         s.pb.applied_sequence = state.applied_sequence;
         s.pb.frozen = state.frozen;
         s.pb.held_practices = held;
@@ -151,6 +152,10 @@ impl Core {
             self.commit(m, change, None, None).await?;
         } else {
             m.note_supplier(supplier.clone(), s);
+            if counts_changed {
+                // Watchers of the national picture (the status page) show the new counts.
+                self.changes.send_modify(|n| *n += 1);
+            }
         }
         Ok(SyncCheck { diverged, acked })
     }

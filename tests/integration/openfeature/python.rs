@@ -11,10 +11,7 @@ use std::{process::Stdio, time::Duration};
 
 use rollout_core::{PracticeStatus, SupplierId};
 use rollout_proto::v1::practice_feature::Reason as R;
-use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, BufReader},
-    process::Command,
-};
+use tokio::process::Command;
 
 use crate::support::{
     FEATURE, halt, practices, reference_estate,
@@ -105,7 +102,7 @@ async fn the_python_sdk_and_flagd_provider_evaluate_over_mutual_tls() {
         "feature": FEATURE,
     });
 
-    let mut child = Command::new(&python)
+    let child = Command::new(&python)
         .args(["-m", "pytest", "-q", SUITE])
         .current_dir(crate::support::python::workspace())
         .env("ROLLOUT_OPENFEATURE_TEST", env.to_string())
@@ -117,35 +114,18 @@ async fn the_python_sdk_and_flagd_provider_evaluate_over_mutual_tls() {
         .kill_on_drop(true)
         .spawn()
         .expect("start pytest");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let stderr = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text).await;
-        text
-    });
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut output = String::new();
     let mut halted = false;
-    let run = async {
-        while let Some(line) = lines.next_line().await.expect("read pytest's output") {
-            output.push_str(&line);
-            output.push('\n');
-            if line.contains(READY_FOR_HALT) && !halted {
-                apply(&mut control, halt(4, "halt-one", practices(&[&live_halt]))).await;
-                halted = true;
-            }
+    let run = crate::support::python::drive(child, SUITE_TIMEOUT, async |line: &str| {
+        if line.contains(READY_FOR_HALT) && !halted {
+            apply(&mut control, halt(4, "halt-one", practices(&[&live_halt]))).await;
+            halted = true;
         }
-        child.wait().await.expect("pytest exit status")
-    };
-    let status = tokio::time::timeout(SUITE_TIMEOUT, run).await;
-    let stderr = if status.is_ok() {
-        stderr.await.unwrap_or_default()
-    } else {
-        String::new()
-    };
-    let printed = format!("pytest's output:\n{output}\npytest's standard error:\n{stderr}");
-    let status =
-        status.unwrap_or_else(|_| panic!("pytest did not finish within {SUITE_TIMEOUT:?}; {printed}"));
+    })
+    .await;
+    let (printed, output) = (run.printed(), run.output.clone());
+    let status = run
+        .status
+        .unwrap_or_else(|| panic!("pytest did not finish within {SUITE_TIMEOUT:?}; {printed}"));
     assert!(status.success(), "pytest failed ({status}); {printed}");
     assert!(halted, "the suite never printed {READY_FOR_HALT}; {printed}");
     // Every test ran and passed: the summary is "N passed in ...", nothing skipped.

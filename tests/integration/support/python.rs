@@ -56,3 +56,61 @@ pub fn python(requirements: &str) -> Result<PathBuf, String> {
     }
     Ok(python)
 }
+
+/// How a script run as a child process ended, and what it printed.
+#[derive(Debug)]
+pub struct Run {
+    /// Its exit status; `None` if it was still running when the time ran out (then killed).
+    pub status: Option<std::process::ExitStatus>,
+    /// Its standard output.
+    pub output: String,
+    /// Its standard error (empty if it was killed).
+    pub stderr: String,
+}
+
+impl Run {
+    /// Everything it printed, to explain a failure.
+    pub fn printed(&self) -> String {
+        format!(
+            "its output:\n{}\nits standard error:\n{}",
+            self.output, self.stderr
+        )
+    }
+}
+
+/// Reads `child`'s standard output (and error, both piped) line by line, awaiting `on_line` for
+/// each (a test acts when the script says it is ready), until it exits or `timeout` passes.
+pub async fn drive(
+    mut child: tokio::process::Child,
+    timeout: std::time::Duration,
+    mut on_line: impl AsyncFnMut(&str),
+) -> Run {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let stderr = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+    let mut output = String::new();
+    let run = async {
+        while let Some(line) = lines.next_line().await.expect("read the script's output") {
+            output.push_str(&line);
+            output.push('\n');
+            on_line(&line).await;
+        }
+        child.wait().await.expect("the script's exit status")
+    };
+    let status = tokio::time::timeout(timeout, run).await.ok();
+    let stderr = if status.is_some() {
+        stderr.await.unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Run {
+        status,
+        output,
+        stderr,
+    }
+}

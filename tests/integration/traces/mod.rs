@@ -82,19 +82,7 @@ async fn coordinator(
 /// Defines the feature, then halts it nationally within the operator's trace `traceparent`;
 /// returns the halt's command id.
 async fn define_and_halt(alice: &mut CoordinatorServiceClient<Channel>, traceparent: &str) -> String {
-    alice
-        .create_feature(pb::CreateFeatureRequest {
-            feature_id: FEATURE.into(),
-            feature: Some(pb::Feature {
-                description: "automatic prospective online record access".into(),
-                fail_mode: pb::FailMode::Static.into(),
-                ..Default::default()
-            }),
-            reason: "national programme".into(),
-            request_id: String::new(),
-        })
-        .await
-        .expect("create feature");
+    crate::stack::define_feature(alice).await;
     let mut request = tonic::Request::new(pb::HaltFeatureRequest {
         name: feature_name(),
         scope: Some(national()),

@@ -10,14 +10,11 @@
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
-use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    process::Command,
-};
+use tokio::{io::AsyncWriteExt, process::Command};
 
 use crate::{
     stack::{Stack, feature_live, halt, national},
-    support::python::{python, workspace},
+    support::python::{drive, python, workspace},
 };
 
 /// The script, from the workspace root.
@@ -92,35 +89,18 @@ async fn the_page_in_chromium_shows_a_halt_without_a_reload() {
         .spawn()
         .expect("start the browser script");
     let mut stdin = child.stdin.take().expect("stdin");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let stderr = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text).await;
-        text
-    });
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut output = String::new();
-    let run = async {
-        while let Some(line) = lines.next_line().await.expect("read the script's output") {
-            output.push_str(&line);
-            output.push('\n');
-            if line.contains("READY-FOR-HALT") {
-                halt(&stack, national()).await;
-                stdin.write_all(b"halted\n").await.expect("tell the script");
-                stdin.flush().await.expect("flush");
-            }
+    let run = drive(child, RUN_TIMEOUT, async |line: &str| {
+        if line.contains("READY-FOR-HALT") {
+            halt(&stack, national()).await;
+            stdin.write_all(b"halted\n").await.expect("tell the script");
+            stdin.flush().await.expect("flush");
         }
-        child.wait().await.expect("the script's exit status")
-    };
-    let status = tokio::time::timeout(RUN_TIMEOUT, run).await;
-    let stderr = if status.is_ok() {
-        stderr.await.unwrap_or_default()
-    } else {
-        String::new()
-    };
-    let printed = format!("the script's output:\n{output}\nits standard error:\n{stderr}");
-    let status =
-        status.unwrap_or_else(|_| panic!("the browser run did not finish within {RUN_TIMEOUT:?}; {printed}"));
+    })
+    .await;
+    let (printed, output) = (run.printed(), &run.output);
+    let status = run
+        .status
+        .unwrap_or_else(|| panic!("the browser run did not finish within {RUN_TIMEOUT:?}; {printed}"));
     assert!(status.success() && output.contains("STATUS-PAGE-OK"), "{printed}");
     for view in ["national", "commands", "practice", "audit"] {
         let shot = screenshots.join(format!("{view}.png"));

@@ -21,10 +21,17 @@ pub async fn connect(pki: &Path, who: &str, addr: SocketAddr) -> std::io::Result
 
 /// `GET path` as `who`: the status code and the body.
 pub async fn get(pki: &Path, who: &str, addr: SocketAddr, path: &str) -> (u16, String) {
+    get_with(pki, who, addr, path, "").await
+}
+
+/// [`get`] with `headers` (each line ending `\r\n`) added to the request.
+pub async fn get_with(pki: &Path, who: &str, addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     let mut tls = connect(pki, who, addr).await.expect("connect");
-    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .expect("send");
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("send");
     let mut raw = Vec::new();
     // A server may close without a TLS close_notify once it has answered.
     let _ = tls.read_to_end(&mut raw).await;

@@ -111,6 +111,26 @@ async fn a_viewer_reads_every_view_and_is_told_of_a_halt() {
         commands["commands"]["commands"][0]["name"], h.name,
         "newest first: {commands}"
     );
+    assert!(
+        commands["pending"]["commands"].is_null(),
+        "nothing waits for approval: {commands}"
+    );
+    let resume = stack
+        .client("alice")
+        .resume_feature(rollout_proto::v1::ResumeFeatureRequest {
+            name: format!("features/{}", crate::support::FEATURE),
+            halts: vec![h.name.clone()],
+            reason: "ready again".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("resume")
+        .into_inner();
+    let commands = json(pki, "viewer", web, "/api/commands").await;
+    assert_eq!(
+        commands["pending"]["commands"][0]["name"], resume.name,
+        "listed apart: {commands}"
+    );
 
     let code = stack.practice_of("emis");
     let found = json(
@@ -131,6 +151,13 @@ async fn a_viewer_reads_every_view_and_is_told_of_a_halt() {
     );
     let (status, body) = get(pki, "viewer", web, "/api/practices?q=").await;
     assert_eq!(status, 400, "{body}");
+    // Another site's page may not make the viewer's browser read it.
+    let path = format!("/api/practices?q={code}");
+    let (status, body) = https::get_with(pki, "viewer", web, &path, "Sec-Fetch-Site: cross-site\r\n").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("CROSS_SITE_REQUEST"), "{body}");
+    let same = https::get_with(pki, "viewer", web, &path, "Sec-Fetch-Site: same-origin\r\n").await;
+    assert_eq!(same.0, 200, "{}", same.1);
 
     // The audit log is the auditor's, as through the gRPC API.
     let (status, body) = get(pki, "viewer", web, "/api/audit").await;

@@ -26,6 +26,8 @@ fn failed(status: tonic::Status) -> Response {
 
 /// Commands on one page of the commands view.
 const COMMANDS_PAGE: i32 = 20;
+/// Commands waiting for approval the commands view lists apart, at most.
+const PENDING_PAGE: i32 = 50;
 /// Practices a search lists at most.
 const SEARCH_MATCHES: usize = 20;
 /// Recent audit events the audit view shows.
@@ -64,17 +66,22 @@ pub(super) async fn national(State(web): State<Arc<Web>>, Extension(caller): Ext
             (features, m.in_force().iter().cloned().collect::<Vec<_>>())
         })
         .await;
-    let keys: Vec<_> = in_force.iter().map(|c| c.feature.clone()).collect();
-    let tables = web.national.get_or(version, || {
-        let mut all: Vec<_> = features
-            .iter()
-            .filter_map(|f| rollout_core::FeatureKey::parse(f.name.trim_start_matches("features/")).ok())
-            .chain(keys)
-            .collect();
-        all.sort();
-        all.dedup();
-        national::tables(&web.core.estate, &all, &in_force)
-    });
+    let keys: Vec<_> = features
+        .iter()
+        .filter_map(|f| rollout_core::FeatureKey::parse(f.name.trim_start_matches("features/")).ok())
+        .collect();
+    // Practices times halts in force: worked out on a blocking thread, once per change however
+    // many ask at once (the cache's lock is held while it is worked out).
+    let page = web.clone();
+    let tables = tokio::task::spawn_blocking(move || {
+        page.national
+            .get_or(version, || national::tables(&page.core.estate, &keys, &in_force))
+    })
+    .await;
+    let tables = match tables {
+        Ok(t) => t,
+        Err(e) => return refusal(&ApiError::internal("working out the national table", e)),
+    };
     Json(json!({
         "features": features.iter().map(wire::json_value).collect::<Vec<_>>(),
         "suppliers": wire::json_value(&suppliers),
@@ -91,7 +98,8 @@ pub(super) struct Page {
 }
 
 /// `GET /api/commands?page_token=`: ListCommands, newest first, [`COMMANDS_PAGE`] a page, with
-/// each halt's time to verification at each supplier as far as this replica has seen it.
+/// each halt's time to verification at each supplier as far as this replica has seen it, and
+/// the commands waiting for approval, however old.
 pub(super) async fn commands(
     State(web): State<Arc<Web>>,
     Extension(caller): Extension<Caller>,
@@ -112,6 +120,23 @@ pub(super) async fn commands(
         Ok(r) => r.into_inner(),
         Err(s) => return failed(s),
     };
+    // However old, a command waiting for approval is listed on its own (the newest
+    // PENDING_PAGE of them).
+    let pending = web
+        .handlers
+        .list_commands(request(
+            &caller,
+            pb::ListCommandsRequest {
+                state: pb::command::State::PendingApproval.into(),
+                page_size: PENDING_PAGE,
+                ..Default::default()
+            },
+        ))
+        .await;
+    let pending = match pending {
+        Ok(r) => r.into_inner(),
+        Err(s) => return failed(s),
+    };
     let verified: Vec<Value> = listed
         .commands
         .iter()
@@ -128,6 +153,7 @@ pub(super) async fn commands(
         .collect();
     Json(json!({
         "commands": wire::json_value(&listed),
+        "pending": wire::json_value(&pending),
         "verified": verified,
         "updateTime": now(),
     }))
@@ -195,21 +221,20 @@ async fn practice(web: &Web, caller: &Caller, ods: &OdsCode) -> Response {
         .core
         .read(|m| m.features().map(|f| f.name.clone()).collect())
         .await;
-    let mut answers = Vec::new();
-    for feature in features {
+    // Each feature's answer asked of the supplier at once, not one after another: a supplier
+    // that does not answer costs one call's deadline, not one per feature.
+    let asked = features.into_iter().map(|feature| async move {
         let name = format!("practices/{ods}/{feature}");
         let answer = web
             .handlers
-            .get_practice_status(request(
-                caller,
-                pb::GetPracticeStatusRequest { name: name.clone() },
-            ))
+            .get_practice_status(request(caller, pb::GetPracticeStatusRequest { name }))
             .await;
-        answers.push(match answer {
+        match answer {
             Ok(r) => json!({ "feature": feature, "answer": wire::json_value(r.get_ref()) }),
             Err(s) => json!({ "feature": feature, "error": s.message() }),
-        });
-    }
+        }
+    });
+    let answers: Vec<Value> = futures_util::future::join_all(asked).await;
     let opt_outs = web
         .handlers
         .list_opt_outs(request(

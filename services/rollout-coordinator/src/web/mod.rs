@@ -41,6 +41,13 @@ const EVENT_SPACING: Duration = Duration::from_millis(200);
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Event streams one identity may hold open at once (browser tabs).
 pub const EVENT_STREAMS_PER_IDENTITY: usize = 16;
+/// The status page port's own budget: browsers never take the connections or handshakes that
+/// operators' gRPC calls need.
+pub const BUDGET: rollout_net::ConnectionBudget = rollout_net::ConnectionBudget {
+    connections: 256,
+    handshakes: 16,
+    streams_per_connection: 100,
+};
 
 /// The status page's state: the handlers it calls as each caller, and the role checks.
 #[derive(Debug)]
@@ -109,6 +116,7 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/api/audit", get(api::audit))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(web.clone(), authorize))
+        .layer(middleware::from_fn(same_origin))
         .layer(middleware::map_response(secure_headers))
         .with_state(web)
 }
@@ -159,6 +167,20 @@ pub(crate) fn failed(status: &tonic::Status) -> Response {
         "message": status.message(),
     });
     (http, axum::Json(body)).into_response()
+}
+
+/// Refuses a request another site's page made (the browser sends the client certificate with
+/// it all the same): by its `Sec-Fetch-Site` header, which browsers set and pages cannot. A
+/// request without it (curl, an older browser) is let through.
+async fn same_origin(req: Request, next: Next) -> Response {
+    let site = req.headers().get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    match site {
+        None | Some("same-origin" | "none") => next.run(req).await,
+        Some(other) => refusal(&ApiError::permission_denied(
+            "CROSS_SITE_REQUEST",
+            format!("the status page answers only its own pages, not a request from another site ({other})"),
+        )),
+    }
 }
 
 async fn not_found() -> Response {
@@ -220,6 +242,8 @@ async fn events(State(web): State<Arc<Web>>, req: Request) -> Response {
     };
     let mut changes = web.core.changes.subscribe();
     let mut shutdown = web.shutdown.clone();
+    // The slot is held until the browser goes away (a closed tab, a reload), seen at once: the
+    // stream's task waits on the client's end as well as on changes.
     let stream = async_stream(move |tx| async move {
         let _slot = slot;
         loop {
@@ -231,10 +255,14 @@ async fn events(State(web): State<Arc<Web>>, req: Request) -> Response {
             {
                 return;
             }
-            tokio::time::sleep(EVENT_SPACING).await;
+            tokio::select! {
+                _ = tokio::time::sleep(EVENT_SPACING) => {}
+                _ = tx.closed() => return,
+            }
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
                 _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = tx.closed() => return,
             }
         }
     });

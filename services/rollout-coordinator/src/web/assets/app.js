@@ -6,10 +6,12 @@
 
 const REFRESH_MS = 5000;
 
+// Each view: its heading, path, what it renders on every refresh, and controls made once (so a
+// refresh never takes the focus or a half-typed search away).
 const VIEWS = {
   national: { title: "National picture", path: "/", render: national },
   commands: { title: "Commands", path: "/commands", render: commands },
-  practices: { title: "Practice search", path: "/practices", render: practices },
+  practices: { title: "Practice search", path: "/practices", render: practices, controls: searchForm },
   audit: { title: "Audit", path: "/audit", render: audit },
 };
 
@@ -94,8 +96,12 @@ async function getJson(path) {
 
 let inFlight = false;
 let again = false;
+// Set when the coordinator refused the view to this identity: asking again would only be
+// refused (and audited) again, until the page is reloaded.
+let refusedForGood = false;
 
 async function refresh() {
+  if (refusedForGood) return;
   if (inFlight) {
     again = true;
     return;
@@ -104,17 +110,24 @@ async function refresh() {
   const key = currentView();
   const view = VIEWS[key];
   const target = document.getElementById("view");
+  const problem = document.getElementById("problem");
   try {
     const content = await view.render();
     target.replaceChildren(...[content].flat());
+    problem.replaceChildren();
     const updated = document.getElementById("updated");
     updated.textContent = "Last updated " + new Date().toLocaleTimeString("en-GB");
     document.body.dataset.updates = String(int(document.body.dataset.updates) + 1);
   } catch (e) {
     const text = e instanceof Refused
       ? "The coordinator refused: " + e.message + (e.reason ? " (" + e.reason + ")" : "")
-      : "Could not read the coordinator: " + e.message;
-    target.replaceChildren(el("p", { class: "error", role: "alert" }, text));
+      : "Could not read the coordinator: " + e.message + ". The figures below may be out of date.";
+    // The last figures stay, under the problem.
+    problem.replaceChildren(el("p", { class: "error", role: "alert" }, text));
+    if (e instanceof Refused && (e.status === 401 || e.status === 403)) {
+      refusedForGood = true;
+      target.replaceChildren();
+    }
   } finally {
     inFlight = false;
     if (again) {
@@ -131,10 +144,16 @@ function connect() {
     status.textContent = "Live";
     status.className = "";
   });
-  events.addEventListener("changed", refresh);
+  events.addEventListener("changed", () => {
+    document.body.dataset.events = String(int(document.body.dataset.events) + 1);
+    refresh();
+  });
   events.addEventListener("error", () => {
     status.textContent = "Reconnecting… figures may be out of date";
     status.className = "lost";
+    // The browser retries a dropped stream by itself, but not one refused with an HTTP
+    // error (too many open, a restart mid-request): open a new one after a pause.
+    if (events.readyState === EventSource.CLOSED) setTimeout(connect, 5000);
   });
 }
 
@@ -161,11 +180,14 @@ async function national() {
   const features = (data.features || []).map((f) => f.name);
   for (const feature of features) {
     out.push(el("h2", {}, "Feature " + short(feature)));
-    out.push(table("Practices at each supplier by answer: " + short(feature) + " (as each supplier last reported)",
-      ["Supplier", "Practices", "Enabled", "Halted", "Opted out", "Not live", "Other disabled", "Unknown"],
+    out.push(table("Practices at each supplier by answer: " + short(feature) + " (as each supplier last counted them)",
+      ["Supplier", "Practices", "Enabled", "Halted", "Opted out", "Not live", "Other disabled", "Unknown", "Counted"],
       suppliers.map((s) => {
         const c = (s.featureCounts || []).find((x) => x.feature === feature) || {};
-        return [short(s.name), int(c.practices), int(c.enabled), int(c.halted), int(c.optedOut), int(c.notLive), int(c.otherDisabled), int(c.unknown)];
+        const behind = int(s.countsSequence) < int(s.appliedSequence);
+        const counted = el("span", {}, "at sequence " + int(s.countsSequence) + ", " + age(s.countsTime),
+          behind ? el("span", {}, " ", tag("OUT OF DATE", "warn")) : "");
+        return [short(s.name), int(c.practices), int(c.enabled), int(c.halted), int(c.optedOut), int(c.notLive), int(c.otherDisabled), int(c.unknown), counted];
       }), [1, 2, 3, 4, 5, 6, 7]));
     const t = (data.tables || []).find((x) => x.feature === feature);
     const rows = t ? t.rows : [];
@@ -227,7 +249,7 @@ async function commands() {
   const token = params.get("page_token") || "";
   const data = await getJson("/api/commands?page_token=" + encodeURIComponent(token));
   const list = data.commands.commands || [];
-  const rows = list.map((c, i) => {
+  const row = (c, verified) => {
     const pending = c.state === "STATE_PENDING_APPROVAL";
     return el("tr", { class: pending ? "pending-approval" : null },
       el("td", {}, short(c.name), el("br"), el("small", {}, c.sequence ? "sequence " + c.sequence : "not sequenced")),
@@ -237,10 +259,17 @@ async function commands() {
       el("td", {}, (c.approvals || []).map((a) => a.approver).join(", ") || (pending ? int(c.approvalsRequired) + " needed" : "—")),
       el("td", {}, scope(c), el("br"), el("small", {}, c.reason || "")),
       el("td", { class: "num" }, c.impact ? int(c.impact.practices) : "—"),
-      el("td", {}, deliveries(c, data.verified[i])));
-  });
-  const out = [table("Commands, newest first; those waiting for approval are marked",
-    ["Command", "Action", "State", "Requester", "Approvers", "Scope and reason", "Practices", "Delivery"], rows, [6])];
+      el("td", {}, deliveries(c, verified)));
+  };
+  const headers = ["Command", "Action", "State", "Requester", "Approvers", "Scope and reason", "Practices", "Delivery"];
+  const pending = data.pending.commands || [];
+  const out = [];
+  if (pending.length) {
+    out.push(el("h2", {}, "Waiting for approval"));
+    out.push(table("Commands waiting for a second person's approval, newest first", headers, pending.map((c) => row(c, [])), [6]));
+    out.push(el("h2", {}, "Every command"));
+  }
+  out.push(table("Commands, newest first; those waiting for approval are marked", headers, list.map((c, i) => row(c, data.verified[i])), [6]));
   if (data.commands.nextPageToken) {
     out.push(el("p", {}, el("a", { href: "/commands?page_token=" + encodeURIComponent(data.commands.nextPageToken) }, "Older commands")));
   }
@@ -250,7 +279,8 @@ async function commands() {
 
 // ---- Practice search ---------------------------------------------------------------------
 
-function searchForm(q) {
+function searchForm() {
+  const q = new URLSearchParams(location.search).get("q") || "";
   return el("form", { class: "search", method: "get", action: "/practices", role: "search" },
     el("div", {},
       el("label", { for: "q" }, "ODS code or practice name"),
@@ -273,8 +303,8 @@ function rules(answer) {
 
 async function practices() {
   const q = new URLSearchParams(location.search).get("q") || "";
-  const out = [searchForm(q)];
-  if (!q) return out;
+  const out = [];
+  if (!q) return el("p", { class: "hint" }, "Give an ODS code (for example A81001) or part of a practice's name.");
   const data = await getJson("/api/practices?q=" + encodeURIComponent(q));
   if (data.matches) {
     out.push(table("Practices matching “" + q + "”",
@@ -310,8 +340,9 @@ async function audit() {
   const out = [];
   const chain = data.broken
     ? el("p", { class: "chain error", role: "alert" }, "The audit chain is BROKEN at event " + data.broken.sequence + ": " + data.broken.problem)
-    : el("p", { class: "chain" }, "Audit chain verified through event " + data.verifiedThrough + " of " + data.head +
-        (int(data.verifiedThrough) < int(data.head) ? " (verification continues)" : ": intact"));
+    : el("p", { class: "chain" }, "Audit chain checked from event 1 to " + data.verifiedThrough + " of " + data.head +
+        " (each event once, by this coordinator since it started)" +
+        (int(data.verifiedThrough) < int(data.head) ? "; checking continues" : ": intact"));
   out.push(chain);
   out.push(table("Recent audit events, newest first",
     ["Event", "Time", "Identity", "Action", "Target", "Outcome", "Reason"],
@@ -326,6 +357,7 @@ document.addEventListener("DOMContentLoaded", () => {
   const key = currentView();
   document.getElementById("title").textContent = VIEWS[key].title;
   document.title = VIEWS[key].title + ": GP Rollout Control";
+  if (VIEWS[key].controls) document.getElementById("controls").replaceChildren(VIEWS[key].controls());
   for (const a of document.querySelectorAll("nav a")) {
     if (a.dataset.view === key) a.setAttribute("aria-current", "page");
   }
