@@ -253,8 +253,12 @@ impl Core {
             ));
         }
         let parent = rollout_net::trace::Parent::of(&Span::current());
-        self.traces
-            .dispatched(sequence, &cmd.domain.id, parent, self.suppliers.len());
+        self.traces.dispatched(
+            sequence,
+            &cmd.domain.id,
+            parent,
+            self.suppliers.iter().map(|s| &s.id),
+        );
         info!(sequence, command = %cmd.domain.id, action = cmd.domain.action.name(), feature = %cmd.domain.feature, "command dispatched");
         Ok(())
     }

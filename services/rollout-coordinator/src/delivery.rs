@@ -293,7 +293,7 @@ async fn apply(
     let answer = client.apply_command(request).instrument(span.clone()).await;
     rollout_net::trace::outcome(&span, &answer);
     if answer.is_ok() {
-        core.traces.answered(sequence);
+        core.traces.answered(sequence, supplier);
     }
     answer
 }

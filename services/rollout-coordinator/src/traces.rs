@@ -9,9 +9,12 @@
 //! a command dispatched by another replica, or before a restart, is delivered in a trace of its
 //! own.
 
-use std::{collections::BTreeMap, sync::Mutex};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Mutex,
+};
 
-use rollout_core::CommandId;
+use rollout_core::{CommandId, SupplierId};
 use rollout_net::trace::Parent;
 
 /// The most sequences whose trace is kept.
@@ -28,22 +31,23 @@ struct Dispatched {
     command: CommandId,
     parent: Parent,
     /// Suppliers that have not answered for the sequence yet.
-    waiting: usize,
+    waiting: BTreeSet<SupplierId>,
 }
 
 impl DispatchTraces {
     /// Notes that `command` took `sequence` in the trace `parent` (nothing when `None`: tracing
-    /// off), to be delivered to `suppliers` suppliers. A sequence noted again (the first commit
-    /// failed and another command took it) is replaced.
-    pub(crate) fn dispatched(
+    /// off), to be delivered to `suppliers`. A sequence noted again (the first commit failed and
+    /// another command took it) is replaced.
+    pub(crate) fn dispatched<'a>(
         &self,
         sequence: u64,
         command: &CommandId,
         parent: Option<Parent>,
-        suppliers: usize,
+        suppliers: impl IntoIterator<Item = &'a SupplierId>,
     ) {
         let Some(parent) = parent else { return };
-        if suppliers == 0 {
+        let waiting: BTreeSet<SupplierId> = suppliers.into_iter().cloned().collect();
+        if waiting.is_empty() {
             return;
         }
         let mut m = self.by_sequence.lock().unwrap_or_else(|e| e.into_inner());
@@ -52,7 +56,7 @@ impl DispatchTraces {
             Dispatched {
                 command: command.clone(),
                 parent,
-                waiting: suppliers,
+                waiting,
             },
         );
         while m.len() > CAPACITY {
@@ -68,12 +72,13 @@ impl DispatchTraces {
             .map(|d| d.parent.clone())
     }
 
-    /// A supplier has answered for `sequence`: once every supplier has, it is forgotten.
-    pub(crate) fn answered(&self, sequence: u64) {
+    /// `supplier` has answered for `sequence`: once every supplier has, it is forgotten. A
+    /// supplier answering again (a retry) counts once.
+    pub(crate) fn answered(&self, sequence: u64, supplier: &SupplierId) {
         let mut m = self.by_sequence.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(d) = m.get_mut(&sequence) {
-            d.waiting = d.waiting.saturating_sub(1);
-            if d.waiting == 0 {
+            d.waiting.remove(supplier);
+            if d.waiting.is_empty() {
                 m.remove(&sequence);
             }
         }
@@ -103,37 +108,47 @@ mod tests {
         CommandId::parse(&format!("00000000-0000-4000-8000-{n:012x}")).expect("id")
     }
 
+    fn suppliers(names: &[&str]) -> Vec<SupplierId> {
+        names
+            .iter()
+            .map(|n| SupplierId::parse(n).expect("supplier"))
+            .collect()
+    }
+
     #[test]
     fn a_sequence_is_kept_until_every_supplier_has_answered() {
         let traces = DispatchTraces::default();
-        traces.dispatched(7, &id(7), Some(parent(1)), 2);
+        let [emis, tpp] = [&suppliers(&["emis"])[0], &suppliers(&["tpp"])[0]];
+        traces.dispatched(7, &id(7), Some(parent(1)), &suppliers(&["emis", "tpp"]));
         assert_eq!(traces.parent(7, id(7).as_str()), Some(parent(1)));
         assert_eq!(traces.parent(7, id(8).as_str()), None, "another command at 7");
-        traces.answered(7);
+        traces.answered(7, emis);
+        traces.answered(7, emis);
         assert!(
             traces.parent(7, id(7).as_str()).is_some(),
-            "one supplier still to answer"
+            "one supplier still to answer, however often the other did"
         );
-        traces.answered(7);
+        traces.answered(7, tpp);
         assert_eq!(traces.parent(7, id(7).as_str()), None);
         assert_eq!(traces.len(), 0);
-        traces.answered(7);
+        traces.answered(7, tpp);
     }
 
     #[test]
     fn nothing_is_kept_with_tracing_off_and_never_more_than_the_capacity() {
         let traces = DispatchTraces::default();
-        traces.dispatched(1, &id(1), None, 4);
+        let four = suppliers(&["emis", "tpp", "cegedim", "microtest"]);
+        traces.dispatched(1, &id(1), None, &four);
         assert_eq!(traces.len(), 0);
         let n = u64::try_from(CAPACITY).expect("fits") + 10;
         for s in 1..=n {
-            traces.dispatched(s, &id(s), Some(parent(s)), 4);
+            traces.dispatched(s, &id(s), Some(parent(s)), &four);
         }
         assert_eq!(traces.len(), CAPACITY);
         assert_eq!(traces.parent(10, id(10).as_str()), None, "the oldest went first");
         assert_eq!(traces.parent(n, id(n).as_str()), Some(parent(n)));
         // A commit that failed left its sequence to the next command: the newer one stands.
-        traces.dispatched(n, &id(n + 1), Some(parent(n + 1)), 4);
+        traces.dispatched(n, &id(n + 1), Some(parent(n + 1)), &four);
         assert_eq!(traces.parent(n, id(n + 1).as_str()), Some(parent(n + 1)));
     }
 }
