@@ -128,6 +128,7 @@ async fn a_real_prometheus_scrapes_the_coordinator_and_loads_the_alert_rules() {
             "GprolloutSupplierDiverged",
             "GprolloutFailClosedFeatureStale",
             "GprolloutAuditWriteFailures",
+            "GprolloutInternalErrors",
             "GprolloutNoDeliveryLeader",
         ]
         .iter()
