@@ -66,7 +66,7 @@ def timing():
         views = [
             (viewer, "/", "National picture", "Each supplier's synchronisation"),
             (viewer, "/commands", "Commands", "Commands, newest first"),
-            (viewer, "/practices?q=" + CFG["practice"], "Practice search", "Every rule for this practice"),
+            (viewer, "/practices?q=" + CFG["practice"], "Practice search", "The rules in force for this practice"),
             (auditor, "/audit", "Audit", "Recent audit events, newest first"),
         ]
         for ctx, path, heading, ready in views:

@@ -100,7 +100,8 @@ pub struct LogArgs {
 pub struct TraceArgs {
     /// Send traces of the write paths (commands issued, dispatched, applied, committed and
     /// published) to this OpenTelemetry collector over OTLP/gRPC: `http://HOST:PORT`, usually an
-    /// agent or sidecar on this host (port 4317). Unset (the default), no span is exported. The
+    /// agent or sidecar on this host (port 4317). Unset, empty or `off` (the default), no span is
+    /// exported. The
     /// standard OTEL_BSP_* variables tune the batching (OTEL_BSP_SCHEDULE_DELAY, in ms) and
     /// OTEL_EXPORTER_OTLP_TIMEOUT/HEADERS the calls; a collector that is down costs no call
     /// anything (its spans are dropped, told at WARN at most once a minute).
@@ -112,7 +113,12 @@ impl TraceArgs {
     /// The export these settings ask for, as `service` (its `service.name`) with the resource
     /// `attributes`; `None` when tracing is off.
     pub fn export(&self, service: &'static str, attributes: Vec<(&'static str, String)>) -> Option<Export> {
-        self.otlp_endpoint.clone().map(|endpoint| Export {
+        // Empty or `off` (as an environment file may leave it) is tracing off, like unset.
+        let endpoint = self
+            .otlp_endpoint
+            .clone()
+            .filter(|e| !e.trim().is_empty() && e.trim() != "off");
+        endpoint.map(|endpoint| Export {
             endpoint,
             service,
             attributes,

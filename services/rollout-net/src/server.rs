@@ -314,6 +314,9 @@ where
             Err(e) => return fail(e),
         }
     };
+    if let Some(export) = &binary.trace {
+        tracing::info!(endpoint = %export.endpoint, service = export.service, "exporting traces over OTLP/gRPC");
+    }
     crate::tls::install_crypto_provider();
     let code = runtime.block_on(async {
         let outcome = bind_and_serve(&binary, serve).await;

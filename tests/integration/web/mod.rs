@@ -158,6 +158,16 @@ async fn a_viewer_reads_every_view_and_is_told_of_a_halt() {
     assert!(body.contains("CROSS_SITE_REQUEST"), "{body}");
     let same = https::get_with(pki, "viewer", web, &path, "Sec-Fetch-Site: same-origin\r\n").await;
     assert_eq!(same.0, 200, "{}", same.1);
+    // A link from elsewhere still opens a view.
+    let linked = https::get_with(
+        pki,
+        "viewer",
+        web,
+        "/practices?q=x",
+        "Sec-Fetch-Site: cross-site\r\n",
+    )
+    .await;
+    assert_eq!(linked.0, 200, "{}", linked.1);
 
     // The audit log is the auditor's, as through the gRPC API.
     let (status, body) = get(pki, "viewer", web, "/api/audit").await;
@@ -182,6 +192,11 @@ async fn a_backend_identity_or_no_certificate_is_refused() {
     assert!(body.contains("IDENTITY_NOT_ALLOWED"), "{body}");
     let (status, body) = get(pki, "backend-emis", web, "/api/national").await;
     assert_eq!(status, 403, "{body}");
+    // Paths the page does not serve are audited as one, not one event a path.
+    for n in 0..3 {
+        let (status, _) = get(pki, "backend-emis", web, &format!("/no/such/page/{n}")).await;
+        assert_eq!(status, 403);
+    }
 
     // No certificate: the handshake is refused before any request.
     let mut roots = rustls::RootCertStore::empty();
@@ -215,11 +230,18 @@ async fn a_backend_identity_or_no_certificate_is_refused() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let audit = crate::stack::audit_events(&stack).await;
-        if audit.iter().any(|e| {
-            e.identity.ends_with("supplier/emis/backend")
-                && e.action == "/"
-                && e.reason.contains("IDENTITY_NOT_ALLOWED")
-        }) {
+        let refused = |action: &str| {
+            audit.iter().any(|e| {
+                e.identity.ends_with("supplier/emis/backend")
+                    && e.action == action
+                    && e.reason.contains("IDENTITY_NOT_ALLOWED")
+            })
+        };
+        if refused("/") && refused("/*") {
+            assert!(
+                !audit.iter().any(|e| e.action.starts_with("/no/such")),
+                "{audit:?}"
+            );
             break;
         }
         assert!(

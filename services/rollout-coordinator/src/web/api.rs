@@ -214,6 +214,15 @@ fn practice_json(p: &rollout_core::Practice) -> Value {
 }
 
 async fn practice(web: &Web, caller: &Caller, ods: &OdsCode) -> Response {
+    let Ok(_lookup) = web.lookups.clone().try_acquire_owned() else {
+        return refusal(&ApiError::resource_exhausted(
+            "TOO_MANY_PRACTICE_LOOKUPS",
+            format!(
+                "{} practice lookups are in progress on the status page; try again in a moment",
+                super::PRACTICE_LOOKUPS
+            ),
+        ));
+    };
     let Some(p) = web.core.estate.get(ods) else {
         return refusal(&ApiError::not_found("PRACTICE_NOT_FOUND", "no such practice"));
     };

@@ -45,9 +45,12 @@ pub const EVENT_STREAMS_PER_IDENTITY: usize = 16;
 /// operators' gRPC calls need.
 pub const BUDGET: rollout_net::ConnectionBudget = rollout_net::ConnectionBudget {
     connections: 256,
-    handshakes: 16,
+    handshakes: 64,
     streams_per_connection: 100,
 };
+/// Practice lookups in progress at once on the page (each asks the practice's supplier for
+/// every feature's answer); one more is answered 429 `TOO_MANY_PRACTICE_LOOKUPS`.
+pub const PRACTICE_LOOKUPS: usize = 16;
 
 /// The status page's state: the handlers it calls as each caller, and the role checks.
 #[derive(Debug)]
@@ -59,6 +62,7 @@ pub struct Web {
     shutdown: watch::Receiver<bool>,
     chain: api::ChainCheck,
     national: national::Cache,
+    lookups: Arc<tokio::sync::Semaphore>,
 }
 
 impl Web {
@@ -83,6 +87,7 @@ impl Web {
             shutdown,
             chain: api::ChainCheck::default(),
             national: national::Cache::default(),
+            lookups: Arc::new(tokio::sync::Semaphore::new(PRACTICE_LOOKUPS)),
         })
     }
 }
@@ -109,6 +114,7 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/audit", get(page))
         .route("/static/app.js", get(script))
         .route("/static/style.css", get(style))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/events", get(events))
         .route("/api/national", get(api::national))
         .route("/api/commands", get(api::commands))
@@ -129,13 +135,36 @@ async fn authorize(
     mut req: Request,
     next: Next,
 ) -> Response {
-    match web.auth.authorize(Some(&peer), req.uri().path()) {
+    match web.auth.authorize(Some(&peer), audited_path(req.uri().path())) {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
         Err(e) => refusal(&e),
     }
+}
+
+/// The paths the page serves, as a refusal is audited: any other is audited as `/*`, so that a
+/// caller trying one path after another cannot write an audit event for each (a refused
+/// caller's events are summarised per path in a flood).
+const PATHS: [&str; 12] = [
+    "/",
+    "/commands",
+    "/practices",
+    "/audit",
+    "/static/app.js",
+    "/static/style.css",
+    "/favicon.ico",
+    "/events",
+    "/api/national",
+    "/api/commands",
+    "/api/practices",
+    "/api/audit",
+];
+
+/// `path` as the role check and the audit log see it (see [`PATHS`]).
+fn audited_path(path: &str) -> &str {
+    if PATHS.contains(&path) { path } else { "/*" }
 }
 
 /// An error as the page reads it (see [`failed`]).
@@ -169,13 +198,18 @@ pub(crate) fn failed(status: &tonic::Status) -> Response {
     (http, axum::Json(body)).into_response()
 }
 
-/// Refuses a request another site's page made (the browser sends the client certificate with
-/// it all the same): by its `Sec-Fetch-Site` header, which browsers set and pages cannot. A
-/// request without it (curl, an older browser) is let through.
+/// Refuses a read of the page's data (`/api/...`, `/events`) that another site's page made (the
+/// browser sends the client certificate with it all the same): by its `Sec-Fetch-Site` header,
+/// which browsers set and pages cannot. A link from elsewhere to a view still opens it (the
+/// view's own page then reads its data as same-origin); a request without the header (curl,
+/// an older browser) is let through.
 async fn same_origin(req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let data = path.starts_with("/api/") || path == "/events";
     let site = req.headers().get("sec-fetch-site").and_then(|v| v.to_str().ok());
     match site {
         None | Some("same-origin" | "none") => next.run(req).await,
+        Some(_) if !data => next.run(req).await,
         Some(other) => refusal(&ApiError::permission_denied(
             "CROSS_SITE_REQUEST",
             format!("the status page answers only its own pages, not a request from another site ({other})"),
@@ -184,9 +218,10 @@ async fn same_origin(req: Request, next: Next) -> Response {
 }
 
 async fn not_found() -> Response {
-    refusal(&ApiError::not_found(
+    refusal(&ApiError::new(
+        tonic::Code::NotFound,
         "PAGE_NOT_FOUND",
-        "no such page on the status page",
+        "the status page has no such page: its views are /, /commands, /practices and /audit",
     ))
 }
 

@@ -119,14 +119,17 @@ pub struct Cache(Mutex<Option<(u64, Arc<Vec<FeatureTable>>)>>);
 
 impl Cache {
     /// The tables of change `version`: the kept ones if they are of it, else `work()`'s, kept.
+    /// The lock is held while `work` runs, so requests that arrive meanwhile wait for its
+    /// tables rather than work them out again: call it off the async runtime.
     pub fn get_or(&self, version: u64, work: impl FnOnce() -> Vec<FeatureTable>) -> Arc<Vec<FeatureTable>> {
-        if let Some((v, tables)) = &*self.0.lock().unwrap_or_else(|e| e.into_inner())
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((v, tables)) = &*kept
             && *v == version
         {
             return tables.clone();
         }
         let tables = Arc::new(work());
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((version, tables.clone()));
+        *kept = Some((version, tables.clone()));
         tables
     }
 }

@@ -22,7 +22,7 @@ pub enum Dev {
         #[arg(long, env = "ROLLOUT_DEV_STATE_DIR", default_value = ".gprollout-dev")]
         state_dir: PathBuf,
         /// Coordinator on N, suppliers on N+1..N+4, plaintext health on N+10..N+14, Prometheus
-        /// metrics on N+20..N+24.
+        /// metrics on N+20..N+24, the coordinator's status page (HTTPS) on N+30.
         #[arg(long, env = "ROLLOUT_DEV_PORT_BASE", default_value_t = 50050)]
         port_base: u16,
         /// On Ctrl-C or SIGTERM: each server's --shutdown-grace (the time it has to end its
@@ -46,9 +46,9 @@ impl Dev {
             port_base,
             shutdown_grace,
         } = self;
-        if port_base > u16::MAX - 24 {
+        if port_base > u16::MAX - 30 {
             return Err(usage(format!(
-                "--port-base {port_base} leaves no room for the stack's ports (N to N+24)"
+                "--port-base {port_base} leaves no room for the stack's ports (N to N+30)"
             )));
         }
         dev::up(

@@ -5,6 +5,8 @@
 "use strict";
 
 const REFRESH_MS = 5000;
+// A read that has not answered by then has failed: the page says so rather than stay "Live".
+const READ_TIMEOUT_MS = 10000;
 
 // Each view: its heading, path, what it renders on every refresh, and controls made once (so a
 // refresh never takes the focus or a half-typed search away).
@@ -83,7 +85,11 @@ function int(v) {
 class Refused extends Error {}
 
 async function getJson(path) {
-  const response = await fetch(path, { headers: { Accept: "application/json" }, cache: "no-store" });
+  const response = await fetch(path, {
+    headers: { Accept: "application/json" },
+    cache: "no-store",
+    signal: AbortSignal.timeout(READ_TIMEOUT_MS),
+  });
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const e = new Refused(body.message || response.statusText);
@@ -115,6 +121,7 @@ async function refresh() {
     const content = await view.render();
     target.replaceChildren(...[content].flat());
     problem.replaceChildren();
+    if (stream && stream.readyState === EventSource.OPEN) live();
     const updated = document.getElementById("updated");
     updated.textContent = "Last updated " + new Date().toLocaleTimeString("en-GB");
     document.body.dataset.updates = String(int(document.body.dataset.updates) + 1);
@@ -122,8 +129,11 @@ async function refresh() {
     const text = e instanceof Refused
       ? "The coordinator refused: " + e.message + (e.reason ? " (" + e.reason + ")" : "")
       : "Could not read the coordinator: " + e.message + ". The figures below may be out of date.";
-    // The last figures stay, under the problem.
-    problem.replaceChildren(el("p", { class: "error", role: "alert" }, text));
+    // The last figures stay, under the problem; the same problem again is not announced again.
+    if (problem.textContent !== text) problem.replaceChildren(el("p", { class: "error", role: "alert" }, text));
+    const status = document.getElementById("connection");
+    status.textContent = "Not answering: figures may be out of date";
+    status.className = "lost";
     if (e instanceof Refused && (e.status === 401 || e.status === 403)) {
       refusedForGood = true;
       target.replaceChildren();
@@ -137,13 +147,20 @@ async function refresh() {
   }
 }
 
+// The open event stream, if any.
+let stream = null;
+
+function live() {
+  const status = document.getElementById("connection");
+  status.textContent = "Live";
+  status.className = "";
+}
+
 function connect() {
   const status = document.getElementById("connection");
   const events = new EventSource("/events");
-  events.addEventListener("open", () => {
-    status.textContent = "Live";
-    status.className = "";
-  });
+  stream = events;
+  events.addEventListener("open", live);
   events.addEventListener("changed", () => {
     document.body.dataset.events = String(int(document.body.dataset.events) + 1);
     refresh();
@@ -290,7 +307,7 @@ function searchForm() {
 
 function rules(answer) {
   const list = answer.rules || [];
-  return table("Every rule for this practice; the deciding rule is marked",
+  return table("The rules in force for this practice; the deciding rule is marked",
     ["Deciding", "Kind", "Status", "Command", "Issued by", "Reason"],
     list.map((r) => el("tr", { class: r.deciding ? "deciding" : null },
       el("td", {}, r.deciding ? "Deciding rule" : ""),
@@ -304,10 +321,10 @@ function rules(answer) {
 async function practices() {
   const q = new URLSearchParams(location.search).get("q") || "";
   const out = [];
-  if (!q) return el("p", { class: "hint" }, "Give an ODS code (for example A81001) or part of a practice's name.");
+  if (!q) return el("p", { class: "hint" }, "Give an ODS code (for example L56296) or part of a practice's name.");
   const data = await getJson("/api/practices?q=" + encodeURIComponent(q));
   if (data.matches) {
-    out.push(table("Practices matching “" + q + "”",
+    out.push(table("Practices whose code starts with, or whose name contains, “" + q + "” (at most 20)",
       ["ODS code", "Name", "Supplier", "ICB", "Active"],
       data.matches.map((p) => [el("a", { href: "/practices?q=" + encodeURIComponent(p.ods) }, p.ods), p.name, short(p.supplier), p.icb, p.active ? "yes" : "no"])));
     return out;
@@ -323,8 +340,12 @@ async function practices() {
     }
     const ans = a.answer;
     out.push(el("p", {}, tag(words(ans.state, "STATE_").toUpperCase(), ans.state === "STATE_ENABLED" ? "good" : "bad"),
-      " ", words(ans.reason, "REASON_"), ": ", ans.explanation || ""));
+      " ", ans.explanation || words(ans.reason, "REASON_")));
     out.push(rules(ans));
+    if (int(ans.omittedRules)) {
+      out.push(el("p", { class: "hint" }, int(ans.omittedRules) + " older rule" + (int(ans.omittedRules) === 1 ? "" : "s") +
+        " in force not listed (an answer lists at most 16: the deciding one, then the newest); `rolloutctl practice show` lists the same."));
+    }
   }
   const optOuts = data.optOuts.optOuts || [];
   out.push(table("Opt-outs of this practice (the national register, withdrawn ones included)",
