@@ -25,14 +25,24 @@ struct Events(tokio::io::Lines<BufReader<Tls>>);
 
 impl Events {
     async fn open(pki: &Path, who: &str, addr: SocketAddr) -> Events {
+        Events::try_open(pki, who, addr)
+            .await
+            .unwrap_or_else(|status| panic!("{status}"))
+    }
+
+    /// The stream, or the status line it was refused with.
+    async fn try_open(pki: &Path, who: &str, addr: SocketAddr) -> Result<Events, String> {
         let mut tls = connect(pki, who, addr).await.expect("connect");
         tls.write_all(b"GET /events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
             .await
             .expect("send");
         let mut lines = BufReader::new(tls).lines();
         let status = lines.next_line().await.expect("read").expect("a status line");
-        assert!(status.contains(" 200 "), "{status}");
-        Events(lines)
+        if status.contains(" 200 ") {
+            Ok(Events(lines))
+        } else {
+            Err(status)
+        }
     }
 
     /// The data of the next `changed` event, within 10 s.
@@ -180,6 +190,26 @@ async fn a_viewer_reads_every_view_and_is_told_of_a_halt() {
         audit["events"].as_array().is_some_and(|e| !e.is_empty()),
         "{audit}"
     );
+    // An identity's streams are bounded, and a stream its browser closed frees its place.
+    let mut open = Vec::new();
+    for _ in 1..rollout_coordinator::web::EVENT_STREAMS_PER_IDENTITY {
+        open.push(Events::open(pki, "viewer", web).await);
+    }
+    let refused = Events::try_open(pki, "viewer", web).await.err();
+    assert!(
+        refused.as_deref().is_some_and(|s| s.contains(" 429 ")),
+        "{refused:?}"
+    );
+    drop(open.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while let Err(status) = Events::try_open(pki, "viewer", web).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a closed stream freed its place: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(events);
     stack.stop().await;
 }
 

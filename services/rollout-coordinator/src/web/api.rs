@@ -58,12 +58,15 @@ pub(super) async fn national(State(web): State<Arc<Web>>, Extension(caller): Ext
         Ok(r) => r.into_inner(),
         Err(s) => return failed(s),
     };
-    let version = *web.core.changes.borrow();
-    let (features, in_force) = web
+    // The table follows the commands in force, which the command log decides: keyed on the
+    // log (its last sequence and history hash), not on every change the page is told of (a
+    // heartbeat's counts).
+    let (log, features, in_force) = web
         .core
         .read(|m| {
+            let log = (m.last_sequence(), m.history_hash(m.last_sequence()));
             let features: Vec<pb::Feature> = m.features().cloned().collect();
-            (features, m.in_force().iter().cloned().collect::<Vec<_>>())
+            (log, features, m.in_force().iter().cloned().collect::<Vec<_>>())
         })
         .await;
     let keys: Vec<_> = features
@@ -75,7 +78,7 @@ pub(super) async fn national(State(web): State<Arc<Web>>, Extension(caller): Ext
     let page = web.clone();
     let tables = tokio::task::spawn_blocking(move || {
         page.national
-            .get_or(version, || national::tables(&page.core.estate, &keys, &in_force))
+            .get_or(log, || national::tables(&page.core.estate, &keys, &in_force))
     })
     .await;
     let tables = match tables {

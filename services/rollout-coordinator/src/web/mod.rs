@@ -46,7 +46,8 @@ pub const EVENT_STREAMS_PER_IDENTITY: usize = 16;
 pub const BUDGET: rollout_net::ConnectionBudget = rollout_net::ConnectionBudget {
     connections: 256,
     handshakes: 64,
-    streams_per_connection: 100,
+    // Not used: the page's router has no stream layer (HTTP/2's own limit applies).
+    ..rollout_net::ConnectionBudget::DEFAULT
 };
 /// Practice lookups in progress at once on the page (each asks the practice's supplier for
 /// every feature's answer); one more is answered 429 `TOO_MANY_PRACTICE_LOOKUPS`.
@@ -275,48 +276,45 @@ async fn events(State(web): State<Arc<Web>>, req: Request) -> Response {
         Ok(slot) => slot,
         Err(e) => return refusal(&e),
     };
-    let mut changes = web.core.changes.subscribe();
-    let mut shutdown = web.shutdown.clone();
-    // The slot is held until the browser goes away (a closed tab, a reload), seen at once: the
-    // stream's task waits on the client's end as well as on changes.
-    let stream = async_stream(move |tx| async move {
-        let _slot = slot;
-        loop {
-            let version = *changes.borrow_and_update();
-            if tx
-                .send(Event::default().event("changed").data(version.to_string()))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(EVENT_SPACING) => {}
-                _ = tx.closed() => return,
-            }
-            tokio::select! {
-                changed = changes.changed() => if changed.is_err() { return },
-                _ = shutdown.wait_for(|stop| *stop) => return,
-                _ = tx.closed() => return,
-            }
-        }
-    });
+    // The stream, and with it the identity's slot, is dropped as soon as the browser goes
+    // away (a closed tab, a reload): no task of its own outlives the response.
+    let first = Watch {
+        changes: web.core.changes.subscribe(),
+        shutdown: web.shutdown.clone(),
+        sent: false,
+        _slot: slot,
+    };
+    let stream = futures_util::stream::unfold(first, Watch::next);
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()
 }
 
-/// A stream of what `produce` sends, ending when it returns.
-fn async_stream<F, Fut>(
-    produce: F,
-) -> impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(produce(tx));
-    futures_util::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
+/// One `/events` stream's state: the change count it follows and its identity's slot.
+struct Watch {
+    changes: watch::Receiver<u64>,
+    shutdown: watch::Receiver<bool>,
+    /// Whether the first event (the change count now) has gone.
+    sent: bool,
+    _slot: rollout_net::IdentitySlot,
+}
+
+impl Watch {
+    /// The next `changed` event: at once for the first, then after the next change and at
+    /// least [`EVENT_SPACING`] after the last; `None` (the end) when the server shuts down.
+    async fn next(mut self) -> Option<(Result<Event, std::convert::Infallible>, Watch)> {
+        if self.sent {
+            tokio::time::sleep(EVENT_SPACING).await;
+            tokio::select! {
+                changed = self.changes.changed() => changed.ok()?,
+                _ = self.shutdown.wait_for(|stop| *stop) => return None,
+            }
+        }
+        self.sent = true;
+        let version = *self.changes.borrow_and_update();
+        let event = Event::default().event("changed").data(version.to_string());
+        Some((Ok(event), self))
+    }
 }
 
 /// Serves the page on `listener` until `shutdown` resolves.

@@ -1,15 +1,15 @@
 //! The national picture's table by region and ICB: for each feature, each ICB's active
 //! practices, how many of them the halts in force cover, and which halts. Worked out from the
 //! national estate and the coordinator's commands in force (what the suppliers are told, not
-//! what each answers: that is in the supplier table), once per change of the coordinator's
-//! state and kept until the next.
+//! what each answers: that is in the supplier table), once for each state of the command log
+//! (which decides the commands in force) and kept until the log moves on.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
 };
 
-use rollout_core::{Action, Command, Estate, FeatureKey, IcbCode, PracticeStatus, RegionCode};
+use rollout_core::{Action, Command, Estate, FeatureKey, HistoryHash, IcbCode, PracticeStatus, RegionCode};
 use serde::Serialize;
 
 /// The most halts named in one ICB's row (the count covers them all).
@@ -113,23 +113,26 @@ fn rows(estate: &Estate, halts: &[&Command]) -> Vec<IcbRow> {
         .collect()
 }
 
-/// The tables as last worked out, and the change count they are of.
+/// The log a table is of: its last sequence and the history hash there.
+pub type Log = (u64, Option<HistoryHash>);
+
+/// The tables as last worked out, and the log they are of.
 #[derive(Debug, Default)]
-pub struct Cache(Mutex<Option<(u64, Arc<Vec<FeatureTable>>)>>);
+pub struct Cache(Mutex<Option<(Log, Arc<Vec<FeatureTable>>)>>);
 
 impl Cache {
-    /// The tables of change `version`: the kept ones if they are of it, else `work()`'s, kept.
+    /// The tables of `log`: the kept ones if they are of it, else `work()`'s, kept.
     /// The lock is held while `work` runs, so requests that arrive meanwhile wait for its
     /// tables rather than work them out again: call it off the async runtime.
-    pub fn get_or(&self, version: u64, work: impl FnOnce() -> Vec<FeatureTable>) -> Arc<Vec<FeatureTable>> {
+    pub fn get_or(&self, log: Log, work: impl FnOnce() -> Vec<FeatureTable>) -> Arc<Vec<FeatureTable>> {
         let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((v, tables)) = &*kept
-            && *v == version
+            && *v == log
         {
             return tables.clone();
         }
         let tables = Arc::new(work());
-        *kept = Some((version, tables.clone()));
+        *kept = Some((log, tables.clone()));
         tables
     }
 }
